@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what podwire's tests and its guest harness need on a fresh Debian 12 machine.
+# Idempotent: a package already present is not fetched again.
+set -euo pipefail
+
+need_pkgs=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+
+# QEMU comes from bookworm-backports (DEVELOPERS.md): a newer vhost-user frontend.
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat > /etc/apt/sources.list.d/podwire-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  APT_UPDATED=""
+fi
+
+for p in iproute2 busybox-static iperf3 socat dhcpcd-base dnsmasq-base cpio gzip kmod \
+         procps iputils-ping; do
+  have "$p" || need_pkgs+=("$p")
+done
+qemu_ok=1
+have qemu-system-x86 || qemu_ok=0
+
+if [ ${#need_pkgs[@]} -gt 0 ] || [ $qemu_ok = 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  if [ ${#need_pkgs[@]} -gt 0 ]; then
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+  fi
+  if [ $qemu_ok = 0 ]; then
+    apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+  fi
+fi
+echo "install-deps: ok"
