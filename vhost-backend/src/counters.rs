@@ -1,0 +1,68 @@
+//! Drop and traffic counters shared between the dataplane thread and whoever reports status.
+//!
+//! Counters are relaxed atomics: the dataplane increments them without locks, readers take a
+//! consistent-enough snapshot for metrics. Every reason a frame can be dropped has its own counter,
+//! and the first occurrence of each is logged once ([`warn_once!`]) so that a misbehaving guest
+//! cannot flood the log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing event count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Logs a warning the first time this call site is reached, then stays quiet.
+#[macro_export]
+macro_rules! warn_once {
+    ($($arg:tt)*) => {{
+        static DONE: ::std::sync::atomic::AtomicBool = ::std::sync::atomic::AtomicBool::new(false);
+        if !DONE.swap(true, ::std::sync::atomic::Ordering::Relaxed) {
+            ::tracing::warn!("{} (logged once; see counters)", format_args!($($arg)*));
+        }
+    }};
+}
+
+/// Counters kept by the virtio-net device itself.
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    pub rx_frames: Counter,
+    pub rx_bytes: Counter,
+    /// Guest interrupts raised (used-buffer notifications).
+    pub interrupts: Counter,
+    /// TX chains dropped because a descriptor pointed outside guest memory.
+    pub tx_bad_address: Counter,
+    /// TX chains dropped because a descriptor was device-writable.
+    pub tx_bad_direction: Counter,
+    /// TX chains dropped for having more segments than podwire handles.
+    pub tx_too_many_segments: Counter,
+    /// TX chains dropped for being longer than the largest frame.
+    pub tx_too_long: Counter,
+    /// TX chains shorter than the virtio-net header.
+    pub tx_too_short: Counter,
+    /// RX chains returned unused because they were malformed.
+    pub rx_bad_chain: Counter,
+    /// Frames not delivered because the guest had posted no (or too few) RX buffers.
+    pub rx_no_buffers: Counter,
+    /// Frontends refused because one was already connected.
+    pub refused_frontends: Counter,
+    /// Frontends served so far.
+    pub sessions: Counter,
+}

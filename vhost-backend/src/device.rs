@@ -1,0 +1,626 @@
+//! The virtio-net device: one RX and one TX split ring served over vhost-user.
+//!
+//! # Theory of operation
+//!
+//! vhost-user-backend runs one worker thread that waits on the ring kicks and on one extra fd
+//! that belongs to the [`NetHandler`] (podwire's switch: an epoll set of its sockets). Every
+//! wake-up lands in [`NetDevice::handle_event`], which takes the handler lock once and then:
+//!
+//! - **TX kick**: pops every available chain, turns it into an [`SgList`] (host pointers into
+//!   guest memory, nothing copied), strips the virtio-net header and gives the frame to the
+//!   handler. Used entries are written as chains are consumed and the used index is published once
+//!   per pass; notifications are re-enabled and the ring re-checked before sleeping, so a frame
+//!   posted during the pass is never stranded.
+//! - **RX kick** (the guest posted buffers) and **handler fd ready**: the handler is asked to
+//!   produce frames; it calls [`RxSink::push`], which lends it guest RX buffers as an `SgList` so
+//!   that socket data is received straight into guest memory.
+//!
+//! Frames towards the guest may span several RX chains (MRG_RXBUF). Their used entries are all
+//! written before the used index moves, so the guest never sees half a frame; virtio-queue's
+//! `add_used` would publish after every entry, which is why the used ring is written here.
+//! Whether to interrupt the guest is decided once per pass, from EVENT_IDX's `used_event` or the
+//! driver's `VRING_AVAIL_F_NO_INTERRUPT` flag.
+//!
+//! Every malformed chain (address outside guest memory, wrong direction, too many segments, too
+//! long, too short) is returned to the guest with length 0, counted and logged once; nothing on
+//! this path panics or allocates.
+
+use std::num::Wrapping;
+use std::os::fd::RawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::counters::DeviceCounters;
+use crate::sg::{SgError, SgList, MAX_SEGS};
+use crate::warn_once;
+
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+pub const NUM_QUEUES: usize = 2;
+/// Largest ring the device accepts.
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Event id of the handler's fd in the worker's epoll set: ids 0..NUM_QUEUES are the rings and
+/// NUM_QUEUES is the library's exit event.
+pub const HANDLER_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// Largest frame (without virtio-net header): a 65535-byte IP packet in an Ethernet frame.
+pub const MAX_FRAME_LEN: usize = 14 + 65535;
+/// The virtio-net header with VERSION_1 or MRG_RXBUF (`virtio_net_hdr_v1`).
+pub const VNET_HDR_LEN: usize = 12;
+/// Frames shorter than this are padded on the way to the guest: some drivers expect it.
+const MIN_FRAME_LEN: usize = 60;
+/// Most chains one RX frame may span.
+const MAX_RX_CHAINS: usize = MAX_SEGS;
+
+type Mem = GuestMemoryMmap<()>;
+type MemAtomic = GuestMemoryAtomic<Mem>;
+type Vring = VringMutex<MemAtomic>;
+
+/// Where the device hands frames and asks for more.
+pub trait NetHandler: Send + 'static {
+    /// One Ethernet frame the guest sent (virtio-net header already removed).
+    fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink);
+    /// The handler's fd is readable, or the guest posted RX buffers: produce frames.
+    fn poll_host(&mut self, rx: &mut dyn RxSink);
+    /// An fd that becomes readable when [`NetHandler::poll_host`] has work.
+    fn host_fd(&self) -> RawFd;
+    /// A frontend connected (`true`) or went away (`false`).
+    fn link_changed(&mut self, _up: bool) {}
+}
+
+/// Why a frame could not be delivered to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RxError {
+    #[error("no frontend or the RX ring is not ready")]
+    NotReady,
+    #[error("the guest has not posted enough RX buffers")]
+    NoBuffers,
+    #[error("the producer abandoned the frame")]
+    Abandoned,
+}
+
+/// The guest's receive side, as the handler sees it.
+pub trait RxSink {
+    /// Lends guest buffers with room for a frame of up to `max_len` bytes (more with a single
+    /// non-mergeable buffer is possible; less only if the guest's one buffer is smaller). `fill`
+    /// writes the frame at offset 0 and returns its length, or `None` to give the buffers back.
+    fn push(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError>;
+}
+
+/// What the device tells the guest about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct NetConfig {
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// The vhost-user backend for one frontend connection. Make a new one per connection: the
+/// library never drains a used exit event.
+pub struct NetDevice<H: NetHandler> {
+    handler: Arc<Mutex<H>>,
+    counters: Arc<DeviceCounters>,
+    config: NetConfig,
+    mem: Option<MemAtomic>,
+    acked_features: u64,
+    event_idx: bool,
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl<H: NetHandler> NetDevice<H> {
+    pub fn new(
+        handler: Arc<Mutex<H>>,
+        counters: Arc<DeviceCounters>,
+        config: NetConfig,
+    ) -> std::io::Result<Self> {
+        Ok(NetDevice {
+            handler,
+            counters,
+            config,
+            mem: None,
+            acked_features: 0,
+            event_idx: false,
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+        })
+    }
+
+    /// A handle that stops the worker thread when notified.
+    pub fn exit_notifier(&self) -> std::io::Result<EventNotifier> {
+        self.exit.1.try_clone()
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.acked_features & (1u64 << bit) != 0
+    }
+
+    fn hdr_len(&self) -> usize {
+        if self.has(VIRTIO_F_VERSION_1) || self.has(VIRTIO_NET_F_MRG_RXBUF) {
+            VNET_HDR_LEN
+        } else {
+            10
+        }
+    }
+
+    fn process(&mut self, device_event: u16, vrings: &[Vring]) {
+        let (Some(mem_atomic), Some(rx_vring), Some(tx_vring)) = (
+            self.mem.as_ref(),
+            vrings.get(RX_QUEUE),
+            vrings.get(TX_QUEUE),
+        ) else {
+            return;
+        };
+        let mem = mem_atomic.memory();
+        let mut handler = match self.handler.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut rx = RxRing {
+            vring: rx_vring.get_mut(),
+            mem: &mem,
+            hdr_len: self.hdr_len(),
+            mergeable: self.has(VIRTIO_NET_F_MRG_RXBUF),
+            event_idx: self.event_idx,
+            counters: &self.counters,
+            published_from: None,
+        };
+        match device_event as usize {
+            TX_QUEUE => {
+                let tx = TxRing {
+                    vring: tx_vring.get_mut(),
+                    mem: &mem,
+                    hdr_len: self.hdr_len(),
+                    event_idx: self.event_idx,
+                    counters: &self.counters,
+                };
+                tx.drain(&mut *handler, &mut rx);
+            }
+            // Guest RX buffers or handler readiness: either way the handler may now produce.
+            _ => handler.poll_host(&mut rx),
+        }
+        rx.finish();
+    }
+}
+
+impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_STATUS)
+            | (1 << VIRTIO_NET_F_MTU)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Only what the library implements for us end to end; anything else it would answer by
+        // dropping the connection.
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
+        let mut cfg = [0u8; 12];
+        cfg[..6].copy_from_slice(&self.config.mac);
+        cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&self.config.mtu.to_le_bytes());
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        cfg[start..end].to_vec()
+    }
+
+    fn update_memory(&mut self, mem: MemAtomic) -> std::io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> std::io::Result<()> {
+        // Never return an error: the library would end the worker thread, and with it the NIC.
+        self.process(device_event, vrings);
+        Ok(())
+    }
+}
+
+/// Why a descriptor chain was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainError {
+    BadAddress,
+    BadDirection,
+    TooManySegments,
+    TooLong,
+}
+
+/// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
+fn map_chain<'m>(
+    chain: DescriptorChain<&'m Mem>,
+    mem: &'m Mem,
+    writable: bool,
+    max_len: usize,
+    sg: &mut SgList<'m>,
+) -> Result<(), ChainError> {
+    for desc in chain {
+        if desc.is_write_only() != writable {
+            return Err(ChainError::BadDirection);
+        }
+        let len = desc.len() as usize;
+        if sg.len().saturating_add(len) > max_len {
+            return Err(ChainError::TooLong);
+        }
+        for slice in mem.get_slices(desc.addr(), len) {
+            let slice = slice.map_err(|_| ChainError::BadAddress)?;
+            // The pointer stays valid while `mem` (a snapshot of the memory map) is borrowed:
+            // GuestMemoryMmap regions are mapped for their whole lifetime (no Xen-style
+            // transient mappings here), so the guard is not needed beyond this point.
+            let ptr = slice.ptr_guard_mut().as_ptr();
+            // SAFETY: ptr..ptr+len is inside a region of `mem`, borrowed for 'm.
+            unsafe { sg.push_raw(ptr, slice.len()) }
+                .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one used element without publishing it.
+fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> bool {
+    let size = q.size();
+    if size == 0 {
+        return false;
+    }
+    let slot = u64::from(pos.0 % size);
+    let addr = GuestAddress(q.used_ring()).checked_add(4 + slot * 8);
+    let Some(addr) = addr else { return false };
+    let mut elem = [0u8; 8];
+    elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+    elem[4..].copy_from_slice(&len.to_le_bytes());
+    mem.write_slice(&elem, addr).is_ok()
+}
+
+/// Makes used entries up to `next_used` visible to the guest.
+fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
+    q.set_next_used(next_used.0);
+    if let Some(idx_addr) = GuestAddress(q.used_ring()).checked_add(2) {
+        // Release: the entries written above are visible before the index that announces them.
+        let _ = mem.store(next_used.0.to_le(), idx_addr, Ordering::Release);
+    }
+}
+
+/// Whether the guest wants an interrupt for used entries `old..new` (virtio 1.2, 2.7.10).
+fn guest_wants_interrupt(
+    mem: &Mem,
+    q: &Queue,
+    event_idx: bool,
+    old: Wrapping<u16>,
+    new: Wrapping<u16>,
+) -> bool {
+    if old == new {
+        return false;
+    }
+    // The used index store must be visible before we read the driver's suppression state.
+    fence(Ordering::SeqCst);
+    let avail = GuestAddress(q.avail_ring());
+    if event_idx {
+        let Some(addr) = avail.checked_add(4 + 2 * u64::from(q.size())) else {
+            return true;
+        };
+        let used_event = match mem.load::<u16>(addr, Ordering::Acquire) {
+            Ok(v) => Wrapping(u16::from_le(v)),
+            Err(_) => return true,
+        };
+        (new - used_event - Wrapping(1)) < (new - old)
+    } else {
+        match mem.load::<u16>(avail, Ordering::Acquire) {
+            Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
+            Err(_) => true,
+        }
+    }
+}
+
+fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
+    let which = if rx { "RX" } else { "TX" };
+    if rx {
+        counters.rx_bad_chain.inc();
+        warn_once!("guest posted a malformed {which} descriptor chain: {e:?}");
+        return;
+    }
+    match e {
+        ChainError::BadAddress => counters.tx_bad_address.inc(),
+        ChainError::BadDirection => counters.tx_bad_direction.inc(),
+        ChainError::TooManySegments => counters.tx_too_many_segments.inc(),
+        ChainError::TooLong => counters.tx_too_long.inc(),
+    }
+    warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
+}
+
+struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+    vring: G,
+    mem: &'a Mem,
+    hdr_len: usize,
+    event_idx: bool,
+    counters: &'a DeviceCounters,
+}
+
+impl<G> TxRing<'_, G>
+where
+    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+{
+    fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
+        let mem = self.mem;
+        let start = Wrapping(self.vring.get_queue().next_used());
+        let mut used = start;
+        loop {
+            while let Some(chain) = self.vring.get_queue_mut().pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let mut sg = SgList::new();
+                match map_chain(chain, mem, false, MAX_FRAME_LEN + self.hdr_len, &mut sg) {
+                    Ok(()) if sg.len() < self.hdr_len + 14 => {
+                        self.counters.tx_too_short.inc();
+                        warn_once!("guest sent a frame shorter than an Ethernet header");
+                    }
+                    Ok(()) => {
+                        sg.advance(self.hdr_len);
+                        self.counters.tx_frames.inc();
+                        self.counters.tx_bytes.add(sg.len() as u64);
+                        handler.guest_frame(&sg, rx);
+                    }
+                    Err(e) => count_chain_error(self.counters, e, false),
+                }
+                let q = self.vring.get_queue();
+                if write_used(mem, q, used, head, 0) {
+                    used += Wrapping(1);
+                }
+            }
+            publish_used(mem, self.vring.get_queue_mut(), used);
+            // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
+            match self.vring.get_queue_mut().enable_notification(mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        let q = self.vring.get_queue();
+        if guest_wants_interrupt(mem, q, self.event_idx, start, used) {
+            self.counters.interrupts.inc();
+            let _ = self.vring.signal_used_queue();
+        }
+    }
+}
+
+struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+    vring: G,
+    mem: &'a GuestMemoryLoadGuard<Mem>,
+    hdr_len: usize,
+    mergeable: bool,
+    event_idx: bool,
+    counters: &'a DeviceCounters,
+    /// The used index when this pass first published, for the interrupt decision.
+    published_from: Option<Wrapping<u16>>,
+}
+
+impl<G> RxRing<'_, G>
+where
+    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+{
+    fn finish(self) {
+        let Some(start) = self.published_from else {
+            return;
+        };
+        let q = self.vring.get_queue();
+        let now = Wrapping(q.next_used());
+        if guest_wants_interrupt(self.mem, q, self.event_idx, start, now) {
+            self.counters.interrupts.inc();
+            let _ = self.vring.signal_used_queue();
+        }
+    }
+
+    /// Marks the RX ring empty: ask for a kick when the guest adds buffers. Returns true if some
+    /// arrived in the meantime.
+    fn rearm(&mut self) -> bool {
+        matches!(
+            self.vring.get_queue_mut().enable_notification(&**self.mem),
+            Ok(true)
+        )
+    }
+}
+
+impl<G> RxSink for RxRing<'_, G>
+where
+    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+{
+    fn push(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        let mem: &Mem = self.mem;
+        if !self.vring.get_queue().ready() || self.vring.get_queue().size() == 0 {
+            return Err(RxError::NotReady);
+        }
+        let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
+        let first_avail = self.vring.get_queue().next_avail();
+        let mut heads = [(0u16, 0u32); MAX_RX_CHAINS];
+        let mut nchains = 0;
+        let mut sg = SgList::new();
+        let mut poisoned = false;
+        while sg.len() < need && nchains < MAX_RX_CHAINS {
+            let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
+                Some(c) => c,
+                None if self.rearm() => continue,
+                None => break,
+            };
+            let head = chain.head_index();
+            let before = sg.len();
+            let mut one = SgList::new();
+            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut one);
+            let appended = mapped.and_then(|()| {
+                one.segments().iter().try_for_each(|s| {
+                    // SAFETY: the segment comes from `mem`, which outlives `sg`.
+                    unsafe { sg.push_raw(s.iov_base.cast(), s.iov_len) }
+                        .map_err(|_| ChainError::TooManySegments)
+                })
+            });
+            if let Err(e) = appended {
+                // Hand the bad chain back empty; it also fences off everything popped before it.
+                count_chain_error(self.counters, e, true);
+                sg.truncate(before);
+                let q = self.vring.get_queue_mut();
+                let pos = Wrapping(q.next_used());
+                if write_used(mem, q, pos, head, 0) {
+                    self.published_from.get_or_insert(pos);
+                    publish_used(mem, q, pos + Wrapping(1));
+                }
+                poisoned = true;
+                break;
+            }
+            heads[nchains] = (head, (sg.len() - before) as u32);
+            nchains += 1;
+            if !self.mergeable {
+                break;
+            }
+        }
+        let short = sg.len() < need && (self.mergeable || nchains == 0);
+        let frame_len = if short {
+            None
+        } else {
+            let mut frame = SgList::new();
+            for s in sg.segments() {
+                // SAFETY: same memory as `sg`.
+                let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
+            }
+            frame.advance(self.hdr_len);
+            fill(&mut frame).map(|len| {
+                let len = len.min(frame.len());
+                if len < MIN_FRAME_LEN {
+                    let pad = [0u8; MIN_FRAME_LEN];
+                    let room = (MIN_FRAME_LEN).min(frame.len());
+                    frame.write(len, &pad[..room.saturating_sub(len)]);
+                    room.max(len)
+                } else {
+                    len
+                }
+            })
+        };
+        let Some(frame_len) = frame_len else {
+            if !poisoned {
+                self.vring.get_queue_mut().set_next_avail(first_avail);
+            } else {
+                self.return_unused(&heads[..nchains]);
+            }
+            return Err(if short {
+                self.counters.rx_no_buffers.inc();
+                RxError::NoBuffers
+            } else {
+                RxError::Abandoned
+            });
+        };
+        // Spread the frame over the chains it used, header first.
+        let total = self.hdr_len + frame_len;
+        let mut left = total;
+        let mut used_chains = 0;
+        for &(_, cap) in &heads[..nchains] {
+            if left == 0 {
+                break;
+            }
+            left -= left.min(cap as usize);
+            used_chains += 1;
+        }
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[10..12].copy_from_slice(&(used_chains as u16).to_le_bytes());
+        sg.write(0, &hdr[..self.hdr_len]);
+        let q = self.vring.get_queue_mut();
+        let start = Wrapping(q.next_used());
+        let mut pos = start;
+        let mut left = total;
+        for &(head, cap) in &heads[..used_chains] {
+            let len = left.min(cap as usize);
+            left -= len;
+            if write_used(mem, q, pos, head, len as u32) {
+                pos += Wrapping(1);
+            }
+        }
+        self.published_from.get_or_insert(start);
+        publish_used(mem, q, pos);
+        if poisoned {
+            self.return_unused(&heads[used_chains..nchains]);
+        } else {
+            let unused = (nchains - used_chains) as u16;
+            let q = self.vring.get_queue_mut();
+            q.set_next_avail(q.next_avail().wrapping_sub(unused));
+        }
+        self.counters.rx_frames.inc();
+        self.counters.rx_bytes.add(frame_len as u64);
+        Ok(())
+    }
+}
+
+impl<G> RxRing<'_, G>
+where
+    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+{
+    /// Gives chains back with nothing written, when they cannot be rewound.
+    fn return_unused(&mut self, chains: &[(u16, u32)]) {
+        let mem: &Mem = self.mem;
+        let q = self.vring.get_queue_mut();
+        let start = Wrapping(q.next_used());
+        let mut pos = start;
+        for &(head, _) in chains {
+            if write_used(mem, q, pos, head, 0) {
+                pos += Wrapping(1);
+            }
+        }
+        if pos != start {
+            self.published_from.get_or_insert(start);
+            publish_used(mem, q, pos);
+        }
+    }
+}

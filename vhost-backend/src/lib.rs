@@ -1,0 +1,24 @@
+//! podwire's virtio-net device over vhost-user.
+//!
+//! # Theory of operation
+//!
+//! This crate is the NIC and nothing else: it speaks vhost-user to a frontend (QEMU, DPDK's
+//! virtio-user), owns the two split rings and guest-memory access, and moves frames between the
+//! rings and a [`NetHandler`]. It knows no protocol above Ethernet.
+//!
+//! - [`sg`]: frames as scatter-gather lists of host pointers into guest memory, so payload can
+//!   go to and from sockets with `sendmsg`/`recvmsg` and no copy of podwire's own.
+//! - [`device`]: the `VhostUserBackendMut` implementation: features, config space, ring
+//!   processing, batching of used entries and interrupts.
+//! - [`server`]: the socket, one frontend at a time, reconnects, refusal of a second frontend.
+//! - [`counters`]: per-reason drop counters and the log-once macro.
+
+pub mod counters;
+pub mod device;
+pub mod server;
+pub mod sg;
+
+pub use counters::{Counter, DeviceCounters};
+pub use device::{NetConfig, NetDevice, NetHandler, RxError, RxSink, MAX_FRAME_LEN};
+pub use server::{ServeError, Server};
+pub use sg::{Checksum, SgList, MAX_SEGS};

@@ -1,0 +1,185 @@
+//! Serving frontends on a vhost-user socket, one at a time, for as long as podwire runs.
+//!
+//! # Theory of operation
+//!
+//! The socket is bound once. For each frontend a fresh [`NetDevice`] and `VhostUserDaemon` are
+//! made (the library's exit event is never drained, so neither is reusable); the handler — the
+//! switch with its flows and leases — outlives them and is shared through an `Arc<Mutex<_>>`.
+//!
+//! While a frontend is connected the library does not accept on the socket, so a second frontend
+//! would sit in the listen backlog forever. Instead this thread keeps polling the socket and
+//! accepts and closes every extra connection at once, with a log line: the second QEMU fails
+//! fast with a clear error instead of hanging. When the session ends (QEMU quit, guest reset,
+//! socket closed), the worker thread is stopped, the handler is told the link went down, and the
+//! loop waits for the next frontend on the same socket.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::counters::DeviceCounters;
+use crate::device::{NetConfig, NetDevice, NetHandler, HANDLER_EVENT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("vhost-user: {0}")]
+    Daemon(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The vhost-user socket and what it serves.
+pub struct Server<H: NetHandler> {
+    listener: UnixListener,
+    handler: Arc<Mutex<H>>,
+    counters: Arc<DeviceCounters>,
+    config: NetConfig,
+}
+
+impl<H: NetHandler> Server<H> {
+    /// Binds `path`, replacing a stale socket file left by an earlier run.
+    pub fn bind(
+        path: &Path,
+        handler: Arc<Mutex<H>>,
+        counters: Arc<DeviceCounters>,
+        config: NetConfig,
+    ) -> Result<Self, ServeError> {
+        let bind_err = |source| ServeError::Bind {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        Ok(Server {
+            listener,
+            handler,
+            counters,
+            config,
+        })
+    }
+
+    /// Serves frontends one after another; returns only on an unrecoverable error.
+    pub fn run(&self) -> Result<(), ServeError> {
+        loop {
+            self.serve_one()?;
+        }
+    }
+
+    /// Waits for one frontend and serves it until it goes away.
+    pub fn serve_one(&self) -> Result<(), ServeError> {
+        let device = NetDevice::new(self.handler.clone(), self.counters.clone(), self.config)?;
+        let exit = device.exit_notifier()?;
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon =
+            VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
+                .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        // The library's Listener would unlink the path on drop; hand it a duplicate of our fd.
+        let mut listener = Listener::from(self.listener.try_clone()?);
+        listener
+            .set_nonblocking(false)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        daemon
+            .start(&mut listener)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        self.counters.sessions.inc();
+        tracing::info!("frontend connected");
+
+        let host_fd = lock(&self.handler).host_fd();
+        for h in daemon.get_epoll_handlers() {
+            h.register_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT))?;
+        }
+        lock(&self.handler).link_changed(true);
+
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let ended_signal = ended.try_clone()?;
+        let waiter = std::thread::Builder::new()
+            .name("podwire-session".into())
+            .spawn(move || {
+                let result = daemon.wait();
+                let _ = ended_signal.write(1);
+                (daemon, result)
+            })?;
+        self.refuse_until(ended.as_raw_fd());
+        let (daemon, result) = waiter
+            .join()
+            .map_err(|_| ServeError::Daemon("session thread panicked".into()))?;
+        let _ = exit.notify();
+        for h in daemon.get_epoll_handlers() {
+            let _ = h.unregister_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT));
+        }
+        drop(daemon);
+        lock(&self.handler).link_changed(false);
+        match result {
+            Ok(()) => tracing::info!("frontend disconnected; waiting for the next one"),
+            Err(e) => tracing::info!("frontend session ended: {e}; waiting for the next one"),
+        }
+        Ok(())
+    }
+
+    /// Accepts and closes extra frontends until `ended` is readable.
+    fn refuse_until(&self, ended: RawFd) {
+        let listen = self.listener.as_raw_fd();
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: ended,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: listen,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            // The session's end wins over a waiting connection: that one is for the next session.
+            if fds[0].revents != 0 {
+                return;
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                self.refuse_one();
+            }
+        }
+    }
+
+    fn refuse_one(&self) {
+        self.listener.set_nonblocking(true).ok();
+        if let Ok((conn, _)) = self.listener.accept() {
+            self.counters.refused_frontends.inc();
+            tracing::warn!(
+                "refused a second vhost-user frontend: this podwire already serves one \
+                 (one podwire per guest NIC)"
+            );
+            drop(conn);
+        }
+        self.listener.set_nonblocking(false).ok();
+    }
+}
+
+fn lock<H>(m: &Mutex<H>) -> std::sync::MutexGuard<'_, H> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
