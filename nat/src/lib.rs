@@ -1,1 +1,688 @@
-//! placeholder
+//! podwire's translation of guest traffic to sockets in the pod.
+//!
+//! # Theory of operation
+//!
+//! The guest believes it sits on an Ethernet segment behind a router. There is no router: every
+//! UDP "conversation" and every ICMP echo "session" the guest starts becomes an ordinary,
+//! unprivileged socket in the pod's network namespace, and the kernel does the routing, source
+//! address selection and port allocation. This is outbound NAT without NAT rules.
+//!
+//! - **UDP**: one socket per guest (address, source port), bound to the same port in the pod
+//!   when it is free (so port-preserving protocols keep working), otherwise to any. It is not
+//!   connected: the guest may talk to many peers from one port, and replies from any of them are
+//!   returned to that guest port (endpoint-independent mapping, like a "full-cone" NAT).
+//! - **ICMP echo**: one ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`) per guest (address,
+//!   identifier, destination). Ping sockets need `net.ipv4.ping_group_range` to include
+//!   podwire's group; without it echo requests are dropped, counted and logged once.
+//! - **Addresses the guest sees differ from the pod's** only through [`AddrMap`]: the gateway
+//!   address maps to the pod's loopback (so services on the pod's 127.0.0.1 answer on the
+//!   gateway address), and a loopback resolver from the pod's resolv.conf is reached through
+//!   the DNS address given to the guest. Replies are mapped back the same way.
+//!
+//! Payload is never copied by podwire: guest→pod datagrams are sent with `sendmsg` from iovecs
+//! into guest memory; pod→guest datagrams are received with `recvmsg` straight into the guest's
+//! RX buffers, and only headers are written around them. When the guest has no RX buffers, the
+//! flow is parked and the datagrams stay in the socket until the guest posts more (the kernel's
+//! socket buffer is the only queue).
+//!
+//! Flows live in a slab indexed by the mio token, with hash maps from the guest-side key to the
+//! slot: lookup is O(1) and nothing is allocated per packet. A flow idle longer than its timeout
+//! is closed by a once-a-second sweep driven by a timerfd; the table has a hard size limit,
+//! beyond which new flows are refused and counted.
+
+pub mod sock;
+pub mod wire;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_SEGS};
+use smoltcp::wire::IpProtocol;
+
+use crate::wire::{Endpoints, Ipv4Info, ICMP_LEN, ICMP_OFFSET, UDP_LEN, UDP_PAYLOAD_OFFSET};
+
+const TIMER_TOKEN: Token = Token(usize::MAX - 1);
+const EVENTS_PER_POLL: usize = 256;
+
+/// One guest-visible address (and optionally port) that stands for another in the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapRule {
+    pub guest: Ipv4Addr,
+    /// Only this destination port, or every port.
+    pub port: Option<u16>,
+    pub host: Ipv4Addr,
+}
+
+/// Translation between addresses the guest uses and addresses in the pod.
+#[derive(Debug, Clone, Default)]
+pub struct AddrMap {
+    /// Port-specific rules first: they win over whole-address rules.
+    rules: Vec<MapRule>,
+}
+
+impl AddrMap {
+    pub fn new(mut rules: Vec<MapRule>) -> Self {
+        rules.sort_by_key(|r| r.port.is_none());
+        AddrMap { rules }
+    }
+
+    /// Where a datagram the guest sends to `dst` really goes.
+    pub fn outbound(&self, dst: SocketAddrV4) -> SocketAddrV4 {
+        self.rules
+            .iter()
+            .find(|r| r.guest == *dst.ip() && r.port.is_none_or(|p| p == dst.port()))
+            .map_or(dst, |r| SocketAddrV4::new(r.host, dst.port()))
+    }
+
+    /// Which address the guest should see as the source of a reply from `src`.
+    pub fn inbound(&self, src: SocketAddrV4) -> SocketAddrV4 {
+        self.rules
+            .iter()
+            .find(|r| r.host == *src.ip() && r.port.is_none_or(|p| p == src.port()))
+            .map_or(src, |r| SocketAddrV4::new(r.guest, src.port()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    /// Most flows (of all kinds) at once.
+    pub max_flows: usize,
+    pub udp_idle: Duration,
+    pub icmp_idle: Duration,
+    /// The guest's MTU: the largest IP packet it accepts.
+    pub guest_mtu: usize,
+    pub map: AddrMap,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            max_flows: 65536,
+            udp_idle: Duration::from_secs(180),
+            icmp_idle: Duration::from_secs(60),
+            guest_mtu: 1500,
+            map: AddrMap::default(),
+        }
+    }
+}
+
+/// Why a guest packet was not translated. Each has a counter in [`NatCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NatDrop {
+    #[error("truncated L4 header")]
+    Truncated,
+    #[error("bad L4 checksum")]
+    BadChecksum,
+    #[error("flow table full")]
+    TableFull,
+    #[error("cannot open a socket")]
+    Socket,
+    #[error("ICMP type podwire does not forward")]
+    UnsupportedIcmp,
+    #[error("ping sockets not permitted (net.ipv4.ping_group_range)")]
+    PingNotPermitted,
+    #[error("send failed")]
+    SendFailed,
+}
+
+#[derive(Debug, Default)]
+pub struct NatCounters {
+    pub udp_out: Counter,
+    pub udp_in: Counter,
+    pub icmp_out: Counter,
+    pub icmp_in: Counter,
+    pub flows_opened: Counter,
+    pub flows_expired: Counter,
+    pub drop_truncated: Counter,
+    pub drop_bad_checksum: Counter,
+    pub drop_table_full: Counter,
+    pub drop_socket: Counter,
+    pub drop_unsupported_icmp: Counter,
+    pub drop_ping_not_permitted: Counter,
+    pub drop_send_failed: Counter,
+    /// Datagrams from the pod larger than the guest's MTU.
+    pub drop_too_big_for_guest: Counter,
+    /// Times a flow had to wait for guest RX buffers.
+    pub rx_stalls: Counter,
+}
+
+impl NatCounters {
+    fn count(&self, d: NatDrop) {
+        match d {
+            NatDrop::Truncated => self.drop_truncated.inc(),
+            NatDrop::BadChecksum => self.drop_bad_checksum.inc(),
+            NatDrop::TableFull => self.drop_table_full.inc(),
+            NatDrop::Socket => self.drop_socket.inc(),
+            NatDrop::UnsupportedIcmp => self.drop_unsupported_icmp.inc(),
+            NatDrop::PingNotPermitted => self.drop_ping_not_permitted.inc(),
+            NatDrop::SendFailed => self.drop_send_failed.inc(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum FlowKey {
+    Udp {
+        guest_ip: Ipv4Addr,
+        guest_port: u16,
+    },
+    Icmp {
+        guest_ip: Ipv4Addr,
+        guest_id: u16,
+        dst: Ipv4Addr,
+    },
+}
+
+struct Flow {
+    key: FlowKey,
+    fd: OwnedFd,
+    last_used: Instant,
+    /// Datagrams wait in the socket for guest RX buffers.
+    parked: bool,
+}
+
+/// The flow table and its sockets.
+pub struct Nat {
+    config: NatConfig,
+    poll: Poll,
+    events: Events,
+    timer: OwnedFd,
+    slots: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    index: HashMap<FlowKey, usize>,
+    parked: Vec<usize>,
+    ip_ident: Cell<u16>,
+    pub counters: NatCounters,
+}
+
+/// What a flow's receive loop saw for one datagram.
+enum RecvOutcome {
+    Delivered,
+    Drained,
+    Dropped,
+    Stalled,
+}
+
+impl Nat {
+    pub fn new(config: NatConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let timer = new_sweep_timer()?;
+        poll.registry().register(
+            &mut SourceFd(&timer.as_raw_fd()),
+            TIMER_TOKEN,
+            Interest::READABLE,
+        )?;
+        let reserve = config.max_flows.min(1024);
+        Ok(Nat {
+            config,
+            poll,
+            events: Events::with_capacity(EVENTS_PER_POLL),
+            timer,
+            slots: Vec::with_capacity(reserve),
+            free: Vec::new(),
+            index: HashMap::with_capacity(reserve),
+            parked: Vec::new(),
+            ip_ident: Cell::new(0),
+            counters: NatCounters::default(),
+        })
+    }
+
+    /// Readable when [`Nat::poll`] has work.
+    pub fn poll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn set_guest_mtu(&mut self, mtu: usize) {
+        self.config.guest_mtu = mtu;
+    }
+
+    fn drop_packet(&self, d: NatDrop) {
+        self.counters.count(d);
+        if d != NatDrop::PingNotPermitted {
+            warn_once!("dropped a guest packet: {d}");
+        }
+    }
+
+    /// Translates one guest UDP datagram.
+    pub fn guest_udp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) {
+        if let Err(d) = self.try_guest_udp(ip, frame) {
+            self.drop_packet(d);
+        }
+    }
+
+    fn try_guest_udp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) -> Result<(), NatDrop> {
+        let mut hdr = [0u8; UDP_LEN];
+        if ip.l4_len < UDP_LEN || frame.read(ip.l4_offset, &mut hdr) < UDP_LEN {
+            return Err(NatDrop::Truncated);
+        }
+        let sport = u16::from_be_bytes([hdr[0], hdr[1]]);
+        let dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+        let udp_len = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+        let csum = u16::from_be_bytes([hdr[6], hdr[7]]);
+        if udp_len < UDP_LEN || udp_len > ip.l4_len {
+            return Err(NatDrop::Truncated);
+        }
+        if csum != 0 {
+            let mut sum = wire::pseudo_header(ip.src, ip.dst, 17, udp_len);
+            frame.checksum(ip.l4_offset, udp_len, &mut sum);
+            if sum.fold() != 0xffff {
+                return Err(NatDrop::BadChecksum);
+            }
+        }
+        let key = FlowKey::Udp {
+            guest_ip: ip.src,
+            guest_port: sport,
+        };
+        let slot = match self.index.get(&key) {
+            Some(&s) => s,
+            None => self.open_udp(key, sport)?,
+        };
+        let dst = self.config.map.outbound(SocketAddrV4::new(ip.dst, dport));
+        let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+        let n = frame.iovecs(ip.l4_offset + UDP_LEN, udp_len - UDP_LEN, &mut iov);
+        let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
+        flow.last_used = Instant::now();
+        match sock::send_to(&flow.fd, &iov[..n], dst) {
+            Ok(_) => {
+                self.counters.udp_out.inc();
+                Ok(())
+            }
+            Err(e) => {
+                warn_once!("UDP send to {dst} failed: {e}");
+                Err(NatDrop::SendFailed)
+            }
+        }
+    }
+
+    fn open_udp(&mut self, key: FlowKey, guest_port: u16) -> Result<usize, NatDrop> {
+        let fd = sock::dgram_socket(libc::IPPROTO_UDP).map_err(|e| {
+            warn_once!("cannot open a UDP socket: {e}");
+            NatDrop::Socket
+        })?;
+        // Keep the guest's port when the pod has it free; otherwise let the kernel choose.
+        if sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, guest_port)).is_err() {
+            sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+                .map_err(|_| NatDrop::Socket)?;
+        }
+        self.insert(key, fd)
+    }
+
+    /// Translates one guest ICMP message (echo requests only).
+    pub fn guest_icmp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) {
+        if let Err(d) = self.try_guest_icmp(ip, frame) {
+            self.drop_packet(d);
+        }
+    }
+
+    fn try_guest_icmp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) -> Result<(), NatDrop> {
+        let mut hdr = [0u8; ICMP_LEN];
+        if ip.l4_len < ICMP_LEN || frame.read(ip.l4_offset, &mut hdr) < ICMP_LEN {
+            return Err(NatDrop::Truncated);
+        }
+        let mut sum = Checksum::new();
+        frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
+        if sum.fold() != 0xffff {
+            return Err(NatDrop::BadChecksum);
+        }
+        if hdr[0] != 8 || hdr[1] != 0 {
+            return Err(NatDrop::UnsupportedIcmp);
+        }
+        let guest_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+        let key = FlowKey::Icmp {
+            guest_ip: ip.src,
+            guest_id,
+            dst: ip.dst,
+        };
+        let slot = match self.index.get(&key) {
+            Some(&s) => s,
+            None => self.open_icmp(key, guest_id)?,
+        };
+        let dst = self.config.map.outbound(SocketAddrV4::new(ip.dst, 0));
+        let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+        let n = frame.iovecs(ip.l4_offset, ip.l4_len, &mut iov);
+        let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
+        flow.last_used = Instant::now();
+        // The kernel sets the identifier to the socket's and computes the checksum.
+        match sock::send_to(&flow.fd, &iov[..n], dst) {
+            Ok(_) => {
+                self.counters.icmp_out.inc();
+                Ok(())
+            }
+            Err(e) => {
+                warn_once!("ICMP echo to {dst} failed: {e}");
+                Err(NatDrop::SendFailed)
+            }
+        }
+    }
+
+    fn open_icmp(&mut self, key: FlowKey, guest_id: u16) -> Result<usize, NatDrop> {
+        let fd = match sock::dgram_socket(libc::IPPROTO_ICMP) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                warn_once!(
+                    "cannot open an ICMP ping socket ({e}): podwire's group is outside \
+                     net.ipv4.ping_group_range; guest pings are dropped"
+                );
+                return Err(NatDrop::PingNotPermitted);
+            }
+            Err(e) => {
+                warn_once!("cannot open an ICMP ping socket: {e}");
+                return Err(NatDrop::Socket);
+            }
+        };
+        // A ping socket's port is its echo identifier: keep the guest's when it is free.
+        if sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, guest_id)).is_err() {
+            sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+                .map_err(|_| NatDrop::Socket)?;
+        }
+        self.insert(key, fd)
+    }
+
+    fn insert(&mut self, key: FlowKey, fd: OwnedFd) -> Result<usize, NatDrop> {
+        if self.index.len() >= self.config.max_flows {
+            warn_once!("flow table full ({} flows)", self.config.max_flows);
+            return Err(NatDrop::TableFull);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                Token(slot),
+                Interest::READABLE,
+            )
+            .is_err()
+        {
+            self.free.push(slot);
+            return Err(NatDrop::Socket);
+        }
+        self.slots[slot] = Some(Flow {
+            key,
+            fd,
+            last_used: Instant::now(),
+            parked: false,
+        });
+        self.index.insert(key, slot);
+        self.counters.flows_opened.inc();
+        Ok(slot)
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(flow) = self.slots.get_mut(slot).and_then(Option::take) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&flow.fd.as_raw_fd()));
+            self.index.remove(&flow.key);
+            self.free.push(slot);
+        }
+    }
+
+    /// Moves whatever the pod sent towards the guest, as long as it has RX buffers.
+    pub fn poll(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        // Flows that stalled on a full RX ring go first: their data is the oldest.
+        let mut parked = std::mem::take(&mut self.parked);
+        for &slot in &parked {
+            if let Some(flow) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                flow.parked = false;
+            }
+            self.drain_flow(slot, rx, ep);
+        }
+        parked.clear();
+        if self.parked.is_empty() {
+            // Keep the vector's capacity for next time: no allocation in the steady state.
+            self.parked = parked;
+        }
+        if self
+            .poll
+            .poll(&mut self.events, Some(Duration::ZERO))
+            .is_err()
+        {
+            return;
+        }
+        let mut sweep = false;
+        let mut ready = [0usize; EVENTS_PER_POLL];
+        let mut nready = 0;
+        for ev in self.events.iter() {
+            if ev.token() == TIMER_TOKEN {
+                sweep = true;
+            } else if nready < ready.len() {
+                ready[nready] = ev.token().0;
+                nready += 1;
+            }
+        }
+        for &slot in &ready[..nready] {
+            self.drain_flow(slot, rx, ep);
+        }
+        if sweep {
+            self.sweep();
+        }
+    }
+
+    fn drain_flow(&mut self, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
+        loop {
+            let outcome = match self.slots.get(slot).and_then(Option::as_ref) {
+                Some(flow) if flow.parked => return,
+                Some(flow) => match flow.key {
+                    FlowKey::Udp { .. } => self.recv_udp(flow, rx, ep),
+                    FlowKey::Icmp { .. } => self.recv_icmp(flow, rx, ep),
+                },
+                None => return,
+            };
+            match outcome {
+                RecvOutcome::Delivered | RecvOutcome::Dropped => {}
+                RecvOutcome::Drained => return,
+                RecvOutcome::Stalled => {
+                    self.counters.rx_stalls.inc();
+                    if let Some(flow) = self.slots[slot].as_mut() {
+                        flow.parked = true;
+                        self.parked.push(slot);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The IPv4 identification for the next frame to the guest. A `Cell` because the
+    /// receive closures only borrow `self`.
+    fn next_ident(&self) -> u16 {
+        let id = self.ip_ident.get().wrapping_add(1);
+        self.ip_ident.set(id);
+        id
+    }
+
+    fn recv_udp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
+        let FlowKey::Udp {
+            guest_ip,
+            guest_port,
+        } = flow.key
+        else {
+            return RecvOutcome::Drained;
+        };
+        let max_payload = self.config.guest_mtu.saturating_sub(28);
+        let mut outcome = RecvOutcome::Drained;
+        let ident = self.next_ident();
+        let result = rx.push(UDP_PAYLOAD_OFFSET + max_payload, &mut |frame| {
+            let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+            let n = frame.iovecs(UDP_PAYLOAD_OFFSET, max_payload, &mut iov);
+            let got = match sock::recv_from(&flow.fd, &mut iov[..n]) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(_) => {
+                    outcome = RecvOutcome::Dropped;
+                    return None;
+                }
+            };
+            if got.truncated {
+                self.counters.drop_too_big_for_guest.inc();
+                warn_once!("UDP datagram from {} larger than the guest MTU", got.from);
+                outcome = RecvOutcome::Dropped;
+                return None;
+            }
+            let src = self.config.map.inbound(got.from);
+            let l3 = wire::eth_ipv4_header(
+                ep,
+                *src.ip(),
+                guest_ip,
+                IpProtocol::Udp,
+                UDP_LEN + got.len,
+                ident,
+            );
+            let udp = wire::udp_header(
+                (*src.ip(), src.port()),
+                (guest_ip, guest_port),
+                frame,
+                UDP_PAYLOAD_OFFSET,
+                got.len,
+            );
+            frame.write(0, &l3);
+            frame.write(ICMP_OFFSET, &udp);
+            outcome = RecvOutcome::Delivered;
+            Some(UDP_PAYLOAD_OFFSET + got.len)
+        });
+        self.finish_recv(result, outcome, &self.counters.udp_in)
+    }
+
+    fn recv_icmp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
+        let FlowKey::Icmp {
+            guest_ip, guest_id, ..
+        } = flow.key
+        else {
+            return RecvOutcome::Drained;
+        };
+        let max_msg = self.config.guest_mtu.saturating_sub(20);
+        let mut outcome = RecvOutcome::Drained;
+        let ident = self.next_ident();
+        let result = rx.push(ICMP_OFFSET + max_msg, &mut |frame| {
+            let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+            let n = frame.iovecs(ICMP_OFFSET, max_msg, &mut iov);
+            let got = match sock::recv_from(&flow.fd, &mut iov[..n]) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(_) => {
+                    outcome = RecvOutcome::Dropped;
+                    return None;
+                }
+            };
+            let mut hdr = [0u8; ICMP_LEN];
+            if got.truncated || got.len < ICMP_LEN || frame.read(ICMP_OFFSET, &mut hdr) < ICMP_LEN {
+                outcome = RecvOutcome::Dropped;
+                return None;
+            }
+            // Give the guest back its own identifier; patch the checksum to match.
+            let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+            let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
+            let csum = wire::adjust_checksum(csum, kernel_id, guest_id);
+            hdr[2..4].copy_from_slice(&csum.to_be_bytes());
+            hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
+            let src = self.config.map.inbound(got.from);
+            let l3 =
+                wire::eth_ipv4_header(ep, *src.ip(), guest_ip, IpProtocol::Icmp, got.len, ident);
+            frame.write(0, &l3);
+            frame.write(ICMP_OFFSET, &hdr);
+            outcome = RecvOutcome::Delivered;
+            Some(ICMP_OFFSET + got.len)
+        });
+        self.finish_recv(result, outcome, &self.counters.icmp_in)
+    }
+
+    fn finish_recv(
+        &self,
+        result: Result<(), RxError>,
+        outcome: RecvOutcome,
+        delivered: &Counter,
+    ) -> RecvOutcome {
+        match result {
+            Ok(()) => {
+                delivered.inc();
+                RecvOutcome::Delivered
+            }
+            Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
+            Err(RxError::Abandoned) => outcome,
+        }
+    }
+
+    /// Closes flows idle past their timeout.
+    fn sweep(&mut self) {
+        let mut expirations = 0u64;
+        // SAFETY: reading a timerfd's 8-byte expiration count into a local.
+        unsafe {
+            libc::read(
+                self.timer.as_raw_fd(),
+                (&mut expirations as *mut u64).cast(),
+                8,
+            )
+        };
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            let expired = self.slots[slot].as_ref().is_some_and(|f| {
+                let idle = match f.key {
+                    FlowKey::Udp { .. } => self.config.udp_idle,
+                    FlowKey::Icmp { .. } => self.config.icmp_idle,
+                };
+                now.duration_since(f.last_used) > idle
+            });
+            if expired {
+                self.remove(slot);
+                self.counters.flows_expired.inc();
+            }
+        }
+    }
+
+    /// Closes every flow (e.g. on shutdown).
+    pub fn clear(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.remove(slot);
+        }
+        self.parked.clear();
+    }
+}
+
+const EMPTY_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+fn new_sweep_timer() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls on a fd we own.
+    unsafe {
+        let fd = libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let second = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let spec = libc::itimerspec {
+            it_interval: second,
+            it_value: second,
+        };
+        if libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
