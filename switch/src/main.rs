@@ -1,1 +1,107 @@
-fn main() {}
+//! `podwire`: serves one guest NIC over vhost-user and connects it to the pod's network.
+//!
+//! # Theory of operation
+//!
+//! One process per VM NIC, inside the pod, unprivileged. The main thread parses and resolves
+//! the configuration, then serves vhost-user frontends one at a time on the socket for as long
+//! as it lives. The dataplane runs on vhost-user-backend's worker thread: ring kicks and the
+//! NAT's sockets wake the same loop, so frames and socket data are handled by one thread with
+//! no queues in between. See `docs/architecture.md`.
+
+mod config;
+mod podnet;
+mod switch;
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use podwire_vhost::{DeviceCounters, NetConfig, Server};
+
+use crate::config::{Cli, Config};
+use crate::switch::Switch;
+
+/// Parses the command line; on error prints one line (usage errors) and exits non-zero.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                Err(ExitCode::SUCCESS)
+            }
+            _ => {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("bad arguments");
+                eprintln!(
+                    "podwire: {} (see --help)",
+                    first.trim_start_matches("error: ")
+                );
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let config = Config::resolve(cli).map_err(|e| e.to_string())?;
+    let a = config.addressing;
+    tracing::info!(
+        "uplink {} ({}/{}, gateway {}), guest {}/{} via {}, MTU {}, DNS {:?}",
+        config.uplink.name,
+        config.uplink.addr,
+        config.uplink.prefix_len,
+        config
+            .uplink
+            .gateway
+            .map_or("none".to_string(), |g| g.to_string()),
+        a.guest,
+        a.prefix_len,
+        a.gateway,
+        config.mtu,
+        config.resolver.nameservers,
+    );
+    let switch = Switch::new(&config).map_err(|e| format!("cannot set up the dataplane: {e}"))?;
+    let device_config = NetConfig {
+        mac: config
+            .guest_mac
+            .unwrap_or([0x52, 0x54, 0x00, 0x70, 0x77, 0x02]),
+        mtu: config.mtu,
+    };
+    let server = Server::bind(
+        &config.socket,
+        Arc::new(Mutex::new(switch)),
+        Arc::new(DeviceCounters::default()),
+        device_config,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(pid_file) = &config.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
+    }
+    tracing::info!("listening on {}", config.socket.display());
+    server.run().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let level = if cli.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podwire: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
