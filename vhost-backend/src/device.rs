@@ -167,13 +167,13 @@ impl<H: NetHandler> NetDevice<H> {
             vrings.get(RX_QUEUE),
             vrings.get(TX_QUEUE),
         ) else {
+            // No guest memory yet: the handler still drains its events (or its fd stays
+            // readable and this thread spins), parking what it cannot deliver.
+            lock(&self.handler).poll_host(&mut Unready);
             return;
         };
         let mem = mem_atomic.memory();
-        let mut handler = match self.handler.lock() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut handler = lock(&self.handler);
         let mut rx = RxRing {
             vring: rx_vring.get_mut(),
             mem: &mem,
@@ -228,11 +228,10 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Only what the library implements for us end to end; anything else it would answer by
-        // dropping the connection.
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
+        // Only what the vhost crate implements for us end to end: any other message it answers
+        // by closing the connection. QEMU ignores CONFIG for virtio-net (and says so once);
+        // DPDK's virtio-user reads the MAC through it. One queue pair, so no MQ.
+        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -270,6 +269,23 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         // Never return an error: the library would end the worker thread, and with it the NIC.
         self.process(device_event, vrings);
         Ok(())
+    }
+}
+
+fn lock<H>(m: &Mutex<H>) -> std::sync::MutexGuard<'_, H> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The RX side before the frontend has given us guest memory.
+struct Unready;
+
+impl RxSink for Unready {
+    fn push(
+        &mut self,
+        _max_len: usize,
+        _fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        Err(RxError::NotReady)
     }
 }
 

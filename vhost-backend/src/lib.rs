@@ -10,11 +10,14 @@
 //!   go to and from sockets with `sendmsg`/`recvmsg` and no copy of podwire's own.
 //! - [`device`]: the `VhostUserBackendMut` implementation: features, config space, ring
 //!   processing, batching of used entries and interrupts.
+//! - [`relay`]: a filter on the control channel that smooths over a QEMU/vhost-crate
+//!   ordering mismatch.
 //! - [`server`]: the socket, one frontend at a time, reconnects, refusal of a second frontend.
 //! - [`counters`]: per-reason drop counters and the log-once macro.
 
 pub mod counters;
 pub mod device;
+pub mod relay;
 pub mod server;
 pub mod sg;
 

@@ -14,7 +14,8 @@
 //! loop waits for the next frontend on the same socket.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::DeviceCounters;
 use crate::device::{NetConfig, NetDevice, NetHandler, HANDLER_EVENT};
+use crate::relay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -89,14 +91,17 @@ impl<H: NetHandler> Server<H> {
         let mut daemon =
             VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        // The library's Listener would unlink the path on drop; hand it a duplicate of our fd.
-        let mut listener = Listener::from(self.listener.try_clone()?);
-        listener
-            .set_nonblocking(false)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let (frontend, _) = self.listener.accept()?;
+        // The frontend talks to the library through the relay (see relay.rs), which reaches
+        // the library through a private, abstract-namespace listener made for this session.
+        let private = private_listener_name(self.counters.sessions.get());
+        let mut listener = Listener::from(UnixListener::bind_addr(&private)?);
+        let ours = UnixStream::connect_addr(&private)?;
+        let relay_threads = relay::start(frontend, ours)?;
         daemon
             .start(&mut listener)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        drop(listener);
         self.counters.sessions.inc();
         tracing::info!("frontend connected");
 
@@ -119,6 +124,9 @@ impl<H: NetHandler> Server<H> {
         let (daemon, result) = waiter
             .join()
             .map_err(|_| ServeError::Daemon("session thread panicked".into()))?;
+        for t in relay_threads {
+            let _ = t.join();
+        }
         let _ = exit.notify();
         for h in daemon.get_epoll_handlers() {
             let _ = h.unregister_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT));
@@ -178,6 +186,25 @@ impl<H: NetHandler> Server<H> {
         }
         self.listener.set_nonblocking(false).ok();
     }
+}
+
+/// A per-process, per-session name no other process is expected to know.
+fn private_listener_name(session: u64) -> std::os::unix::net::SocketAddr {
+    let name = format!("podwire-{}-{}-{}", std::process::id(), session, nonce());
+    // Abstract names cannot fail to parse when shorter than sun_path.
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .unwrap_or_else(|_| unreachable_name())
+}
+
+fn nonce() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into v.
+    unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
+    v
+}
+
+fn unreachable_name() -> std::os::unix::net::SocketAddr {
+    std::os::unix::net::SocketAddr::from_abstract_name(b"podwire").expect("short abstract name")
 }
 
 fn lock<H>(m: &Mutex<H>) -> std::sync::MutexGuard<'_, H> {
