@@ -55,6 +55,8 @@ pub struct DeviceCounters {
     pub tx_too_many_segments: Counter,
     /// TX chains dropped for being longer than the largest frame.
     pub tx_too_long: Counter,
+    /// TX chains that loop, point outside the descriptor table or cannot be read.
+    pub tx_broken_chain: Counter,
     /// TX chains shorter than the virtio-net header.
     pub tx_too_short: Counter,
     /// RX chains returned unused because they were malformed.

@@ -296,6 +296,8 @@ enum ChainError {
     BadDirection,
     TooManySegments,
     TooLong,
+    /// A loop, a next index outside the table, or an unreadable descriptor.
+    Broken,
 }
 
 /// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
@@ -306,7 +308,12 @@ fn map_chain<'m>(
     max_len: usize,
     sg: &mut SgList<'m>,
 ) -> Result<(), ChainError> {
+    // virtio-queue ends a chain silently when it loops (more descriptors than the ring has),
+    // names a descriptor outside the table, or cannot be read: in each case the last
+    // descriptor it yielded still says "next". An empty chain is broken too.
+    let mut cut_short = true;
     for desc in chain {
+        cut_short = desc.has_next();
         if desc.is_write_only() != writable {
             return Err(ChainError::BadDirection);
         }
@@ -324,6 +331,9 @@ fn map_chain<'m>(
             unsafe { sg.push_raw(ptr, slice.len()) }
                 .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
         }
+    }
+    if cut_short {
+        return Err(ChainError::Broken);
     }
     Ok(())
 }
@@ -395,6 +405,7 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
         ChainError::BadDirection => counters.tx_bad_direction.inc(),
         ChainError::TooManySegments => counters.tx_too_many_segments.inc(),
         ChainError::TooLong => counters.tx_too_long.inc(),
+        ChainError::Broken => counters.tx_broken_chain.inc(),
     }
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
