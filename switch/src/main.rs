@@ -11,6 +11,8 @@
 mod config;
 mod podnet;
 mod switch;
+#[cfg(test)]
+mod tests;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -140,6 +140,11 @@ impl Switch {
         })
     }
 
+    #[cfg(test)]
+    pub fn nat_counters(&self) -> &podwire_nat::NatCounters {
+        &self.nat.counters
+    }
+
     fn endpoints(&self) -> Endpoints {
         Endpoints {
             // Until the guest has spoken, broadcast: it is the only other host on the link.
@@ -321,7 +326,8 @@ impl Switch {
             info.l4_offset + 8,
             &mut request[..(udp_len - 8).min(DHCP_MAX)],
         );
-        let client_mac = self.guest_mac.unwrap_or([0xff; 6]);
+        // The chaddr check inside the responder compares against the frame's real sender.
+        let client_mac = frame_src_mac(frame);
         let mut reply = [0u8; DHCP_MAX];
         let answer = match self.dhcp.handle(client_mac, &request[..n], &mut reply) {
             Ok(Some(answer)) => answer,
@@ -406,6 +412,12 @@ impl Switch {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    frame.read(6, &mut mac);
+    mac
 }
 
 impl NetHandler for Switch {

@@ -1,0 +1,408 @@
+//! Frame-level tests of the switch: what the guest sends in, what comes back out.
+//!
+//! Frames are built with smoltcp (an independent implementation of the wire formats) and fed
+//! through [`NetHandler::guest_frame`]; replies are captured by a test [`RxSink`].
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use podwire_vhost::{NetHandler, RxError, RxSink, SgList};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
+    EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
+
+use crate::config::{Addressing, Config, GATEWAY_MAC};
+use crate::podnet::{Resolver, Uplink};
+use crate::switch::Switch;
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+
+fn config() -> Config {
+    Config {
+        socket: PathBuf::from("/nonexistent"),
+        uplink: Uplink {
+            name: "lo".into(),
+            addr: Ipv4Addr::LOCALHOST,
+            prefix_len: 8,
+            gateway: None,
+            mtu: 1500,
+        },
+        addressing: Addressing {
+            guest: GUEST_IP,
+            gateway: GW_IP,
+            prefix_len: 24,
+        },
+        guest_mac: None,
+        hostname: Some("vm1".into()),
+        mtu: 1500,
+        pid_file: None,
+        map_gateway: true,
+        resolver: Resolver {
+            nameservers: vec![Ipv4Addr::new(198, 18, 1, 1)],
+            search: vec!["podwire.test".into()],
+            domain: None,
+        },
+        max_flows: 16,
+        udp_idle: Duration::from_secs(180),
+        lease_secs: 3600,
+    }
+}
+
+/// Collects the frames the switch delivers to the guest.
+#[derive(Default)]
+struct Captured {
+    frames: Vec<Vec<u8>>,
+}
+
+impl RxSink for Captured {
+    fn push(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        // Two segments, to exercise scatter-gather writes.
+        let mut a = vec![0u8; 20];
+        let mut b = vec![0u8; max_len.max(60)];
+        let mut slices: [&mut [u8]; 2] = [&mut a, &mut b];
+        let mut sg = SgList::from_slices(&mut slices).map_err(|_| RxError::Abandoned)?;
+        let len = fill(&mut sg).ok_or(RxError::Abandoned)?;
+        let mut frame = vec![0u8; len];
+        sg.read(0, &mut frame);
+        self.frames.push(frame);
+        Ok(())
+    }
+}
+
+fn send(sw: &mut Switch, frame: &[u8]) -> Captured {
+    let mut copy = frame.to_vec();
+    let mut slices: [&mut [u8]; 1] = [&mut copy];
+    let sg = SgList::from_slices(&mut slices).unwrap();
+    let mut rx = Captured::default();
+    sw.guest_frame(&sg, &mut rx);
+    rx
+}
+
+fn eth(ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + payload.len()];
+    EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress([0xff; 6]),
+        ethertype,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    f[14..].copy_from_slice(payload);
+    f
+}
+
+fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut p = [0u8; 28];
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: sender,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(&mut p[..]));
+    eth(EthernetProtocol::Arp, &p)
+}
+
+fn ipv4_udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let udp = UdpRepr {
+        src_port: src.1,
+        dst_port: dst.1,
+    };
+    let ip = Ipv4Repr {
+        src_addr: src.0,
+        dst_addr: dst.0,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 20 + 8 + payload.len()];
+    let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.emit(&mut pkt, &ChecksumCapabilities::default());
+    udp.emit(
+        &mut UdpPacket::new_unchecked(pkt.payload_mut()),
+        &src.0.into(),
+        &dst.0.into(),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    eth(EthernetProtocol::Ipv4, &buf)
+}
+
+fn parse_udp_reply(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    assert_eq!(eth.src_addr(), EthernetAddress(GATEWAY_MAC));
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum(), "IPv4 header checksum");
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(
+        udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()),
+        "UDP checksum"
+    );
+    (
+        ip.src_addr(),
+        ip.dst_addr(),
+        udp.src_port(),
+        udp.dst_port(),
+        udp.payload().to_vec(),
+    )
+}
+
+#[test]
+fn arp_for_the_gateway_and_any_other_address_is_answered_with_the_gateway_mac() {
+    let mut sw = Switch::new(&config()).unwrap();
+    for target in [
+        GW_IP,
+        Ipv4Addr::new(10, 0, 2, 77),
+        Ipv4Addr::new(198, 18, 1, 1),
+    ] {
+        let rx = send(&mut sw, &arp_request(GUEST_IP, target));
+        assert_eq!(rx.frames.len(), 1, "reply for {target}");
+        let f = EthernetFrame::new_checked(&rx.frames[0][..]).unwrap();
+        assert_eq!(f.dst_addr(), EthernetAddress(GUEST_MAC));
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = repr
+        else {
+            panic!("not an Ethernet/IPv4 ARP reply");
+        };
+        assert_eq!(operation, ArpOperation::Reply);
+        assert_eq!(source_hardware_addr, EthernetAddress(GATEWAY_MAC));
+        assert_eq!(source_protocol_addr, target);
+        assert_eq!(target_protocol_addr, GUEST_IP);
+    }
+    assert_eq!(sw.counters.arp_replies.get(), 3);
+}
+
+#[test]
+fn arp_probes_announcements_and_the_guests_own_address_are_never_answered() {
+    let mut sw = Switch::new(&config()).unwrap();
+    // Duplicate address detection: sender 0.0.0.0, target the address being probed.
+    assert!(send(&mut sw, &arp_request(Ipv4Addr::UNSPECIFIED, GUEST_IP))
+        .frames
+        .is_empty());
+    assert!(send(&mut sw, &arp_request(Ipv4Addr::UNSPECIFIED, GW_IP))
+        .frames
+        .is_empty());
+    // Gratuitous announcement.
+    assert!(send(&mut sw, &arp_request(GUEST_IP, GUEST_IP))
+        .frames
+        .is_empty());
+    assert_eq!(sw.counters.arp_ignored.get(), 3);
+}
+
+#[test]
+fn dhcp_discover_gets_an_offer_from_the_gateway() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 0x1234_5678,
+        secs: 0,
+        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: None,
+        client_identifier: Some(EthernetAddress(GUEST_MAC)),
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 6, 15, 26, 119]),
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let frame = ipv4_udp(
+        (Ipv4Addr::UNSPECIFIED, 68),
+        (Ipv4Addr::BROADCAST, 67),
+        &dhcp,
+    );
+    let rx = send(&mut sw, &frame);
+    assert_eq!(rx.frames.len(), 1);
+    let (src, dst, sport, dport, payload) = parse_udp_reply(&rx.frames[0]);
+    assert_eq!(
+        (src, dst, sport, dport),
+        (GW_IP, Ipv4Addr::BROADCAST, 67, 68)
+    );
+    let packet = DhcpPacket::new_checked(&payload[..]).unwrap();
+    let offer = DhcpRepr::parse(&packet).unwrap();
+    assert_eq!(offer.message_type, DhcpMessageType::Offer);
+    assert_eq!(offer.your_ip, GUEST_IP);
+    assert_eq!(offer.router, Some(GW_IP));
+    assert_eq!(offer.transaction_id, 0x1234_5678);
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let good = ipv4_udp((GUEST_IP, 5000), (Ipv4Addr::new(198, 18, 1, 1), 9), b"x");
+
+    assert!(send(&mut sw, &good[..10]).frames.is_empty());
+    assert_eq!(sw.counters.drop_short.get(), 1, "shorter than Ethernet");
+
+    let mut bad_csum = good.clone();
+    bad_csum[14 + 10] ^= 0xff;
+    send(&mut sw, &bad_csum);
+    assert_eq!(sw.counters.drop_bad_ipv4_checksum.get(), 1);
+
+    let mut too_long = good.clone();
+    too_long[14 + 2..14 + 4].copy_from_slice(&1400u16.to_be_bytes());
+    send(&mut sw, &too_long);
+    assert_eq!(
+        sw.counters.drop_bad_ipv4_header.get(),
+        1,
+        "total length past frame"
+    );
+
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    send(&mut sw, &bad_ihl);
+    assert_eq!(sw.counters.drop_bad_ipv4_header.get(), 2, "IHL < 5");
+
+    let mut fragment = good.clone();
+    fragment[14 + 6] |= 0x20; // more fragments
+    let mut p = Ipv4Packet::new_unchecked(&mut fragment[14..]);
+    p.fill_checksum();
+    send(&mut sw, &fragment);
+    assert_eq!(sw.counters.drop_fragment.get(), 1);
+
+    let mut bad_udp = good.clone();
+    let last = bad_udp.len() - 1;
+    bad_udp[last] ^= 0x55;
+    send(&mut sw, &bad_udp);
+    assert_eq!(sw.nat_counters().drop_bad_checksum.get(), 1, "UDP checksum");
+
+    let mut truncated_udp = good.clone();
+    truncated_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+    send(&mut sw, &truncated_udp);
+    assert_eq!(
+        sw.nat_counters().drop_truncated.get(),
+        1,
+        "UDP length past IP"
+    );
+
+    send(&mut sw, &eth(EthernetProtocol::Unknown(0x88b5), &[0u8; 46]));
+    assert_eq!(sw.counters.drop_unknown_ethertype.get(), 1);
+
+    let multicast = ipv4_udp(
+        (GUEST_IP, 5353),
+        (Ipv4Addr::new(224, 0, 0, 251), 5353),
+        b"m",
+    );
+    send(&mut sw, &multicast);
+    let subnet_bcast = ipv4_udp((GUEST_IP, 137), (Ipv4Addr::new(10, 0, 2, 255), 137), b"b");
+    send(&mut sw, &subnet_bcast);
+    assert_eq!(sw.counters.drop_multicast_broadcast.get(), 2);
+
+    // A truncated ARP.
+    send(&mut sw, &eth(EthernetProtocol::Arp, &[0u8; 10]));
+    assert_eq!(sw.counters.drop_short.get(), 2);
+    assert_eq!(
+        sw.nat_counters().flows_opened.get(),
+        0,
+        "nothing reached a socket"
+    );
+}
+
+#[test]
+fn garbage_frames_never_panic() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let templates = [
+        arp_request(GUEST_IP, GW_IP),
+        ipv4_udp((GUEST_IP, 68), (Ipv4Addr::BROADCAST, 67), &[0u8; 300]),
+        ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
+    ];
+    for i in 0..3000 {
+        let mut f = templates[i % templates.len()].clone();
+        let len = (next() as usize) % (f.len() + 1);
+        f.truncate(len.max(1));
+        for _ in 0..(next() % 8) {
+            let at = (next() as usize) % f.len();
+            f[at] = next() as u8;
+        }
+        send(&mut sw, &f);
+    }
+}
+
+/// Waits until the switch's host fd is readable, with a deadline.
+fn wait_readable(sw: &Switch, deadline: Instant) {
+    let fd = sw.host_fd();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+}
+
+#[test]
+fn udp_to_the_gateway_reaches_pod_loopback_and_the_reply_comes_back() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    // Learn the guest's MAC first, as a real guest's ARP would.
+    send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+
+    let frame = ipv4_udp((GUEST_IP, 40000), (GW_IP, port), b"ping-over-udp");
+    assert!(send(&mut sw, &frame).frames.is_empty());
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping-over-udp");
+    server.send_to(b"pong", from).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rx = Captured::default();
+    while rx.frames.is_empty() && Instant::now() < deadline {
+        wait_readable(&sw, deadline);
+        sw.poll_host(&mut rx);
+    }
+    assert_eq!(rx.frames.len(), 1, "reply delivered");
+    let (src, dst, sport, dport, payload) = parse_udp_reply(&rx.frames[0]);
+    assert_eq!(src, GW_IP, "loopback is seen as the gateway");
+    assert_eq!(dst, GUEST_IP);
+    assert_eq!((sport, dport), (port, 40000));
+    assert_eq!(payload, b"pong");
+    assert_eq!(
+        EthernetFrame::new_checked(&rx.frames[0][..])
+            .unwrap()
+            .dst_addr(),
+        EthernetAddress(GUEST_MAC)
+    );
+    let _ = server.as_raw_fd();
+}
