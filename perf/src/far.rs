@@ -2,7 +2,7 @@
 //! no DHCP), UDP and TCP echo (socat), iperf3. Each start function returns
 //! once the service listens (polled with `ss`, with a deadline).
 
-use crate::netns::{Netns, Proc, Proto, FAR_HOST, SEARCH_DOMAIN};
+use crate::netns::{Netns, Proc, Proto, FAR_HOST, FAR_HOST6, SEARCH_DOMAIN};
 use anyhow::{Context, Result};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -39,12 +39,13 @@ pub fn wait_service(
 }
 
 /// dnsmasq answering DNS on 198.18.1.1:53: `far.podwire.test` (and any name
-/// under it) is 198.18.1.1, other names under `podwire.test` are NXDOMAIN,
+/// under it) is 198.18.1.1 and fd00:198:18:1::1, other names under `podwire.test` are NXDOMAIN,
 /// names elsewhere are REFUSED (no upstream). `extra` adds dnsmasq options
 /// (e.g. `--address=/x.podwire.test/198.18.1.7`).
 pub fn start_dns_with(far: &Netns, extra: &[&str]) -> Result<Proc> {
     let listen = format!("--listen-address={FAR_HOST}");
     let address = format!("--address=/{FAR_NAME}/{FAR_HOST}");
+    let address6 = format!("--address=/{FAR_NAME}/{FAR_HOST6}");
     let local = format!("--local=/{SEARCH_DOMAIN}/");
     let mut argv = vec![
         "dnsmasq",
@@ -57,6 +58,7 @@ pub fn start_dns_with(far: &Netns, extra: &[&str]) -> Result<Proc> {
         &listen,
         "--port=53",
         &address,
+        &address6,
         &local,
         "--user=root",
         "--group=root",

@@ -176,10 +176,33 @@ impl Lease {
 /// routes, MTU and /etc/resolv.conf through the hook) and returns the lease.
 /// udhcpc quits once it has a lease; it sends DISCOVER up to `tries` times,
 /// 1 s apart.
+///
+/// Besides busybox's default request list (subnet, router, dns, hostname,
+/// domain, broadcast, ntpsrv) it asks, like common clients (dhcpcd,
+/// systemd-networkd), for the MTU (26), the search list (119) and classless
+/// static routes (121): see [`UDHCPC_EXTRA_OPTIONS`].
 pub fn udhcpc(console: &mut Console, iface: &str, tries: u32, timeout: Duration) -> Result<Lease> {
+    udhcpc_with(console, iface, UDHCPC_EXTRA_OPTIONS, tries, timeout)
+}
+
+/// The options [`udhcpc`] requests besides busybox's defaults.
+pub const UDHCPC_EXTRA_OPTIONS: &str = "-O mtu -O search -O staticroutes";
+
+/// [`udhcpc`] with more udhcpc arguments (e.g. `-o -O router` to request only
+/// some options, `-r 198.18.0.9` to request an address).
+pub fn udhcpc_with(
+    console: &mut Console,
+    iface: &str,
+    extra_args: &str,
+    tries: u32,
+    timeout: Duration,
+) -> Result<Lease> {
     let out = console
         .run_ok(
-            &format!("rm -f /run/udhcpc.{iface}.env; udhcpc -i {iface} -f -n -q -t {tries} -T 1 -A 1 2>&1"),
+            &format!(
+                "rm -f /run/udhcpc.{iface}.env; \
+                 udhcpc -i {iface} -f -n -q -t {tries} -T 1 -A 1 {extra_args} 2>&1"
+            ),
             timeout,
         )
         .with_context(|| format!("udhcpc on {iface}"))?;

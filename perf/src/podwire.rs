@@ -15,8 +15,10 @@ use std::time::Duration;
 /// How long podwire may take to create its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The podwire binary: `$PODWIRE_BIN`, else `target/release/podwire`, else
-/// `target/debug/podwire` (under the workspace's target directory).
+/// The podwire binary: `$PODWIRE_BIN`, else `target/release/podwire` or
+/// `target/debug/podwire` (under the workspace's target directory): the more
+/// recently built one when both exist, so a stale release build does not
+/// shadow the debug build `cargo test` just made.
 pub fn podwire_path() -> Result<PathBuf> {
     podwire_path_in(
         std::env::var_os("PODWIRE_BIN").map(PathBuf::from),
@@ -36,11 +38,17 @@ fn podwire_path_in(env: Option<PathBuf>, target: &Path) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    for profile in ["release", "debug"] {
-        let p = target.join(profile).join("podwire");
-        if p.is_file() {
-            return Ok(p);
-        }
+    let newest = ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("podwire"))
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok().filter(|m| m.is_file())?;
+            Some((m.modified().ok()?, p))
+        })
+        // on equal times, release (first) wins
+        .reduce(|a, b| if b.0 > a.0 { b } else { a });
+    if let Some((_, p)) = newest {
+        return Ok(p);
     }
     bail!(
         "podwire binary not found: set PODWIRE_BIN or build it (cargo build --release): \
@@ -54,7 +62,8 @@ fn podwire_path_in(env: Option<PathBuf>, target: &Path) -> Result<PathBuf> {
 pub struct PodwireConfig {
     pub socket: PathBuf,
     pub interface: Option<String>,
-    /// A CIDR or "pod".
+    /// A CIDR or "pod". Defaults to "pod": podwire's own default (10.0.2.0/24)
+    /// is outside the ranges tests may use.
     pub guest_cidr: Option<String>,
     pub mac: Option<String>,
     pub mtu: Option<u32>,
@@ -72,7 +81,7 @@ impl PodwireConfig {
         PodwireConfig {
             socket: socket.into(),
             interface: None,
-            guest_cidr: None,
+            guest_cidr: Some("pod".to_string()),
             mac: None,
             mtu: None,
             pid_file: None,
@@ -203,6 +212,11 @@ mod tests {
     #[test]
     fn args() {
         let mut c = PodwireConfig::new("/tmp/x.sock");
+        assert_eq!(
+            c.args(),
+            vec!["--socket", "/tmp/x.sock", "--guest-cidr", "pod"]
+        );
+        c.guest_cidr = None;
         assert_eq!(c.args(), vec!["--socket", "/tmp/x.sock"]);
         c.interface = Some("eth0".into());
         c.guest_cidr = Some("pod".into());
