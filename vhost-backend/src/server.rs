@@ -97,6 +97,7 @@ impl<H: NetHandler> Server<H> {
         let private = private_listener_name(self.counters.sessions.get());
         let mut listener = Listener::from(UnixListener::bind_addr(&private)?);
         let ours = UnixStream::connect_addr(&private)?;
+        let frontend_probe = frontend.try_clone()?;
         let relay_threads = relay::start(frontend, ours)?;
         daemon
             .start(&mut listener)
@@ -120,7 +121,7 @@ impl<H: NetHandler> Server<H> {
                 let _ = ended_signal.write(1);
                 (daemon, result)
             })?;
-        self.refuse_until(ended.as_raw_fd());
+        self.refuse_until(ended.as_raw_fd(), frontend_probe.as_raw_fd());
         let (daemon, result) = waiter
             .join()
             .map_err(|_| ServeError::Daemon("session thread panicked".into()))?;
@@ -140,10 +141,16 @@ impl<H: NetHandler> Server<H> {
         Ok(())
     }
 
-    /// Accepts and closes extra frontends until `ended` is readable.
-    fn refuse_until(&self, ended: RawFd) {
+    /// Accepts and closes extra frontends until `ended` is readable. Once the current frontend
+    /// has hung up, a newcomer is its successor, not an intruder: it is left in the backlog for
+    /// the next session instead.
+    fn refuse_until(&self, ended: RawFd, frontend: RawFd) {
         let listen = self.listener.as_raw_fd();
         loop {
+            if !peer_connected(frontend) {
+                wait_readable(ended);
+                return;
+            }
             let mut fds = [
                 libc::pollfd {
                     fd: ended,
@@ -168,7 +175,7 @@ impl<H: NetHandler> Server<H> {
             if fds[0].revents != 0 {
                 return;
             }
-            if fds[1].revents & libc::POLLIN != 0 {
+            if fds[1].revents & libc::POLLIN != 0 && peer_connected(frontend) {
                 self.refuse_one();
             }
         }
@@ -186,6 +193,31 @@ impl<H: NetHandler> Server<H> {
         }
         self.listener.set_nonblocking(false).ok();
     }
+}
+
+/// Whether the other end of a stream is still there (no hang-up seen). The kernel marks the
+/// hang-up when the peer closes, before any later connect from the same peer can complete.
+fn peer_connected(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 0 || pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0
+}
+
+fn wait_readable(fd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; EINTR just ends the wait early, which callers tolerate.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
 }
 
 /// A per-process, per-session name no other process is expected to know.
