@@ -9,7 +9,8 @@
 # Idempotent: when OUTDIR already holds both outputs and OUTDIR/.stamp holds
 # this script's hash, nothing is done. Concurrent runs serialise on a lock.
 # Needs root (dpkg -x keeps ownership), apt-get, dpkg, depmod (kmod), cpio,
-# gzip, xz, busybox-static, iperf3, socat, dhcpcd-base.
+# gzip, busybox-static, iperf3, socat, dhcpcd-base (and xz or zstd only if the
+# kernel's modules are compressed; bookworm's 6.1 ones are not).
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -40,7 +41,7 @@ fi
 
 log() { echo "build-image: $*" >&2; }
 
-for tool in apt-get apt-cache dpkg depmod cpio gzip xz ldd flock; do
+for tool in apt-get apt-cache dpkg depmod cpio gzip ldd flock sha256sum; do
   command -v "$tool" >/dev/null || { log "missing tool: $tool"; exit 1; }
 done
 for f in /bin/busybox /usr/bin/iperf3 /usr/bin/socat /usr/sbin/dhcpcd; do

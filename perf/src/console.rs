@@ -275,6 +275,28 @@ impl Console {
     }
 }
 
+impl Console {
+    /// Writes a text file in the guest (through a quoted here-document, so
+    /// nothing in `contents` is expanded).
+    pub fn write_file(&mut self, path: &str, contents: &str, timeout: Duration) -> Result<()> {
+        let delim = format!("@@EOF{}@@", self.seq + 1);
+        let mut body = contents.to_string();
+        if !body.ends_with('\n') && !body.is_empty() {
+            body.push('\n');
+        }
+        let no_newline = !contents.ends_with('\n') && !contents.is_empty();
+        let mut cmd = format!("cat > '{path}' <<'{delim}'\n{body}{delim}");
+        if no_newline {
+            // drop the newline the here-document added
+            cmd.push_str(&format!(
+                "\nprintf %s \"$(cat '{path}')\" > '{path}.tmp' && mv '{path}.tmp' '{path}'"
+            ));
+        }
+        self.run_ok(&cmd, timeout)?;
+        Ok(())
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() {
         return Some(from.min(hay.len()));
@@ -498,6 +520,12 @@ mod tests {
         // multi-line commands and no trailing newline
         assert_eq!(c.run_ok("printf a\nprintf b", t).unwrap(), "ab");
         assert!(c.run_ok("exit_code() { return 3; }; exit_code", t).is_err());
+        let f = format!("/tmp/podwire-console-test-{}", crate::util::unique_id());
+        c.write_file(&f, "a $HOME `x`\n\\n", t).unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "a $HOME `x`\n\\n");
+        c.write_file(&f, "no newline", t).unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "no newline");
+        c.run_ok(&format!("rm {f}"), t).unwrap();
         c.send("echo MARK-1\n").unwrap();
         assert!(c.wait_for("MARK-1", t).unwrap().ends_with("MARK-1"));
         let e = c.wait_for("never", Duration::from_millis(50)).unwrap_err();
