@@ -13,11 +13,13 @@
 //! socket closed), the worker thread is stopped, the handler is told the link went down, and the
 //! loop waits for the next frontend on the same socket.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -48,7 +50,11 @@ pub struct Server<H: NetHandler> {
     handler: Arc<Mutex<H>>,
     counters: Arc<DeviceCounters>,
     config: NetConfig,
+    last_refusal_log: Cell<Option<Instant>>,
 }
+
+/// Least time between two log lines about refused frontends.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl<H: NetHandler> Server<H> {
     /// Binds `path`, replacing a stale socket file left by an earlier run.
@@ -73,6 +79,7 @@ impl<H: NetHandler> Server<H> {
             handler,
             counters,
             config,
+            last_refusal_log: Cell::new(None),
         })
     }
 
@@ -185,11 +192,22 @@ impl<H: NetHandler> Server<H> {
         self.listener.set_nonblocking(true).ok();
         if let Ok((conn, _)) = self.listener.accept() {
             self.counters.refused_frontends.inc();
-            tracing::warn!(
-                "refused a second vhost-user frontend: this podwire already serves one \
-                 (one podwire per guest NIC)"
-            );
             drop(conn);
+            // QEMU retries a refused vhost-user connection in a tight loop: log the first
+            // refusal and then at most one line per interval, with the running count.
+            let now = Instant::now();
+            let due = self
+                .last_refusal_log
+                .get()
+                .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL);
+            if due {
+                self.last_refusal_log.set(Some(now));
+                tracing::warn!(
+                    "refused a second vhost-user frontend: this podwire already serves one \
+                     (one podwire per guest NIC; {} refused so far)",
+                    self.counters.refused_frontends.get()
+                );
+            }
         }
         self.listener.set_nonblocking(false).ok();
     }
