@@ -142,8 +142,11 @@ impl<H: NetHandler> Server<H> {
         drop(daemon);
         lock(&self.handler).link_changed(false);
         match result {
-            Ok(()) => tracing::info!("frontend disconnected; waiting for the next one"),
-            Err(e) => tracing::info!("frontend session ended: {e}; waiting for the next one"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!("frontend disconnected; waiting for the next one"),
+            Err(e) => tracing::warn!("frontend session ended: {e}; waiting for the next one"),
         }
         Ok(())
     }
