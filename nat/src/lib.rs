@@ -620,7 +620,7 @@ impl Nat {
         }
     }
 
-    /// Closes flows idle past their timeout.
+    /// Closes flows idle past their timeout (on the once-a-second timer tick).
     fn sweep(&mut self) {
         let mut expirations = 0u64;
         // SAFETY: reading a timerfd's 8-byte expiration count into a local.
@@ -631,14 +631,18 @@ impl Nat {
                 8,
             )
         };
-        let now = Instant::now();
+        self.expire_idle(Instant::now());
+    }
+
+    /// Closes every flow that has been idle longer than its timeout at `now`.
+    pub fn expire_idle(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let expired = self.slots[slot].as_ref().is_some_and(|f| {
                 let idle = match f.key {
                     FlowKey::Udp { .. } => self.config.udp_idle,
                     FlowKey::Icmp { .. } => self.config.icmp_idle,
                 };
-                now.duration_since(f.last_used) > idle
+                now.saturating_duration_since(f.last_used) > idle
             });
             if expired {
                 self.remove(slot);
@@ -684,5 +688,120 @@ fn new_sweep_timer() -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
         Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, UdpSocket};
+
+    const GUEST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+
+    /// A guest UDP datagram (IPv4 header, UDP header, payload) as a frame with its L3 info.
+    fn udp_frame(sport: u16, dst: SocketAddrV4, payload: &[u8]) -> (Vec<u8>, Ipv4Info) {
+        let l4_offset = wire::ETH_LEN + wire::IPV4_LEN;
+        let mut f = vec![0u8; l4_offset + UDP_LEN + payload.len()];
+        let udp_len = (UDP_LEN + payload.len()) as u16;
+        f[l4_offset..l4_offset + 2].copy_from_slice(&sport.to_be_bytes());
+        f[l4_offset + 2..l4_offset + 4].copy_from_slice(&dst.port().to_be_bytes());
+        f[l4_offset + 4..l4_offset + 6].copy_from_slice(&udp_len.to_be_bytes());
+        f[l4_offset + UDP_LEN..].copy_from_slice(payload);
+        // Checksum 0: "none", allowed for UDP over IPv4.
+        let info = Ipv4Info {
+            src: GUEST,
+            dst: *dst.ip(),
+            l4_offset,
+            l4_len: usize::from(udp_len),
+        };
+        (f, info)
+    }
+
+    fn send(nat: &mut Nat, sport: u16, dst: SocketAddrV4, payload: &[u8]) {
+        let (mut f, info) = udp_frame(sport, dst, payload);
+        let mut slices: [&mut [u8]; 1] = [&mut f];
+        let sg = SgList::from_slices(&mut slices).unwrap();
+        nat.guest_udp(&info, &sg);
+    }
+
+    #[test]
+    fn idle_flows_expire_and_active_ones_stay() {
+        let mut nat = Nat::new(NatConfig {
+            udp_idle: Duration::from_secs(30),
+            ..NatConfig::default()
+        })
+        .unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(dst) = sink.local_addr().unwrap() else {
+            unreachable!()
+        };
+        send(&mut nat, 0, dst, b"a");
+        send(&mut nat, 0, dst, b"b");
+        assert_eq!(nat.flow_count(), 1, "one flow per guest port");
+        nat.expire_idle(Instant::now() + Duration::from_secs(10));
+        assert_eq!(nat.flow_count(), 1, "not idle long enough");
+        nat.expire_idle(Instant::now() + Duration::from_secs(31));
+        assert_eq!(nat.flow_count(), 0);
+        assert_eq!(nat.counters.flows_expired.get(), 1);
+        // The slot is reused, and the table index stays consistent.
+        send(&mut nat, 0, dst, b"c");
+        assert_eq!(nat.flow_count(), 1);
+        assert_eq!(nat.counters.udp_out.get(), 3);
+    }
+
+    #[test]
+    fn new_flows_past_the_limit_are_refused_and_counted() {
+        let mut nat = Nat::new(NatConfig {
+            max_flows: 2,
+            ..NatConfig::default()
+        })
+        .unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(dst) = sink.local_addr().unwrap() else {
+            unreachable!()
+        };
+        // Guest ports that the pod surely has free are not needed: podwire falls back to any.
+        for sport in [40001, 40002, 40003] {
+            send(&mut nat, sport, dst, b"x");
+        }
+        assert_eq!(nat.flow_count(), 2);
+        assert_eq!(nat.counters.drop_table_full.get(), 1);
+        // Existing flows keep working at the limit.
+        send(&mut nat, 40001, dst, b"y");
+        assert_eq!(nat.counters.udp_out.get(), 3);
+        nat.clear();
+        assert_eq!(nat.flow_count(), 0);
+    }
+
+    #[test]
+    fn address_map_prefers_port_rules_and_maps_replies_back() {
+        let gw = Ipv4Addr::new(198, 19, 0, 1);
+        let resolver = Ipv4Addr::new(127, 0, 0, 53);
+        let map = AddrMap::new(vec![
+            MapRule {
+                guest: gw,
+                port: None,
+                host: Ipv4Addr::LOCALHOST,
+            },
+            MapRule {
+                guest: gw,
+                port: Some(53),
+                host: resolver,
+            },
+        ]);
+        let out = |ip, port| map.outbound(SocketAddrV4::new(ip, port));
+        let back = |ip, port| map.inbound(SocketAddrV4::new(ip, port));
+        assert_eq!(out(gw, 53), SocketAddrV4::new(resolver, 53));
+        assert_eq!(out(gw, 8080), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+        let far = Ipv4Addr::new(198, 18, 1, 1);
+        assert_eq!(out(far, 53), SocketAddrV4::new(far, 53), "others untouched");
+        assert_eq!(back(resolver, 53), SocketAddrV4::new(gw, 53));
+        assert_eq!(back(Ipv4Addr::LOCALHOST, 8080), SocketAddrV4::new(gw, 8080));
+        assert_eq!(back(far, 53), SocketAddrV4::new(far, 53));
+        assert_eq!(
+            AddrMap::default().outbound(SocketAddrV4::new(gw, 1)),
+            SocketAddrV4::new(gw, 1),
+            "no rules, no mapping (--no-map-gw)"
+        );
     }
 }

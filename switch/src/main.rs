@@ -33,11 +33,14 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                 Err(ExitCode::SUCCESS)
             }
             _ => {
+                // clap's message may continue on indented lines; the usage block after a blank
+                // line is left to --help. Fold the rest into one line.
                 let text = e.to_string();
-                let first = text.lines().next().unwrap_or("bad arguments");
+                let message = text.split("\n\n").next().unwrap_or("bad arguments");
+                let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
                 eprintln!(
                     "podwire: {} (see --help)",
-                    first.trim_start_matches("error: ")
+                    one_line.trim_start_matches("error: ")
                 );
                 Err(ExitCode::from(2))
             }

@@ -72,7 +72,7 @@ pub struct Switch {
 
 /// DNS servers to offer, and the map rules that make them reachable: a resolver on the pod's
 /// loopback (or at the gateway's own address) is offered as the gateway address, port 53.
-fn dns_plan(config: &Config) -> (Vec<Ipv4Addr>, Vec<MapRule>) {
+pub fn dns_plan(config: &Config) -> (Vec<Ipv4Addr>, Vec<MapRule>) {
     let gw = config.addressing.gateway;
     let mut offered = Vec::new();
     let mut rules = Vec::new();
@@ -98,17 +98,25 @@ fn dns_plan(config: &Config) -> (Vec<Ipv4Addr>, Vec<MapRule>) {
     (offered, rules)
 }
 
+/// The address map for the NAT: DNS rules first, then the gateway → pod loopback rule
+/// unless `--no-map-gw`.
+pub fn map_rules(config: &Config) -> Vec<MapRule> {
+    let (_, mut rules) = dns_plan(config);
+    if config.map_gateway {
+        rules.push(MapRule {
+            guest: config.addressing.gateway,
+            port: None,
+            host: Ipv4Addr::LOCALHOST,
+        });
+    }
+    rules
+}
+
 impl Switch {
     pub fn new(config: &Config) -> std::io::Result<Switch> {
         let a = config.addressing;
-        let (dns, mut rules) = dns_plan(config);
-        if config.map_gateway {
-            rules.push(MapRule {
-                guest: a.gateway,
-                port: None,
-                host: Ipv4Addr::LOCALHOST,
-            });
-        }
+        let (dns, _) = dns_plan(config);
+        let rules = map_rules(config);
         let nat = Nat::new(NatConfig {
             max_flows: config.max_flows,
             udp_idle: config.udp_idle,

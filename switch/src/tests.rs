@@ -18,7 +18,8 @@ use smoltcp::wire::{
 
 use crate::config::{Addressing, Config, GATEWAY_MAC};
 use crate::podnet::{Resolver, Uplink};
-use crate::switch::Switch;
+use crate::switch::{dns_plan, map_rules, Switch};
+use podwire_nat::MapRule;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -405,4 +406,47 @@ fn udp_to_the_gateway_reaches_pod_loopback_and_the_reply_comes_back() {
         EthernetAddress(GUEST_MAC)
     );
     let _ = server.as_raw_fd();
+}
+
+#[test]
+fn gateway_maps_to_pod_loopback_unless_disabled() {
+    let mut c = config();
+    assert_eq!(
+        map_rules(&c),
+        vec![MapRule {
+            guest: GW_IP,
+            port: None,
+            host: Ipv4Addr::LOCALHOST
+        }]
+    );
+    c.map_gateway = false;
+    assert!(map_rules(&c).is_empty(), "--no-map-gw");
+}
+
+#[test]
+fn loopback_or_gateway_resolvers_are_offered_as_the_gateway() {
+    let mut c = config();
+    let (offered, rules) = dns_plan(&c);
+    assert_eq!(
+        offered,
+        vec![Ipv4Addr::new(198, 18, 1, 1)],
+        "reachable: as is"
+    );
+    assert!(rules.is_empty());
+
+    c.resolver.nameservers = vec![Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(198, 18, 1, 1)];
+    let dns_rule = MapRule {
+        guest: GW_IP,
+        port: Some(53),
+        host: Ipv4Addr::new(127, 0, 0, 53),
+    };
+    let (offered, rules) = dns_plan(&c);
+    assert_eq!(offered, vec![GW_IP, Ipv4Addr::new(198, 18, 1, 1)]);
+    assert_eq!(rules, vec![dns_rule]);
+    c.map_gateway = false;
+    assert_eq!(
+        map_rules(&c),
+        vec![dns_rule],
+        "DNS works even with --no-map-gw"
+    );
 }
