@@ -38,6 +38,7 @@ use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
@@ -302,7 +303,7 @@ enum ChainError {
 
 /// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
 fn map_chain<'m>(
-    chain: DescriptorChain<&'m Mem>,
+    mut chain: DescriptorChain<&'m Mem>,
     mem: &'m Mem,
     writable: bool,
     max_len: usize,
@@ -312,14 +313,18 @@ fn map_chain<'m>(
     // names a descriptor outside the table, or cannot be read: in each case the last
     // descriptor it yielded still says "next". An empty chain is broken too.
     let mut cut_short = true;
-    for desc in chain {
-        cut_short = desc.has_next();
+    let mut map_one = |desc: Descriptor| -> Result<(), ChainError> {
         if desc.is_write_only() != writable {
             return Err(ChainError::BadDirection);
         }
-        let len = desc.len() as usize;
+        let mut len = desc.len() as usize;
         if sg.len().saturating_add(len) > max_len {
-            return Err(ChainError::TooLong);
+            if !writable {
+                return Err(ChainError::TooLong);
+            }
+            // An RX buffer bigger than any frame is still a good buffer: lend what a frame
+            // can fill and leave the rest alone.
+            len = max_len - sg.len();
         }
         for slice in mem.get_slices(desc.addr(), len) {
             let slice = slice.map_err(|_| ChainError::BadAddress)?;
@@ -331,11 +336,38 @@ fn map_chain<'m>(
             unsafe { sg.push_raw(ptr, slice.len()) }
                 .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
         }
+        Ok(())
+    };
+    while let Some(desc) = chain.next() {
+        cut_short = desc.has_next();
+        if let Err(e) = map_one(desc) {
+            // A loop walks a whole table's worth of descriptors, so it usually hits the segment
+            // or length limit before virtio-queue cuts it off: finish the walk (descriptors
+            // only, at most one lap of the table) to name it for what it is.
+            let broken = matches!(e, ChainError::TooManySegments | ChainError::TooLong)
+                && chain.last().map_or(cut_short, |d| d.has_next());
+            return Err(if broken { ChainError::Broken } else { e });
+        }
     }
     if cut_short {
         return Err(ChainError::Broken);
     }
     Ok(())
+}
+
+/// Whether the driver's avail index is at most one ring ahead of ours. virtio-queue pops nothing
+/// from a ring where it is not (the driver is broken) while `enable_notification` keeps reporting
+/// more work: without this check a pass would never end.
+fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
+    let sane = q
+        .avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size());
+    if !sane {
+        warn_once!(
+            "guest's avail index is more than a ring ahead; ignoring the ring until it is not"
+        );
+    }
+    sane
 }
 
 /// Writes one used element without publishing it.
@@ -451,7 +483,7 @@ where
             publish_used(mem, self.vring.get_queue_mut(), used);
             // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
             match self.vring.get_queue_mut().enable_notification(mem) {
-                Ok(true) => continue,
+                Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => continue,
                 _ => break,
             }
         }
@@ -493,10 +525,9 @@ where
     /// Marks the RX ring empty: ask for a kick when the guest adds buffers. Returns true if some
     /// arrived in the meantime.
     fn rearm(&mut self) -> bool {
-        matches!(
-            self.vring.get_queue_mut().enable_notification(&**self.mem),
-            Ok(true)
-        )
+        let mem: &Mem = self.mem;
+        let q = self.vring.get_queue_mut();
+        matches!(q.enable_notification(mem), Ok(true)) && avail_idx_sane(mem, q)
     }
 }
 
@@ -510,7 +541,9 @@ where
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
         let mem: &Mem = self.mem;
-        if !self.vring.get_queue().ready() || self.vring.get_queue().size() == 0 {
+        // A started but disabled ring (SET_VRING_ENABLE 0) must not be given new RX frames.
+        let q = self.vring.get_queue();
+        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
             return Err(RxError::NotReady);
         }
         let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);

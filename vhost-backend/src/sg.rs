@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn too_many_segments_is_an_error_not_a_panic() {
-        let mut bufs = vec![[0u8; 1]; MAX_SEGS + 1];
+        let mut bufs = [[0u8; 1]; MAX_SEGS + 1];
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
         assert_eq!(
             SgList::from_slices(&mut slices).err(),
