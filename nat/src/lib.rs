@@ -45,7 +45,9 @@ use mio::{Events, Interest, Poll, Token};
 use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
-use crate::wire::{Endpoints, Ipv4Info, ICMP_LEN, ICMP_OFFSET, UDP_LEN, UDP_PAYLOAD_OFFSET};
+use crate::wire::{
+    Endpoints, Ipv4Info, ICMP_LEN, ICMP_OFFSET, IPV4_LEN, UDP_LEN, UDP_PAYLOAD_OFFSET,
+};
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
 const EVENTS_PER_POLL: usize = 256;
@@ -509,20 +511,21 @@ impl Nat {
         id
     }
 
-    fn recv_udp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
-        let FlowKey::Udp {
-            guest_ip,
-            guest_port,
-        } = flow.key
-        else {
-            return RecvOutcome::Drained;
-        };
-        let max_payload = self.config.guest_mtu.saturating_sub(28);
+    /// Receives one datagram from `flow` straight into guest RX buffers at `offset` (at most
+    /// `max` bytes), then lets `frame_it` write the headers in front; returns what happened.
+    fn recv_datagram(
+        &self,
+        flow: &Flow,
+        rx: &mut dyn RxSink,
+        offset: usize,
+        max: usize,
+        delivered: &Counter,
+        frame_it: &mut dyn FnMut(&mut SgList<'_>, &sock::Received) -> bool,
+    ) -> RecvOutcome {
         let mut outcome = RecvOutcome::Drained;
-        let ident = self.next_ident();
-        let result = rx.push(UDP_PAYLOAD_OFFSET + max_payload, &mut |frame| {
+        let result = rx.push(offset + max, &mut |frame| {
             let mut iov = [EMPTY_IOVEC; MAX_SEGS];
-            let n = frame.iovecs(UDP_PAYLOAD_OFFSET, max_payload, &mut iov);
+            let n = frame.iovecs(offset, max, &mut iov);
             let got = match sock::recv_from(&flow.fd, &mut iov[..n]) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -533,32 +536,64 @@ impl Nat {
             };
             if got.truncated {
                 self.counters.drop_too_big_for_guest.inc();
-                warn_once!("UDP datagram from {} larger than the guest MTU", got.from);
+                warn_once!("datagram from {} larger than the guest MTU", got.from);
                 outcome = RecvOutcome::Dropped;
                 return None;
             }
-            let src = self.config.map.inbound(got.from);
-            let l3 = wire::eth_ipv4_header(
-                ep,
-                *src.ip(),
-                guest_ip,
-                IpProtocol::Udp,
-                UDP_LEN + got.len,
-                ident,
-            );
-            let udp = wire::udp_header(
-                (*src.ip(), src.port()),
-                (guest_ip, guest_port),
-                frame,
-                UDP_PAYLOAD_OFFSET,
-                got.len,
-            );
-            frame.write(0, &l3);
-            frame.write(ICMP_OFFSET, &udp);
+            if !frame_it(frame, &got) {
+                outcome = RecvOutcome::Dropped;
+                return None;
+            }
             outcome = RecvOutcome::Delivered;
-            Some(UDP_PAYLOAD_OFFSET + got.len)
+            Some(offset + got.len)
         });
-        self.finish_recv(result, outcome, &self.counters.udp_in)
+        match result {
+            Ok(()) => {
+                delivered.inc();
+                RecvOutcome::Delivered
+            }
+            Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
+            Err(RxError::Abandoned) => outcome,
+        }
+    }
+
+    fn recv_udp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
+        let FlowKey::Udp {
+            guest_ip,
+            guest_port,
+        } = flow.key
+        else {
+            return RecvOutcome::Drained;
+        };
+        let max_payload = self.config.guest_mtu.saturating_sub(IPV4_LEN + UDP_LEN);
+        let ident = self.next_ident();
+        let counter = &self.counters.udp_in;
+        self.recv_datagram(
+            flow,
+            rx,
+            UDP_PAYLOAD_OFFSET,
+            max_payload,
+            counter,
+            &mut |frame, got| {
+                let src = self.config.map.inbound(got.from);
+                let l3 = wire::eth_ipv4_header(
+                    ep,
+                    *src.ip(),
+                    guest_ip,
+                    IpProtocol::Udp,
+                    UDP_LEN + got.len,
+                    ident,
+                );
+                let udp = wire::udp_header(
+                    (*src.ip(), src.port()),
+                    (guest_ip, guest_port),
+                    frame,
+                    UDP_PAYLOAD_OFFSET,
+                    got.len,
+                );
+                frame.write(0, &l3) && frame.write(ICMP_OFFSET, &udp)
+            },
+        )
     }
 
     fn recv_icmp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
@@ -568,56 +603,38 @@ impl Nat {
         else {
             return RecvOutcome::Drained;
         };
-        let max_msg = self.config.guest_mtu.saturating_sub(20);
-        let mut outcome = RecvOutcome::Drained;
+        let max_msg = self.config.guest_mtu.saturating_sub(IPV4_LEN);
         let ident = self.next_ident();
-        let result = rx.push(ICMP_OFFSET + max_msg, &mut |frame| {
-            let mut iov = [EMPTY_IOVEC; MAX_SEGS];
-            let n = frame.iovecs(ICMP_OFFSET, max_msg, &mut iov);
-            let got = match sock::recv_from(&flow.fd, &mut iov[..n]) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(_) => {
-                    outcome = RecvOutcome::Dropped;
-                    return None;
+        let counter = &self.counters.icmp_in;
+        self.recv_datagram(
+            flow,
+            rx,
+            ICMP_OFFSET,
+            max_msg,
+            counter,
+            &mut |frame, got| {
+                let mut hdr = [0u8; ICMP_LEN];
+                if got.len < ICMP_LEN || frame.read(ICMP_OFFSET, &mut hdr) < ICMP_LEN {
+                    return false;
                 }
-            };
-            let mut hdr = [0u8; ICMP_LEN];
-            if got.truncated || got.len < ICMP_LEN || frame.read(ICMP_OFFSET, &mut hdr) < ICMP_LEN {
-                outcome = RecvOutcome::Dropped;
-                return None;
-            }
-            // Give the guest back its own identifier; patch the checksum to match.
-            let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
-            let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
-            let csum = wire::adjust_checksum(csum, kernel_id, guest_id);
-            hdr[2..4].copy_from_slice(&csum.to_be_bytes());
-            hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
-            let src = self.config.map.inbound(got.from);
-            let l3 =
-                wire::eth_ipv4_header(ep, *src.ip(), guest_ip, IpProtocol::Icmp, got.len, ident);
-            frame.write(0, &l3);
-            frame.write(ICMP_OFFSET, &hdr);
-            outcome = RecvOutcome::Delivered;
-            Some(ICMP_OFFSET + got.len)
-        });
-        self.finish_recv(result, outcome, &self.counters.icmp_in)
-    }
-
-    fn finish_recv(
-        &self,
-        result: Result<(), RxError>,
-        outcome: RecvOutcome,
-        delivered: &Counter,
-    ) -> RecvOutcome {
-        match result {
-            Ok(()) => {
-                delivered.inc();
-                RecvOutcome::Delivered
-            }
-            Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
-            Err(RxError::Abandoned) => outcome,
-        }
+                // Give the guest back its own identifier; patch the checksum to match.
+                let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+                let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
+                let csum = wire::adjust_checksum(csum, kernel_id, guest_id);
+                hdr[2..4].copy_from_slice(&csum.to_be_bytes());
+                hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
+                let src = self.config.map.inbound(got.from);
+                let l3 = wire::eth_ipv4_header(
+                    ep,
+                    *src.ip(),
+                    guest_ip,
+                    IpProtocol::Icmp,
+                    got.len,
+                    ident,
+                );
+                frame.write(0, &l3) && frame.write(ICMP_OFFSET, &hdr)
+            },
+        )
     }
 
     /// Closes flows idle past their timeout (on the once-a-second timer tick).
