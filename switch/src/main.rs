@@ -10,6 +10,7 @@
 
 mod config;
 mod podnet;
+mod signals;
 mod switch;
 #[cfg(test)]
 mod tests;
@@ -73,10 +74,12 @@ fn run(cli: Cli) -> Result<(), String> {
             .unwrap_or([0x52, 0x54, 0x00, 0x70, 0x77, 0x02]),
         mtu: config.mtu,
     };
+    let switch = Arc::new(Mutex::new(switch));
+    let device = Arc::new(DeviceCounters::default());
     let server = Server::bind(
         &config.socket,
-        Arc::new(Mutex::new(switch)),
-        Arc::new(DeviceCounters::default()),
+        switch.clone(),
+        device.clone(),
         device_config,
     )
     .map_err(|e| e.to_string())?;
@@ -84,11 +87,21 @@ fn run(cli: Cli) -> Result<(), String> {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
     }
+    let mut leftovers = vec![config.socket.clone()];
+    leftovers.extend(config.pid_file.clone());
+    signals::spawn_handler(switch, device, leftovers)
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());
     server.run().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so that every thread inherits the mask and only the signal
+    // thread ever sees these signals.
+    if let Err(e) = signals::block() {
+        eprintln!("podwire: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
 use podwire_nat::wire::{self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, UDP_PAYLOAD_OFFSET};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
-use podwire_vhost::{warn_once, Counter, NetHandler, RxSink, SgList};
+use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, IpProtocol, Ipv4Packet,
@@ -377,6 +377,24 @@ impl Switch {
         }
     }
 
+    /// The guest's identity, flows and lease, then every non-zero counter: one log line.
+    pub fn status(&self) -> String {
+        let mac = self
+            .guest_mac
+            .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string());
+        let lease = if self.dhcp.lease().is_some() {
+            "bound"
+        } else {
+            "none"
+        };
+        format!(
+            "guest mac={mac} ip={} lease={lease} flows={}; {}",
+            self.guest_ip,
+            self.nat.flow_count(),
+            self.summary()
+        )
+    }
+
     /// A one-line summary of every non-zero counter, for logs.
     pub fn summary(&self) -> String {
         let c = &self.counters;
@@ -413,12 +431,7 @@ impl Switch {
             ("nat_drop_send_failed", n.drop_send_failed.get()),
             ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
         ];
-        pairs
-            .iter()
-            .filter(|(_, v)| *v != 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        nonzero_summary(&pairs)
     }
 }
 

@@ -74,3 +74,58 @@ fn help_and_version_succeed() {
     let (code, _) = podwire(&["--version"]);
     assert_eq!(code, 0);
 }
+
+/// Polls `cond` until it holds or `secs` pass.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    cond()
+}
+
+#[test]
+fn sigusr1_logs_status_and_sigterm_cleans_up() {
+    let dir = std::env::temp_dir().join(format!("podwire-sig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("vhost.sock");
+    let pid = dir.join("podwire.pid");
+    let log = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_podwire"))
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--pid",
+            pid.to_str().unwrap(),
+        ])
+        .args(["--interface", "lo", "--guest-cidr", "198.19.0.0/24"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(10, || pid.exists() && sock.exists()),
+        "podwire started"
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    assert!(
+        wait_for(10, || read_log()
+            .contains("status: guest mac=unknown ip=198.19.0.2")),
+        "{}",
+        read_log()
+    );
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        !sock.exists() && !pid.exists(),
+        "socket and pid file removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

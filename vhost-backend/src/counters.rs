@@ -27,6 +27,18 @@ impl Counter {
     }
 }
 
+/// `name=value` for every non-zero pair, space-separated: one log line of counters.
+pub fn nonzero_summary(pairs: &[(&str, u64)]) -> String {
+    let mut out = String::new();
+    for (name, value) in pairs.iter().filter(|(_, v)| *v != 0) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!("{name}={value}"));
+    }
+    out
+}
+
 /// Logs a warning the first time this call site is reached, then stays quiet.
 #[macro_export]
 macro_rules! warn_once {
@@ -67,4 +79,41 @@ pub struct DeviceCounters {
     pub refused_frontends: Counter,
     /// Frontends served so far.
     pub sessions: Counter,
+}
+
+impl DeviceCounters {
+    /// Every non-zero counter, for logs and status dumps.
+    pub fn summary(&self) -> String {
+        nonzero_summary(&[
+            ("tx_frames", self.tx_frames.get()),
+            ("tx_bytes", self.tx_bytes.get()),
+            ("rx_frames", self.rx_frames.get()),
+            ("rx_bytes", self.rx_bytes.get()),
+            ("interrupts", self.interrupts.get()),
+            ("tx_bad_address", self.tx_bad_address.get()),
+            ("tx_bad_direction", self.tx_bad_direction.get()),
+            ("tx_too_many_segments", self.tx_too_many_segments.get()),
+            ("tx_too_long", self.tx_too_long.get()),
+            ("tx_broken_chain", self.tx_broken_chain.get()),
+            ("tx_too_short", self.tx_too_short.get()),
+            ("rx_bad_chain", self.rx_bad_chain.get()),
+            ("rx_no_buffers", self.rx_no_buffers.get()),
+            ("refused_frontends", self.refused_frontends.get()),
+            ("sessions", self.sessions.get()),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lists_only_nonzero_counters() {
+        let c = DeviceCounters::default();
+        assert_eq!(c.summary(), "");
+        c.tx_frames.add(3);
+        c.rx_no_buffers.inc();
+        assert_eq!(c.summary(), "tx_frames=3 rx_no_buffers=1");
+    }
 }

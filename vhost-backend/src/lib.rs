@@ -21,7 +21,7 @@ pub mod relay;
 pub mod server;
 pub mod sg;
 
-pub use counters::{Counter, DeviceCounters};
+pub use counters::{nonzero_summary, Counter, DeviceCounters};
 pub use device::{NetConfig, NetDevice, NetHandler, RxError, RxSink, MAX_FRAME_LEN};
 pub use server::{ServeError, Server};
 pub use sg::{Checksum, SgList, MAX_SEGS};
