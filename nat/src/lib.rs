@@ -31,6 +31,7 @@
 //! beyond which new flows are refused and counted.
 
 pub mod sock;
+pub mod tcp;
 pub mod wire;
 
 use std::cell::Cell;
@@ -51,6 +52,10 @@ use crate::wire::{
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
 const EVENTS_PER_POLL: usize = 256;
+/// The timer's period: TCP retransmission granularity.
+const TICK: Duration = Duration::from_millis(100);
+/// Idle datagram flows are looked for once a second.
+const TICKS_PER_SWEEP: u32 = 10;
 
 /// One guest-visible address (and optionally port) that stands for another in the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +205,8 @@ pub struct Nat {
     index: HashMap<FlowKey, usize>,
     parked: Vec<usize>,
     ip_ident: Cell<u16>,
+    ticks: u32,
+    pub tcp: tcp::TcpTable,
     pub counters: NatCounters,
 }
 
@@ -221,6 +228,7 @@ impl Nat {
             Interest::READABLE,
         )?;
         let reserve = config.max_flows.min(1024);
+        let tcp = tcp::TcpTable::new(config.max_flows, config.guest_mtu);
         Ok(Nat {
             config,
             poll,
@@ -231,6 +239,8 @@ impl Nat {
             index: HashMap::with_capacity(reserve),
             parked: Vec::new(),
             ip_ident: Cell::new(0),
+            ticks: 0,
+            tcp,
             counters: NatCounters::default(),
         })
     }
@@ -240,12 +250,36 @@ impl Nat {
         self.poll.as_raw_fd()
     }
 
+    /// Open flows of every kind.
     pub fn flow_count(&self) -> usize {
-        self.index.len()
+        self.index.len() + self.tcp.len()
     }
 
     pub fn set_guest_mtu(&mut self, mtu: usize) {
         self.config.guest_mtu = mtu;
+        self.tcp.set_guest_mtu(mtu);
+    }
+
+    /// One guest TCP segment.
+    pub fn guest_tcp(
+        &mut self,
+        ip: &Ipv4Info,
+        frame: &SgList<'_>,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        self.tcp
+            .guest_segment(self.poll.registry(), &self.config.map, ip, frame, rx, ep);
+    }
+
+    /// Work owed at the end of a batch of guest frames (coalesced ACKs).
+    pub fn flush(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.tcp.flush_acks(rx, ep);
+    }
+
+    /// Forwards TCP connections to `bind` in the pod to the guest's `guest_port`.
+    pub fn listen_tcp(&mut self, bind: SocketAddrV4, guest_port: u16) -> io::Result<()> {
+        self.tcp.listen(self.poll.registry(), bind, guest_port)
     }
 
     fn drop_packet(&self, d: NatDrop) {
@@ -459,22 +493,58 @@ impl Nat {
         {
             return;
         }
-        let mut sweep = false;
-        let mut ready = [0usize; EVENTS_PER_POLL];
+        self.tcp.resume_parked(rx, ep);
+        let mut tick = false;
+        let mut ready = [(0usize, false); EVENTS_PER_POLL];
         let mut nready = 0;
         for ev in self.events.iter() {
             if ev.token() == TIMER_TOKEN {
-                sweep = true;
+                tick = true;
             } else if nready < ready.len() {
-                ready[nready] = ev.token().0;
+                ready[nready] = (ev.token().0, ev.is_writable());
                 nready += 1;
             }
         }
-        for &slot in &ready[..nready] {
-            self.drain_flow(slot, rx, ep);
+        for &(token, writable) in &ready[..nready] {
+            if token >= tcp::LISTEN_BASE {
+                let registry = self.poll.registry();
+                self.tcp.listener_event(
+                    registry,
+                    &self.config.map,
+                    token - tcp::LISTEN_BASE,
+                    rx,
+                    ep,
+                );
+            } else if token >= tcp::CONN_BASE {
+                let registry = self.poll.registry();
+                self.tcp
+                    .socket_event(registry, token - tcp::CONN_BASE, writable, rx, ep);
+            } else {
+                self.drain_flow(token, rx, ep);
+            }
         }
-        if sweep {
-            self.sweep();
+        if tick {
+            self.on_tick(rx, ep);
+        }
+        self.tcp.flush_acks(rx, ep);
+    }
+
+    /// The timer: TCP retransmissions every tick, idle datagram flows once a second.
+    fn on_tick(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let mut expirations = 0u64;
+        // SAFETY: reading a timerfd's 8-byte expiration count into a local.
+        unsafe {
+            libc::read(
+                self.timer.as_raw_fd(),
+                (&mut expirations as *mut u64).cast(),
+                8,
+            )
+        };
+        let now = Instant::now();
+        self.tcp.tick(self.poll.registry(), now, rx, ep);
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % TICKS_PER_SWEEP == 0 {
+            self.expire_idle(now);
         }
     }
 
@@ -637,20 +707,6 @@ impl Nat {
         )
     }
 
-    /// Closes flows idle past their timeout (on the once-a-second timer tick).
-    fn sweep(&mut self) {
-        let mut expirations = 0u64;
-        // SAFETY: reading a timerfd's 8-byte expiration count into a local.
-        unsafe {
-            libc::read(
-                self.timer.as_raw_fd(),
-                (&mut expirations as *mut u64).cast(),
-                8,
-            )
-        };
-        self.expire_idle(Instant::now());
-    }
-
     /// Closes every flow that has been idle longer than its timeout at `now`.
     pub fn expire_idle(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
@@ -668,8 +724,9 @@ impl Nat {
         }
     }
 
-    /// Closes every flow (e.g. on shutdown).
+    /// Closes every flow (e.g. on shutdown, or when the guest goes away).
     pub fn clear(&mut self) {
+        self.tcp.clear(self.poll.registry());
         for slot in 0..self.slots.len() {
             self.remove(slot);
         }
@@ -693,13 +750,13 @@ fn new_sweep_timer() -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        let second = libc::timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+        let tick = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: TICK.as_nanos() as libc::c_long,
         };
         let spec = libc::itimerspec {
-            it_interval: second,
-            it_value: second,
+            it_interval: tick,
+            it_value: tick,
         };
         if libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) < 0 {
             return Err(io::Error::last_os_error());

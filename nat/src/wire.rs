@@ -23,11 +23,12 @@ pub const UDP_PAYLOAD_OFFSET: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
 /// Where an ICMP message starts in a frame podwire builds.
 pub const ICMP_OFFSET: usize = ETH_LEN + IPV4_LEN;
 
-/// The two link-layer addresses of the guest's one link.
+/// The guest's one link: its two link-layer addresses and the guest's current IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
     pub guest_mac: [u8; 6],
     pub gateway_mac: [u8; 6],
+    pub guest_ip: Ipv4Addr,
 }
 
 /// What the switch learned from a guest IPv4 header, for the L4 handlers.
@@ -107,6 +108,56 @@ pub fn udp_header(
     hdr
 }
 
+pub const TCP_LEN: usize = 20;
+/// Where a TCP payload starts in a frame podwire builds (no TCP options on data segments).
+pub const TCP_PAYLOAD_OFFSET: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The fields of a TCP segment podwire sends to the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSegment<'a> {
+    pub src: (Ipv4Addr, u16),
+    pub dst: (Ipv4Addr, u16),
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// Already padded to a multiple of 4 bytes (at most 40).
+    pub options: &'a [u8],
+}
+
+/// Writes the TCP header of `seg` into `out` (returns its length), with a checksum covering
+/// `frame[payload_offset..payload_offset + payload_len]`.
+pub fn tcp_header(
+    seg: &TcpSegment<'_>,
+    frame: &SgList<'_>,
+    payload_offset: usize,
+    payload_len: usize,
+    out: &mut [u8; 60],
+) -> usize {
+    let opt_len = seg.options.len().min(40) & !3;
+    let hdr_len = TCP_LEN + opt_len;
+    out[..hdr_len].fill(0);
+    out[0..2].copy_from_slice(&seg.src.1.to_be_bytes());
+    out[2..4].copy_from_slice(&seg.dst.1.to_be_bytes());
+    out[4..8].copy_from_slice(&seg.seq.to_be_bytes());
+    out[8..12].copy_from_slice(&seg.ack.to_be_bytes());
+    out[12] = ((hdr_len / 4) as u8) << 4;
+    out[13] = seg.flags;
+    out[14..16].copy_from_slice(&seg.window.to_be_bytes());
+    out[TCP_LEN..hdr_len].copy_from_slice(&seg.options[..opt_len]);
+    let mut sum = pseudo_header(seg.src.0, seg.dst.0, 6, hdr_len + payload_len);
+    sum.add(&out[..hdr_len]);
+    frame.checksum(payload_offset, payload_len, &mut sum);
+    out[16..18].copy_from_slice(&sum.finish().to_be_bytes());
+    hdr_len
+}
+
 /// Rewrites a 16-bit field covered by a checksum, updating the checksum (RFC 1624, eqn. 3).
 pub fn adjust_checksum(csum: u16, old: u16, new: u16) -> u16 {
     let mut c = Checksum::new();
@@ -140,6 +191,7 @@ mod tests {
         let ep = Endpoints {
             guest_mac: [2, 0, 0, 0, 0, 2],
             gateway_mac: [2, 0, 0, 0, 0, 1],
+            guest_ip: Ipv4Addr::new(10, 0, 2, 2),
         };
         let mut frame = [0u8; UDP_PAYLOAD_OFFSET + 5];
         frame[UDP_PAYLOAD_OFFSET..].copy_from_slice(b"hello");

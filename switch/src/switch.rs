@@ -53,7 +53,6 @@ pub struct SwitchCounters {
     pub drop_bad_ipv4_checksum: Counter,
     pub drop_fragment: Counter,
     pub drop_multicast_broadcast: Counter,
-    pub drop_tcp: Counter,
     pub drop_other_protocol: Counter,
     pub drop_rx_full: Counter,
 }
@@ -158,6 +157,7 @@ impl Switch {
             // Until the guest has spoken, broadcast: it is the only other host on the link.
             guest_mac: self.guest_mac.unwrap_or([0xff; 6]),
             gateway_mac: GATEWAY_MAC,
+            guest_ip: self.guest_ip,
         }
     }
 
@@ -302,8 +302,8 @@ impl Switch {
             IpProtocol::Udp => self.nat.guest_udp(&info, frame),
             IpProtocol::Icmp => self.nat.guest_icmp(&info, frame),
             IpProtocol::Tcp => {
-                self.counters.drop_tcp.inc();
-                warn_once!("guest TCP is not translated yet");
+                let ep = self.endpoints();
+                self.nat.guest_tcp(&info, frame, rx, &ep);
             }
             other => {
                 self.counters.drop_other_protocol.inc();
@@ -416,7 +416,6 @@ impl Switch {
             ("drop_bad_ipv4_checksum", c.drop_bad_ipv4_checksum.get()),
             ("drop_fragment", c.drop_fragment.get()),
             ("drop_multicast_broadcast", c.drop_multicast_broadcast.get()),
-            ("drop_tcp", c.drop_tcp.get()),
             ("drop_other_protocol", c.drop_other_protocol.get()),
             ("drop_rx_full", c.drop_rx_full.get()),
             ("nat_drop_truncated", n.drop_truncated.get()),
@@ -474,6 +473,11 @@ impl NetHandler for Switch {
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         let ep = self.endpoints();
         self.nat.poll(rx, &ep);
+    }
+
+    fn tx_batch_done(&mut self, rx: &mut dyn RxSink) {
+        let ep = self.endpoints();
+        self.nat.flush(rx, &ep);
     }
 
     fn host_fd(&self) -> RawFd {

@@ -80,6 +80,9 @@ pub trait NetHandler: Send + 'static {
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink);
     /// The handler's fd is readable, or the guest posted RX buffers: produce frames.
     fn poll_host(&mut self, rx: &mut dyn RxSink);
+    /// A pass over the TX ring ended: send what was held back to coalesce (e.g. one TCP ACK
+    /// for many segments).
+    fn tx_batch_done(&mut self, _rx: &mut dyn RxSink) {}
     /// An fd that becomes readable when [`NetHandler::poll_host`] has work.
     fn host_fd(&self) -> RawFd;
     /// A frontend connected (`true`) or went away (`false`).
@@ -481,6 +484,7 @@ where
                 }
             }
             publish_used(mem, self.vring.get_queue_mut(), used);
+            handler.tx_batch_done(rx);
             // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
             match self.vring.get_queue_mut().enable_notification(mem) {
                 Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => continue,

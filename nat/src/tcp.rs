@@ -1,0 +1,1265 @@
+//! TCP between the guest and the pod, without a TCP stack of podwire's own.
+//!
+//! # Theory of operation
+//!
+//! Each guest TCP connection is mirrored onto one kernel TCP socket in the pod. podwire speaks
+//! just enough TCP towards the guest to keep two byte streams in step with that socket; the
+//! kernel does congestion control, retransmission and everything else towards the real peer.
+//! No payload is ever held in podwire's memory:
+//!
+//! - **guest → pod**: a segment's payload is written with `sendmsg` straight from guest memory.
+//!   Only what the socket accepted is acknowledged; the window offered to the guest is the room
+//!   left in the socket's send buffer, so a well-behaved guest never sends what cannot be taken.
+//!   When the socket was full and drains, a window update tells the guest to go on.
+//! - **pod → guest**: data is read with `MSG_PEEK` straight into the guest's RX buffers, one
+//!   segment per frame, as far as the guest's window allows. It stays in the socket until the
+//!   guest acknowledges it; then it is dropped with `MSG_TRUNC` (no copy). `SO_PEEK_OFF` makes
+//!   each peek continue where the last one ended; on kernels without it (before 6.9), the bytes
+//!   already sent are peeked into a scratch buffer first. Retransmission (timeout, or three
+//!   duplicate ACKs) rewinds the peek offset to the oldest unacknowledged byte and sends again.
+//!
+//! Connections the guest opens: its SYN becomes a non-blocking `connect`; the SYN-ACK is sent
+//! only once the connect succeeded, a RST if it was refused, an ICMP host-unreachable if the
+//! kernel reports the peer unreachable. Connections to forwarded pod ports: podwire accepts,
+//! sends the guest a SYN from the client's real address, and relays once the guest answers.
+//!
+//! FIN in either direction is a half-close (`shutdown(SHUT_WR)` on the socket, or a FIN to the
+//! guest once the socket reached end of file and every byte was sent); RST in either direction
+//! aborts both sides (a socket closed with a zero linger sends RST to the peer). A connection is
+//! forgotten once both FINs are acknowledged, on RST, when retransmission gives up, or when the
+//! guest goes away: no socket, table entry or buffer outlives it.
+//!
+//! MSS is the smaller of the guest's and the guest MTU's; window scaling is used when the guest
+//! offers it. No SACK, no timestamps: the guest link neither loses nor reorders frames by itself.
+//! Per connection podwire keeps one `Conn` (about 100 bytes) and a table entry; the bytes in
+//! flight live in the kernel's socket buffers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_SEGS};
+use smoltcp::wire::IpProtocol;
+
+use crate::wire::{
+    self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_LEN, TCP_PAYLOAD_OFFSET,
+    TCP_PSH, TCP_RST, TCP_SYN,
+};
+use crate::AddrMap;
+
+/// mio tokens of TCP connections start here; listeners start at [`LISTEN_BASE`].
+pub const CONN_BASE: usize = 1 << 40;
+pub const LISTEN_BASE: usize = 1 << 41;
+/// The window scale podwire offers the guest: windows up to 8 MiB.
+const OUR_WSCALE: u8 = 7;
+const INITIAL_RTO: Duration = Duration::from_secs(1);
+const MAX_RTO: Duration = Duration::from_secs(60);
+/// Retransmissions of one segment before the connection is reset.
+const MAX_RETRIES: u8 = 8;
+/// SYNs sent to the guest for an inbound connection before giving up.
+const MAX_SYN_RETRIES: u8 = 5;
+/// Bytes in flight towards the guest without SO_PEEK_OFF: what the scratch prefix can skip.
+const SCRATCH_LEN: usize = 64 * 1024;
+const MAX_SCRATCH_SEGS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    guest_ip: Ipv4Addr,
+    guest_port: u16,
+    /// The remote end as the guest sees it.
+    remote_ip: Ipv4Addr,
+    remote_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Guest sent SYN; the pod socket is connecting.
+    Connecting,
+    /// Connected; SYN-ACK sent to the guest, waiting for its ACK.
+    SynAckSent,
+    /// Inbound: SYN sent to the guest, waiting for its SYN-ACK.
+    SynSent,
+    Established,
+}
+
+struct Conn {
+    key: ConnKey,
+    fd: OwnedFd,
+    state: State,
+    /// Our sequence numbers (towards the guest).
+    iss: u32,
+    snd_una: u32,
+    snd_nxt: u32,
+    /// The guest's window, in bytes.
+    snd_wnd: u32,
+    /// Next sequence number expected from the guest.
+    rcv_nxt: u32,
+    guest_mss: u16,
+    /// The guest's window scale, if it offered one (then ours is [`OUR_WSCALE`]).
+    guest_wscale: Option<u8>,
+    ack_pending: bool,
+    queued_ack: bool,
+    parked: bool,
+    /// The socket could not take everything the guest sent.
+    sock_full: bool,
+    /// The pod side reached end of file.
+    sock_eof: bool,
+    fin_from_guest: bool,
+    fin_sent: bool,
+    dup_acks: u8,
+    retries: u8,
+    rto: Duration,
+    rto_deadline: Option<Instant>,
+    /// The guest's SYN, for an ICMP error about it.
+    syn_seq: u32,
+}
+
+impl Conn {
+    fn scaled_window(&self, room: u32) -> u16 {
+        let shift = if self.guest_wscale.is_some() {
+            OUR_WSCALE
+        } else {
+            0
+        };
+        (room >> shift).min(u32::from(u16::MAX)) as u16
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+
+    fn done(&self) -> bool {
+        self.fin_from_guest && self.fin_sent && self.snd_una == self.snd_nxt
+    }
+}
+
+struct Listener {
+    fd: OwnedFd,
+    guest_port: u16,
+}
+
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    pub opened_by_guest: Counter,
+    pub opened_from_pod: Counter,
+    pub closed: Counter,
+    pub connect_failed: Counter,
+    pub rst_from_guest: Counter,
+    pub rst_to_guest: Counter,
+    pub retransmits: Counter,
+    pub bytes_from_guest: Counter,
+    pub bytes_to_guest: Counter,
+    pub short_writes: Counter,
+    pub drop_bad_checksum: Counter,
+    pub drop_truncated: Counter,
+    pub drop_out_of_window: Counter,
+    pub drop_table_full: Counter,
+    pub drop_no_connection: Counter,
+    pub rx_stalls: Counter,
+}
+
+/// The TCP connections and listeners.
+pub struct TcpTable {
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    index: HashMap<ConnKey, usize>,
+    listeners: Vec<Listener>,
+    acks: Vec<usize>,
+    parked: Vec<usize>,
+    peek_off: bool,
+    scratch: Vec<u8>,
+    mss_limit: u16,
+    max_conns: usize,
+    pub counters: TcpCounters,
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid int option value for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value = 0i32;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: valid out-parameters.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn tcp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes a socket so that the peer sees a RST.
+fn abort_socket(fd: &OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid linger struct; closing happens when the OwnedFd drops.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+fn random_u32() -> u32 {
+    let mut v = 0u32;
+    // SAFETY: getrandom writes at most 4 bytes into v.
+    unsafe { libc::getrandom((&mut v as *mut u32).cast(), 4, libc::GRND_NONBLOCK) };
+    v
+}
+
+/// The guest's TCP header, as far as podwire cares.
+struct Segment {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    mss: Option<u16>,
+    wscale: Option<u8>,
+    payload_offset: usize,
+    payload_len: usize,
+}
+
+fn parse_segment(ip: &Ipv4Info, frame: &SgList<'_>) -> Result<Segment, &'static str> {
+    let mut hdr = [0u8; 60];
+    if ip.l4_len < TCP_LEN || frame.read(ip.l4_offset, &mut hdr[..TCP_LEN]) < TCP_LEN {
+        return Err("truncated");
+    }
+    let hdr_len = usize::from(hdr[12] >> 4) * 4;
+    if hdr_len < TCP_LEN || hdr_len > ip.l4_len {
+        return Err("truncated");
+    }
+    frame.read(ip.l4_offset + TCP_LEN, &mut hdr[TCP_LEN..hdr_len]);
+    let mut sum = wire::pseudo_header(ip.src, ip.dst, 6, ip.l4_len);
+    frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
+    if sum.fold() != 0xffff {
+        return Err("checksum");
+    }
+    let mut seg = Segment {
+        sport: u16::from_be_bytes([hdr[0], hdr[1]]),
+        dport: u16::from_be_bytes([hdr[2], hdr[3]]),
+        seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+        ack: u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
+        flags: hdr[13],
+        window: u16::from_be_bytes([hdr[14], hdr[15]]),
+        mss: None,
+        wscale: None,
+        payload_offset: ip.l4_offset + hdr_len,
+        payload_len: ip.l4_len - hdr_len,
+    };
+    let mut opts = &hdr[TCP_LEN..hdr_len];
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1).unwrap_or(&0));
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                match (kind, len) {
+                    (2, 4) => seg.mss = Some(u16::from_be_bytes([opts[2], opts[3]])),
+                    (3, 3) => seg.wscale = Some(opts[2].min(14)),
+                    _ => {}
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    Ok(seg)
+}
+
+/// `a` comes after `b` in sequence space.
+fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+fn seq_ge(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+impl TcpTable {
+    pub fn new(max_conns: usize, guest_mtu: usize) -> TcpTable {
+        let reserve = max_conns.min(1024);
+        TcpTable {
+            conns: Vec::with_capacity(reserve),
+            free: Vec::new(),
+            index: HashMap::with_capacity(reserve),
+            listeners: Vec::new(),
+            acks: Vec::new(),
+            parked: Vec::new(),
+            peek_off: true,
+            scratch: Vec::new(),
+            mss_limit: guest_mtu.saturating_sub(IPV4_LEN + TCP_LEN).clamp(536, 65495) as u16,
+            max_conns,
+            counters: TcpCounters::default(),
+        }
+    }
+
+    pub fn set_guest_mtu(&mut self, mtu: usize) {
+        self.mss_limit = mtu.saturating_sub(IPV4_LEN + TCP_LEN).clamp(536, 65495) as u16;
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Listens on `bind` in the pod and forwards connections to the guest's `guest_port`.
+    pub fn listen(
+        &mut self,
+        registry: &Registry,
+        bind: SocketAddrV4,
+        guest_port: u16,
+    ) -> io::Result<()> {
+        let fd = tcp_socket()?;
+        setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        let sa = sockaddr(bind);
+        // SAFETY: a valid sockaddr_in.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a bound socket.
+        if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let token = Token(LISTEN_BASE + self.listeners.len());
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
+        self.listeners.push(Listener { fd, guest_port });
+        Ok(())
+    }
+
+    fn conn_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    fn insert(&mut self, registry: &Registry, conn: Conn) -> Option<usize> {
+        if self.index.len() >= self.max_conns {
+            self.counters.drop_table_full.inc();
+            warn_once!("TCP connection table full ({} connections)", self.max_conns);
+            return None;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let token = Token(CONN_BASE + slot);
+        if registry
+            .register(&mut SourceFd(&conn.fd.as_raw_fd()), token, interest)
+            .is_err()
+        {
+            self.free.push(slot);
+            return None;
+        }
+        if self.peek_off
+            && setsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err()
+        {
+            self.peek_off = false;
+            warn_once!("kernel without SO_PEEK_OFF for TCP: peeking past sent data costs a copy");
+        }
+        self.index.insert(conn.key, slot);
+        self.conns[slot] = Some(conn);
+        Some(slot)
+    }
+
+    fn remove(&mut self, registry: &Registry, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+            self.index.remove(&conn.key);
+            self.free.push(slot);
+            self.counters.closed.inc();
+        }
+    }
+
+    /// Closes every connection (the guest went away): peers see a RST.
+    pub fn clear(&mut self, registry: &Registry) {
+        for slot in 0..self.conns.len() {
+            if let Some(conn) = self.conns[slot].as_ref() {
+                abort_socket(&conn.fd);
+            }
+            self.remove(registry, slot);
+        }
+        self.acks.clear();
+        self.parked.clear();
+    }
+
+    /// One TCP segment from the guest.
+    pub fn guest_segment(
+        &mut self,
+        registry: &Registry,
+        map: &AddrMap,
+        ip: &Ipv4Info,
+        frame: &SgList<'_>,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        let seg = match parse_segment(ip, frame) {
+            Ok(s) => s,
+            Err("checksum") => {
+                self.counters.drop_bad_checksum.inc();
+                warn_once!("dropped a guest TCP segment with a bad checksum");
+                return;
+            }
+            Err(_) => {
+                self.counters.drop_truncated.inc();
+                warn_once!("dropped a truncated guest TCP segment");
+                return;
+            }
+        };
+        let key = ConnKey {
+            guest_ip: ip.src,
+            guest_port: seg.sport,
+            remote_ip: ip.dst,
+            remote_port: seg.dport,
+        };
+        let Some(&slot) = self.index.get(&key) else {
+            self.no_connection(registry, map, key, &seg, rx, ep);
+            return;
+        };
+        if seg.flags & TCP_RST != 0 {
+            self.counters.rst_from_guest.inc();
+            if let Some(conn) = self.conn_mut(slot) {
+                abort_socket(&conn.fd);
+            }
+            self.remove(registry, slot);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match conn.state {
+            State::Connecting => {}
+            State::SynAckSent if seg.flags & TCP_SYN != 0 => {
+                // Our SYN-ACK was lost: the guest repeats its SYN.
+                Self::send_syn(conn, rx, ep, self.mss_limit);
+            }
+            State::SynSent => {
+                let syn_ack = TCP_SYN | TCP_ACK;
+                if seg.flags & syn_ack == syn_ack && seg.ack == conn.iss.wrapping_add(1) {
+                    conn.rcv_nxt = seg.seq.wrapping_add(1);
+                    conn.snd_una = seg.ack;
+                    conn.snd_nxt = seg.ack;
+                    conn.guest_mss = seg.mss.unwrap_or(536);
+                    conn.guest_wscale = seg.wscale;
+                    conn.snd_wnd = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
+                    conn.state = State::Established;
+                    conn.rto_deadline = None;
+                    conn.retries = 0;
+                    conn.ack_pending = true;
+                    self.queue_ack(slot);
+                    self.send_data(slot, rx, ep);
+                }
+            }
+            State::SynAckSent | State::Established => {
+                if conn.state == State::SynAckSent {
+                    if seg.flags & TCP_ACK == 0 || seg.ack != conn.iss.wrapping_add(1) {
+                        return;
+                    }
+                    conn.state = State::Established;
+                    conn.snd_una = seg.ack;
+                    conn.rto_deadline = None;
+                    conn.retries = 0;
+                }
+                self.established_segment(registry, slot, &seg, frame, rx, ep);
+            }
+        }
+    }
+
+    /// A segment for a connection podwire does not know.
+    fn no_connection(
+        &mut self,
+        registry: &Registry,
+        map: &AddrMap,
+        key: ConnKey,
+        seg: &Segment,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        if seg.flags & TCP_RST != 0 {
+            return;
+        }
+        if seg.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            self.counters.drop_no_connection.inc();
+            // RFC 9293 3.10.7.1: a RST that the guest will accept.
+            let (seq, ack, flags) = if seg.flags & TCP_ACK != 0 {
+                (seg.ack, 0, TCP_RST)
+            } else {
+                let len = seg.payload_len as u32 + u32::from(seg.flags & TCP_FIN != 0);
+                (0, seg.seq.wrapping_add(len), TCP_RST | TCP_ACK)
+            };
+            send_control(rx, ep, key, seq, ack, flags, 0, &[]);
+            return;
+        }
+        let dst = map.outbound(SocketAddrV4::new(key.remote_ip, key.remote_port));
+        let fd = match tcp_socket() {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn_once!("cannot open a TCP socket: {e}");
+                send_control(rx, ep, key, 0, seg.seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+                return;
+            }
+        };
+        let sa = sockaddr(dst);
+        // SAFETY: a valid sockaddr_in.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                self.counters.connect_failed.inc();
+                refuse(rx, ep, key, seg.seq, e.raw_os_error().unwrap_or(0));
+                return;
+            }
+        }
+        let iss = random_u32();
+        let conn = Conn {
+            key,
+            fd,
+            state: State::Connecting,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss.wrapping_add(1),
+            snd_wnd: u32::from(seg.window),
+            rcv_nxt: seg.seq.wrapping_add(1),
+            guest_mss: seg.mss.unwrap_or(536),
+            guest_wscale: seg.wscale,
+            ack_pending: false,
+            queued_ack: false,
+            parked: false,
+            sock_full: false,
+            sock_eof: false,
+            fin_from_guest: false,
+            fin_sent: false,
+            dup_acks: 0,
+            retries: 0,
+            rto: INITIAL_RTO,
+            rto_deadline: None,
+            syn_seq: seg.seq,
+        };
+        if self.insert(registry, conn).is_some() {
+            self.counters.opened_by_guest.inc();
+        } else {
+            send_control(rx, ep, key, 0, seg.seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+        }
+    }
+
+    fn established_segment(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        seg: &Segment,
+        frame: &SgList<'_>,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        let peek_off = self.peek_off;
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if seg.flags & TCP_ACK != 0 {
+            let window = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
+            if seq_gt(seg.ack, conn.snd_una) && seq_ge(conn.snd_nxt, seg.ack) {
+                let acked = seg.ack.wrapping_sub(conn.snd_una);
+                // The FIN takes a sequence number but no byte in the socket.
+                let fin_acked = conn.fin_sent && seg.ack == conn.snd_nxt;
+                let bytes = acked - u32::from(fin_acked);
+                discard(&conn.fd, bytes as usize);
+                conn.snd_una = seg.ack;
+                conn.dup_acks = 0;
+                conn.retries = 0;
+                conn.rto = INITIAL_RTO;
+                conn.rto_deadline =
+                    (conn.snd_nxt != conn.snd_una).then(|| Instant::now() + conn.rto);
+            } else if seg.ack == conn.snd_una
+                && seg.payload_len == 0
+                && window == conn.snd_wnd
+                && conn.in_flight() > 0
+            {
+                conn.dup_acks = conn.dup_acks.saturating_add(1);
+                if conn.dup_acks == 3 {
+                    rewind(conn, peek_off);
+                    self.counters.retransmits.inc();
+                }
+            }
+            conn.snd_wnd = window;
+        }
+        let conn = match self.conns.get_mut(slot).and_then(Option::as_mut) {
+            Some(c) => c,
+            None => return,
+        };
+        if seg.payload_len > 0 {
+            let offset_in_seg = conn.rcv_nxt.wrapping_sub(seg.seq);
+            if seq_gt(seg.seq, conn.rcv_nxt) {
+                // A hole before it: the guest will resend; say where we are.
+                self.counters.drop_out_of_window.inc();
+                conn.ack_pending = true;
+            } else if (offset_in_seg as usize) < seg.payload_len && !conn.fin_from_guest {
+                let skip = offset_in_seg as usize;
+                let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+                let n = frame.iovecs(seg.payload_offset + skip, seg.payload_len - skip, &mut iov);
+                match send_iov(&conn.fd, &iov[..n]) {
+                    Ok(written) => {
+                        conn.rcv_nxt = conn.rcv_nxt.wrapping_add(written as u32);
+                        self.counters.bytes_from_guest.add(written as u64);
+                        if written < seg.payload_len - skip {
+                            conn.sock_full = true;
+                            self.counters.short_writes.inc();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.sock_full = true;
+                        self.counters.short_writes.inc();
+                    }
+                    Err(_) => {
+                        self.reset(registry, slot, rx, ep);
+                        return;
+                    }
+                }
+                conn.ack_pending = true;
+            } else {
+                // Old data or a keepalive probe: acknowledge where we are.
+                conn.ack_pending = true;
+            }
+        }
+        let conn = match self.conns.get_mut(slot).and_then(Option::as_mut) {
+            Some(c) => c,
+            None => return,
+        };
+        if seg.flags & TCP_FIN != 0 && !conn.fin_from_guest {
+            let fin_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+            if fin_seq == conn.rcv_nxt {
+                conn.rcv_nxt = conn.rcv_nxt.wrapping_add(1);
+                conn.fin_from_guest = true;
+                // SAFETY: shutdown on our socket.
+                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+            }
+            conn.ack_pending = true;
+        }
+        if conn.ack_pending {
+            self.queue_ack(slot);
+        }
+        self.send_data(slot, rx, ep);
+        if self.conns[slot].as_ref().is_some_and(Conn::done) {
+            self.remove(registry, slot);
+        }
+    }
+
+    fn queue_ack(&mut self, slot: usize) {
+        if let Some(conn) = self.conn_mut(slot) {
+            if !conn.queued_ack {
+                conn.queued_ack = true;
+                self.acks.push(slot);
+            }
+        }
+    }
+
+    /// Sends the ACKs owed after a batch of guest frames: one per connection, not per frame.
+    pub fn flush_acks(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let mut acks = std::mem::take(&mut self.acks);
+        for &slot in &acks {
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            conn.queued_ack = false;
+            if conn.ack_pending {
+                conn.ack_pending = false;
+                let window = conn.scaled_window(send_room(&conn.fd));
+                send_control(
+                    rx,
+                    ep,
+                    conn.key,
+                    conn.snd_nxt,
+                    conn.rcv_nxt,
+                    TCP_ACK,
+                    window,
+                    &[],
+                );
+            }
+        }
+        acks.clear();
+        if self.acks.is_empty() {
+            self.acks = acks;
+        }
+    }
+
+    /// Sends the guest as much socket data as its window allows, then a FIN at end of file.
+    fn send_data(&mut self, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let peek_off = self.peek_off;
+        let mss_limit = self.mss_limit;
+        if !peek_off && self.scratch.is_empty() {
+            self.scratch = vec![0u8; SCRATCH_LEN];
+        }
+        let scratch = self.scratch.as_mut_ptr();
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.state != State::Established || conn.fin_sent || conn.parked {
+            return;
+        }
+        let mss = usize::from(conn.guest_mss.min(mss_limit)).max(1);
+        let window = conn.scaled_window(send_room(&conn.fd));
+        loop {
+            let in_flight = conn.in_flight();
+            if in_flight >= conn.snd_wnd || (!peek_off && in_flight as usize >= SCRATCH_LEN * MAX_SCRATCH_SEGS) {
+                break;
+            }
+            let room = ((conn.snd_wnd - in_flight) as usize).min(mss);
+            let mut got = 0usize;
+            let mut eof = false;
+            let key = conn.key;
+            let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
+            let fd = &conn.fd;
+            let result = rx.push(TCP_PAYLOAD_OFFSET + room, &mut |frame| {
+                let n = peek_into(fd, frame, TCP_PAYLOAD_OFFSET, room, peek_off, in_flight as usize, scratch)?;
+                if n == 0 {
+                    eof = true;
+                    return None;
+                }
+                got = n;
+                write_tcp_frame(frame, ep, key, seq, ack, TCP_ACK | TCP_PSH, window, n);
+                Some(TCP_PAYLOAD_OFFSET + n)
+            });
+            match result {
+                Ok(()) => {
+                    conn.snd_nxt = conn.snd_nxt.wrapping_add(got as u32);
+                    conn.ack_pending = false;
+                    conn.rto_deadline.get_or_insert_with(|| Instant::now() + conn.rto);
+                    self.counters.bytes_to_guest.add(got as u64);
+                }
+                Err(RxError::Abandoned) => {
+                    if eof {
+                        conn.sock_eof = true;
+                    }
+                    break;
+                }
+                Err(RxError::NoBuffers) | Err(RxError::NotReady) => {
+                    conn.parked = true;
+                    self.parked.push(slot);
+                    self.counters.rx_stalls.inc();
+                    return;
+                }
+            }
+        }
+        if conn.sock_eof && !conn.fin_sent && conn.in_flight() < conn.snd_wnd.max(1) {
+            let sent = send_control(
+                rx,
+                ep,
+                conn.key,
+                conn.snd_nxt,
+                conn.rcv_nxt,
+                TCP_FIN | TCP_ACK,
+                window,
+                &[],
+            );
+            if sent {
+                conn.fin_sent = true;
+                conn.snd_nxt = conn.snd_nxt.wrapping_add(1);
+                conn.ack_pending = false;
+                conn.rto_deadline.get_or_insert_with(|| Instant::now() + conn.rto);
+            }
+        }
+    }
+
+    /// Sends (or resends) the SYN-ACK for a guest connection, or the SYN of an inbound one.
+    fn send_syn(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints, mss_limit: u16) {
+        let mut opts = [0u8; 8];
+        opts[..4].copy_from_slice(&[2, 4, (mss_limit >> 8) as u8, mss_limit as u8]);
+        let inbound = conn.state == State::SynSent;
+        let mut len = 4;
+        if inbound || conn.guest_wscale.is_some() {
+            opts[4..8].copy_from_slice(&[1, 3, 3, OUR_WSCALE]);
+            len = 8;
+        }
+        let (ack, flags) = if inbound {
+            (0, TCP_SYN)
+        } else {
+            (conn.rcv_nxt, TCP_SYN | TCP_ACK)
+        };
+        // The window in a SYN is never scaled.
+        send_control(rx, ep, conn.key, conn.iss, ack, flags, u16::MAX, &opts[..len]);
+        conn.rto_deadline = Some(Instant::now() + conn.rto);
+    }
+
+    /// Resets both sides of a connection and forgets it.
+    fn reset(&mut self, registry: &Registry, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
+        if let Some(conn) = self.conn_mut(slot) {
+            abort_socket(&conn.fd);
+            send_control(rx, ep, conn.key, conn.snd_nxt, conn.rcv_nxt, TCP_RST | TCP_ACK, 0, &[]);
+            self.counters.rst_to_guest.inc();
+        }
+        self.remove(registry, slot);
+    }
+
+    /// A readiness event on a connection's socket.
+    pub fn socket_event(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        writable: bool,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        let mss_limit = self.mss_limit;
+        let Some(conn) = self.conn_mut(slot) else {
+            return;
+        };
+        match conn.state {
+            State::Connecting => {
+                let err = getsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)
+                    .unwrap_or(libc::EIO);
+                if err == 0 {
+                    if !writable {
+                        return;
+                    }
+                    conn.state = State::SynAckSent;
+                    Self::send_syn(conn, rx, ep, mss_limit);
+                } else if err != libc::EINPROGRESS {
+                    let (key, syn) = (conn.key, conn.syn_seq);
+                    self.counters.connect_failed.inc();
+                    refuse(rx, ep, key, syn, err);
+                    self.remove(registry, slot);
+                }
+            }
+            State::SynAckSent | State::SynSent => {}
+            State::Established => {
+                let err = getsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)
+                    .unwrap_or(0);
+                if err != 0 {
+                    self.reset(registry, slot, rx, ep);
+                    return;
+                }
+                if writable && conn.sock_full {
+                    // Room again: tell the guest, which may be waiting on a zero window.
+                    conn.sock_full = false;
+                    conn.ack_pending = true;
+                    self.queue_ack(slot);
+                }
+                self.send_data(slot, rx, ep);
+                if self.conns[slot].as_ref().is_some_and(Conn::done) {
+                    self.remove(registry, slot);
+                }
+            }
+        }
+    }
+
+    /// Accepts on a forwarded port and opens the connection towards the guest.
+    pub fn listener_event(
+        &mut self,
+        registry: &Registry,
+        map: &AddrMap,
+        index: usize,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let guest_port = listener.guest_port;
+            // SAFETY: zeroed sockaddr_in is a valid out-parameter.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: valid out-parameters; the new fd is owned at once.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.fd.as_raw_fd(),
+                    (&mut sa as *mut libc::sockaddr_in).cast(),
+                    &mut len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return;
+            }
+            // SAFETY: accept4 returned a new fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let peer = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                u16::from_be(sa.sin_port),
+            );
+            // The guest sees the client's real address (loopback clients as the gateway).
+            let remote = map.inbound(peer);
+            let key = ConnKey {
+                guest_ip: ep.guest_ip,
+                guest_port,
+                remote_ip: *remote.ip(),
+                remote_port: remote.port(),
+            };
+            if self.index.contains_key(&key) {
+                abort_socket(&fd);
+                continue;
+            }
+            let iss = random_u32();
+            let conn = Conn {
+                key,
+                fd,
+                state: State::SynSent,
+                iss,
+                snd_una: iss,
+                snd_nxt: iss.wrapping_add(1),
+                snd_wnd: 0,
+                rcv_nxt: 0,
+                guest_mss: 536,
+                guest_wscale: None,
+                ack_pending: false,
+                queued_ack: false,
+                parked: false,
+                sock_full: false,
+                sock_eof: false,
+                fin_from_guest: false,
+                fin_sent: false,
+                dup_acks: 0,
+                retries: 0,
+                rto: INITIAL_RTO,
+                rto_deadline: None,
+                syn_seq: 0,
+            };
+            let mss_limit = self.mss_limit;
+            if let Some(slot) = self.insert(registry, conn) {
+                self.counters.opened_from_pod.inc();
+                if let Some(conn) = self.conn_mut(slot) {
+                    Self::send_syn(conn, rx, ep, mss_limit);
+                }
+            }
+        }
+    }
+
+    /// Retries sends that stalled on a full guest RX ring.
+    pub fn resume_parked(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let mut parked = std::mem::take(&mut self.parked);
+        for &slot in &parked {
+            if let Some(conn) = self.conn_mut(slot) {
+                conn.parked = false;
+            }
+            self.send_data(slot, rx, ep);
+        }
+        parked.clear();
+        if self.parked.is_empty() {
+            self.parked = parked;
+        }
+    }
+
+    /// Retransmission and handshake timers (called on every timer tick).
+    pub fn tick(&mut self, registry: &Registry, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let peek_off = self.peek_off;
+        let mss_limit = self.mss_limit;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            let Some(deadline) = conn.rto_deadline else {
+                continue;
+            };
+            if now < deadline {
+                continue;
+            }
+            conn.retries += 1;
+            conn.rto = (conn.rto * 2).min(MAX_RTO);
+            let limit = match conn.state {
+                State::SynSent | State::SynAckSent => MAX_SYN_RETRIES,
+                _ => MAX_RETRIES,
+            };
+            if conn.retries > limit {
+                self.reset(registry, slot, rx, ep);
+                continue;
+            }
+            self.counters.retransmits.inc();
+            match conn.state {
+                State::SynSent | State::SynAckSent => Self::send_syn(conn, rx, ep, mss_limit),
+                State::Established => {
+                    rewind(conn, peek_off);
+                    conn.rto_deadline = None;
+                    self.send_data(slot, rx, ep);
+                }
+                State::Connecting => conn.rto_deadline = None,
+            }
+        }
+    }
+}
+
+/// Goes back to the oldest unacknowledged byte (and FIN) to send them again.
+fn rewind(conn: &mut Conn, peek_off: bool) {
+    conn.snd_nxt = conn.snd_una;
+    if conn.fin_sent {
+        conn.fin_sent = false;
+    }
+    conn.dup_acks = 0;
+    if peek_off {
+        let _ = setsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0);
+    }
+}
+
+const EMPTY_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+fn send_iov(fd: &OwnedFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: msghdr zeroed is valid; the iovecs point into mapped memory.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: valid msghdr for the call.
+    let n = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Drops `n` acknowledged bytes from the socket without copying them.
+fn discard(fd: &OwnedFd, n: usize) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: with MSG_TRUNC, TCP discards the bytes and writes nothing to the buffer.
+    unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            n,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+}
+
+/// Peeks up to `len` bytes into `frame` at `offset`. Without SO_PEEK_OFF the `skip` bytes
+/// already sent are peeked into the scratch buffer first. `None` when nothing is there yet.
+fn peek_into(
+    fd: &OwnedFd,
+    frame: &SgList<'_>,
+    offset: usize,
+    len: usize,
+    peek_off: bool,
+    skip: usize,
+    scratch: *mut u8,
+) -> Option<usize> {
+    let mut iov = [EMPTY_IOVEC; MAX_SEGS + MAX_SCRATCH_SEGS];
+    let mut n = 0;
+    if !peek_off {
+        let mut left = skip;
+        while left > 0 && n < MAX_SCRATCH_SEGS {
+            let take = left.min(SCRATCH_LEN);
+            iov[n] = libc::iovec {
+                iov_base: scratch.cast(),
+                iov_len: take,
+            };
+            left -= take;
+            n += 1;
+        }
+    }
+    let mut payload = [EMPTY_IOVEC; MAX_SEGS];
+    let m = frame.iovecs(offset, len, &mut payload);
+    iov[n..n + m].copy_from_slice(&payload[..m]);
+    // SAFETY: msghdr zeroed is valid; iovecs point into guest memory or the scratch buffer.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = (n + m) as _;
+    // SAFETY: valid msghdr for the call.
+    let got = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if got < 0 {
+        return None;
+    }
+    let prefix = if peek_off { 0 } else { skip };
+    Some((got as usize).saturating_sub(prefix))
+}
+
+/// Room in the socket's send buffer: the window offered to the guest.
+fn send_room(fd: &OwnedFd) -> u32 {
+    let sndbuf = getsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0);
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes an int.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    sndbuf.saturating_sub(queued).max(0) as u32
+}
+
+fn write_tcp_frame(
+    frame: &mut SgList<'_>,
+    ep: &Endpoints,
+    key: ConnKey,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    payload_len: usize,
+) {
+    let seg = wire::TcpSegment {
+        src: (key.remote_ip, key.remote_port),
+        dst: (key.guest_ip, key.guest_port),
+        seq,
+        ack,
+        flags,
+        window,
+        options: &[],
+    };
+    let mut tcp = [0u8; 60];
+    let tcp_len = wire::tcp_header(&seg, frame, TCP_PAYLOAD_OFFSET, payload_len, &mut tcp);
+    let l3 = wire::eth_ipv4_header(
+        ep,
+        key.remote_ip,
+        key.guest_ip,
+        IpProtocol::Tcp,
+        tcp_len + payload_len,
+        0,
+    );
+    frame.write(0, &l3);
+    frame.write(ETH_LEN + IPV4_LEN, &tcp[..tcp_len]);
+}
+
+/// Sends a segment without payload; false if the guest had no RX buffer.
+#[allow(clippy::too_many_arguments)]
+fn send_control(
+    rx: &mut dyn RxSink,
+    ep: &Endpoints,
+    key: ConnKey,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    options: &[u8],
+) -> bool {
+    let seg = wire::TcpSegment {
+        src: (key.remote_ip, key.remote_port),
+        dst: (key.guest_ip, key.guest_port),
+        seq,
+        ack,
+        flags,
+        window,
+        options,
+    };
+    let mut frame = [0u8; ETH_LEN + IPV4_LEN + 60];
+    let mut tcp = [0u8; 60];
+    let empty = SgList::new();
+    let tcp_len = wire::tcp_header(&seg, &empty, 0, 0, &mut tcp);
+    let l3 = wire::eth_ipv4_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Tcp, tcp_len, 0);
+    frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
+    frame[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + tcp_len].copy_from_slice(&tcp[..tcp_len]);
+    let len = ETH_LEN + IPV4_LEN + tcp_len;
+    rx.push(len, &mut |buf| buf.write(0, &frame[..len]).then_some(len))
+        .is_ok()
+}
+
+/// Tells the guest its connection attempt failed: RST for a refusal, ICMP host unreachable
+/// for routing failures and time-outs (what a router would say).
+fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno: i32) {
+    let unreachable = matches!(
+        errno,
+        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ETIMEDOUT | libc::EHOSTDOWN
+    );
+    if !unreachable {
+        send_control(rx, ep, key, 0, syn_seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+        return;
+    }
+    // ICMP type 3 code 1, quoting the guest's IP header and the first 8 bytes of its SYN.
+    let mut quoted = [0u8; IPV4_LEN + 8];
+    let ip_hdr = wire::eth_ipv4_header(
+        &Endpoints {
+            guest_mac: [0; 6],
+            gateway_mac: [0; 6],
+            guest_ip: key.guest_ip,
+        },
+        key.guest_ip,
+        key.remote_ip,
+        IpProtocol::Tcp,
+        TCP_LEN,
+        0,
+    );
+    quoted[..IPV4_LEN].copy_from_slice(&ip_hdr[ETH_LEN..]);
+    quoted[IPV4_LEN..IPV4_LEN + 2].copy_from_slice(&key.guest_port.to_be_bytes());
+    quoted[IPV4_LEN + 2..IPV4_LEN + 4].copy_from_slice(&key.remote_port.to_be_bytes());
+    quoted[IPV4_LEN + 4..IPV4_LEN + 8].copy_from_slice(&syn_seq.to_be_bytes());
+    let mut icmp = [0u8; 8 + IPV4_LEN + 8];
+    icmp[0] = 3;
+    icmp[1] = 1;
+    icmp[8..].copy_from_slice(&quoted);
+    let mut sum = Checksum::new();
+    sum.add(&icmp);
+    icmp[2..4].copy_from_slice(&sum.finish().to_be_bytes());
+    // Sent from the unreachable host's own address: the guest matches the error to its
+    // connection by the quoted header, whatever the source.
+    let l3 = wire::eth_ipv4_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Icmp, icmp.len(), 0);
+    let mut frame = [0u8; ETH_LEN + IPV4_LEN + 8 + IPV4_LEN + 8];
+    frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
+    frame[ETH_LEN + IPV4_LEN..].copy_from_slice(&icmp);
+    let len = frame.len();
+    let _ = rx.push(len, &mut |buf| buf.write(0, &frame).then_some(len));
+}
