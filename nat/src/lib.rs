@@ -30,6 +30,7 @@
 //! is closed by a once-a-second sweep driven by a timerfd; the table has a hard size limit,
 //! beyond which new flows are refused and counted.
 
+pub mod ports;
 pub mod sock;
 pub mod tcp;
 pub mod wire;
