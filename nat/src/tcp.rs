@@ -104,8 +104,9 @@ struct Conn {
     ack_pending: bool,
     queued_ack: bool,
     parked: bool,
-    /// The socket could not take everything the guest sent.
-    sock_full: bool,
+    /// The receive window last offered to the guest, in bytes. When it was small, a window
+    /// update follows as soon as the socket has room again.
+    adv_wnd: u32,
     /// The pod side reached end of file.
     sock_eof: bool,
     fin_from_guest: bool,
@@ -119,13 +120,26 @@ struct Conn {
 }
 
 impl Conn {
-    fn scaled_window(&self, room: u32) -> u16 {
-        let shift = if self.guest_wscale.is_some() {
+    fn window_shift(&self) -> u8 {
+        if self.guest_wscale.is_some() {
             OUR_WSCALE
         } else {
             0
-        };
-        (room >> shift).min(u32::from(u16::MAX)) as u16
+        }
+    }
+
+    /// The window field to send now: the room in the socket's send buffer. Remembered, so
+    /// that a small window can be reopened later.
+    fn advertise(&mut self) -> u16 {
+        let shift = self.window_shift();
+        let field = (send_room(&self.fd) >> shift).min(u32::from(u16::MAX)) as u16;
+        self.adv_wnd = u32::from(field) << shift;
+        field
+    }
+
+    /// The guest was offered less than two segments' worth: it may be stalled on us.
+    fn window_update_wanted(&self) -> bool {
+        self.state == State::Established && self.adv_wnd < 2 * u32::from(self.guest_mss.max(1))
     }
 
     fn in_flight(&self) -> u32 {
@@ -598,7 +612,7 @@ impl TcpTable {
             ack_pending: false,
             queued_ack: false,
             parked: false,
-            sock_full: false,
+            adv_wnd: 0,
             sock_eof: false,
             fin_from_guest: false,
             fin_sent: false,
@@ -674,12 +688,12 @@ impl TcpTable {
                         conn.rcv_nxt = conn.rcv_nxt.wrapping_add(written as u32);
                         self.counters.bytes_from_guest.add(written as u64);
                         if written < seg.payload_len - skip {
-                            conn.sock_full = true;
+                            conn.adv_wnd = 0;
                             self.counters.short_writes.inc();
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        conn.sock_full = true;
+                        conn.adv_wnd = 0;
                         self.counters.short_writes.inc();
                     }
                     Err(_) => {
@@ -735,7 +749,7 @@ impl TcpTable {
             conn.queued_ack = false;
             if conn.ack_pending {
                 conn.ack_pending = false;
-                let window = conn.scaled_window(send_room(&conn.fd));
+                let window = conn.advertise();
                 send_control(
                     rx,
                     ep,
@@ -769,7 +783,7 @@ impl TcpTable {
             return;
         }
         let mss = usize::from(conn.guest_mss.min(mss_limit)).max(1);
-        let window = conn.scaled_window(send_room(&conn.fd));
+        let window = conn.advertise();
         loop {
             let in_flight = conn.in_flight();
             if in_flight >= conn.snd_wnd || (!peek_off && in_flight as usize >= SCRATCH_LEN * MAX_SCRATCH_SEGS) {
@@ -900,9 +914,8 @@ impl TcpTable {
                     self.reset(registry, slot, rx, ep);
                     return;
                 }
-                if writable && conn.sock_full {
-                    // Room again: tell the guest, which may be waiting on a zero window.
-                    conn.sock_full = false;
+                if writable && conn.window_update_wanted() {
+                    // Room again: tell the guest, which may be waiting on a closed window.
                     conn.ack_pending = true;
                     self.queue_ack(slot);
                 }
@@ -976,7 +989,7 @@ impl TcpTable {
                 ack_pending: false,
                 queued_ack: false,
                 parked: false,
-                sock_full: false,
+                adv_wnd: 0,
                 sock_eof: false,
                 fin_from_guest: false,
                 fin_sent: false,
@@ -1016,6 +1029,16 @@ impl TcpTable {
         let peek_off = self.peek_off;
         let mss_limit = self.mss_limit;
         for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            // The socket's write-space edge may never come (it was not full, just busy): look
+            // again every tick while the guest's window is nearly closed.
+            if conn.window_update_wanted() && send_room(&conn.fd) >= 2 * u32::from(conn.guest_mss) {
+                conn.ack_pending = true;
+                self.queue_ack(slot);
+                continue;
+            }
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };

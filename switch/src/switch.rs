@@ -399,6 +399,7 @@ impl Switch {
     pub fn summary(&self) -> String {
         let c = &self.counters;
         let n = &self.nat.counters;
+        let t = &self.nat.tcp.counters;
         let pairs = [
             ("arp_replies", c.arp_replies.get()),
             ("dhcp_replies", c.dhcp_replies.get()),
@@ -429,6 +430,22 @@ impl Switch {
             ),
             ("nat_drop_send_failed", n.drop_send_failed.get()),
             ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
+            ("tcp_opened_by_guest", t.opened_by_guest.get()),
+            ("tcp_opened_from_pod", t.opened_from_pod.get()),
+            ("tcp_closed", t.closed.get()),
+            ("tcp_connect_failed", t.connect_failed.get()),
+            ("tcp_rst_from_guest", t.rst_from_guest.get()),
+            ("tcp_rst_to_guest", t.rst_to_guest.get()),
+            ("tcp_retransmits", t.retransmits.get()),
+            ("tcp_bytes_from_guest", t.bytes_from_guest.get()),
+            ("tcp_bytes_to_guest", t.bytes_to_guest.get()),
+            ("tcp_short_writes", t.short_writes.get()),
+            ("tcp_drop_bad_checksum", t.drop_bad_checksum.get()),
+            ("tcp_drop_truncated", t.drop_truncated.get()),
+            ("tcp_drop_out_of_window", t.drop_out_of_window.get()),
+            ("tcp_drop_table_full", t.drop_table_full.get()),
+            ("tcp_drop_no_connection", t.drop_no_connection.get()),
+            ("tcp_rx_stalls", t.rx_stalls.get()),
         ];
         nonzero_summary(&pairs)
     }
