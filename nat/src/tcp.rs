@@ -65,6 +65,8 @@ const MAX_SYN_RETRIES: u8 = 5;
 /// Bytes in flight towards the guest without SO_PEEK_OFF: what the scratch prefix can skip.
 const SCRATCH_LEN: usize = 64 * 1024;
 const MAX_SCRATCH_SEGS: usize = 64;
+/// Send buffer asked for on every connection (the kernel doubles it, capped by wmem_max).
+const SNDBUF: i32 = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -213,7 +215,8 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut value = 0i32;
     let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
     // SAFETY: valid out-parameters.
-    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
+    let rc =
+        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -357,7 +360,9 @@ impl TcpTable {
             parked: Vec::new(),
             peek_off: true,
             scratch: Vec::new(),
-            mss_limit: guest_mtu.saturating_sub(IPV4_LEN + TCP_LEN).clamp(536, 65495) as u16,
+            mss_limit: guest_mtu
+                .saturating_sub(IPV4_LEN + TCP_LEN)
+                .clamp(536, 65495) as u16,
             max_conns,
             counters: TcpCounters::default(),
         }
@@ -432,6 +437,14 @@ impl TcpTable {
             self.free.push(slot);
             return None;
         }
+        // The window offered to the guest is the room in this buffer: start it large, or the
+        // guest's small window keeps the socket app-limited and autotuning never grows it.
+        let _ = setsockopt_int(
+            conn.fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            SNDBUF,
+        );
         if self.peek_off
             && setsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err()
         {
@@ -576,7 +589,16 @@ impl TcpTable {
             Ok(fd) => fd,
             Err(e) => {
                 warn_once!("cannot open a TCP socket: {e}");
-                send_control(rx, ep, key, 0, seg.seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+                send_control(
+                    rx,
+                    ep,
+                    key,
+                    0,
+                    seg.seq.wrapping_add(1),
+                    TCP_RST | TCP_ACK,
+                    0,
+                    &[],
+                );
                 return;
             }
         };
@@ -625,7 +647,16 @@ impl TcpTable {
         if self.insert(registry, conn).is_some() {
             self.counters.opened_by_guest.inc();
         } else {
-            send_control(rx, ep, key, 0, seg.seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+            send_control(
+                rx,
+                ep,
+                key,
+                0,
+                seg.seq.wrapping_add(1),
+                TCP_RST | TCP_ACK,
+                0,
+                &[],
+            );
         }
     }
 
@@ -673,6 +704,10 @@ impl TcpTable {
             Some(c) => c,
             None => return,
         };
+        if seg.payload_len == 0 && seg.seq == conn.rcv_nxt.wrapping_sub(1) {
+            // A keepalive probe (one byte before what we expect): answer it.
+            conn.ack_pending = true;
+        }
         if seg.payload_len > 0 {
             let offset_in_seg = conn.rcv_nxt.wrapping_sub(seg.seq);
             if seq_gt(seg.seq, conn.rcv_nxt) {
@@ -786,7 +821,9 @@ impl TcpTable {
         let window = conn.advertise();
         loop {
             let in_flight = conn.in_flight();
-            if in_flight >= conn.snd_wnd || (!peek_off && in_flight as usize >= SCRATCH_LEN * MAX_SCRATCH_SEGS) {
+            if in_flight >= conn.snd_wnd
+                || (!peek_off && in_flight as usize >= SCRATCH_LEN * MAX_SCRATCH_SEGS)
+            {
                 break;
             }
             let room = ((conn.snd_wnd - in_flight) as usize).min(mss);
@@ -796,7 +833,15 @@ impl TcpTable {
             let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
             let fd = &conn.fd;
             let result = rx.push(TCP_PAYLOAD_OFFSET + room, &mut |frame| {
-                let n = peek_into(fd, frame, TCP_PAYLOAD_OFFSET, room, peek_off, in_flight as usize, scratch)?;
+                let n = peek_into(
+                    fd,
+                    frame,
+                    TCP_PAYLOAD_OFFSET,
+                    room,
+                    peek_off,
+                    in_flight as usize,
+                    scratch,
+                )?;
                 if n == 0 {
                     eof = true;
                     return None;
@@ -809,7 +854,8 @@ impl TcpTable {
                 Ok(()) => {
                     conn.snd_nxt = conn.snd_nxt.wrapping_add(got as u32);
                     conn.ack_pending = false;
-                    conn.rto_deadline.get_or_insert_with(|| Instant::now() + conn.rto);
+                    conn.rto_deadline
+                        .get_or_insert_with(|| Instant::now() + conn.rto);
                     self.counters.bytes_to_guest.add(got as u64);
                 }
                 Err(RxError::Abandoned) => {
@@ -841,7 +887,8 @@ impl TcpTable {
                 conn.fin_sent = true;
                 conn.snd_nxt = conn.snd_nxt.wrapping_add(1);
                 conn.ack_pending = false;
-                conn.rto_deadline.get_or_insert_with(|| Instant::now() + conn.rto);
+                conn.rto_deadline
+                    .get_or_insert_with(|| Instant::now() + conn.rto);
             }
         }
     }
@@ -862,7 +909,16 @@ impl TcpTable {
             (conn.rcv_nxt, TCP_SYN | TCP_ACK)
         };
         // The window in a SYN is never scaled.
-        send_control(rx, ep, conn.key, conn.iss, ack, flags, u16::MAX, &opts[..len]);
+        send_control(
+            rx,
+            ep,
+            conn.key,
+            conn.iss,
+            ack,
+            flags,
+            u16::MAX,
+            &opts[..len],
+        );
         conn.rto_deadline = Some(Instant::now() + conn.rto);
     }
 
@@ -870,7 +926,16 @@ impl TcpTable {
     fn reset(&mut self, registry: &Registry, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
         if let Some(conn) = self.conn_mut(slot) {
             abort_socket(&conn.fd);
-            send_control(rx, ep, conn.key, conn.snd_nxt, conn.rcv_nxt, TCP_RST | TCP_ACK, 0, &[]);
+            send_control(
+                rx,
+                ep,
+                conn.key,
+                conn.snd_nxt,
+                conn.rcv_nxt,
+                TCP_RST | TCP_ACK,
+                0,
+                &[],
+            );
             self.counters.rst_to_guest.inc();
         }
         self.remove(registry, slot);
@@ -1158,7 +1223,13 @@ fn peek_into(
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = (n + m) as _;
     // SAFETY: valid msghdr for the call.
-    let got = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let got = unsafe {
+        libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     if got < 0 {
         return None;
     }
@@ -1249,7 +1320,16 @@ fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno
         libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ETIMEDOUT | libc::EHOSTDOWN
     );
     if !unreachable {
-        send_control(rx, ep, key, 0, syn_seq.wrapping_add(1), TCP_RST | TCP_ACK, 0, &[]);
+        send_control(
+            rx,
+            ep,
+            key,
+            0,
+            syn_seq.wrapping_add(1),
+            TCP_RST | TCP_ACK,
+            0,
+            &[],
+        );
         return;
     }
     // ICMP type 3 code 1, quoting the guest's IP header and the first 8 bytes of its SYN.
@@ -1279,7 +1359,14 @@ fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno
     icmp[2..4].copy_from_slice(&sum.finish().to_be_bytes());
     // Sent from the unreachable host's own address: the guest matches the error to its
     // connection by the quoted header, whatever the source.
-    let l3 = wire::eth_ipv4_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Icmp, icmp.len(), 0);
+    let l3 = wire::eth_ipv4_header(
+        ep,
+        key.remote_ip,
+        key.guest_ip,
+        IpProtocol::Icmp,
+        icmp.len(),
+        0,
+    );
     let mut frame = [0u8; ETH_LEN + IPV4_LEN + 8 + IPV4_LEN + 8];
     frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
     frame[ETH_LEN + IPV4_LEN..].copy_from_slice(&icmp);

@@ -49,7 +49,20 @@ fn parse_cli() -> Result<Cli, ExitCode> {
     }
 }
 
+/// Each flow is a socket: allow as many as the hard limit lets an unprivileged process have.
+fn raise_fd_limit() {
+    // SAFETY: get/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    raise_fd_limit();
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
     let a = config.addressing;
     tracing::info!(
