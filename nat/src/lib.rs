@@ -193,6 +193,8 @@ struct Flow {
     last_used: Instant,
     /// Datagrams wait in the socket for guest RX buffers.
     parked: bool,
+    /// A forwarded pod port: never expires, survives the guest going away.
+    permanent: bool,
 }
 
 /// The flow table and its sockets.
@@ -275,7 +277,7 @@ impl Nat {
 
     /// Work owed at the end of a batch of guest frames (coalesced ACKs).
     pub fn flush(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
-        self.tcp.flush_acks(rx, ep);
+        self.tcp.flush_acks(self.poll.registry(), rx, ep);
     }
 
     /// Forwards TCP connections to `bind` in the pod to the guest's `guest_port`.
@@ -352,6 +354,36 @@ impl Nat {
                 .map_err(|_| NatDrop::Socket)?;
         }
         self.insert(key, fd)
+    }
+
+    /// Forwards UDP datagrams arriving on `bind` in the pod to the guest's `guest_port`, from
+    /// the sender's real address. The same socket carries the guest's replies from that port,
+    /// so they come from the port the client sent to.
+    pub fn forward_udp(
+        &mut self,
+        bind: SocketAddrV4,
+        guest_ip: Ipv4Addr,
+        guest_port: u16,
+    ) -> io::Result<()> {
+        let fd = sock::dgram_socket(libc::IPPROTO_UDP)?;
+        sock::bind(&fd, bind)?;
+        let key = FlowKey::Udp {
+            guest_ip,
+            guest_port,
+        };
+        if self.index.contains_key(&key) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("guest UDP port {guest_port} is already forwarded"),
+            ));
+        }
+        let slot = self
+            .insert(key, fd)
+            .map_err(|d| io::Error::other(d.to_string()))?;
+        if let Some(flow) = self.slots[slot].as_mut() {
+            flow.permanent = true;
+        }
+        Ok(())
     }
 
     /// Translates one guest ICMP message (echo requests only).
@@ -455,6 +487,7 @@ impl Nat {
             fd,
             last_used: Instant::now(),
             parked: false,
+            permanent: false,
         });
         self.index.insert(key, slot);
         self.counters.flows_opened.inc();
@@ -527,7 +560,7 @@ impl Nat {
         if tick {
             self.on_tick(rx, ep);
         }
-        self.tcp.flush_acks(rx, ep);
+        self.tcp.flush_acks(self.poll.registry(), rx, ep);
     }
 
     /// The timer: TCP retransmissions every tick, idle datagram flows once a second.
@@ -712,6 +745,9 @@ impl Nat {
     pub fn expire_idle(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let expired = self.slots[slot].as_ref().is_some_and(|f| {
+                if f.permanent {
+                    return false;
+                }
                 let idle = match f.key {
                     FlowKey::Udp { .. } => self.config.udp_idle,
                     FlowKey::Icmp { .. } => self.config.icmp_idle,
@@ -729,7 +765,9 @@ impl Nat {
     pub fn clear(&mut self) {
         self.tcp.clear(self.poll.registry());
         for slot in 0..self.slots.len() {
-            self.remove(slot);
+            if self.slots[slot].as_ref().is_some_and(|f| !f.permanent) {
+                self.remove(slot);
+            }
         }
         self.parked.clear();
     }

@@ -186,6 +186,8 @@ pub struct TcpTable {
     listeners: Vec<Listener>,
     acks: Vec<usize>,
     parked: Vec<usize>,
+    /// Connections whose socket failed, to reset at the end of the pass.
+    failed: Vec<usize>,
     peek_off: bool,
     scratch: Vec<u8>,
     mss_limit: u16,
@@ -358,6 +360,7 @@ impl TcpTable {
             listeners: Vec::new(),
             acks: Vec::new(),
             parked: Vec::new(),
+            failed: Vec::new(),
             peek_off: true,
             scratch: Vec::new(),
             mss_limit: guest_mtu
@@ -774,8 +777,14 @@ impl TcpTable {
         }
     }
 
-    /// Sends the ACKs owed after a batch of guest frames: one per connection, not per frame.
-    pub fn flush_acks(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+    /// Sends the ACKs owed after a batch of guest frames (one per connection, not per frame)
+    /// and resets connections whose socket failed.
+    pub fn flush_acks(&mut self, registry: &Registry, rx: &mut dyn RxSink, ep: &Endpoints) {
+        while let Some(slot) = self.failed.pop() {
+            if self.conns.get(slot).is_some_and(Option::is_some) {
+                self.reset(registry, slot, rx, ep);
+            }
+        }
         let mut acks = std::mem::take(&mut self.acks);
         for &slot in &acks {
             let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
@@ -829,23 +838,25 @@ impl TcpTable {
             let room = ((conn.snd_wnd - in_flight) as usize).min(mss);
             let mut got = 0usize;
             let mut eof = false;
+            let mut failed = false;
             let key = conn.key;
             let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
             let fd = &conn.fd;
             let result = rx.push(TCP_PAYLOAD_OFFSET + room, &mut |frame| {
-                let n = peek_into(
-                    fd,
-                    frame,
-                    TCP_PAYLOAD_OFFSET,
-                    room,
-                    peek_off,
-                    in_flight as usize,
-                    scratch,
-                )?;
-                if n == 0 {
-                    eof = true;
-                    return None;
-                }
+                let skip = in_flight as usize;
+                let n =
+                    match peek_into(fd, frame, TCP_PAYLOAD_OFFSET, room, peek_off, skip, scratch) {
+                        Peeked::Data(n) => n,
+                        Peeked::Nothing => return None,
+                        Peeked::Eof => {
+                            eof = true;
+                            return None;
+                        }
+                        Peeked::Failed => {
+                            failed = true;
+                            return None;
+                        }
+                    };
                 got = n;
                 write_tcp_frame(frame, ep, key, seq, ack, TCP_ACK | TCP_PSH, window, n);
                 Some(TCP_PAYLOAD_OFFSET + n)
@@ -861,6 +872,11 @@ impl TcpTable {
                 Err(RxError::Abandoned) => {
                     if eof {
                         conn.sock_eof = true;
+                    }
+                    if failed {
+                        // Reset by the peer: the guest gets a RST once we can deregister.
+                        self.failed.push(slot);
+                        return;
                     }
                     break;
                 }
@@ -1191,7 +1207,7 @@ fn discard(fd: &OwnedFd, n: usize) {
 }
 
 /// Peeks up to `len` bytes into `frame` at `offset`. Without SO_PEEK_OFF the `skip` bytes
-/// already sent are peeked into the scratch buffer first. `None` when nothing is there yet.
+/// already sent are peeked into the scratch buffer first.
 fn peek_into(
     fd: &OwnedFd,
     frame: &SgList<'_>,
@@ -1200,7 +1216,7 @@ fn peek_into(
     peek_off: bool,
     skip: usize,
     scratch: *mut u8,
-) -> Option<usize> {
+) -> Peeked {
     let mut iov = [EMPTY_IOVEC; MAX_SEGS + MAX_SCRATCH_SEGS];
     let mut n = 0;
     if !peek_off {
@@ -1231,10 +1247,28 @@ fn peek_into(
         )
     };
     if got < 0 {
-        return None;
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peeked::Nothing,
+            _ => Peeked::Failed,
+        };
     }
     let prefix = if peek_off { 0 } else { skip };
-    Some((got as usize).saturating_sub(prefix))
+    match (got as usize).saturating_sub(prefix) {
+        0 => Peeked::Eof,
+        n => Peeked::Data(n),
+    }
+}
+
+/// What a peek at the socket found.
+enum Peeked {
+    Data(usize),
+    /// Nothing beyond what was already sent, for now.
+    Nothing,
+    /// The peer closed its side and everything was sent.
+    Eof,
+    /// The connection failed (reset by the peer, for one).
+    Failed,
 }
 
 /// Room in the socket's send buffer: the window offered to the guest.

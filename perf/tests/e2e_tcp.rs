@@ -16,8 +16,12 @@ fn boot(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> (Podwire, Qe
     cfg.extra_args = extra.iter().map(|s| s.to_string()).collect();
     let pw = Podwire::spawn(Some(&topo.pod), &cfg).unwrap();
     let image = guest::image().unwrap();
-    let mut vm = Qemu::boot(&QemuConfig::new(&image).name("e2e-tcp").vhost_user(pw.socket()))
-        .unwrap();
+    let mut vm = Qemu::boot(
+        &QemuConfig::new(&image)
+            .name("e2e-tcp")
+            .vhost_user(pw.socket()),
+    )
+    .unwrap();
     let c = vm.console();
     c.run_ok("ip link set eth0 up", T).unwrap();
     guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
@@ -81,7 +85,11 @@ fn guest_connects_out_fetches_a_file_and_sends_one() {
             T,
         )
         .unwrap();
-    assert_eq!(got.split_whitespace().next(), Some(want.as_str()), "download");
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(want.as_str()),
+        "download"
+    );
 
     // Upload: guest → far, the same content.
     let sent = c
@@ -100,14 +108,25 @@ fn guest_connects_out_fetches_a_file_and_sends_one() {
     })
     .unwrap();
     let landed = util::run(&["md5sum", &upload.display().to_string()]).unwrap();
-    assert_eq!(landed.split_whitespace().next(), Some(sent_md5.as_str()), "upload");
+    assert_eq!(
+        landed.split_whitespace().next(),
+        Some(sent_md5.as_str()),
+        "upload"
+    );
 
     // A closed port is refused, as the guest's stack reports it.
     let refused = c
-        .run(&format!("socat -T 10 - TCP4:{FAR_HOST}:{CLOSED_PORT} </dev/null 2>&1"), T)
+        .run(
+            &format!("socat -T 10 - TCP4:{FAR_HOST}:{CLOSED_PORT} </dev/null 2>&1"),
+            T,
+        )
         .unwrap();
     assert_ne!(refused.code, 0);
-    assert!(refused.output.contains("Connection refused"), "{}", refused.output);
+    assert!(
+        refused.output.contains("Connection refused"),
+        "{}",
+        refused.output
+    );
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
     let _ = far::FAR_NAME;
@@ -123,7 +142,10 @@ fn iperf3_guest_to_far_and_back() {
     for reverse in ["", "-R"] {
         let out = c
             .run_ok(
-                &format!("iperf3 -c {FAR_HOST} -p {} -t 3 {reverse} -f m 2>&1", far::IPERF3_PORT),
+                &format!(
+                    "iperf3 -c {FAR_HOST} -p {} -t 3 {reverse} -f m 2>&1",
+                    far::IPERF3_PORT
+                ),
                 T,
             )
             .unwrap();
@@ -140,6 +162,136 @@ fn iperf3_guest_to_far_and_back() {
             .unwrap_or(0.0);
         assert!(mbits > 0.0, "data moved ({reverse}): {receiver}");
     }
+    pw.ensure_running().unwrap();
+    vm.poweroff(T).unwrap();
+}
+
+#[test]
+fn forwarded_ports_reach_the_guest_with_the_clients_real_address() {
+    let topo = PodTopology::create().unwrap();
+    let dir = util::TempDir::new("e2e-fwd").unwrap();
+    let (mut pw, mut vm) = boot(
+        &topo,
+        &dir,
+        &["-t", "8080:80", "-t", "5201", "-u", "5353:53"],
+    );
+    let c = vm.console();
+    // Guest services: who connected (TCP and UDP), and an iperf3 server.
+    c.run_ok(
+        "socat TCP4-LISTEN:80,reuseaddr,fork SYSTEM:'echo peer=$SOCAT_PEERADDR' >/dev/null 2>&1 &",
+        T,
+    )
+    .unwrap();
+    c.run_ok(
+        "socat UDP4-RECVFROM:53,fork SYSTEM:'echo udp-peer=$SOCAT_PEERADDR' >/dev/null 2>&1 &",
+        T,
+    )
+    .unwrap();
+    c.run_ok("iperf3 -s -D -p 5201", T).unwrap();
+    c.run_ok(
+        "for i in $(seq 100); do netstat -ltn | grep -q ':5201 ' && break; sleep 0.1; done",
+        T,
+    )
+    .unwrap();
+    let pod = podwire_perf::netns::POD_ADDR;
+
+    // From the far host: the guest sees the far host's own address.
+    let out = topo
+        .far
+        .exec(&[
+            "socat",
+            "-T",
+            "30",
+            "-",
+            &format!("TCP4:{pod}:8080,bind={FAR_HOST}"),
+        ])
+        .unwrap();
+    assert_eq!(out.trim(), format!("peer={FAR_HOST}"));
+    // From the pod's loopback: the guest sees the gateway.
+    let out = topo
+        .pod
+        .exec(&["socat", "-T", "30", "-", "TCP4:127.0.0.1:8080"])
+        .unwrap();
+    assert_eq!(
+        out.trim(),
+        format!("peer={}", podwire_perf::netns::POD_GATEWAY)
+    );
+    // UDP: the same.
+    let out = topo
+        .far
+        .sh(&format!(
+            "echo q | socat -T 10 - UDP4:{pod}:5353,bind={FAR_HOST}"
+        ))
+        .unwrap();
+    assert_eq!(out.trim(), format!("udp-peer={FAR_HOST}"));
+
+    // iperf3 from the far host into the guest, and back, through the forwarded port.
+    for reverse in ["", "-R"] {
+        let out = topo
+            .far
+            .sh(&format!("iperf3 -c {pod} -p 5201 -t 3 {reverse} -f m 2>&1"))
+            .unwrap();
+        let receiver = out
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or_else(|| panic!("no receiver line: {out}"));
+        eprintln!("iperf3 far->guest {reverse}: {receiver}");
+        assert!(!receiver.contains(" 0.00 Bytes"), "{receiver}");
+    }
+    pw.ensure_running().unwrap();
+    vm.poweroff(T).unwrap();
+}
+
+#[test]
+fn resets_and_refusals_are_seen_by_the_guest() {
+    let topo = PodTopology::create().unwrap();
+    let dir = util::TempDir::new("e2e-rst").unwrap();
+    // A far server that accepts and resets every connection.
+    let script = dir.join("rst.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import socket, struct\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{FAR_HOST}', 8100)); s.listen(16)\n\
+             while True:\n\
+             \x20   c, _ = s.accept(); c.recv(100)\n\
+             \x20   c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()\n"
+        ),
+    )
+    .unwrap();
+    let _rst = topo
+        .far
+        .spawn("rst-server", &["python3", &script.display().to_string()])
+        .unwrap();
+    topo.far
+        .wait_listening(Proto::Tcp, Some(FAR_HOST), 8100, T)
+        .unwrap();
+    let (mut pw, mut vm) = boot(&topo, &dir, &[]);
+    let c = vm.console();
+    let reset = c
+        .run(
+            // -d: socat reports a reset as a warning (and still exits 0).
+            &format!("echo hi | socat -d -t 10 -T 10 - TCP4:{FAR_HOST}:8100 2>&1"),
+            T,
+        )
+        .unwrap();
+    assert!(
+        reset.output.contains("Connection reset by peer"),
+        "{}",
+        reset.output
+    );
+    let refused = c
+        .run(
+            &format!("socat -T 10 - TCP4:{FAR_HOST}:{CLOSED_PORT} </dev/null 2>&1"),
+            T,
+        )
+        .unwrap();
+    assert!(
+        refused.output.contains("Connection refused"),
+        "{}",
+        refused.output
+    );
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use podwire_nat::ports::{Forward, ForwardTable, PortSpec, PortSpecError, Proto};
 
 use crate::podnet::{self, Resolver, Uplink};
 
@@ -70,6 +71,14 @@ pub struct Cli {
     /// Seconds a UDP flow may stay idle before it is closed
     #[arg(long, value_name = "SECS", default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub udp_timeout: u64,
+    /// Forward TCP ports of the pod to the guest, in passt's syntax: `PORT`, `FIRST-LAST`,
+    /// `PORT:GUESTPORT`, `FIRST-LAST:GFIRST-GLAST`, `~EXCLUDED`, `ADDR/PORT`, `all`, `none`.
+    /// Repeatable
+    #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
+    pub tcp_ports: Vec<PortSpec>,
+    /// Forward UDP ports of the pod to the guest; the same syntax as `--tcp-ports`. Repeatable
+    #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
+    pub udp_ports: Vec<PortSpec>,
     /// DHCP lease time in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(60..))]
     pub lease_time: u32,
@@ -85,6 +94,10 @@ pub enum ConfigError {
     PodWithoutGateway(String),
     #[error(transparent)]
     PodNet(#[from] podnet::PodNetError),
+    #[error(transparent)]
+    Ports(#[from] PortSpecError),
+    #[error("{0} forwarding of {1}: {2}")]
+    Forward(Proto, String, &'static str),
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -147,6 +160,51 @@ pub struct Config {
     pub max_flows: usize,
     pub udp_idle: Duration,
     pub lease_secs: u32,
+    pub tcp_forwards: Vec<Forwarding>,
+    pub udp_forwards: Vec<Forwarding>,
+}
+
+/// One forwarded port, and whether the user named it (rather than it coming from `all`).
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub forward: Forward,
+    pub explicit: bool,
+}
+
+/// Resolves `-t`/`-u` specs into IPv4 forwards. `all` leaves out ports the pod already uses and
+/// its ephemeral range (the ports outgoing connections, podwire's own included, draw from).
+fn resolve_forwards(proto: Proto, specs: &[PortSpec]) -> Result<Vec<Forwarding>, ConfigError> {
+    let table = ForwardTable::new(specs)?;
+    if table.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ephemeral = podwire_nat::ports::ephemeral_ports();
+    let forwards = table.resolve(&mut |port| {
+        ephemeral.is_some_and(|r| r.contains(port)) || podwire_nat::ports::port_in_use(proto, port)
+    });
+    for f in &forwards {
+        if f.iface.is_some() {
+            return Err(ConfigError::Forward(
+                proto,
+                f.to_string(),
+                "binding to an interface is not supported",
+            ));
+        }
+        if f.bind.is_some_and(|a| a.is_ipv6()) {
+            return Err(ConfigError::Forward(
+                proto,
+                f.to_string(),
+                "IPv6 is not supported yet",
+            ));
+        }
+    }
+    Ok(forwards
+        .into_iter()
+        .map(|forward| Forwarding {
+            explicit: table.is_explicit(forward.host_port),
+            forward,
+        })
+        .collect())
 }
 
 impl Config {
@@ -182,6 +240,8 @@ impl Config {
             max_flows: cli.max_flows as usize,
             udp_idle: Duration::from_secs(cli.udp_timeout),
             lease_secs: cli.lease_time,
+            tcp_forwards: resolve_forwards(Proto::Tcp, &cli.tcp_ports)?,
+            udp_forwards: resolve_forwards(Proto::Udp, &cli.udp_ports)?,
             uplink,
         })
     }

@@ -18,10 +18,11 @@
 //! when the frontend goes away they are forgotten together with every flow, because the next
 //! frontend may be a different guest.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
+use podwire_nat::ports::Forward;
 use podwire_nat::wire::{self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, UDP_PAYLOAD_OFFSET};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList};
@@ -30,7 +31,7 @@ use smoltcp::wire::{
     EthernetRepr, IpProtocol, Ipv4Packet,
 };
 
-use crate::config::{Config, GATEWAY_MAC};
+use crate::config::{Config, Forwarding, GATEWAY_MAC};
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IPv4 header +
 /// an L4 header.
@@ -111,6 +112,44 @@ pub fn map_rules(config: &Config) -> Vec<MapRule> {
     rules
 }
 
+/// Listens on the forwarded pod ports. A port named explicitly that cannot be bound is an error;
+/// one that came from `all` is skipped (something else took it meanwhile).
+fn open_forwards(nat: &mut Nat, config: &Config) -> std::io::Result<()> {
+    let bind_of = |f: &Forward| {
+        let ip = match f.bind {
+            Some(std::net::IpAddr::V4(ip)) => ip,
+            _ => Ipv4Addr::UNSPECIFIED,
+        };
+        SocketAddrV4::new(ip, f.host_port)
+    };
+    for (forwards, tcp) in [(&config.tcp_forwards, true), (&config.udp_forwards, false)] {
+        for Forwarding {
+            forward: f,
+            explicit,
+        } in forwards
+        {
+            let result = if tcp {
+                nat.listen_tcp(bind_of(f), f.guest_port)
+            } else {
+                nat.forward_udp(bind_of(f), config.addressing.guest, f.guest_port)
+            };
+            match result {
+                Ok(()) => tracing::debug!("forwarding {} {f}", if tcp { "TCP" } else { "UDP" }),
+                Err(e) if *explicit => {
+                    let proto = if tcp { "TCP" } else { "UDP" };
+                    return Err(std::io::Error::new(e.kind(), format!("{proto} {f}: {e}")));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let (t, u) = (config.tcp_forwards.len(), config.udp_forwards.len());
+    if t + u > 0 {
+        tracing::info!("forwarding {t} TCP and {u} UDP ports of the pod to the guest");
+    }
+    Ok(())
+}
+
 impl Switch {
     pub fn new(config: &Config) -> std::io::Result<Switch> {
         let a = config.addressing;
@@ -135,6 +174,8 @@ impl Switch {
             lease_secs: config.lease_secs,
             hostname: config.hostname.clone(),
         });
+        let mut nat = nat;
+        open_forwards(&mut nat, config)?;
         Ok(Switch {
             guest_mac: config.guest_mac,
             pinned_mac: config.guest_mac,

@@ -53,6 +53,8 @@ fn config() -> Config {
         max_flows: 16,
         udp_idle: Duration::from_secs(180),
         lease_secs: 3600,
+        tcp_forwards: Vec::new(),
+        udp_forwards: Vec::new(),
     }
 }
 
