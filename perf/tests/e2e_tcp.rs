@@ -295,3 +295,49 @@ fn resets_and_refusals_are_seen_by_the_guest() {
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
 }
+
+#[test]
+fn jumbo_mtu_65520_moves_64k_segments_both_ways() {
+    let topo = PodTopology::create().unwrap();
+    let dir = util::TempDir::new("e2e-jumbo").unwrap();
+    let _iperf = far::start_iperf3(&topo.far, far::IPERF3_PORT).unwrap();
+    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
+    cfg.mtu = Some(65520);
+    let mut pw = Podwire::spawn(Some(&topo.pod), &cfg).unwrap();
+    let image = guest::image().unwrap();
+    let qcfg = QemuConfig::new(&image)
+        .name("e2e-jumbo")
+        .vhost_user(pw.socket())
+        .nic_prop("host_mtu=65520");
+    let mut vm = Qemu::boot(&qcfg).unwrap();
+    let c = vm.console();
+    c.run_ok("ip link set eth0 up", T).unwrap();
+    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(lease.mtu(), Some(65520));
+    let link = c.run_ok("ip link show eth0", T).unwrap();
+    assert!(link.contains("mtu 65520"), "{link}");
+    // A ping larger than 1500 bytes needs the big MTU on the guest's link.
+    let ping = c
+        .run_ok(&format!("ping -c 2 -s 30000 -W 5 {FAR_HOST}"), T)
+        .unwrap();
+    assert!(ping.contains("2 packets received"), "{ping}");
+    for reverse in ["", "-R"] {
+        let out = c
+            .run_ok(
+                &format!(
+                    "iperf3 -c {FAR_HOST} -p {} -t 3 {reverse} -f m 2>&1",
+                    far::IPERF3_PORT
+                ),
+                T,
+            )
+            .unwrap();
+        let receiver = out
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or_else(|| panic!("no receiver line: {out}"));
+        eprintln!("iperf3 MTU 65520 {reverse}: {receiver}");
+        assert!(!receiver.contains(" 0.00 Bytes"), "{receiver}");
+    }
+    pw.ensure_running().unwrap();
+    vm.poweroff(T).unwrap();
+}
