@@ -25,10 +25,16 @@
 //! flow is parked and the datagrams stay in the socket until the guest posts more (the kernel's
 //! socket buffer is the only queue).
 //!
+//! - **TCP** ([`tcp`]): one kernel socket per connection, with podwire keeping the two byte
+//!   streams in step rather than running a TCP stack; see that module.
+//! - **Forwarded pod ports** ([`ports`] parses passt's `-t`/`-u` syntax): TCP listeners whose
+//!   clients become connections towards the guest, and UDP sockets that are permanent flows.
+//!
 //! Flows live in a slab indexed by the mio token, with hash maps from the guest-side key to the
-//! slot: lookup is O(1) and nothing is allocated per packet. A flow idle longer than its timeout
-//! is closed by a once-a-second sweep driven by a timerfd; the table has a hard size limit,
-//! beyond which new flows are refused and counted.
+//! slot: lookup is O(1) and nothing is allocated per packet. One timerfd ticks every 100 ms for
+//! TCP retransmission; once a second the same tick closes datagram flows idle past their timeout.
+//! Each table (datagram flows, TCP connections) has a hard size limit, beyond which new flows are
+//! refused and counted.
 
 pub mod ports;
 pub mod sock;
