@@ -15,6 +15,7 @@
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
 //! consoles live on stderr.
 
+pub mod bench;
 pub mod console;
 pub mod far;
 pub mod guest;
