@@ -577,6 +577,17 @@ impl TcpTable {
         }
         if seg.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             self.counters.drop_no_connection.inc();
+            tracing::debug!(
+                "TCP segment for no connection: {}:{} -> {}:{} flags {:#04x} seq {} ack {} len {}",
+                key.guest_ip,
+                key.guest_port,
+                key.remote_ip,
+                key.remote_port,
+                seg.flags,
+                seg.seq,
+                seg.ack,
+                seg.payload_len
+            );
             // RFC 9293 3.10.7.1: a RST that the guest will accept.
             let (seq, ack, flags) = if seg.flags & TCP_ACK != 0 {
                 (seg.ack, 0, TCP_RST)
