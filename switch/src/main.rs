@@ -10,6 +10,8 @@
 
 mod config;
 mod podnet;
+#[cfg(test)]
+mod scale_tests;
 mod signals;
 mod switch;
 #[cfg(test)]
