@@ -109,6 +109,9 @@ struct Conn {
     /// The receive window last offered to the guest, in bytes. When it was small, a window
     /// update follows as soon as the socket has room again.
     adv_wnd: u32,
+    /// The socket's send buffer size, read once after podwire set it (setting it turns the
+    /// kernel's autotuning off, so it stays).
+    sndbuf: u32,
     /// The pod side reached end of file.
     sock_eof: bool,
     fin_from_guest: bool,
@@ -134,7 +137,7 @@ impl Conn {
     /// that a small window can be reopened later.
     fn advertise(&mut self) -> u16 {
         let shift = self.window_shift();
-        let field = (send_room(&self.fd) >> shift).min(u32::from(u16::MAX)) as u16;
+        let field = (send_room(&self.fd, self.sndbuf) >> shift).min(u32::from(u16::MAX)) as u16;
         self.adv_wnd = u32::from(field) << shift;
         field
     }
@@ -442,12 +445,12 @@ impl TcpTable {
         }
         // The window offered to the guest is the room in this buffer: start it large, or the
         // guest's small window keeps the socket app-limited and autotuning never grows it.
-        let _ = setsockopt_int(
-            conn.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            SNDBUF,
-        );
+        let mut conn = conn;
+        let fd = conn.fd.as_raw_fd();
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SNDBUF);
+        conn.sndbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+            .unwrap_or(0)
+            .max(0) as u32;
         if self.peek_off
             && setsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err()
         {
@@ -649,6 +652,7 @@ impl TcpTable {
             queued_ack: false,
             parked: false,
             adv_wnd: 0,
+            sndbuf: 0,
             sock_eof: false,
             fin_from_guest: false,
             fin_sent: false,
@@ -1082,6 +1086,7 @@ impl TcpTable {
                 queued_ack: false,
                 parked: false,
                 adv_wnd: 0,
+                sndbuf: 0,
                 sock_eof: false,
                 fin_from_guest: false,
                 fin_sent: false,
@@ -1126,7 +1131,9 @@ impl TcpTable {
             };
             // The socket's write-space edge may never come (it was not full, just busy): look
             // again every tick while the guest's window is nearly closed.
-            if conn.window_update_wanted() && send_room(&conn.fd) >= 2 * u32::from(conn.guest_mss) {
+            if conn.window_update_wanted()
+                && send_room(&conn.fd, conn.sndbuf) >= 2 * u32::from(conn.guest_mss)
+            {
                 conn.ack_pending = true;
                 self.queue_ack(slot);
                 continue;
@@ -1282,13 +1289,13 @@ enum Peeked {
     Failed,
 }
 
-/// Room in the socket's send buffer: the window offered to the guest.
-fn send_room(fd: &OwnedFd) -> u32 {
-    let sndbuf = getsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0);
+/// Room in the socket's send buffer (`sndbuf` bytes, fixed since podwire set it): the window
+/// offered to the guest. One ioctl.
+fn send_room(fd: &OwnedFd, sndbuf: u32) -> u32 {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes an int.
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    sndbuf.saturating_sub(queued).max(0) as u32
+    sndbuf.saturating_sub(queued.max(0) as u32)
 }
 
 fn write_tcp_frame(
