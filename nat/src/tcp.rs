@@ -466,6 +466,8 @@ impl TcpTable {
         if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
             let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
             self.index.remove(&conn.key);
+            // A failure queued for this connection must not reset the next one in its slot.
+            self.failed.retain(|&s| s != slot);
             self.free.push(slot);
             self.counters.closed.inc();
         }
@@ -778,7 +780,23 @@ impl TcpTable {
             self.queue_ack(slot);
         }
         self.send_data(slot, rx, ep);
-        if self.conns[slot].as_ref().is_some_and(Conn::done) {
+        if let Some(conn) = self.conns[slot].as_mut().filter(|c| c.done()) {
+            // The guest's FIN may be what finished the connection: acknowledge it now, as
+            // the coalesced ACKs flushed after this batch no longer find the connection.
+            if conn.ack_pending {
+                conn.ack_pending = false;
+                let window = conn.advertise();
+                send_control(
+                    rx,
+                    ep,
+                    conn.key,
+                    conn.snd_nxt,
+                    conn.rcv_nxt,
+                    TCP_ACK,
+                    window,
+                    &[],
+                );
+            }
             self.remove(registry, slot);
         }
     }
