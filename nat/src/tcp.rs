@@ -191,6 +191,7 @@ pub struct TcpTable {
     parked: Vec<usize>,
     /// Connections whose socket failed, to reset at the end of the pass.
     failed: Vec<usize>,
+    gather: Gather,
     peek_off: bool,
     scratch: Vec<u8>,
     mss_limit: u16,
@@ -364,6 +365,7 @@ impl TcpTable {
             acks: Vec::new(),
             parked: Vec::new(),
             failed: Vec::new(),
+            gather: Gather::new(),
             peek_off: true,
             scratch: Vec::new(),
             mss_limit: guest_mtu
@@ -466,8 +468,13 @@ impl TcpTable {
         if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
             let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
             self.index.remove(&conn.key);
-            // A failure queued for this connection must not reset the next one in its slot.
+            // A failure queued for this connection must not reset the next one in its slot,
+            // nor its gathered payload go to that one's socket.
             self.failed.retain(|&s| s != slot);
+            if self.gather.slot == Some(slot) {
+                self.gather.slot = None;
+                self.gather.clear();
+            }
             self.free.push(slot);
             self.counters.closed.inc();
         }
@@ -729,38 +736,28 @@ impl TcpTable {
             conn.ack_pending = true;
         }
         if seg.payload_len > 0 {
-            let offset_in_seg = conn.rcv_nxt.wrapping_sub(seg.seq);
-            if seq_gt(seg.seq, conn.rcv_nxt) {
-                // A hole before it: the guest will resend; say where we are.
+            // In-order data joins the write being gathered for this pass (see `Gather`).
+            let expected = conn
+                .rcv_nxt
+                .wrapping_add(self.gather.bytes_for(slot) as u32);
+            let offset_in_seg = expected.wrapping_sub(seg.seq);
+            conn.ack_pending = true;
+            if seq_gt(seg.seq, expected) {
+                // A hole before it: the guest will resend; the ACK says where we are.
                 self.counters.drop_out_of_window.inc();
-                conn.ack_pending = true;
             } else if (offset_in_seg as usize) < seg.payload_len && !conn.fin_from_guest {
                 let skip = offset_in_seg as usize;
-                let mut iov = [EMPTY_IOVEC; MAX_SEGS];
-                let n = frame.iovecs(seg.payload_offset + skip, seg.payload_len - skip, &mut iov);
-                match send_iov(&conn.fd, &iov[..n]) {
-                    Ok(written) => {
-                        conn.rcv_nxt = conn.rcv_nxt.wrapping_add(written as u32);
-                        self.counters.bytes_from_guest.add(written as u64);
-                        if written < seg.payload_len - skip {
-                            conn.adv_wnd = 0;
-                            self.counters.short_writes.inc();
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        conn.adv_wnd = 0;
-                        self.counters.short_writes.inc();
-                    }
-                    Err(_) => {
-                        self.reset(registry, slot, rx, ep);
-                        return;
-                    }
+                if self.gather.slot.is_some_and(|s| s != slot) || self.gather.is_full() {
+                    self.flush_write();
                 }
-                conn.ack_pending = true;
-            } else {
-                // Old data or a keepalive probe: acknowledge where we are.
-                conn.ack_pending = true;
+                self.gather.slot = Some(slot);
+                self.gather
+                    .append(frame, seg.payload_offset + skip, seg.payload_len - skip);
             }
+            // Otherwise old data or a keepalive probe: the ACK says where we are.
+        }
+        if seg.flags & TCP_FIN != 0 && self.gather.slot == Some(slot) {
+            self.flush_write();
         }
         let conn = match self.conns.get_mut(slot).and_then(Option::as_mut) {
             Some(c) => c,
@@ -810,9 +807,46 @@ impl TcpTable {
         }
     }
 
+    /// Writes the payload gathered in this TX pass to its socket, in one `sendmsg`.
+    fn flush_write(&mut self) {
+        let Some(slot) = self.gather.slot.take() else {
+            return;
+        };
+        let bytes = self.gather.bytes;
+        let result = self
+            .conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map(|conn| send_iov(&conn.fd, self.gather.iovecs()));
+        self.gather.clear();
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match result {
+            Some(Ok(written)) => {
+                conn.rcv_nxt = conn.rcv_nxt.wrapping_add(written as u32);
+                self.counters.bytes_from_guest.add(written as u64);
+                if written < bytes {
+                    // Not acknowledged: the guest sends the rest again, into the window
+                    // this closes.
+                    conn.adv_wnd = 0;
+                    self.counters.short_writes.inc();
+                }
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.adv_wnd = 0;
+                self.counters.short_writes.inc();
+            }
+            Some(Err(_)) => self.failed.push(slot),
+            None => {}
+        }
+    }
+
     /// Sends the ACKs owed after a batch of guest frames (one per connection, not per frame)
-    /// and resets connections whose socket failed.
+    /// and resets connections whose socket failed. The gathered write goes first: it decides
+    /// what the ACKs acknowledge.
     pub fn flush_acks(&mut self, registry: &Registry, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.flush_write();
         while let Some(slot) = self.failed.pop() {
             if self.conns.get(slot).is_some_and(Option::is_some) {
                 self.reset(registry, slot, rx, ep);
@@ -1186,6 +1220,70 @@ impl TcpTable {
                 State::Connecting => conn.rto_deadline = None,
             }
         }
+    }
+}
+
+/// In-order payload of one connection, gathered over a pass of the TX ring so that it reaches
+/// the socket in one `sendmsg` rather than one per segment.
+///
+/// The iovecs point into guest memory. That is sound only because the device promises (see
+/// `NetHandler::tx_batch_done`) that the TX buffers of a pass are neither returned to the guest
+/// nor unmapped until `tx_batch_done` has run, and it is there that this is flushed.
+struct Gather {
+    slot: Option<usize>,
+    iov: Box<[libc::iovec; GATHER_IOVECS]>,
+    len: usize,
+    bytes: usize,
+}
+
+/// Most iovecs one gathered write holds (the kernel takes up to 1024).
+const GATHER_IOVECS: usize = 1024;
+/// Most bytes one gathered write holds.
+const GATHER_BYTES: usize = 1 << 20;
+
+// SAFETY: the raw pointers are only dereferenced (by the kernel) on the thread that filled them,
+// within the same TX pass; the table moves between threads only between passes, empty.
+unsafe impl Send for Gather {}
+
+impl Gather {
+    fn new() -> Gather {
+        Gather {
+            slot: None,
+            iov: Box::new([EMPTY_IOVEC; GATHER_IOVECS]),
+            len: 0,
+            bytes: 0,
+        }
+    }
+
+    fn bytes_for(&self, slot: usize) -> usize {
+        if self.slot == Some(slot) {
+            self.bytes
+        } else {
+            0
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len + MAX_SEGS > GATHER_IOVECS || self.bytes >= GATHER_BYTES
+    }
+
+    fn append(&mut self, frame: &SgList<'_>, offset: usize, len: usize) {
+        let mut iov = [EMPTY_IOVEC; MAX_SEGS];
+        let n = frame.iovecs(offset, len, &mut iov);
+        let room = GATHER_IOVECS - self.len;
+        let n = n.min(room);
+        self.iov[self.len..self.len + n].copy_from_slice(&iov[..n]);
+        self.len += n;
+        self.bytes += iov[..n].iter().map(|v| v.iov_len).sum::<usize>();
+    }
+
+    fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov[..self.len]
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.bytes = 0;
     }
 }
 

@@ -80,8 +80,10 @@ pub trait NetHandler: Send + 'static {
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink);
     /// The handler's fd is readable, or the guest posted RX buffers: produce frames.
     fn poll_host(&mut self, rx: &mut dyn RxSink);
-    /// A pass over the TX ring ended: send what was held back to coalesce (e.g. one TCP ACK
-    /// for many segments).
+    /// A pass over the TX ring ended: send what was held back to coalesce (one TCP ACK for
+    /// many segments; one write for many segments' payload). Until this returns, the buffers of
+    /// every frame given to `guest_frame` in the pass stay mapped and are not returned to the
+    /// guest, so the handler may keep iovecs into them until then — and not a moment longer.
     fn tx_batch_done(&mut self, _rx: &mut dyn RxSink) {}
     /// An fd that becomes readable when [`NetHandler::poll_host`] has work.
     fn host_fd(&self) -> RawFd;
@@ -483,8 +485,10 @@ where
                     used += Wrapping(1);
                 }
             }
-            publish_used(mem, self.vring.get_queue_mut(), used);
+            // Before the used entries are published: until then the guest cannot reuse these
+            // buffers, so the handler may still be holding pointers into them.
             handler.tx_batch_done(rx);
+            publish_used(mem, self.vring.get_queue_mut(), used);
             // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
             match self.vring.get_queue_mut().enable_notification(mem) {
                 Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => continue,
