@@ -17,7 +17,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),

@@ -49,7 +49,7 @@ use crate::wire::{
     self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_LEN, TCP_PAYLOAD_OFFSET,
     TCP_PSH, TCP_RST, TCP_SYN,
 };
-use crate::AddrMap;
+use crate::{sock, AddrMap};
 
 /// mio tokens of TCP connections start here; listeners start at [`LISTEN_BASE`].
 pub const CONN_BASE: usize = 1 << 40;
@@ -125,6 +125,36 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection in `state` with nothing sent or received yet.
+    fn new(key: ConnKey, fd: OwnedFd, state: State) -> Conn {
+        let iss = random_u32();
+        Conn {
+            key,
+            fd,
+            state,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss.wrapping_add(1),
+            snd_wnd: 0,
+            rcv_nxt: 0,
+            guest_mss: 536,
+            guest_wscale: None,
+            ack_pending: false,
+            queued_ack: false,
+            parked: false,
+            adv_wnd: 0,
+            sndbuf: 0,
+            sock_eof: false,
+            fin_from_guest: false,
+            fin_sent: false,
+            dup_acks: 0,
+            retries: 0,
+            rto: INITIAL_RTO,
+            rto_deadline: None,
+            syn_seq: 0,
+        }
+    }
+
     fn window_shift(&self) -> u8 {
         if self.guest_wscale.is_some() {
             OUR_WSCALE
@@ -227,17 +257,6 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
         Err(io::Error::last_os_error())
     } else {
         Ok(value)
-    }
-}
-
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
     }
 }
 
@@ -397,7 +416,7 @@ impl TcpTable {
     ) -> io::Result<()> {
         let fd = tcp_socket()?;
         setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        let sa = sockaddr(bind);
+        let sa = sock::sockaddr_v4(bind);
         // SAFETY: a valid sockaddr_in.
         let rc = unsafe {
             libc::bind(
@@ -628,7 +647,7 @@ impl TcpTable {
                 return;
             }
         };
-        let sa = sockaddr(dst);
+        let sa = sock::sockaddr_v4(dst);
         // SAFETY: a valid sockaddr_in.
         let rc = unsafe {
             libc::connect(
@@ -645,31 +664,13 @@ impl TcpTable {
                 return;
             }
         }
-        let iss = random_u32();
         let conn = Conn {
-            key,
-            fd,
-            state: State::Connecting,
-            iss,
-            snd_una: iss,
-            snd_nxt: iss.wrapping_add(1),
             snd_wnd: u32::from(seg.window),
             rcv_nxt: seg.seq.wrapping_add(1),
             guest_mss: seg.mss.unwrap_or(536),
             guest_wscale: seg.wscale,
-            ack_pending: false,
-            queued_ack: false,
-            parked: false,
-            adv_wnd: 0,
-            sndbuf: 0,
-            sock_eof: false,
-            fin_from_guest: false,
-            fin_sent: false,
-            dup_acks: 0,
-            retries: 0,
-            rto: INITIAL_RTO,
-            rto_deadline: None,
             syn_seq: seg.seq,
+            ..Conn::new(key, fd, State::Connecting)
         };
         if self.insert(registry, conn).is_some() {
             self.counters.opened_by_guest.inc();
@@ -1122,32 +1123,7 @@ impl TcpTable {
                 abort_socket(&fd);
                 continue;
             }
-            let iss = random_u32();
-            let conn = Conn {
-                key,
-                fd,
-                state: State::SynSent,
-                iss,
-                snd_una: iss,
-                snd_nxt: iss.wrapping_add(1),
-                snd_wnd: 0,
-                rcv_nxt: 0,
-                guest_mss: 536,
-                guest_wscale: None,
-                ack_pending: false,
-                queued_ack: false,
-                parked: false,
-                adv_wnd: 0,
-                sndbuf: 0,
-                sock_eof: false,
-                fin_from_guest: false,
-                fin_sent: false,
-                dup_acks: 0,
-                retries: 0,
-                rto: INITIAL_RTO,
-                rto_deadline: None,
-                syn_seq: 0,
-            };
+            let conn = Conn::new(key, fd, State::SynSent);
             let mss_limit = self.mss_limit;
             if let Some(slot) = self.insert(registry, conn) {
                 self.counters.opened_from_pod.inc();

@@ -11,6 +11,16 @@ const T: Duration = Duration::from_secs(120);
 const FILE_PORT: u16 = 8000;
 const CLOSED_PORT: u16 = 8001;
 
+/// iperf3's summary line for the receiving side, and that it moved data.
+fn receiver_line(out: &str) -> &str {
+    let line = out
+        .lines()
+        .find(|l| l.contains("receiver"))
+        .unwrap_or_else(|| panic!("no receiver line: {out}"));
+    assert!(!line.contains(" 0.00 Bytes"), "no data moved: {line}");
+    line
+}
+
 fn boot(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> (Podwire, Qemu) {
     let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     cfg.extra_args = extra.iter().map(|s| s.to_string()).collect();
@@ -149,10 +159,7 @@ fn iperf3_guest_to_far_and_back() {
                 T,
             )
             .unwrap();
-        let receiver = out
-            .lines()
-            .find(|l| l.contains("receiver"))
-            .unwrap_or_else(|| panic!("no receiver line: {out}"));
+        let receiver = receiver_line(&out);
         eprintln!("iperf3 {reverse}: {receiver}");
         let mbits: f64 = receiver
             .split_whitespace()
@@ -231,10 +238,7 @@ fn forwarded_ports_reach_the_guest_with_the_clients_real_address() {
             .far
             .sh(&format!("iperf3 -c {pod} -p 5201 -t 3 {reverse} -f m 2>&1"))
             .unwrap();
-        let receiver = out
-            .lines()
-            .find(|l| l.contains("receiver"))
-            .unwrap_or_else(|| panic!("no receiver line: {out}"));
+        let receiver = receiver_line(&out);
         eprintln!("iperf3 far->guest {reverse}: {receiver}");
         assert!(!receiver.contains(" 0.00 Bytes"), "{receiver}");
     }
@@ -331,10 +335,7 @@ fn jumbo_mtu_65520_moves_64k_segments_both_ways() {
                 T,
             )
             .unwrap();
-        let receiver = out
-            .lines()
-            .find(|l| l.contains("receiver"))
-            .unwrap_or_else(|| panic!("no receiver line: {out}"));
+        let receiver = receiver_line(&out);
         eprintln!("iperf3 MTU 65520 {reverse}: {receiver}");
         assert!(!receiver.contains(" 0.00 Bytes"), "{receiver}");
     }
