@@ -2,8 +2,8 @@
 //!
 //! Builds a pod network namespace (198.18.0.2/24, gateway 198.18.0.1) and a far host
 //! (198.18.1.1, with DNS and a UDP echo service), runs podwire in the pod and a QEMU (TCG) guest
-//! on podwire's socket, then prints the guest's DHCP lease, a ping and a UDP transfer from the
-//! guest's own console. Everything is torn down on exit. Arguments are passed to podwire.
+//! on podwire's socket, then prints the guest's DHCP lease, a ping, a checked UDP transfer and
+//! iperf3 TCP both ways from the guest's own console. Everything is torn down on exit. Arguments are passed to podwire.
 //!
 //! Run it through `scripts/demo.sh`, which installs and builds what it needs.
 
@@ -125,6 +125,23 @@ fn main() -> Result<()> {
     )?;
     println!("{}", echo.trim_end());
     ensure!(echo.trim() == "hello-from-the-guest", "echo mismatch");
+
+    section("TCP: iperf3 from the guest to the far host and back (3 s each)");
+    let _iperf = far::start_iperf3(&topo.far, far::IPERF3_PORT)?;
+    for (what, flag) in [("guest -> far", ""), ("far -> guest", "-R")] {
+        let out = c.run_ok(
+            &format!(
+                "iperf3 -c {FAR_HOST} -p {} -t 3 {flag} -f m 2>&1",
+                far::IPERF3_PORT
+            ),
+            T,
+        )?;
+        let line = out
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or("no summary");
+        println!("{what}: {}", line.trim());
+    }
 
     section(&format!(
         "DNS: {} through the pod's resolver",
