@@ -1,11 +1,13 @@
 //! Error types.
 //!
-//! Two enums because they have different audiences: [`DhcpError`] is about a
-//! datagram the (untrusted) guest sent, or about the caller's reply buffer,
-//! and is expected at runtime; [`ConfigError`] is about the operator's
-//! configuration and is expected only at startup or on reconfiguration.
+//! Per protocol, two kinds of enum because they have different audiences:
+//! [`DhcpError`], [`Dhcpv6Error`], [`RsError`] and [`RaError`] are about a
+//! packet the (untrusted) guest sent or about the caller's buffers and
+//! arguments, and are expected at runtime; [`ConfigError`],
+//! [`Dhcpv6ConfigError`] and [`RaConfigError`] are about the operator's
+//! configuration and are expected only at startup or on reconfiguration.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Why [`crate::Dhcpv4Server::handle`] produced no reply.
 ///
@@ -102,4 +104,158 @@ pub enum ConfigError {
 
     #[error("hostname {name:?} is invalid: {reason}")]
     Hostname { name: String, reason: &'static str },
+}
+
+/// Why [`crate::Dhcpv6Server::handle`] rejected a datagram.
+///
+/// Every variant except [`Dhcpv6Error::OutputTooSmall`] means the guest
+/// sent something that is not a well-formed DHCPv6 client message; those
+/// bump [`crate::Dhcpv6Counters::malformed`]. Well-formed messages the
+/// server chooses not to answer are `Ok(None)`, not errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Dhcpv6Error {
+    /// Shorter than msg-type plus transaction id.
+    #[error("datagram of {len} bytes is shorter than the 4-byte DHCPv6 header")]
+    Truncated { len: usize },
+
+    /// Fewer than the 4 bytes of an option's code and length remain in
+    /// its container (the message or an enclosing option). `offset` is
+    /// from the start of the UDP payload.
+    #[error("option header at offset {offset} runs past the end of its container")]
+    TruncatedOptionHeader { offset: usize },
+
+    /// An option's length runs past the end of its container.
+    #[error("option {code} at offset {offset} runs past the end of its container")]
+    OptionOverrun { code: u16, offset: usize },
+
+    /// An option we interpret has a length its format does not allow.
+    #[error("option {code} has length {len}: {reason}")]
+    BadOption {
+        code: u16,
+        len: usize,
+        reason: &'static str,
+    },
+
+    /// An option that identifies a party (client or server id) appears
+    /// twice, so which one is meant is ambiguous.
+    #[error("option {code} appears more than once")]
+    DuplicateOption { code: u16 },
+
+    /// The caller's buffer cannot hold the reply's mandatory part. A
+    /// caller bug, not a guest one; counted in
+    /// [`crate::Dhcpv6Counters::output_too_small`].
+    #[error("reply buffer of {got} bytes is smaller than the {needed} bytes this reply needs")]
+    OutputTooSmall { needed: usize, got: usize },
+}
+
+/// A DHCPv6 configuration the server can only partly honour; see
+/// [`crate::Dhcpv6Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Dhcpv6ConfigError {
+    #[error("server DUID of {len} bytes is outside 2..=130 (type plus at most 128 bytes)")]
+    ServerDuid { len: usize },
+
+    #[error("guest address {addr} is unusable: {reason}")]
+    GuestAddr {
+        addr: Ipv6Addr,
+        reason: &'static str,
+    },
+
+    #[error("DNS server {0} is not a unicast address")]
+    DnsServer(Ipv6Addr),
+
+    #[error("valid lifetime must be at least one second")]
+    ZeroLifetime,
+
+    #[error("preferred lifetime {preferred} exceeds valid lifetime {valid}")]
+    Lifetimes { preferred: u32, valid: u32 },
+
+    #[error("search domain {name:?} is invalid: {reason}")]
+    SearchDomain { name: String, reason: &'static str },
+}
+
+/// Why a packet is not a valid Router Solicitation (RFC 4861 6.1.1); see
+/// [`crate::parse_router_solicitation`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RsError {
+    #[error("ICMPv6 message of {len} bytes is shorter than the 8-byte solicitation")]
+    Truncated { len: usize },
+
+    #[error("ICMPv6 type {msg_type} code {code} is not a router solicitation")]
+    NotRouterSolicitation { msg_type: u8, code: u8 },
+
+    /// An option has length zero or runs past the end of the message.
+    #[error("option at offset {offset} has length zero or runs past the end")]
+    BadOption { offset: usize },
+
+    /// The IPv6 hop limit is not 255, so the packet may come from off-link.
+    #[error("hop limit {0} is not 255")]
+    HopLimit(u8),
+
+    #[error("ICMPv6 checksum does not match the pseudo-header and message")]
+    BadChecksum,
+
+    /// RFC 4861 6.1.1: a solicitation from the unspecified address must
+    /// not carry a source link-layer address option.
+    #[error("source link-layer address option from the unspecified address")]
+    LinkLayerFromUnspecified,
+}
+
+/// Why [`crate::router_advertisement`] wrote nothing. Both are caller bugs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaError {
+    /// RFC 4861 6.1.2: hosts discard advertisements whose source is not
+    /// link-local.
+    #[error("source {0} is not a link-local address")]
+    SourceNotLinkLocal(Ipv6Addr),
+
+    /// Not even the header, source link-layer address, MTU and prefix
+    /// options fit.
+    #[error("buffer of {got} bytes is smaller than the {needed} bytes the advertisement needs")]
+    OutputTooSmall { needed: usize, got: usize },
+}
+
+/// A router advertisement configuration that can only partly be honoured;
+/// see [`crate::RaConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaConfigError {
+    #[error("router MAC {0:02x?} is not a unicast address")]
+    RouterMac([u8; 6]),
+
+    #[error("prefix length {0} is outside 1..=128")]
+    PrefixLen(u8),
+
+    #[error("prefix {prefix} is unusable: {reason}")]
+    Prefix {
+        prefix: Ipv6Addr,
+        reason: &'static str,
+    },
+
+    /// SLAAC on Ethernet forms 64-bit interface identifiers (RFC 4862
+    /// 5.5.3 d, RFC 2464), so hosts ignore the A flag on other lengths.
+    #[error("autonomous (SLAAC) configuration needs a /64 prefix, not /{0}")]
+    AutonomousNeeds64(u8),
+
+    #[error("preferred lifetime {preferred} exceeds valid lifetime {valid}")]
+    Lifetimes { preferred: u32, valid: u32 },
+
+    #[error("MTU {0} is below the 1280-byte IPv6 minimum")]
+    Mtu(u32),
+
+    #[error("router lifetime {0} exceeds the 9000-second maximum")]
+    RouterLifetime(u16),
+
+    #[error("maximum advertisement interval {0} is outside 4..=1800 seconds")]
+    MaxInterval(u32),
+
+    #[error("DNS server {0} is not a unicast address")]
+    DnsServer(Ipv6Addr),
+
+    #[error("search domain {name:?} is invalid: {reason}")]
+    SearchDomain { name: String, reason: &'static str },
+
+    /// The whole advertisement does not fit in one packet on the link, so
+    /// [`crate::router_advertisement`] would leave out DNS options.
+    #[error("advertisement of {len} bytes exceeds the {limit} bytes the link MTU leaves")]
+    TooLong { len: usize, limit: usize },
 }

@@ -1,6 +1,7 @@
-//! DHCPv4 server for podwire's one guest: packets in, packets out, no I/O.
+//! DHCPv4, DHCPv6 and router advertisement responders for podwire's one
+//! guest: packets in, packets out, no I/O.
 //!
-//! # Theory of operation
+//! # Theory of operation (DHCPv4)
 //!
 //! podwire sits on the other end of a single VM's NIC. The link has exactly
 //! two stations, the guest and podwire, and podwire decides the guest's
@@ -59,18 +60,103 @@
 //! the lease state; INFORM gets an ACK with configuration but no address
 //! or lease time. Relay agents are not expected: `giaddr` is echoed but not
 //! used for addressing.
+//!
+//! # DHCPv6
+//!
+//! [`Dhcpv6Server`] applies the same principles to RFC 8415: one address
+//! ([`Dhcpv6Config::guest_addr`]) for whoever asks, pure and allocation-free
+//! per packet except to record a new client's DUID, untrusted input
+//! validated down to the options nested in IA addresses, and a counter in
+//! [`Dhcpv6Counters`] for every outcome. What differs:
+//!
+//! * **Messages.** SOLICIT gets an ADVERTISE with preference 255 (so the
+//!   client does not wait for other servers), or a REPLY if it carries
+//!   Rapid Commit. REQUEST, RENEW and REBIND get a REPLY whose first IA_NA
+//!   holds the guest address with the configured lifetimes and T1/T2 of
+//!   0.5/0.8 of the preferred lifetime. CONFIRM gets Success if every
+//!   address listed is on-link (the guest address or in its /64) and
+//!   NotOnLink otherwise; RELEASE and DECLINE get Success;
+//!   INFORMATION-REQUEST gets only the DNS options. Every reply carries
+//!   our Server Identifier and echoes the transaction id and the Client
+//!   Identifier.
+//! * **No renumbering dance.** An address the client lists in REQUEST,
+//!   RENEW or REBIND that is not the guest address is returned with zero
+//!   lifetimes next to the right one (RFC 8415 18.3.4/18.3.5), rather
+//!   than answered with NotOnLink or NoBinding: the client switches
+//!   address in one exchange. The server keeps no lease state it could
+//!   disagree with the guest about; [`Dhcpv6Server::binding`] is for
+//!   observability.
+//! * **What is not served.** One address per client: further IA_NAs get
+//!   NoAddrsAvail inside the IA, IA_TA gets NoAddrsAvail and IA_PD gets
+//!   NoPrefixAvail, each echoed with its IAID. A SOLICIT, REQUEST, RENEW
+//!   or REBIND with no IA_NA at all gets only the identifiers and a
+//!   top-level NoAddrsAvail (RFC 8415 18.3.1). Relay messages are counted
+//!   and dropped unparsed: there is no relay on this link.
+//! * **Identifiers.** A Server Identifier naming another server is
+//!   ignored; one naming us is accepted even on SOLICIT, CONFIRM and
+//!   REBIND, where the RFC expects none, since it cannot mean anyone else.
+//!   REQUEST, RENEW, RELEASE and DECLINE without one, and anything but
+//!   INFORMATION-REQUEST without a Client Identifier, are ignored, as
+//!   RFC 8415 section 16 asks. Repeated identifiers are malformed.
+//! * **DNS options are always sent** when configured, whether or not the
+//!   Option Request Option lists them: every client that can use them
+//!   asks anyway, and some forget to.
+//! * **Bounded output.** Replies fit in [`MAX_DHCPV6_REPLY`] (1232) bytes,
+//!   so they never need fragmenting. The mandatory part must fit in `out`;
+//!   DNS options, extra IAs and zero-lifetime addresses are each written
+//!   whole or skipped and counted.
+//!
+//! The caller receives UDP to port 547 (normally to
+//! [`ALL_DHCP_RELAY_AGENTS_AND_SERVERS`], from the guest's link-local
+//! address and port 546), passes the payload to [`Dhcpv6Server::handle`],
+//! and sends the reply from podwire's link-local address
+//! ([`router_link_local`]) port 547 to the request's source address and
+//! port, to the guest's MAC.
+//!
+//! # Router advertisements
+//!
+//! [`router_advertisement`] writes a complete ICMPv6 Router Advertisement
+//! (checksum included) from an [`RaConfig`]; [`parse_router_solicitation`]
+//! validates what the guest sends to [`ALL_ROUTERS`]. The design notes are
+//! on [`RaConfig`] and the functions. The caller sends one advertisement
+//! when the guest's link comes up, answers each valid solicitation
+//! (unicast to its source, or to [`ALL_NODES`] from the unspecified
+//! address; rate-limiting them is wise, since the guest controls their
+//! rate), and sends an unsolicited one to [`ALL_NODES`] at least every
+//! [`RaConfig::max_interval_secs`].
 
+mod buf;
 mod config;
 mod error;
 mod names;
+mod ra;
 mod server;
+mod v6;
 mod wire;
 
 pub use config::Dhcpv4Config;
-pub use error::{ConfigError, DhcpError};
+pub use error::{
+    ConfigError, DhcpError, Dhcpv6ConfigError, Dhcpv6Error, RaConfigError, RaError, RsError,
+};
+pub use ra::{
+    icmpv6_checksum, is_router_solicitation, parse_router_solicitation, router_advertisement,
+    router_advertisement_len, router_link_local, RaConfig, RouterSolicitation, ALL_NODES,
+    ALL_ROUTERS, ICMPV6_NEXT_HEADER, ND_HOP_LIMIT,
+};
 pub use server::{
     DeclineInfo, Dhcpv4Counters, Dhcpv4Server, LeaseInfo, MessageKind, Reply, ReplyDest,
 };
+pub use v6::{
+    duid_ll, Dhcpv6Binding, Dhcpv6Config, Dhcpv6Counters, Dhcpv6Server, MAX_DHCPV6_REPLY,
+};
+
+/// UDP port DHCPv6 clients listen on (RFC 8415 7.2).
+pub const DHCPV6_CLIENT_PORT: u16 = 546;
+/// UDP port DHCPv6 servers listen on (RFC 8415 7.2).
+pub const DHCPV6_SERVER_PORT: u16 = 547;
+/// ff02::1:2, where DHCPv6 clients send (RFC 8415 7.1).
+pub const ALL_DHCP_RELAY_AGENTS_AND_SERVERS: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
 
 /// Smallest `out` buffer [`Dhcpv4Server::handle`] accepts.
 pub const MIN_REPLY_BUFFER: usize = wire::MIN_BOOTP_LEN;

@@ -1,7 +1,10 @@
-//! DNS name encoding for the domain search option (119, RFC 3397).
+//! DNS name encoding: the compressed DHCPv4 domain search option (119,
+//! RFC 3397) and the uncompressed form DHCPv6 (option 24, RFC 8415 10) and
+//! router advertisements (DNSSL, RFC 8106 5.2) require.
 //!
-//! Runs only when the configuration changes, so it allocates freely; the
-//! per-packet path just copies the bytes produced here.
+//! The compressed encoder runs only when the configuration changes, so it
+//! allocates freely. The uncompressed writer is also used per router
+//! advertisement and allocates nothing.
 
 /// Longest name on the wire, length bytes and root label included (RFC 1035).
 const MAX_WIRE_NAME: usize = 255;
@@ -14,11 +17,23 @@ const MAX_POINTER_TARGET: usize = 0x3fff;
 /// A single trailing dot is accepted because operators copy names from
 /// resolv.conf and zone files, where it is common.
 pub(crate) fn split_labels(name: &str) -> Result<Vec<&str>, &'static str> {
-    let body = name.strip_suffix('.').unwrap_or(name);
+    wire_len(name)?;
+    Ok(body(name).split('.').collect())
+}
+
+/// The name without its optional trailing dot.
+fn body(name: &str) -> &str {
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// Validates a name as [`split_labels`] does, without allocating, and
+/// returns its uncompressed wire length (length bytes and root label
+/// included).
+pub(crate) fn wire_len(name: &str) -> Result<usize, &'static str> {
+    let body = body(name);
     if body.is_empty() {
         return Err("empty name");
     }
-    let mut labels = Vec::new();
     // The terminating root label.
     let mut wire_len = 1usize;
     for label in body.split('.') {
@@ -29,12 +44,42 @@ pub(crate) fn split_labels(name: &str) -> Result<Vec<&str>, &'static str> {
             return Err("label longer than 63 bytes");
         }
         wire_len += 1 + label.len();
-        labels.push(label);
     }
     if wire_len > MAX_WIRE_NAME {
         return Err("name longer than 255 bytes on the wire");
     }
-    Ok(labels)
+    Ok(wire_len)
+}
+
+/// Feeds the uncompressed RFC 1035 3.1 encoding of a valid name to `put`
+/// (length-prefixed labels, then the zero root label) and returns its
+/// length; an invalid name feeds nothing.
+pub(crate) fn write_uncompressed(
+    name: &str,
+    mut put: impl FnMut(&[u8]),
+) -> Result<usize, &'static str> {
+    let len = wire_len(name)?;
+    for label in body(name).split('.') {
+        // wire_len capped labels at 63 bytes, so this cannot truncate.
+        put(&[label.len() as u8]);
+        put(label.as_bytes());
+    }
+    put(&[0]);
+    Ok(len)
+}
+
+/// Encodes names back to back without compression, as DHCPv6 option 24
+/// and the DNSSL option require. Invalid names are skipped; the first one
+/// is reported with its index.
+pub(crate) fn encode_uncompressed(names: &[String]) -> (Vec<u8>, Option<(usize, &'static str)>) {
+    let mut out = Vec::new();
+    let mut first_error = None;
+    for (index, name) in names.iter().enumerate() {
+        if let Err(reason) = write_uncompressed(name, |bytes| out.extend_from_slice(bytes)) {
+            first_error.get_or_insert((index, reason));
+        }
+    }
+    (out, first_error)
 }
 
 /// Encodes a search list as the payload of option 119, compressing shared
@@ -175,6 +220,18 @@ mod tests {
         let (bytes, err) = encode_search_list(&names);
         assert_eq!(err, Some((0, "empty name")));
         assert_eq!(bytes, b"\x02ok\x07example\x00");
+    }
+
+    #[test]
+    fn uncompressed_names_are_plain_label_sequences() {
+        let (bytes, err) = encode_uncompressed(&list(&["eng.apple.com.", "apple.com", "a..b"]));
+        assert_eq!(err, Some((2, "empty label")));
+        assert_eq!(bytes, b"\x03eng\x05apple\x03com\x00\x05apple\x03com\x00");
+        assert_eq!(wire_len("eng.apple.com"), Ok(15));
+        assert_eq!(wire_len("eng.apple.com."), Ok(15));
+        let mut fed = Vec::new();
+        assert!(write_uncompressed("", |b| fed.extend_from_slice(b)).is_err());
+        assert!(fed.is_empty());
     }
 
     #[test]

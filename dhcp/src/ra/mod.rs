@@ -1,0 +1,550 @@
+//! Router advertisements for the one guest (RFC 4861), carrying DNS
+//! configuration (RFC 8106): packets in, packets out, no I/O.
+//!
+//! # Theory of operation
+//!
+//! podwire is the guest's only router, so there is no router discovery to
+//! speak of: the guest solicits, podwire advertises, and the
+//! advertisement is the whole of the guest's IPv6 link configuration
+//! short of an address from DHCPv6. It tells the guest:
+//!
+//! * **Who the router is.** The source address (podwire's link-local,
+//!   [`router_link_local`]), a source link-layer address option with
+//!   [`RaConfig::router_mac`] so the guest need not resolve it, and a
+//!   router lifetime; a non-zero lifetime makes podwire the default
+//!   router.
+//! * **The prefix.** One prefix information option with the L (on-link)
+//!   and A (SLAAC) flags from the configuration. A is sent only for a /64:
+//!   SLAAC on Ethernet forms 64-bit interface identifiers, so hosts ignore
+//!   it on any other length, and sending it would only mislead someone
+//!   reading a capture.
+//! * **Whether to run DHCPv6.** M asks for addresses from DHCPv6 (the
+//!   [`crate::Dhcpv6Server`]), O for other configuration only.
+//! * **The MTU** and **DNS servers and search domains** (RDNSS and
+//!   DNSSL), the latter so a guest without a DHCPv6 client still resolves
+//!   names. Their lifetime is 3 × [`RaConfig::max_interval_secs`], the
+//!   RFC 8106 5.1 default, so one lost advertisement does not expire them.
+//!
+//! [`router_advertisement`] writes the complete ICMPv6 message, checksum
+//! included, so the caller only prepends IPv6 and Ethernet headers. It
+//! takes a configuration rather than a compiled form because
+//! advertisements are rare (startup, each solicitation, every few
+//! minutes); it still allocates nothing.
+//!
+//! The configuration is handled like the DHCPv4 one: [`RaConfig::validate`]
+//! is strict and reports the first problem, while [`router_advertisement`]
+//! is lenient and leaves out what cannot be encoded (an unusable prefix
+//! drops the prefix option, a bad DNS server or search name drops that
+//! entry, an MTU below 1280 drops the MTU option, a preferred lifetime
+//! above the valid one is clamped). RDNSS and DNSSL are written whole or
+//! not at all: when `out` is short they go first, so a tight buffer costs
+//! name resolution before it costs the default route or the prefix.
+//! Validation checks the full advertisement fits the link.
+//!
+//! Solicitations come from the guest, so [`parse_router_solicitation`]
+//! checks everything RFC 4861 6.1.1 asks before the caller answers, and
+//! [`is_router_solicitation`] is its structural part for callers that have
+//! already checked hop limit and checksum.
+
+use std::net::Ipv6Addr;
+
+use crate::buf::Writer;
+use crate::error::{RaConfigError, RaError, RsError};
+use crate::names;
+
+/// ff02::1, the destination of unsolicited advertisements and of answers
+/// to solicitations from the unspecified address.
+pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// ff02::2, where guests send router solicitations.
+pub const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+/// IPv6 next header value of ICMPv6.
+pub const ICMPV6_NEXT_HEADER: u8 = 58;
+/// Hop limit of every neighbour discovery packet, and the only one a
+/// receiver accepts (RFC 4861 6.1).
+pub const ND_HOP_LIMIT: u8 = 255;
+
+const TYPE_RS: u8 = 133;
+const TYPE_RA: u8 = 134;
+
+/// Option types (RFC 4861 4.6, RFC 8106 5).
+mod opt {
+    pub const SOURCE_LL: u8 = 1;
+    pub const PREFIX: u8 = 3;
+    pub const MTU: u8 = 5;
+    pub const RDNSS: u8 = 25;
+    pub const DNSSL: u8 = 31;
+}
+
+const RS_HEADER_LEN: usize = 8;
+/// Option lengths count 8-byte units.
+const UNIT: usize = 8;
+/// Option length is one byte of units.
+const MAX_OPTION_LEN: usize = 255 * UNIT;
+/// RDNSS length is 1 + 2 per address, in one byte.
+const MAX_RDNSS_SERVERS: usize = 127;
+/// Type, length, reserved and lifetime of RDNSS and DNSSL.
+const DNS_OPTION_HEADER: usize = 8;
+
+/// AdvCurHopLimit: the value from the IANA assigned numbers (RFC 4861
+/// 6.2.1), what guests use anyway.
+const CUR_HOP_LIMIT: u8 = 64;
+const FLAG_MANAGED: u8 = 0x80;
+const FLAG_OTHER: u8 = 0x40;
+const FLAG_ON_LINK: u8 = 0x80;
+const FLAG_AUTONOMOUS: u8 = 0x40;
+
+const MAX_ROUTER_LIFETIME: u16 = 9000;
+const IPV6_MIN_MTU: u32 = 1280;
+const IPV6_HEADER_LEN: usize = 40;
+const MIN_MAX_INTERVAL: u32 = 4;
+const MAX_MAX_INTERVAL: u32 = 1800;
+
+/// What podwire advertises as the guest's router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaConfig {
+    /// podwire's MAC as the guest sees it: the source link-layer address
+    /// option. The advertisement's source should be
+    /// [`router_link_local`] of it.
+    pub router_mac: [u8; 6],
+    /// The guest's prefix. Bits past `prefix_len` are sent as zero.
+    pub prefix: Ipv6Addr,
+    /// 1..=128.
+    pub prefix_len: u8,
+    /// The L flag: addresses in the prefix are on-link, so the guest
+    /// resolves them with neighbour solicitations instead of sending to
+    /// the router. podwire answers those either way, so this mostly
+    /// decides whether the guest sees the prefix as a subnet.
+    pub on_link: bool,
+    /// The A flag (SLAAC). Sent only when `prefix_len` is 64.
+    pub autonomous: bool,
+    /// The M flag: get addresses from DHCPv6.
+    pub managed: bool,
+    /// The O flag: get other configuration (DNS) from DHCPv6.
+    pub other: bool,
+    /// MTU option; omitted when `None` or below 1280.
+    pub mtu: Option<u32>,
+    /// RDNSS (option 25). Link-local servers are allowed.
+    pub dns: Vec<Ipv6Addr>,
+    /// DNSSL (option 31).
+    pub search: Vec<String>,
+    /// Seconds the guest keeps podwire as default router, at most 9000;
+    /// 0 means "not a default router" (the prefix is still configured).
+    pub router_lifetime_secs: u16,
+    /// Prefix valid lifetime in seconds; `u32::MAX` is infinite.
+    pub valid_lifetime: u32,
+    /// Prefix preferred lifetime in seconds, at most `valid_lifetime`.
+    pub preferred_lifetime: u32,
+    /// MaxRtrAdvInterval, 4..=1800: the caller sends an unsolicited
+    /// advertisement at least this often. RDNSS and DNSSL lifetimes are
+    /// three times this.
+    pub max_interval_secs: u32,
+}
+
+impl RaConfig {
+    /// A configuration with RFC 4861 6.2.1 defaults: on-link, SLAAC if the
+    /// prefix is a /64, no DHCPv6 flags, no MTU or DNS options, router
+    /// lifetime 1800 s, prefix lifetimes 30 days valid and 7 days
+    /// preferred, advertisements at least every 600 s.
+    pub fn new(router_mac: [u8; 6], prefix: Ipv6Addr, prefix_len: u8) -> Self {
+        Self {
+            router_mac,
+            prefix,
+            prefix_len,
+            on_link: true,
+            autonomous: prefix_len == 64,
+            managed: false,
+            other: false,
+            mtu: None,
+            dns: Vec::new(),
+            search: Vec::new(),
+            router_lifetime_secs: 1800,
+            valid_lifetime: 2_592_000,
+            preferred_lifetime: 604_800,
+            max_interval_secs: 600,
+        }
+    }
+
+    /// Lifetime of the RDNSS and DNSSL options: 3 × the maximum interval
+    /// (clamped to its legal range).
+    pub fn dns_lifetime(&self) -> u32 {
+        3 * self
+            .max_interval_secs
+            .clamp(MIN_MAX_INTERVAL, MAX_MAX_INTERVAL)
+    }
+
+    /// Checks that [`router_advertisement`] can encode everything and that
+    /// the result fits in one packet on a link of [`Self::mtu`] (1280 if
+    /// unset).
+    pub fn validate(&self) -> Result<(), RaConfigError> {
+        let mac = self.router_mac;
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(RaConfigError::RouterMac(mac));
+        }
+        if !(1..=128).contains(&self.prefix_len) {
+            return Err(RaConfigError::PrefixLen(self.prefix_len));
+        }
+        if let Some(reason) = prefix_problem(self.prefix, self.prefix_len) {
+            return Err(RaConfigError::Prefix {
+                prefix: self.prefix,
+                reason,
+            });
+        }
+        if self.autonomous && self.prefix_len != 64 {
+            return Err(RaConfigError::AutonomousNeeds64(self.prefix_len));
+        }
+        if self.preferred_lifetime > self.valid_lifetime {
+            return Err(RaConfigError::Lifetimes {
+                preferred: self.preferred_lifetime,
+                valid: self.valid_lifetime,
+            });
+        }
+        if let Some(mtu) = self.mtu.filter(|&m| m < IPV6_MIN_MTU) {
+            return Err(RaConfigError::Mtu(mtu));
+        }
+        if self.router_lifetime_secs > MAX_ROUTER_LIFETIME {
+            return Err(RaConfigError::RouterLifetime(self.router_lifetime_secs));
+        }
+        if !(MIN_MAX_INTERVAL..=MAX_MAX_INTERVAL).contains(&self.max_interval_secs) {
+            return Err(RaConfigError::MaxInterval(self.max_interval_secs));
+        }
+        if let Some(&server) = self.dns.iter().find(|&&a| !usable_dns_server(a)) {
+            return Err(RaConfigError::DnsServer(server));
+        }
+        for name in &self.search {
+            if let Err(reason) = names::wire_len(name) {
+                return Err(RaConfigError::SearchDomain {
+                    name: name.clone(),
+                    reason,
+                });
+            }
+        }
+        let len = router_advertisement_len(self);
+        let limit = self.mtu.unwrap_or(IPV6_MIN_MTU) as usize - IPV6_HEADER_LEN;
+        if len > limit {
+            return Err(RaConfigError::TooLong { len, limit });
+        }
+        Ok(())
+    }
+}
+
+/// fe80::/64 with the modified EUI-64 interface identifier of `mac`
+/// (RFC 4291 appendix A, RFC 2464 5): the universal/local bit flipped and
+/// ff:fe in the middle.
+pub fn router_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ])
+}
+
+/// The ICMPv6 checksum (RFC 4443 2.3) of `message` sent from `src` to
+/// `dst`: the one's complement of the one's complement sum over the IPv6
+/// pseudo-header (RFC 8200 8.1) and the message.
+///
+/// To fill in a checksum, zero bytes 2..4 of the message first and store
+/// the result there; to verify one, pass the message as received: it is
+/// valid if the result is 0.
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let word = match *pair {
+                [hi, lo] => u16::from_be_bytes([hi, lo]),
+                [hi] => u16::from_be_bytes([hi, 0]),
+                _ => 0,
+            };
+            sum += u64::from(word);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    // Upper-layer packet length as 32 bits, three zero bytes, next header.
+    add(&(message.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, ICMPV6_NEXT_HEADER]);
+    add(message);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Length of the complete advertisement for `cfg`, with every option that
+/// can be encoded; an `out` of this size leaves nothing out.
+pub fn router_advertisement_len(cfg: &RaConfig) -> usize {
+    let mut w = Writer::measure();
+    emit(cfg, &mut w);
+    w.pos()
+}
+
+/// Writes a complete ICMPv6 Router Advertisement, checksum included, into
+/// `out` and returns its length.
+///
+/// `src` must be link-local (normally [`router_link_local`] of
+/// [`RaConfig::router_mac`]) and `dst` is [`ALL_NODES`] or the unicast
+/// address of the soliciting guest; both go into the checksum, so the
+/// IPv6 header must carry exactly these, with hop limit [`ND_HOP_LIMIT`]
+/// and next header [`ICMPV6_NEXT_HEADER`].
+///
+/// Options go in this order: source link-layer address, MTU, prefix
+/// information, RDNSS, DNSSL. The first three must fit in `out` (else
+/// [`RaError::OutputTooSmall`]); RDNSS and DNSSL options are each written
+/// whole or left out. Size `out` with [`router_advertisement_len`], or as
+/// the link MTU minus 40.
+pub fn router_advertisement(
+    cfg: &RaConfig,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    out: &mut [u8],
+) -> Result<usize, RaError> {
+    if !is_link_local(src) {
+        return Err(RaError::SourceNotLinkLocal(src));
+    }
+    let got = out.len();
+    let mut w = Writer::new(out, got);
+    let mandatory = emit(cfg, &mut w);
+    if mandatory > got {
+        return Err(RaError::OutputTooSmall {
+            needed: mandatory,
+            got,
+        });
+    }
+    let checksum = match w.written() {
+        Some(message) => icmpv6_checksum(src, dst, message),
+        // emit() only overflows in its mandatory part, handled above.
+        None => {
+            return Err(RaError::OutputTooSmall {
+                needed: w.pos(),
+                got,
+            })
+        }
+    };
+    w.patch_u16(2, checksum);
+    Ok(w.pos())
+}
+
+/// Writes the advertisement with a zero checksum; returns where its
+/// mandatory part ends.
+fn emit(cfg: &RaConfig, w: &mut Writer<'_>) -> usize {
+    let mut flags = 0;
+    if cfg.managed {
+        flags |= FLAG_MANAGED;
+    }
+    if cfg.other {
+        flags |= FLAG_OTHER;
+    }
+    w.u8(TYPE_RA);
+    w.u8(0);
+    w.u16(0);
+    w.u8(CUR_HOP_LIMIT);
+    w.u8(flags);
+    w.u16(cfg.router_lifetime_secs.min(MAX_ROUTER_LIFETIME));
+    // Reachable time and retransmission timer: unspecified, so the
+    // guest keeps its defaults.
+    w.u32(0);
+    w.u32(0);
+
+    w.u8(opt::SOURCE_LL);
+    w.u8(1);
+    w.put(&cfg.router_mac);
+
+    if let Some(mtu) = cfg.mtu.filter(|&m| m >= IPV6_MIN_MTU) {
+        w.u8(opt::MTU);
+        w.u8(1);
+        w.u16(0);
+        w.u32(mtu);
+    }
+
+    if (1..=128).contains(&cfg.prefix_len) && prefix_problem(cfg.prefix, cfg.prefix_len).is_none() {
+        let mut flags = 0;
+        if cfg.on_link {
+            flags |= FLAG_ON_LINK;
+        }
+        if cfg.autonomous && cfg.prefix_len == 64 {
+            flags |= FLAG_AUTONOMOUS;
+        }
+        w.u8(opt::PREFIX);
+        w.u8(4);
+        w.u8(cfg.prefix_len);
+        w.u8(flags);
+        w.u32(cfg.valid_lifetime);
+        w.u32(cfg.preferred_lifetime.min(cfg.valid_lifetime));
+        w.u32(0);
+        w.put(&masked(cfg.prefix, cfg.prefix_len).octets());
+    }
+    let mandatory = w.pos();
+
+    let lifetime = cfg.dns_lifetime();
+    let mut servers = cfg.dns.iter().copied().filter(|&a| usable_dns_server(a));
+    loop {
+        let mut chunk = servers.by_ref().take(MAX_RDNSS_SERVERS).peekable();
+        if chunk.peek().is_none() {
+            break;
+        }
+        w.optional(|w| {
+            let start = w.pos();
+            w.u8(opt::RDNSS);
+            w.u8(0);
+            w.u16(0);
+            w.u32(lifetime);
+            let mut count = 0;
+            for server in chunk {
+                w.put(&server.octets());
+                count += 1;
+            }
+            // At most 1 + 2 * 127 = 255.
+            w.patch_u8(start + 1, (1 + 2 * count) as u8);
+        });
+    }
+
+    // Names are packed greedily into as few options as their one-byte
+    // length allows; a name is at most 255 bytes, so each option takes at
+    // least one.
+    let mut domains = cfg
+        .search
+        .iter()
+        .filter_map(|name| names::wire_len(name).ok().map(|len| (name, len)))
+        .peekable();
+    while domains.peek().is_some() {
+        w.optional(|w| {
+            let start = w.pos();
+            w.u8(opt::DNSSL);
+            w.u8(0);
+            w.u16(0);
+            w.u32(lifetime);
+            let mut len = DNS_OPTION_HEADER;
+            while let Some(&(name, name_len)) = domains.peek() {
+                if len + name_len > MAX_OPTION_LEN {
+                    break;
+                }
+                domains.next();
+                len += name_len;
+                // wire_len() accepted the name, so this writes it.
+                let _ = names::write_uncompressed(name, |bytes| w.put(bytes));
+            }
+            let padded = len.next_multiple_of(UNIT);
+            w.zeros(padded - len);
+            // At most MAX_OPTION_LEN / UNIT = 255.
+            w.patch_u8(start + 1, (padded / UNIT) as u8);
+        });
+    }
+    mandatory
+}
+
+fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
+}
+
+fn masked(addr: Ipv6Addr, prefix_len: u8) -> Ipv6Addr {
+    let bits = u32::from(prefix_len.min(128));
+    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+    Ipv6Addr::from(u128::from(addr) & mask)
+}
+
+/// Why hosts would ignore this prefix (RFC 4861 6.3.4, RFC 4862 5.5.3).
+fn prefix_problem(prefix: Ipv6Addr, prefix_len: u8) -> Option<&'static str> {
+    let net = masked(prefix, prefix_len);
+    if net.is_unspecified() {
+        Some("unspecified")
+    } else if is_link_local(net) {
+        Some("link-local")
+    } else if net.is_multicast() {
+        Some("multicast")
+    } else {
+        None
+    }
+}
+
+fn usable_dns_server(addr: Ipv6Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_loopback() || addr.is_multicast())
+}
+
+/// A router solicitation that passed [`parse_router_solicitation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterSolicitation {
+    /// The source link-layer address option, if the guest sent one.
+    pub source_mac: Option<[u8; 6]>,
+}
+
+/// Whether `icmpv6` (the ICMPv6 message, from its type byte) is a
+/// structurally valid router solicitation: type 133, code 0, at least 8
+/// bytes, options of non-zero length that end exactly at the end.
+///
+/// This is the part of RFC 4861 6.1.1 that needs no IP header; see
+/// [`parse_router_solicitation`] for the rest.
+pub fn is_router_solicitation(icmpv6: &[u8]) -> bool {
+    solicitation_options(icmpv6).is_ok()
+}
+
+/// Validates a router solicitation as RFC 4861 6.1.1 asks: hop limit 255,
+/// a correct checksum, code 0, at least 8 bytes, well-formed options, and
+/// no source link-layer address option from the unspecified address.
+///
+/// `src`, `dst` and `hop_limit` come from the IPv6 header and `icmpv6` is
+/// its payload. Answer a valid one with [`router_advertisement`] to `src`,
+/// or to [`ALL_NODES`] if `src` is unspecified.
+pub fn parse_router_solicitation(
+    icmpv6: &[u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<RouterSolicitation, RsError> {
+    let source_mac = solicitation_options(icmpv6)?;
+    if hop_limit != ND_HOP_LIMIT {
+        return Err(RsError::HopLimit(hop_limit));
+    }
+    if icmpv6_checksum(src, dst, icmpv6) != 0 {
+        return Err(RsError::BadChecksum);
+    }
+    if src.is_unspecified() && source_mac.is_some() {
+        return Err(RsError::LinkLayerFromUnspecified);
+    }
+    Ok(RouterSolicitation { source_mac })
+}
+
+/// Checks the fixed part and walks the options; returns the first source
+/// link-layer address option's first six bytes.
+fn solicitation_options(icmpv6: &[u8]) -> Result<Option<[u8; 6]>, RsError> {
+    let len = icmpv6.len();
+    let (header, mut rest) = icmpv6
+        .split_at_checked(RS_HEADER_LEN)
+        .ok_or(RsError::Truncated { len })?;
+    if let [msg_type, code, ..] = *header {
+        if msg_type != TYPE_RS || code != 0 {
+            return Err(RsError::NotRouterSolicitation { msg_type, code });
+        }
+    }
+    let mut offset = RS_HEADER_LEN;
+    let mut source_mac = None;
+    while !rest.is_empty() {
+        let bad = RsError::BadOption { offset };
+        let units = match *rest {
+            [_, units, ..] if units != 0 => usize::from(units),
+            _ => return Err(bad),
+        };
+        let (option, after) = rest.split_at_checked(units * UNIT).ok_or(bad)?;
+        if let [opt::SOURCE_LL, _, a, b, c, d, e, f, ..] = *option {
+            source_mac.get_or_insert([a, b, c, d, e, f]);
+        }
+        rest = after;
+        offset += units * UNIT;
+    }
+    Ok(source_mac)
+}
+
+#[cfg(test)]
+mod tests;
