@@ -296,6 +296,19 @@ fn resets_and_refusals_are_seen_by_the_guest() {
         "{}",
         refused.output
     );
+    // An address the pod has no way to reach: the guest hears "unreachable" (ICMP), as from a
+    // router. The route keeps the attempt inside the pod namespace.
+    topo.pod
+        .ip(&["route", "add", "unreachable", "198.19.99.0/24"])
+        .unwrap();
+    let unreachable = c
+        .run("socat -T 10 - TCP4:198.19.99.1:80 </dev/null 2>&1", T)
+        .unwrap();
+    assert!(
+        unreachable.output.contains("No route to host"),
+        "{}",
+        unreachable.output
+    );
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
 }
