@@ -286,6 +286,14 @@ impl Nat {
         self.tcp.flush_acks(self.poll.registry(), rx, ep);
     }
 
+    /// Runs the TCP timers as if the time were `now`, then sends the ACKs they queued: what the
+    /// timer tick in [`Nat::poll`] does with the real time. For tests that drive retransmission.
+    #[doc(hidden)]
+    pub fn tick_at(&mut self, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.tcp.tick(self.poll.registry(), now, rx, ep);
+        self.tcp.flush_acks(self.poll.registry(), rx, ep);
+    }
+
     /// Forwards TCP connections to `bind` in the pod to the guest's `guest_port`.
     pub fn listen_tcp(&mut self, bind: SocketAddrV4, guest_port: u16) -> io::Result<()> {
         self.tcp.listen(self.poll.registry(), bind, guest_port)

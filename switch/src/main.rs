@@ -15,6 +15,8 @@ mod scale_tests;
 mod signals;
 mod switch;
 #[cfg(test)]
+mod tcp_tests;
+#[cfg(test)]
 mod tests;
 
 use std::process::ExitCode;

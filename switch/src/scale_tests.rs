@@ -37,9 +37,9 @@ use crate::config::{Addressing, Config, GATEWAY_MAC};
 use crate::podnet::{Resolver, Uplink};
 use crate::switch::Switch;
 
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+pub(crate) const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+pub(crate) const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub(crate) const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 /// The MSS the guest offers, and the one podwire must offer back for a 1500-byte MTU.
 const MSS: u16 = 1460;
 /// The guest's receive window (no window scaling).
@@ -52,11 +52,11 @@ const GUEST_RTO: Duration = Duration::from_millis(200);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// These tests count the process's descriptors: one at a time.
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config {
         socket: PathBuf::from("/nonexistent"),
         uplink: Uplink {
@@ -270,7 +270,7 @@ impl Memory {
 // ---------------------------------------------------------------------------------------------
 // podwire's status line.
 
-fn flows(sw: &Switch) -> usize {
+pub(crate) fn flows(sw: &Switch) -> usize {
     let status = sw.status();
     status
         .split_whitespace()
@@ -279,7 +279,7 @@ fn flows(sw: &Switch) -> usize {
         .unwrap_or_else(|| panic!("no flows= in status: {status}"))
 }
 
-fn counters(sw: &Switch) -> HashMap<String, u64> {
+pub(crate) fn counters(sw: &Switch) -> HashMap<String, u64> {
     let status = sw.status();
     let summary = status.split_once("; ").map_or("", |(_, s)| s);
     summary
@@ -289,7 +289,7 @@ fn counters(sw: &Switch) -> HashMap<String, u64> {
         .collect()
 }
 
-fn count(c: &HashMap<String, u64>, name: &str) -> u64 {
+pub(crate) fn count(c: &HashMap<String, u64>, name: &str) -> u64 {
     c.get(name).copied().unwrap_or(0)
 }
 
@@ -1120,7 +1120,7 @@ impl Harness {
 }
 
 /// Waits up to `timeout` for one of `fds` to be readable.
-fn poll_fds(fds: &[RawFd], timeout: Duration) -> bool {
+pub(crate) fn poll_fds(fds: &[RawFd], timeout: Duration) -> bool {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {

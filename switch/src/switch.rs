@@ -193,6 +193,11 @@ impl Switch {
         &self.nat.counters
     }
 
+    #[cfg(test)]
+    pub fn nat_mut(&mut self) -> &mut Nat {
+        &mut self.nat
+    }
+
     fn endpoints(&self) -> Endpoints {
         Endpoints {
             // Until the guest has spoken, broadcast: it is the only other host on the link.
