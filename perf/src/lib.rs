@@ -20,6 +20,7 @@ pub mod console;
 pub mod far;
 pub mod guest;
 pub mod netns;
+pub mod overlay;
 pub mod podwire;
 pub mod qemu;
 pub mod util;
