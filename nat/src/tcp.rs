@@ -96,6 +96,10 @@ struct Conn {
     iss: u32,
     snd_una: u32,
     snd_nxt: u32,
+    /// The highest sequence number sent: after a rewind, ACKs up to here are still valid.
+    snd_max: u32,
+    /// Where our FIN sits in sequence space, once sent.
+    fin_seq: Option<u32>,
     /// The guest's window, in bytes.
     snd_wnd: u32,
     /// Next sequence number expected from the guest.
@@ -135,6 +139,8 @@ impl Conn {
             iss,
             snd_una: iss,
             snd_nxt: iss.wrapping_add(1),
+            snd_max: iss.wrapping_add(1),
+            fin_seq: None,
             snd_wnd: 0,
             rcv_nxt: 0,
             guest_mss: 536,
@@ -567,6 +573,7 @@ impl TcpTable {
                     conn.rcv_nxt = seg.seq.wrapping_add(1);
                     conn.snd_una = seg.ack;
                     conn.snd_nxt = seg.ack;
+                    conn.snd_max = seg.ack;
                     conn.guest_mss = seg.mss.unwrap_or(536);
                     conn.guest_wscale = seg.wscale;
                     conn.snd_wnd = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
@@ -703,13 +710,22 @@ impl TcpTable {
         };
         if seg.flags & TCP_ACK != 0 {
             let window = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
-            if seq_gt(seg.ack, conn.snd_una) && seq_ge(conn.snd_nxt, seg.ack) {
+            if seq_gt(seg.ack, conn.snd_una) && seq_ge(conn.snd_max, seg.ack) {
                 let acked = seg.ack.wrapping_sub(conn.snd_una);
                 // The FIN takes a sequence number but no byte in the socket.
-                let fin_acked = conn.fin_sent && seg.ack == conn.snd_nxt;
+                let fin_acked = conn
+                    .fin_seq
+                    .is_some_and(|f| seq_ge(f, conn.snd_una) && seq_gt(seg.ack, f));
                 let bytes = acked - u32::from(fin_acked);
                 discard(&conn.fd, bytes as usize);
                 conn.snd_una = seg.ack;
+                // The guest may acknowledge what it got before a rewind: skip resending it.
+                if seq_gt(seg.ack, conn.snd_nxt) {
+                    conn.snd_nxt = seg.ack;
+                }
+                if fin_acked {
+                    conn.fin_sent = true;
+                }
                 conn.dup_acks = 0;
                 conn.retries = 0;
                 conn.rto = INITIAL_RTO;
@@ -932,6 +948,9 @@ impl TcpTable {
             match result {
                 Ok(()) => {
                     conn.snd_nxt = conn.snd_nxt.wrapping_add(got as u32);
+                    if seq_gt(conn.snd_nxt, conn.snd_max) {
+                        conn.snd_max = conn.snd_nxt;
+                    }
                     conn.ack_pending = false;
                     conn.rto_deadline
                         .get_or_insert_with(|| Instant::now() + conn.rto);
@@ -969,7 +988,11 @@ impl TcpTable {
             );
             if sent {
                 conn.fin_sent = true;
+                conn.fin_seq = Some(conn.snd_nxt);
                 conn.snd_nxt = conn.snd_nxt.wrapping_add(1);
+                if seq_gt(conn.snd_nxt, conn.snd_max) {
+                    conn.snd_max = conn.snd_nxt;
+                }
                 conn.ack_pending = false;
                 conn.rto_deadline
                     .get_or_insert_with(|| Instant::now() + conn.rto);
