@@ -876,9 +876,8 @@ impl TcpTable {
             };
             conn.queued_ack = false;
             if conn.ack_pending {
-                conn.ack_pending = false;
                 let window = conn.advertise();
-                send_control(
+                let sent = send_control(
                     rx,
                     ep,
                     conn.key,
@@ -888,6 +887,13 @@ impl TcpTable {
                     window,
                     &[],
                 );
+                // With the guest's RX ring full the ACK stays owed, for the next flush (the
+                // guest's next RX kick brings one), rather than leaving the guest to time out.
+                conn.ack_pending = !sent;
+                if !sent {
+                    conn.queued_ack = true;
+                    self.acks.push(slot);
+                }
             }
         }
         acks.clear();
