@@ -254,7 +254,10 @@ fn hold(name: &str, rst_half: bool) {
     let cpu0 = cpu_time(pid);
 
     // podwire-flows holds the connections until a line arrives on its stdin: a FIFO, opened
-    // read-write so that opening it does not wait for a writer.
+    // read-write so that opening it does not wait for a writer. It runs as an orphan (started
+    // from a subshell that exits at once), not as a job of the console's shell: the guest's
+    // interactive ash exits, and is respawned by /init, when a background job of its own ends
+    // while it waits for input, and a command typed meanwhile can be lost.
     rig.console()
         .run_ok("mkfifo /tmp/go && : >/tmp/hold.log", T)
         .unwrap();
@@ -262,8 +265,8 @@ fn hold(name: &str, rst_half: bool) {
     rig.console()
         .run_ok(
             &format!(
-                "({GUEST_FLOWS} hold {FAR_HOST}:{PORT} {N} {}; echo \"exit=$?\") \
-                 <>/tmp/go >/tmp/hold.log 2>&1 &",
+                "( ({GUEST_FLOWS} hold {FAR_HOST}:{PORT} {N} {}; echo \"exit=$?\") \
+                 <>/tmp/go >/tmp/hold.log 2>&1 & )",
                 if rst_half { "--rst-half" } else { "" }
             ),
             T,
