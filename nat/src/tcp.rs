@@ -870,10 +870,16 @@ impl TcpTable {
             }
         }
         let mut acks = std::mem::take(&mut self.acks);
+        let mut ring_full = false;
         for &slot in &acks {
             let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
+            if ring_full && conn.ack_pending {
+                // The ring refused the last ACK: this one stays owed (and queued) untried.
+                self.acks.push(slot);
+                continue;
+            }
             conn.queued_ack = false;
             if conn.ack_pending {
                 let window = conn.advertise();
@@ -891,6 +897,7 @@ impl TcpTable {
                 // guest's next RX kick brings one), rather than leaving the guest to time out.
                 conn.ack_pending = !sent;
                 if !sent {
+                    ring_full = true;
                     conn.queued_ack = true;
                     self.acks.push(slot);
                 }
@@ -1166,12 +1173,20 @@ impl TcpTable {
     /// Retries sends that stalled on a full guest RX ring.
     pub fn resume_parked(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
         let mut parked = std::mem::take(&mut self.parked);
+        let mut tried = 0;
         for &slot in &parked {
+            tried += 1;
             if let Some(conn) = self.conn_mut(slot) {
                 conn.parked = false;
             }
             self.send_data(slot, rx, ep);
+            if !self.parked.is_empty() {
+                // The ring is full again: the rest stay parked, in order, without a try each
+                // (which would cost O(parked) failed pushes per wake-up).
+                break;
+            }
         }
+        self.parked.extend_from_slice(&parked[tried..]);
         parked.clear();
         if self.parked.is_empty() {
             self.parked = parked;
