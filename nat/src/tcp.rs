@@ -227,6 +227,9 @@ pub struct TcpTable {
     parked: Vec<usize>,
     /// Connections whose socket failed, to reset at the end of the pass.
     failed: Vec<usize>,
+    /// Handshakes whose SYN or SYN-ACK found the guest's RX ring full: sent again on the next
+    /// RX kick rather than a second later by the retransmission timer.
+    owed_syns: Vec<usize>,
     gather: Gather,
     peek_off: bool,
     scratch: Vec<u8>,
@@ -390,6 +393,7 @@ impl TcpTable {
             acks: Vec::new(),
             parked: Vec::new(),
             failed: Vec::new(),
+            owed_syns: Vec::new(),
             gather: Gather::new(),
             peek_off: true,
             scratch: Vec::new(),
@@ -496,6 +500,7 @@ impl TcpTable {
             // A failure queued for this connection must not reset the next one in its slot,
             // nor its gathered payload go to that one's socket.
             self.failed.retain(|&s| s != slot);
+            self.owed_syns.retain(|&s| s != slot);
             if self.gather.slot == Some(slot) {
                 self.gather.slot = None;
                 self.gather.clear();
@@ -565,7 +570,9 @@ impl TcpTable {
             State::Connecting => {}
             State::SynAckSent if seg.flags & TCP_SYN != 0 => {
                 // Our SYN-ACK was lost: the guest repeats its SYN.
-                Self::send_syn(conn, rx, ep, self.mss_limit);
+                if !Self::send_syn(conn, rx, ep, self.mss_limit) {
+                    self.owed_syns.push(slot);
+                }
             }
             State::SynSent => {
                 let syn_ack = TCP_SYN | TCP_ACK;
@@ -1014,7 +1021,8 @@ impl TcpTable {
     }
 
     /// Sends (or resends) the SYN-ACK for a guest connection, or the SYN of an inbound one.
-    fn send_syn(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints, mss_limit: u16) {
+    /// Returns false if the guest's RX ring had no room: the SYN is then owed (see `owed_syns`).
+    fn send_syn(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints, mss_limit: u16) -> bool {
         let mut opts = [0u8; 8];
         opts[..4].copy_from_slice(&[2, 4, (mss_limit >> 8) as u8, mss_limit as u8]);
         let inbound = conn.state == State::SynSent;
@@ -1029,7 +1037,7 @@ impl TcpTable {
             (conn.rcv_nxt, TCP_SYN | TCP_ACK)
         };
         // The window in a SYN is never scaled.
-        send_control(
+        let sent = send_control(
             rx,
             ep,
             conn.key,
@@ -1040,6 +1048,7 @@ impl TcpTable {
             &opts[..len],
         );
         conn.rto_deadline = Some(Instant::now() + conn.rto);
+        sent
     }
 
     /// Resets both sides of a connection and forgets it.
@@ -1083,7 +1092,9 @@ impl TcpTable {
                         return;
                     }
                     conn.state = State::SynAckSent;
-                    Self::send_syn(conn, rx, ep, mss_limit);
+                    if !Self::send_syn(conn, rx, ep, mss_limit) {
+                        self.owed_syns.push(slot);
+                    }
                 } else if err != libc::EINPROGRESS {
                     let (key, syn) = (conn.key, conn.syn_seq);
                     self.counters.connect_failed.inc();
@@ -1164,7 +1175,9 @@ impl TcpTable {
             if let Some(slot) = self.insert(registry, conn) {
                 self.counters.opened_from_pod.inc();
                 if let Some(conn) = self.conn_mut(slot) {
-                    Self::send_syn(conn, rx, ep, mss_limit);
+                    if !Self::send_syn(conn, rx, ep, mss_limit) {
+                        self.owed_syns.push(slot);
+                    }
                 }
             }
         }
@@ -1172,6 +1185,22 @@ impl TcpTable {
 
     /// Retries sends that stalled on a full guest RX ring.
     pub fn resume_parked(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let mss_limit = self.mss_limit;
+        while let Some(&slot) = self.owed_syns.last() {
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                self.owed_syns.pop();
+                continue;
+            };
+            if !matches!(conn.state, State::SynSent | State::SynAckSent) {
+                self.owed_syns.pop();
+                continue;
+            }
+            if !Self::send_syn(conn, rx, ep, mss_limit) {
+                // Still no room: keep it owed, and the others, for the next kick.
+                break;
+            }
+            self.owed_syns.pop();
+        }
         let mut parked = std::mem::take(&mut self.parked);
         let mut tried = 0;
         for &slot in &parked {
@@ -1231,7 +1260,11 @@ impl TcpTable {
             }
             self.counters.retransmits.inc();
             match conn.state {
-                State::SynSent | State::SynAckSent => Self::send_syn(conn, rx, ep, mss_limit),
+                State::SynSent | State::SynAckSent => {
+                    if !Self::send_syn(conn, rx, ep, mss_limit) {
+                        self.owed_syns.push(slot);
+                    }
+                }
                 State::Established => {
                     rewind(conn, peek_off);
                     conn.rto_deadline = None;
