@@ -50,11 +50,11 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_vhost::{warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{
-    Endpoints, Ipv4Info, ICMP_LEN, ICMP_OFFSET, IPV4_LEN, UDP_LEN, UDP_PAYLOAD_OFFSET,
+    Endpoints, Ipv4Info, L4Csum, ICMP_LEN, ICMP_OFFSET, IPV4_LEN, UDP_LEN, UDP_PAYLOAD_OFFSET,
 };
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
@@ -325,7 +325,7 @@ impl Nat {
         if udp_len < UDP_LEN || udp_len > ip.l4_len {
             return Err(NatDrop::Truncated);
         }
-        if csum != 0 {
+        if csum != 0 && !ip.partial_csum {
             let mut sum = wire::pseudo_header(ip.src, ip.dst, 17, udp_len);
             frame.checksum(ip.l4_offset, udp_len, &mut sum);
             if sum.fold() != 0xffff {
@@ -412,10 +412,12 @@ impl Nat {
         if ip.l4_len < ICMP_LEN || frame.read(ip.l4_offset, &mut hdr) < ICMP_LEN {
             return Err(NatDrop::Truncated);
         }
-        let mut sum = Checksum::new();
-        frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
-        if sum.fold() != 0xffff {
-            return Err(NatDrop::BadChecksum);
+        if !ip.partial_csum {
+            let mut sum = Checksum::new();
+            frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
+            if sum.fold() != 0xffff {
+                return Err(NatDrop::BadChecksum);
+            }
         }
         if hdr[0] != 8 || hdr[1] != 0 {
             return Err(NatDrop::UnsupportedIcmp);
@@ -591,7 +593,7 @@ impl Nat {
         let now = Instant::now();
         self.tcp.tick(self.poll.registry(), now, rx, ep);
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % TICKS_PER_SWEEP == 0 {
+        if self.ticks.is_multiple_of(TICKS_PER_SWEEP) {
             self.expire_idle(now);
         }
     }
@@ -631,17 +633,19 @@ impl Nat {
 
     /// Receives one datagram from `flow` straight into guest RX buffers at `offset` (at most
     /// `max` bytes), then lets `frame_it` write the headers in front; returns what happened.
+    #[allow(clippy::too_many_arguments)]
     fn recv_datagram(
         &self,
         flow: &Flow,
         rx: &mut dyn RxSink,
         offset: usize,
         max: usize,
+        partial: Option<PartialCsum>,
         delivered: &Counter,
         frame_it: &mut dyn FnMut(&mut SgList<'_>, &sock::Received) -> bool,
     ) -> RecvOutcome {
         let mut outcome = RecvOutcome::Drained;
-        let result = rx.push(offset + max, &mut |frame| {
+        let mut fill = |frame: &mut SgList<'_>| {
             let mut iov = [EMPTY_IOVEC; MAX_SEGS];
             let n = frame.iovecs(offset, max, &mut iov);
             let got = match sock::recv_from(&flow.fd, &mut iov[..n]) {
@@ -664,7 +668,11 @@ impl Nat {
             }
             outcome = RecvOutcome::Delivered;
             Some(offset + got.len)
-        });
+        };
+        let result = match partial {
+            Some(csum) => rx.push_partial(offset + max, csum, &mut fill),
+            None => rx.push(offset + max, &mut fill),
+        };
         match result {
             Ok(()) => {
                 delivered.inc();
@@ -686,11 +694,13 @@ impl Nat {
         let max_payload = self.config.guest_mtu.saturating_sub(IPV4_LEN + UDP_LEN);
         let ident = self.next_ident();
         let counter = &self.counters.udp_in;
+        let partial = rx.partial_csum();
         self.recv_datagram(
             flow,
             rx,
             UDP_PAYLOAD_OFFSET,
             max_payload,
+            partial.then_some(wire::UDP_CSUM),
             counter,
             &mut |frame, got| {
                 let src = self.config.map.inbound(got.from);
@@ -702,10 +712,15 @@ impl Nat {
                     UDP_LEN + got.len,
                     ident,
                 );
+                let csum = if partial {
+                    L4Csum::Partial
+                } else {
+                    L4Csum::Full(frame)
+                };
                 let udp = wire::udp_header(
                     (*src.ip(), src.port()),
                     (guest_ip, guest_port),
-                    frame,
+                    csum,
                     UDP_PAYLOAD_OFFSET,
                     got.len,
                 );
@@ -729,6 +744,7 @@ impl Nat {
             rx,
             ICMP_OFFSET,
             max_msg,
+            None,
             counter,
             &mut |frame, got| {
                 let mut hdr = [0u8; ICMP_LEN];
@@ -840,6 +856,7 @@ mod tests {
             dst: *dst.ip(),
             l4_offset,
             l4_len: usize::from(udp_len),
+            partial_csum: false,
         };
         (f, info)
     }

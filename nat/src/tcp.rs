@@ -46,8 +46,8 @@ use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_S
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{
-    self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_LEN, TCP_PAYLOAD_OFFSET,
-    TCP_PSH, TCP_RST, TCP_SYN,
+    self, Endpoints, Ipv4Info, L4Csum, ETH_LEN, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_LEN,
+    TCP_PAYLOAD_OFFSET, TCP_PSH, TCP_RST, TCP_SYN,
 };
 use crate::{sock, AddrMap};
 
@@ -335,8 +335,10 @@ fn parse_segment(ip: &Ipv4Info, frame: &SgList<'_>) -> Result<Segment, &'static 
     }
     frame.read(ip.l4_offset + TCP_LEN, &mut hdr[TCP_LEN..hdr_len]);
     let mut sum = wire::pseudo_header(ip.src, ip.dst, 6, ip.l4_len);
-    frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
-    if sum.fold() != 0xffff {
+    if !ip.partial_csum {
+        frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
+    }
+    if !ip.partial_csum && sum.fold() != 0xffff {
         return Err("checksum");
     }
     let mut seg = Segment {
@@ -946,7 +948,8 @@ impl TcpTable {
             let key = conn.key;
             let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
             let fd = &conn.fd;
-            let result = rx.push(TCP_PAYLOAD_OFFSET + room, &mut |frame| {
+            let partial = rx.partial_csum();
+            let mut fill = |frame: &mut SgList<'_>| {
                 let skip = in_flight as usize;
                 let n =
                     match peek_into(fd, frame, TCP_PAYLOAD_OFFSET, room, peek_off, skip, scratch) {
@@ -962,9 +965,16 @@ impl TcpTable {
                         }
                     };
                 got = n;
-                write_tcp_frame(frame, ep, key, seq, ack, TCP_ACK | TCP_PSH, window, n);
+                let flags = TCP_ACK | TCP_PSH;
+                write_tcp_frame(frame, ep, key, seq, ack, flags, window, n, partial);
                 Some(TCP_PAYLOAD_OFFSET + n)
-            });
+            };
+            let max = TCP_PAYLOAD_OFFSET + room;
+            let result = if partial {
+                rx.push_partial(max, wire::TCP_CSUM, &mut fill)
+            } else {
+                rx.push(max, &mut fill)
+            };
             match result {
                 Ok(()) => {
                     conn.snd_nxt = conn.snd_nxt.wrapping_add(got as u32);
@@ -1467,6 +1477,7 @@ fn send_room(fd: &OwnedFd, sndbuf: u32) -> u32 {
     sndbuf.saturating_sub(queued.max(0) as u32)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_tcp_frame(
     frame: &mut SgList<'_>,
     ep: &Endpoints,
@@ -1476,6 +1487,7 @@ fn write_tcp_frame(
     flags: u8,
     window: u16,
     payload_len: usize,
+    partial_csum: bool,
 ) {
     let seg = wire::TcpSegment {
         src: (key.remote_ip, key.remote_port),
@@ -1487,7 +1499,12 @@ fn write_tcp_frame(
         options: &[],
     };
     let mut tcp = [0u8; 60];
-    let tcp_len = wire::tcp_header(&seg, frame, TCP_PAYLOAD_OFFSET, payload_len, &mut tcp);
+    let csum = if partial_csum {
+        L4Csum::Partial
+    } else {
+        L4Csum::Full(frame)
+    };
+    let tcp_len = wire::tcp_header(&seg, csum, TCP_PAYLOAD_OFFSET, payload_len, &mut tcp);
     let l3 = wire::eth_ipv4_header(
         ep,
         key.remote_ip,
@@ -1524,7 +1541,7 @@ fn send_control(
     let mut frame = [0u8; ETH_LEN + IPV4_LEN + 60];
     let mut tcp = [0u8; 60];
     let empty = SgList::new();
-    let tcp_len = wire::tcp_header(&seg, &empty, 0, 0, &mut tcp);
+    let tcp_len = wire::tcp_header(&seg, L4Csum::Full(&empty), 0, 0, &mut tcp);
     let l3 = wire::eth_ipv4_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Tcp, tcp_len, 0);
     frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
     frame[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + tcp_len].copy_from_slice(&tcp[..tcp_len]);

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use podwire_vhost::{Checksum, SgList};
+use podwire_vhost::{Checksum, PartialCsum, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
@@ -40,6 +40,8 @@ pub struct Ipv4Info {
     pub l4_offset: usize,
     /// Bytes of L4 header and payload, from the IP total length (Ethernet padding excluded).
     pub l4_len: usize,
+    /// The guest left the L4 checksum partial (it negotiated CSUM): do not verify it.
+    pub partial_csum: bool,
 }
 
 /// Writes Ethernet + IPv4 headers (gateway → guest) for `payload_len` bytes of `proto`.
@@ -87,7 +89,7 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Che
 pub fn udp_header(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
-    frame: &SgList<'_>,
+    csum: L4Csum<'_, '_>,
     payload_offset: usize,
     payload_len: usize,
 ) -> [u8; UDP_LEN] {
@@ -97,16 +99,41 @@ pub fn udp_header(
     hdr[2..4].copy_from_slice(&dst.1.to_be_bytes());
     hdr[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     let mut sum = pseudo_header(src.0, dst.0, 17, udp_len);
-    sum.add(&hdr);
-    frame.checksum(payload_offset, payload_len, &mut sum);
-    // A computed zero is sent as all ones: zero means "no checksum" in UDP over IPv4.
-    let csum = match sum.finish() {
-        0 => 0xffff,
-        c => c,
+    let field = match csum {
+        L4Csum::Partial => sum.fold(),
+        L4Csum::Full(frame) => {
+            sum.add(&hdr);
+            frame.checksum(payload_offset, payload_len, &mut sum);
+            // A computed zero is sent as all ones: zero means "no checksum" over IPv4.
+            match sum.finish() {
+                0 => 0xffff,
+                c => c,
+            }
+        }
     };
-    hdr[6..8].copy_from_slice(&csum.to_be_bytes());
+    hdr[6..8].copy_from_slice(&field.to_be_bytes());
     hdr
 }
+
+/// How the L4 checksum of a frame to the guest is filled in.
+#[derive(Clone, Copy)]
+pub enum L4Csum<'f, 'm> {
+    /// Computed in full, over the payload where it lies in this frame.
+    Full(&'f SgList<'m>),
+    /// Only the pseudo-header sum, for a guest that negotiated GUEST_CSUM (the frame goes out
+    /// with VIRTIO_NET_HDR_F_NEEDS_CSUM): the payload is never read.
+    Partial,
+}
+
+/// Where the checksum of a UDP or TCP frame built by podwire sits, for `RxSink::push_partial`.
+pub const UDP_CSUM: PartialCsum = PartialCsum {
+    start: (ETH_LEN + IPV4_LEN) as u16,
+    offset: 6,
+};
+pub const TCP_CSUM: PartialCsum = PartialCsum {
+    start: (ETH_LEN + IPV4_LEN) as u16,
+    offset: 16,
+};
 
 pub const TCP_LEN: usize = 20;
 /// Where a TCP payload starts in a frame podwire builds (no TCP options on data segments).
@@ -135,7 +162,7 @@ pub struct TcpSegment<'a> {
 /// `frame[payload_offset..payload_offset + payload_len]`.
 pub fn tcp_header(
     seg: &TcpSegment<'_>,
-    frame: &SgList<'_>,
+    csum: L4Csum<'_, '_>,
     payload_offset: usize,
     payload_len: usize,
     out: &mut [u8; 60],
@@ -152,9 +179,15 @@ pub fn tcp_header(
     out[14..16].copy_from_slice(&seg.window.to_be_bytes());
     out[TCP_LEN..hdr_len].copy_from_slice(&seg.options[..opt_len]);
     let mut sum = pseudo_header(seg.src.0, seg.dst.0, 6, hdr_len + payload_len);
-    sum.add(&out[..hdr_len]);
-    frame.checksum(payload_offset, payload_len, &mut sum);
-    out[16..18].copy_from_slice(&sum.finish().to_be_bytes());
+    let field = match csum {
+        L4Csum::Partial => sum.fold(),
+        L4Csum::Full(frame) => {
+            sum.add(&out[..hdr_len]);
+            frame.checksum(payload_offset, payload_len, &mut sum);
+            sum.finish()
+        }
+    };
+    out[16..18].copy_from_slice(&field.to_be_bytes());
     hdr_len
 }
 
@@ -202,7 +235,13 @@ mod tests {
         let udp = {
             let mut slices: [&mut [u8]; 1] = [&mut frame[..]];
             let sg = SgList::from_slices(&mut slices).unwrap();
-            udp_header((src, 53), (dst, 40000), &sg, UDP_PAYLOAD_OFFSET, 5)
+            udp_header(
+                (src, 53),
+                (dst, 40000),
+                L4Csum::Full(&sg),
+                UDP_PAYLOAD_OFFSET,
+                5,
+            )
         };
         frame[ICMP_OFFSET..UDP_PAYLOAD_OFFSET].copy_from_slice(&udp);
         let eth = EthernetFrame::new_checked(&frame[..]).unwrap();

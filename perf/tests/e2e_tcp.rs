@@ -21,25 +21,47 @@ fn receiver_line(out: &str) -> &str {
     line
 }
 
-fn boot(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> (Podwire, Qemu) {
+/// podwire with `extra` arguments, and a guest whose virtio-net device has `nic_props` (e.g.
+/// `csum=off` to keep the checksum offloads from being negotiated).
+fn boot_with(
+    topo: &PodTopology,
+    dir: &util::TempDir,
+    extra: &[&str],
+    nic_props: &[&str],
+) -> (Podwire, Qemu) {
     let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     cfg.extra_args = extra.iter().map(|s| s.to_string()).collect();
     let pw = Podwire::spawn(Some(&topo.pod), &cfg).unwrap();
     let image = guest::image().unwrap();
-    let mut vm = Qemu::boot(
-        &QemuConfig::new(&image)
-            .name("e2e-tcp")
-            .vhost_user(pw.socket()),
-    )
-    .unwrap();
+    let mut qcfg = QemuConfig::new(&image)
+        .name("e2e-tcp")
+        .vhost_user(pw.socket());
+    for prop in nic_props {
+        qcfg = qcfg.nic_prop(prop);
+    }
+    let mut vm = Qemu::boot(&qcfg).unwrap();
     let c = vm.console();
     c.run_ok("ip link set eth0 up", T).unwrap();
     guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     (pw, vm)
 }
 
+fn boot(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> (Podwire, Qemu) {
+    boot_with(topo, dir, extra, &[])
+}
+
 #[test]
 fn guest_connects_out_fetches_a_file_and_sends_one() {
+    transfer_files_both_ways(&[]);
+}
+
+/// The same with the checksum offloads off: podwire computes and verifies every checksum.
+#[test]
+fn file_transfers_without_checksum_offloads() {
+    transfer_files_both_ways(&["csum=off", "guest_csum=off"]);
+}
+
+fn transfer_files_both_ways(nic_props: &[&str]) {
     let topo = PodTopology::create().unwrap();
     let dir = util::TempDir::new("e2e-tcp").unwrap();
     // A 4 MiB file served by the far host, checked by its md5 on both ends.
@@ -85,7 +107,7 @@ fn guest_connects_out_fetches_a_file_and_sends_one() {
     topo.far
         .wait_listening(Proto::Tcp, Some(FAR_HOST), FILE_PORT + 2, T)
         .unwrap();
-    let (mut pw, mut vm) = boot(&topo, &dir, &[]);
+    let (mut pw, mut vm) = boot_with(&topo, &dir, &[], nic_props);
     let c = vm.console();
 
     // Download: far → guest.

@@ -23,9 +23,9 @@ use std::os::fd::RawFd;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
 use podwire_nat::ports::Forward;
-use podwire_nat::wire::{self, Endpoints, Ipv4Info, ETH_LEN, IPV4_LEN, UDP_PAYLOAD_OFFSET};
+use podwire_nat::wire::{self, Endpoints, Ipv4Info, L4Csum, ETH_LEN, IPV4_LEN, UDP_PAYLOAD_OFFSET};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
-use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList};
+use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, IpProtocol, Ipv4Packet,
@@ -321,13 +321,14 @@ impl Switch {
                 dst: ip.dst_addr(),
                 l4_offset: ETH_LEN + ihl,
                 l4_len: total - ihl,
+                partial_csum: false,
             },
             ip.next_header(),
         ))
     }
 
-    fn handle_ipv4(&mut self, frame: &SgList<'_>, hdr: &[u8], rx: &mut dyn RxSink) {
-        let (info, proto) = match self.parse_ipv4(hdr, frame.len()) {
+    fn handle_ipv4(&mut self, frame: &SgList<'_>, hdr: &[u8], tx: TxOffload, rx: &mut dyn RxSink) {
+        let (mut info, proto) = match self.parse_ipv4(hdr, frame.len()) {
             Ok(v) => v,
             Err(counter) => {
                 counter.inc();
@@ -335,6 +336,7 @@ impl Switch {
                 return;
             }
         };
+        info.partial_csum = tx.partial_csum;
         let l4 = hdr.get(info.l4_offset..).unwrap_or(&[]);
         let dport = l4.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
         if proto == IpProtocol::Udp && dport == Some(DHCP_SERVER_PORT) {
@@ -366,7 +368,7 @@ impl Switch {
             self.counters.dhcp_errors.inc();
             return;
         }
-        if udp[6..8] != [0, 0] {
+        if udp[6..8] != [0, 0] && !info.partial_csum {
             let mut sum = wire::pseudo_header(info.src, info.dst, 17, udp_len);
             frame.checksum(info.l4_offset, udp_len, &mut sum);
             if sum.fold() != 0xffff {
@@ -409,7 +411,7 @@ impl Switch {
             let udp = wire::udp_header(
                 (src, DHCP_SERVER_PORT),
                 (dst, DHCP_CLIENT_PORT),
-                buf,
+                L4Csum::Full(buf),
                 UDP_PAYLOAD_OFFSET,
                 payload.len(),
             );
@@ -505,6 +507,10 @@ fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {
 
 impl NetHandler for Switch {
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink) {
+        self.guest_frame_with(frame, TxOffload::default(), rx)
+    }
+
+    fn guest_frame_with(&mut self, frame: &SgList<'_>, tx: TxOffload, rx: &mut dyn RxSink) {
         let mut hdr = [0u8; HEADER_COPY];
         let n = frame.read(0, &mut hdr);
         if n < ETH_LEN {
@@ -522,7 +528,7 @@ impl NetHandler for Switch {
                 }
                 self.handle_arp(&arp, rx);
             }
-            EthernetProtocol::Ipv4 => self.handle_ipv4(frame, &hdr[..n], rx),
+            EthernetProtocol::Ipv4 => self.handle_ipv4(frame, &hdr[..n], tx, rx),
             EthernetProtocol::Ipv6 => {
                 self.counters.drop_ipv6.inc();
             }

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use podwire_vhost::{NetHandler, RxError, RxSink, SgList};
+use podwire_vhost::{NetHandler, PartialCsum, RxError, RxSink, SgList, TxOffload};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
@@ -62,6 +62,10 @@ fn config() -> Config {
 #[derive(Default)]
 struct Captured {
     frames: Vec<Vec<u8>>,
+    /// Behave like a guest that negotiated GUEST_CSUM.
+    guest_csum: bool,
+    /// The partial-checksum location given with each frame pushed that way.
+    partial: Vec<Option<PartialCsum>>,
 }
 
 impl RxSink for Captured {
@@ -79,6 +83,24 @@ impl RxSink for Captured {
         let mut frame = vec![0u8; len];
         sg.read(0, &mut frame);
         self.frames.push(frame);
+        self.partial.push(None);
+        Ok(())
+    }
+
+    fn partial_csum(&self) -> bool {
+        self.guest_csum
+    }
+
+    fn push_partial(
+        &mut self,
+        max_len: usize,
+        csum: PartialCsum,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        self.push(max_len, fill)?;
+        if let Some(last) = self.partial.last_mut() {
+            *last = Some(csum);
+        }
         Ok(())
     }
 }
@@ -451,4 +473,82 @@ fn loopback_or_gateway_resolvers_are_offered_as_the_gateway() {
         vec![dns_rule],
         "DNS works even with --no-map-gw"
     );
+}
+
+#[test]
+fn partial_checksums_from_a_csum_guest_are_accepted_only_when_flagged() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    // A CSUM guest leaves only the pseudo-header sum in the field: wrong as a full checksum.
+    let mut frame = ipv4_udp((GUEST_IP, 40001), (GW_IP, port), b"partial");
+    let csum_at = 14 + 20 + 6;
+    frame[csum_at] ^= 0x5a;
+    send(&mut sw, &frame);
+    assert_eq!(
+        sw.nat_counters().drop_bad_checksum.get(),
+        1,
+        "unflagged: verified, dropped"
+    );
+    let mut copy = frame.clone();
+    let mut slices: [&mut [u8]; 1] = [&mut copy];
+    let sg = SgList::from_slices(&mut slices).unwrap();
+    let tx = TxOffload { partial_csum: true };
+    sw.guest_frame_with(&sg, tx, &mut Captured::default());
+    assert_eq!(
+        sw.nat_counters().drop_bad_checksum.get(),
+        1,
+        "flagged: not verified"
+    );
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"partial");
+}
+
+#[test]
+fn frames_to_a_guest_csum_guest_carry_only_the_pseudo_header_sum() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+    send(&mut sw, &ipv4_udp((GUEST_IP, 40002), (GW_IP, port), b"hi"));
+    let mut buf = [0u8; 16];
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    server.send_to(b"reply-payload", from).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rx = Captured {
+        guest_csum: true,
+        ..Captured::default()
+    };
+    while rx.frames.is_empty() && Instant::now() < deadline {
+        wait_readable(&sw, deadline);
+        sw.poll_host(&mut rx);
+    }
+    assert_eq!(rx.frames.len(), 1);
+    assert_eq!(
+        rx.partial[0],
+        Some(PartialCsum {
+            start: 34,
+            offset: 6
+        }),
+        "pushed as a partial-checksum frame"
+    );
+    let f = &rx.frames[0];
+    let field = u16::from_be_bytes([f[34 + 6], f[34 + 7]]);
+    let udp_len = 8 + b"reply-payload".len();
+    let pseudo = podwire_nat::wire::pseudo_header(GW_IP, GUEST_IP, 17, udp_len);
+    assert_eq!(field, pseudo.fold(), "the pseudo-header sum, not inverted");
+    // What the guest's stack computes from it is the real checksum.
+    let mut sum = podwire_vhost::Checksum::new();
+    sum.add(&f[34..]);
+    let full = sum.finish();
+    let mut fixed = f.clone();
+    fixed[34 + 6..34 + 8].copy_from_slice(&full.to_be_bytes());
+    parse_udp_reply(&fixed);
 }

@@ -34,8 +34,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
@@ -78,6 +78,11 @@ type Vring = VringMutex<MemAtomic>;
 pub trait NetHandler: Send + 'static {
     /// One Ethernet frame the guest sent (virtio-net header already removed).
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink);
+    /// The same, with what the virtio-net header said about the frame. Handlers that care
+    /// about offloads override this; the default ignores the header.
+    fn guest_frame_with(&mut self, frame: &SgList<'_>, _tx: TxOffload, rx: &mut dyn RxSink) {
+        self.guest_frame(frame, rx)
+    }
     /// The handler's fd is readable, or the guest posted RX buffers: produce frames.
     fn poll_host(&mut self, rx: &mut dyn RxSink);
     /// A pass over the TX ring ended: send what was held back to coalesce (one TCP ACK for
@@ -89,6 +94,24 @@ pub trait NetHandler: Send + 'static {
     fn host_fd(&self) -> RawFd;
     /// A frontend connected (`true`) or went away (`false`).
     fn link_changed(&mut self, _up: bool) {}
+}
+
+/// What the virtio-net header of a TX frame says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOffload {
+    /// VIRTIO_NET_HDR_F_NEEDS_CSUM: the L4 checksum field holds only the pseudo-header sum
+    /// (the guest negotiated CSUM and left the rest to the device). podwire terminates the
+    /// connection, so it never completes it; it must just not reject the frame for it.
+    pub partial_csum: bool,
+}
+
+/// Where a partial checksum lives in a frame podwire hands the guest (VIRTIO_NET_HDR_F_NEEDS_CSUM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialCsum {
+    /// Offset of the L4 header in the frame: the checksum covers from here to the end.
+    pub start: u16,
+    /// Offset of the checksum field from `start`.
+    pub offset: u16,
 }
 
 /// Why a frame could not be delivered to the guest.
@@ -112,6 +135,24 @@ pub trait RxSink {
         max_len: usize,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError>;
+
+    /// Whether the guest takes frames with a partial L4 checksum (it negotiated GUEST_CSUM).
+    /// Then producers put only the pseudo-header sum in the checksum field and never read the
+    /// payload to checksum it.
+    fn partial_csum(&self) -> bool {
+        false
+    }
+
+    /// [`RxSink::push`] for a frame whose L4 checksum is partial, at `csum`. Only called when
+    /// [`RxSink::partial_csum`] is true.
+    fn push_partial(
+        &mut self,
+        max_len: usize,
+        _csum: PartialCsum,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        self.push(max_len, fill)
+    }
 }
 
 /// What the device tells the guest about itself.
@@ -185,6 +226,7 @@ impl<H: NetHandler> NetDevice<H> {
             mem: &mem,
             hdr_len: self.hdr_len(),
             mergeable: self.has(VIRTIO_NET_F_MRG_RXBUF),
+            guest_csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
@@ -195,6 +237,7 @@ impl<H: NetHandler> NetDevice<H> {
                     vring: tx_vring.get_mut(),
                     mem: &mem,
                     hdr_len: self.hdr_len(),
+                    csum: self.has(VIRTIO_NET_F_CSUM),
                     event_idx: self.event_idx,
                     counters: &self.counters,
                 };
@@ -226,10 +269,15 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_STATUS)
             | (1 << VIRTIO_NET_F_MTU)
+            | (1 << VIRTIO_NET_F_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_CSUM)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&mut self, features: u64) {
+        if features != self.acked_features {
+            tracing::info!("guest negotiated {}", feature_names(features));
+        }
         self.acked_features = features;
     }
 
@@ -276,6 +324,26 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         self.process(device_event, vrings);
         Ok(())
     }
+}
+
+/// The offered features the guest took, by name, for the log.
+fn feature_names(features: u64) -> String {
+    let names = [
+        (VIRTIO_F_VERSION_1, "VERSION_1"),
+        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_MAC, "MAC"),
+        (VIRTIO_NET_F_STATUS, "STATUS"),
+        (VIRTIO_NET_F_MTU, "MTU"),
+    ];
+    names
+        .iter()
+        .filter(|(bit, _)| features & (1u64 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn lock<H>(m: &Mutex<H>) -> std::sync::MutexGuard<'_, H> {
@@ -451,6 +519,8 @@ struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     vring: G,
     mem: &'a Mem,
     hdr_len: usize,
+    /// The guest negotiated CSUM: its frames may carry partial checksums.
+    csum: bool,
     event_idx: bool,
     counters: &'a DeviceCounters,
 }
@@ -473,10 +543,16 @@ where
                         warn_once!("guest sent a frame shorter than an Ethernet header");
                     }
                     Ok(()) => {
+                        let mut flags = [0u8; 1];
+                        sg.read(0, &mut flags);
+                        let tx = TxOffload {
+                            partial_csum: self.csum
+                                && u32::from(flags[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                        };
                         sg.advance(self.hdr_len);
                         self.counters.tx_frames.inc();
                         self.counters.tx_bytes.add(sg.len() as u64);
-                        handler.guest_frame(&sg, rx);
+                        handler.guest_frame_with(&sg, tx, rx);
                     }
                     Err(e) => count_chain_error(self.counters, e, false),
                 }
@@ -508,6 +584,8 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     mem: &'a GuestMemoryLoadGuard<Mem>,
     hdr_len: usize,
     mergeable: bool,
+    /// The guest negotiated GUEST_CSUM: frames to it may carry partial checksums.
+    guest_csum: bool,
     event_idx: bool,
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
@@ -546,6 +624,34 @@ where
     fn push(
         &mut self,
         max_len: usize,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        self.push_frame(max_len, None, fill)
+    }
+
+    fn partial_csum(&self) -> bool {
+        self.guest_csum
+    }
+
+    fn push_partial(
+        &mut self,
+        max_len: usize,
+        csum: PartialCsum,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        let csum = self.guest_csum.then_some(csum);
+        self.push_frame(max_len, csum, fill)
+    }
+}
+
+impl<G> RxRing<'_, G>
+where
+    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+{
+    fn push_frame(
+        &mut self,
+        max_len: usize,
+        csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
         let mem: &Mem = self.mem;
@@ -643,6 +749,11 @@ where
             used_chains += 1;
         }
         let mut hdr = [0u8; VNET_HDR_LEN];
+        if let Some(c) = csum {
+            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+            hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
+            hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
+        }
         hdr[10..12].copy_from_slice(&(used_chains as u16).to_le_bytes());
         sg.write(0, &hdr[..self.hdr_len]);
         let q = self.vring.get_queue_mut();

@@ -19,9 +19,12 @@ use podwire_vhost::{
     DeviceCounters, NetConfig, NetDevice, NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN,
     MAX_SEGS,
 };
+use podwire_vhost::{PartialCsum, TxOffload};
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
@@ -178,6 +181,10 @@ struct Recorder {
     fd: EventFd,
     /// Frames from `guest_frame`, copied out.
     seen: Vec<Vec<u8>>,
+    /// What the virtio-net header of each of those frames said.
+    offloads: Vec<TxOffload>,
+    /// Push the queued frames as partial-checksum frames at this location.
+    partial: Option<PartialCsum>,
     /// Frames `poll_host` pushes, in order.
     outbox: VecDeque<Outgoing>,
     /// What each push returned.
@@ -195,17 +202,26 @@ impl NetHandler for Recorder {
         self.seen.push(bytes);
     }
 
+    fn guest_frame_with(&mut self, frame: &SgList<'_>, tx: TxOffload, rx: &mut dyn RxSink) {
+        self.offloads.push(tx);
+        self.guest_frame(frame, rx);
+    }
+
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         while let Some(out) = self.outbox.pop_front() {
             let (mem, used_idx) = &self.probe;
             let fills = &mut self.fills;
-            let r = rx.push(out.max_len, &mut |sg| {
+            let mut fill = |sg: &mut SgList<'_>| {
                 fills.push(u16::from_le(mem.read_obj(*used_idx).unwrap()));
                 if !sg.write(0, &out.frame) {
                     return None;
                 }
                 Some(out.frame.len())
-            });
+            };
+            let r = match self.partial {
+                Some(csum) if rx.partial_csum() => rx.push_partial(out.max_len, csum, &mut fill),
+                _ => rx.push(out.max_len, &mut fill),
+            };
             self.results.push(r);
         }
     }
@@ -243,6 +259,8 @@ impl Rig {
         let handler = Arc::new(Mutex::new(Recorder {
             fd: EventFd::new(EFD_NONBLOCK).unwrap(),
             seen: Vec::new(),
+            offloads: Vec::new(),
+            partial: None,
             outbox: VecDeque::new(),
             results: Vec::new(),
             fills: Vec::new(),
@@ -326,7 +344,11 @@ impl Rig {
 
     /// Posts a well-formed TX frame: header and frame in separate descriptors. Returns the head.
     fn post_tx(&mut self, frame: &[u8]) -> u16 {
-        let hdr = self.data(&[0u8; HDR]);
+        self.post_tx_with_header(&[0u8; HDR], frame)
+    }
+
+    fn post_tx_with_header(&mut self, vnet_hdr: &[u8; HDR], frame: &[u8]) -> u16 {
+        let hdr = self.data(vnet_hdr);
         let body = self.data(frame);
         let head = self.tx.chain(
             &self.mem,
@@ -1021,4 +1043,63 @@ fn rx_bogus_avail_index_does_not_hang() {
     let rig = returns_promptly(rig, |rig| rig.event(RX));
     assert!(rig.results()[0].is_err());
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checksum offloads (CSUM, GUEST_CSUM), each on and off.
+
+const CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
+const GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
+
+fn needs_csum_header() -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    h[6..8].copy_from_slice(&34u16.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    h
+}
+
+#[test]
+fn tx_partial_checksum_is_reported_only_with_csum_negotiated() {
+    for (features, want) in [(FEATURES | CSUM, true), (FEATURES, false)] {
+        let mut rig = Rig::new(features);
+        rig.post_tx_with_header(&needs_csum_header(), &frame(60, 3));
+        rig.post_tx(&frame(60, 4));
+        rig.event(TX);
+        let offloads = rig.handler.lock().unwrap().offloads.clone();
+        let expected = vec![
+            TxOffload { partial_csum: want },
+            TxOffload {
+                partial_csum: false,
+            },
+        ];
+        assert_eq!(offloads, expected, "features {features:#x}");
+    }
+}
+
+#[test]
+fn rx_partial_checksum_sets_needs_csum_only_with_guest_csum() {
+    let want = PartialCsum {
+        start: 34,
+        offset: 16,
+    };
+    for (features, flagged) in [(FEATURES | GUEST_CSUM, true), (FEATURES, false)] {
+        let mut rig = Rig::new(features);
+        rig.handler.lock().unwrap().partial = Some(want);
+        let (_, addr) = rig.post_rx(2048, WRITE);
+        let f = frame(100, 5);
+        rig.queue_rx(100, f.clone());
+        rig.event(RX);
+        assert_eq!(rig.results(), vec![Ok(())]);
+        let got = rig.read(addr, HDR + 100);
+        let hdr: [u8; HDR] = got[..HDR].try_into().unwrap();
+        let expected = if flagged {
+            // NEEDS_CSUM, csum_start 34, csum_offset 16, one buffer.
+            [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 1, 0]
+        } else {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        };
+        assert_eq!(hdr, expected, "features {features:#x}");
+        assert_eq!(got[HDR..], f[..]);
+    }
 }
