@@ -5,6 +5,9 @@
 //! name resolved through the pod's resolver, a file fetched from the pod's loopback through the
 //! gateway address, and the socket's lifecycle (refusing a second frontend, serving the next).
 //!
+//! UDP request/response commands give socat `-t 3`: its default 0.5 s wait for the reply after
+//! its input ends is too short for a loaded TCG guest (and a forking server on the other side).
+//!
 //! The "subnet" addressing mode is tested with a subnet inside 198.18.0.0/15 rather than the
 //! default 10.0.2.0/24: it is the same code path (`--guest-cidr CIDR`), and test hosts here use
 //! only 198.18.0.0/15 addresses. The default's value is covered by podwire's unit tests.
@@ -87,7 +90,7 @@ fn exercise_guest(pw: &Podwire, expect: &Expect, name: &str) -> Qemu {
     let echo = c
         .run_ok(
             &format!(
-                "echo {payload} | socat -T 5 - UDP4:{FAR_HOST}:{}",
+                "echo {payload} | socat -t 3 -T 5 - UDP4:{FAR_HOST}:{}",
                 far::UDP_ECHO_PORT
             ),
             T,
@@ -105,7 +108,7 @@ fn exercise_guest(pw: &Podwire, expect: &Expect, name: &str) -> Qemu {
     let fetched = c
         .run_ok(
             &format!(
-                "echo get | socat -T 5 - UDP4:{}:{LOOPBACK_PORT}",
+                "echo get | socat -t 3 -T 5 - UDP4:{}:{LOOPBACK_PORT}",
                 expect.gateway
             ),
             T,

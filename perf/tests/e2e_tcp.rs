@@ -249,7 +249,7 @@ fn forwarded_ports_reach_the_guest_with_the_clients_real_address() {
     let out = topo
         .far
         .sh(&format!(
-            "echo q | socat -T 10 - UDP4:{pod}:5353,bind={FAR_HOST}"
+            "echo q | socat -t 3 -T 10 - UDP4:{pod}:5353,bind={FAR_HOST}"
         ))
         .unwrap();
     assert_eq!(out.trim(), format!("udp-peer={FAR_HOST}"));

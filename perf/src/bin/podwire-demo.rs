@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     section("UDP both ways: a datagram echoed by the far host");
     let echo = c.run_ok(
         &format!(
-            "echo hello-from-the-guest | socat -T 5 - UDP4:{FAR_HOST}:{}",
+            "echo hello-from-the-guest | socat -t 3 -T 5 - UDP4:{FAR_HOST}:{}",
             far::UDP_ECHO_PORT
         ),
         T,
