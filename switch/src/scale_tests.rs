@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use podwire_vhost::{NetHandler, RxError, RxSink, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpControl,
+    TcpPacket, TcpRepr,
 };
 
 use crate::config::{Addressing, Config, GATEWAY_MAC};
@@ -569,7 +569,6 @@ impl RxSink for Frames {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn guest_tcp_frame(
     sport: u16,
     dport: u16,
@@ -579,45 +578,17 @@ fn guest_tcp_frame(
     mss: Option<u16>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: sport,
-        dst_port: dport,
+    crate::tcp_tests::guest_frame(
+        sport,
+        dport,
+        seq,
+        ack,
         control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: GUEST_WINDOW,
-        window_scale: None,
-        max_seg_size: mss,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
+        GUEST_WINDOW,
+        mss,
+        None,
         payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: GW_IP,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut f = vec![0u8; 14 + 20 + tcp.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(GATEWAY_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let caps = ChecksumCapabilities::default();
-    let mut ipp = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut ipp, &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(ipp.payload_mut()),
-        &GUEST_IP.into(),
-        &GW_IP.into(),
-        &caps,
-    );
-    f
+    )
 }
 
 /// A TCP segment from podwire, as the guest sees it.

@@ -89,7 +89,7 @@ impl RxSink for Sink {
 
 /// A guest frame: Ethernet, IPv4 and TCP from the guest to the gateway.
 #[allow(clippy::too_many_arguments)]
-fn guest_frame(
+pub(crate) fn guest_frame(
     sport: u16,
     dport: u16,
     seq: u32,
