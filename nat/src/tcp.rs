@@ -428,18 +428,7 @@ impl TcpTable {
     ) -> io::Result<()> {
         let fd = tcp_socket()?;
         setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        let sa = sock::sockaddr_v4(bind);
-        // SAFETY: a valid sockaddr_in.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sock::bind(&fd, bind)?;
         // SAFETY: a bound socket.
         if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
             return Err(io::Error::last_os_error());
