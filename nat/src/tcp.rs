@@ -923,6 +923,8 @@ impl TcpTable {
         }
         let mss = usize::from(conn.guest_mss.min(mss_limit)).max(1);
         let window = conn.advertise();
+        // A guest taking TCPv4 GSO frames gets up to 64 KiB per frame, segmented on its side.
+        let tso_max = if rx.partial_csum() { rx.tso_max() } else { 0 };
         loop {
             let in_flight = conn.in_flight();
             if in_flight >= conn.snd_wnd
@@ -930,7 +932,13 @@ impl TcpTable {
             {
                 break;
             }
-            let room = ((conn.snd_wnd - in_flight) as usize).min(mss);
+            let mut room = ((conn.snd_wnd - in_flight) as usize).min(tso_max.max(mss));
+            if room > mss {
+                // Ask only for what is there: a GSO frame must carry more than one segment.
+                let unsent = unread(&conn.fd).saturating_sub(in_flight as usize);
+                room = room.min(unsent).max(mss.min(room));
+            }
+            let tso = room > mss;
             let mut got = 0usize;
             let mut eof = false;
             let mut failed = false;
@@ -959,7 +967,10 @@ impl TcpTable {
                 Some(TCP_PAYLOAD_OFFSET + n)
             };
             let max = TCP_PAYLOAD_OFFSET + room;
-            let result = if partial {
+            let result = if tso {
+                let hdr_len = TCP_PAYLOAD_OFFSET as u16;
+                rx.push_tso(max, wire::TCP_CSUM, mss as u16, hdr_len, &mut fill)
+            } else if partial {
                 rx.push_partial(max, wire::TCP_CSUM, &mut fill)
             } else {
                 rx.push(max, &mut fill)
@@ -1455,6 +1466,14 @@ enum Peeked {
     Eof,
     /// The connection failed (reset by the peer, for one).
     Failed,
+}
+
+/// Bytes in the socket's receive queue not yet consumed (peeked ones included). One ioctl.
+fn unread(fd: &OwnedFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ) writes an int.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    queued.max(0) as usize
 }
 
 /// Room in the socket's send buffer (`sndbuf` bytes, fixed since podwire set it): the window

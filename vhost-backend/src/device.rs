@@ -34,8 +34,9 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
@@ -153,7 +154,37 @@ pub trait RxSink {
     ) -> Result<(), RxError> {
         self.push(max_len, fill)
     }
+
+    /// The largest TCP payload one frame may carry when the guest takes TCPv4 GSO frames
+    /// (it negotiated GUEST_TSO4), or 0.
+    fn tso_max(&self) -> usize {
+        0
+    }
+
+    /// [`RxSink::push_partial`] for a TCPv4 frame the guest takes as segments of `mss` bytes
+    /// after `hdr_len` bytes of headers (VIRTIO_NET_HDR_GSO_TCPV4). Only called when
+    /// [`RxSink::tso_max`] is non-zero, with more than `mss` bytes of payload.
+    fn push_tso(
+        &mut self,
+        max_len: usize,
+        csum: PartialCsum,
+        _mss: u16,
+        _hdr_len: u16,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        self.push_partial(max_len, csum, fill)
+    }
 }
+
+/// Segmentation of a frame to the guest (GUEST_TSO4).
+#[derive(Debug, Clone, Copy)]
+struct Gso {
+    mss: u16,
+    hdr_len: u16,
+}
+
+/// Largest TCP payload podwire puts in one GSO frame: the IPv4 packet stays under 64 KiB.
+pub const TSO_MAX_PAYLOAD: usize = 65000;
 
 /// What the device tells the guest about itself.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +258,7 @@ impl<H: NetHandler> NetDevice<H> {
             hdr_len: self.hdr_len(),
             mergeable: self.has(VIRTIO_NET_F_MRG_RXBUF),
             guest_csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
+            guest_tso4: self.has(VIRTIO_NET_F_GUEST_CSUM) && self.has(VIRTIO_NET_F_GUEST_TSO4),
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
@@ -271,6 +303,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             | (1 << VIRTIO_NET_F_MTU)
             | (1 << VIRTIO_NET_F_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_TSO4)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -334,6 +367,7 @@ fn feature_names(features: u64) -> String {
         (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
         (VIRTIO_NET_F_CSUM, "CSUM"),
         (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
         (VIRTIO_NET_F_MTU, "MTU"),
@@ -586,6 +620,8 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     mergeable: bool,
     /// The guest negotiated GUEST_CSUM: frames to it may carry partial checksums.
     guest_csum: bool,
+    /// The guest negotiated GUEST_TSO4 (with GUEST_CSUM): it takes TCPv4 GSO frames.
+    guest_tso4: bool,
     event_idx: bool,
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
@@ -626,7 +662,7 @@ where
         max_len: usize,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
-        self.push_frame(max_len, None, fill)
+        self.push_frame(max_len, None, None, fill)
     }
 
     fn partial_csum(&self) -> bool {
@@ -640,7 +676,29 @@ where
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
         let csum = self.guest_csum.then_some(csum);
-        self.push_frame(max_len, csum, fill)
+        self.push_frame(max_len, csum, None, fill)
+    }
+
+    fn tso_max(&self) -> usize {
+        if self.guest_tso4 {
+            TSO_MAX_PAYLOAD
+        } else {
+            0
+        }
+    }
+
+    fn push_tso(
+        &mut self,
+        max_len: usize,
+        csum: PartialCsum,
+        mss: u16,
+        hdr_len: u16,
+        fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
+    ) -> Result<(), RxError> {
+        if !self.guest_tso4 {
+            return self.push_partial(max_len, csum, fill);
+        }
+        self.push_frame(max_len, Some(csum), Some(Gso { mss, hdr_len }), fill)
     }
 }
 
@@ -652,6 +710,7 @@ where
         &mut self,
         max_len: usize,
         csum: Option<PartialCsum>,
+        gso: Option<Gso>,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
         let mem: &Mem = self.mem;
@@ -753,6 +812,11 @@ where
             hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
             hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
             hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
+        }
+        if let Some(g) = gso {
+            hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+            hdr[2..4].copy_from_slice(&g.hdr_len.to_le_bytes());
+            hdr[4..6].copy_from_slice(&g.mss.to_le_bytes());
         }
         hdr[10..12].copy_from_slice(&(used_chains as u16).to_le_bytes());
         sg.write(0, &hdr[..self.hdr_len]);

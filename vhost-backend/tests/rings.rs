@@ -23,7 +23,7 @@ use podwire_vhost::{PartialCsum, TxOffload};
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -185,6 +185,8 @@ struct Recorder {
     offloads: Vec<TxOffload>,
     /// Push the queued frames as partial-checksum frames at this location.
     partial: Option<PartialCsum>,
+    /// ... and as TCPv4 GSO frames with this (mss, hdr_len).
+    tso: Option<(u16, u16)>,
     /// Frames `poll_host` pushes, in order.
     outbox: VecDeque<Outgoing>,
     /// What each push returned.
@@ -218,8 +220,13 @@ impl NetHandler for Recorder {
                 }
                 Some(out.frame.len())
             };
-            let r = match self.partial {
-                Some(csum) if rx.partial_csum() => rx.push_partial(out.max_len, csum, &mut fill),
+            let r = match (self.partial, self.tso) {
+                (Some(csum), Some((mss, hdr_len))) if rx.tso_max() > 0 => {
+                    rx.push_tso(out.max_len, csum, mss, hdr_len, &mut fill)
+                }
+                (Some(csum), _) if rx.partial_csum() => {
+                    rx.push_partial(out.max_len, csum, &mut fill)
+                }
                 _ => rx.push(out.max_len, &mut fill),
             };
             self.results.push(r);
@@ -261,6 +268,7 @@ impl Rig {
             seen: Vec::new(),
             offloads: Vec::new(),
             partial: None,
+            tso: None,
             outbox: VecDeque::new(),
             results: Vec::new(),
             fills: Vec::new(),
@@ -1098,6 +1106,42 @@ fn rx_partial_checksum_sets_needs_csum_only_with_guest_csum() {
             [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 1, 0]
         } else {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        };
+        assert_eq!(hdr, expected, "features {features:#x}");
+        assert_eq!(got[HDR..], f[..]);
+    }
+}
+
+#[test]
+fn rx_gso_frames_only_with_guest_tso4() {
+    let csum = PartialCsum {
+        start: 34,
+        offset: 16,
+    };
+    let tso4 = 1u64 << VIRTIO_NET_F_GUEST_TSO4;
+    for (features, gso) in [
+        (FEATURES | GUEST_CSUM | tso4, true),
+        (FEATURES | GUEST_CSUM, false),
+    ] {
+        let mut rig = Rig::new(features);
+        {
+            let mut h = rig.handler.lock().unwrap();
+            h.partial = Some(csum);
+            h.tso = Some((1448, 54));
+        }
+        // A 4000-byte frame: more than one 1448-byte segment.
+        let (_, addr) = rig.post_rx(8192, WRITE);
+        let f = frame(4000, 6);
+        rig.queue_rx(4000, f.clone());
+        rig.event(RX);
+        assert_eq!(rig.results(), vec![Ok(())]);
+        let got = rig.read(addr, HDR + 4000);
+        let hdr: [u8; HDR] = got[..HDR].try_into().unwrap();
+        let expected = if gso {
+            // NEEDS_CSUM, GSO_TCPV4, hdr_len 54, gso_size 1448, csum 34/16, one buffer.
+            [1, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 1, 0]
+        } else {
+            [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 1, 0]
         };
         assert_eq!(hdr, expected, "features {features:#x}");
         assert_eq!(got[HDR..], f[..]);
