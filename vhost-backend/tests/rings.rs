@@ -23,7 +23,8 @@ use podwire_vhost::{PartialCsum, TxOffload};
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -1146,4 +1147,20 @@ fn rx_gso_frames_only_with_guest_tso4() {
         assert_eq!(hdr, expected, "features {features:#x}");
         assert_eq!(got[HDR..], f[..]);
     }
+}
+
+#[test]
+fn tx_tso_frame_of_tens_of_kilobytes_reaches_the_handler_whole() {
+    let host_tso4 = 1u64 << VIRTIO_NET_F_HOST_TSO4;
+    let mut rig = Rig::new(FEATURES | CSUM | host_tso4);
+    let mut hdr = needs_csum_header();
+    hdr[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    let f = frame(30000, 7);
+    rig.post_tx_with_header(&hdr, &f);
+    rig.event(TX);
+    assert_eq!(rig.seen(), vec![f], "one 30000-byte frame, not resegmented");
+    let offloads = rig.handler.lock().unwrap().offloads.clone();
+    assert_eq!(offloads, vec![TxOffload { partial_csum: true }]);
 }
