@@ -639,16 +639,7 @@ impl TcpTable {
             Ok(fd) => fd,
             Err(e) => {
                 warn_once!("cannot open a TCP socket: {e}");
-                send_control(
-                    rx,
-                    ep,
-                    key,
-                    0,
-                    seg.seq.wrapping_add(1),
-                    TCP_RST | TCP_ACK,
-                    0,
-                    &[],
-                );
+                reset_syn(rx, ep, key, seg.seq);
                 return;
             }
         };
@@ -680,16 +671,7 @@ impl TcpTable {
         if self.insert(registry, conn).is_some() {
             self.counters.opened_by_guest.inc();
         } else {
-            send_control(
-                rx,
-                ep,
-                key,
-                0,
-                seg.seq.wrapping_add(1),
-                TCP_RST | TCP_ACK,
-                0,
-                &[],
-            );
+            reset_syn(rx, ep, key, seg.seq);
         }
     }
 
@@ -1558,6 +1540,12 @@ fn send_control(
         .is_ok()
 }
 
+/// Answers a guest SYN with RST|ACK (RFC 9293 3.10.7.1: acknowledging the SYN).
+fn reset_syn(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32) {
+    let ack = syn_seq.wrapping_add(1);
+    send_control(rx, ep, key, 0, ack, TCP_RST | TCP_ACK, 0, &[]);
+}
+
 /// Tells the guest its connection attempt failed: RST for a refusal, ICMP host unreachable
 /// for routing failures and time-outs (what a router would say).
 fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno: i32) {
@@ -1566,16 +1554,7 @@ fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno
         libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ETIMEDOUT | libc::EHOSTDOWN
     );
     if !unreachable {
-        send_control(
-            rx,
-            ep,
-            key,
-            0,
-            syn_seq.wrapping_add(1),
-            TCP_RST | TCP_ACK,
-            0,
-            &[],
-        );
+        reset_syn(rx, ep, key, syn_seq);
         return;
     }
     // ICMP type 3 code 1, quoting the guest's IP header and the first 8 bytes of its SYN.
