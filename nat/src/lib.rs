@@ -264,11 +264,6 @@ impl Nat {
         self.index.len() + self.tcp.len()
     }
 
-    pub fn set_guest_mtu(&mut self, mtu: usize) {
-        self.config.guest_mtu = mtu;
-        self.tcp.set_guest_mtu(mtu);
-    }
-
     /// One guest TCP segment.
     pub fn guest_tcp(
         &mut self,

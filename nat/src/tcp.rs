@@ -178,6 +178,21 @@ impl Conn {
         field
     }
 
+    /// Sends a segment without payload at the connection's current sequence and ACK numbers;
+    /// false if the guest's RX ring had no room.
+    fn send_segment(&self, rx: &mut dyn RxSink, ep: &Endpoints, flags: u8, window: u16) -> bool {
+        send_control(
+            rx,
+            ep,
+            self.key,
+            self.snd_nxt,
+            self.rcv_nxt,
+            flags,
+            window,
+            &[],
+        )
+    }
+
     /// The guest was offered less than two segments' worth: it may be stalled on us.
     fn window_update_wanted(&self) -> bool {
         self.state == State::Established && self.adv_wnd < 2 * u32::from(self.guest_mss.max(1))
@@ -405,10 +420,6 @@ impl TcpTable {
             max_conns,
             counters: TcpCounters::default(),
         }
-    }
-
-    pub fn set_guest_mtu(&mut self, mtu: usize) {
-        self.mss_limit = mtu.saturating_sub(IPV4_LEN + TCP_LEN).clamp(536, 65495) as u16;
     }
 
     pub fn len(&self) -> usize {
@@ -780,16 +791,7 @@ impl TcpTable {
             if conn.ack_pending {
                 conn.ack_pending = false;
                 let window = conn.advertise();
-                send_control(
-                    rx,
-                    ep,
-                    conn.key,
-                    conn.snd_nxt,
-                    conn.rcv_nxt,
-                    TCP_ACK,
-                    window,
-                    &[],
-                );
+                conn.send_segment(rx, ep, TCP_ACK, window);
             }
             self.remove(registry, slot);
         }
@@ -863,16 +865,7 @@ impl TcpTable {
             conn.queued_ack = false;
             if conn.ack_pending {
                 let window = conn.advertise();
-                let sent = send_control(
-                    rx,
-                    ep,
-                    conn.key,
-                    conn.snd_nxt,
-                    conn.rcv_nxt,
-                    TCP_ACK,
-                    window,
-                    &[],
-                );
+                let sent = conn.send_segment(rx, ep, TCP_ACK, window);
                 // With the guest's RX ring full the ACK stays owed, for the next flush (the
                 // guest's next RX kick brings one), rather than leaving the guest to time out.
                 conn.ack_pending = !sent;
@@ -988,16 +981,7 @@ impl TcpTable {
             }
         }
         if conn.sock_eof && !conn.fin_sent && conn.in_flight() < conn.snd_wnd.max(1) {
-            let sent = send_control(
-                rx,
-                ep,
-                conn.key,
-                conn.snd_nxt,
-                conn.rcv_nxt,
-                TCP_FIN | TCP_ACK,
-                window,
-                &[],
-            );
+            let sent = conn.send_segment(rx, ep, TCP_FIN | TCP_ACK, window);
             if sent {
                 conn.fin_sent = true;
                 conn.fin_seq = Some(conn.snd_nxt);
@@ -1047,16 +1031,7 @@ impl TcpTable {
     fn reset(&mut self, registry: &Registry, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
         if let Some(conn) = self.conn_mut(slot) {
             abort_socket(&conn.fd);
-            send_control(
-                rx,
-                ep,
-                conn.key,
-                conn.snd_nxt,
-                conn.rcv_nxt,
-                TCP_RST | TCP_ACK,
-                0,
-                &[],
-            );
+            conn.send_segment(rx, ep, TCP_RST | TCP_ACK, 0);
             self.counters.rst_to_guest.inc();
         }
         self.remove(registry, slot);
