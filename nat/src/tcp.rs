@@ -31,8 +31,8 @@
 //!
 //! MSS is the smaller of the guest's and the guest MTU's; window scaling is used when the guest
 //! offers it. No SACK, no timestamps: the guest link neither loses nor reorders frames by itself.
-//! Per connection podwire keeps one `Conn` (about 100 bytes) and a table entry; the bytes in
-//! flight live in the kernel's socket buffers.
+//! Per connection podwire keeps one `Conn` and a table entry (about 180 bytes in all, measured by
+//! `perf/tests/e2e_flows.rs`); the bytes in flight live in the kernel's socket buffers.
 
 use std::collections::HashMap;
 use std::io;
