@@ -33,13 +33,10 @@ use smoltcp::wire::{
     TcpPacket, TcpRepr,
 };
 
-use crate::config::{Addressing, Config, GATEWAY_MAC};
-use crate::podnet::{Resolver, Uplink};
+use crate::config::{Config, GATEWAY_MAC};
 use crate::switch::Switch;
+pub(crate) use crate::tests::{GUEST_IP, GUEST_MAC, GW_IP};
 
-pub(crate) const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-pub(crate) const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-pub(crate) const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 /// The MSS the guest offers, and the one podwire must offer back for a 1500-byte MTU.
 const MSS: u16 = 1460;
 /// The guest's receive window (no window scaling).
@@ -56,36 +53,11 @@ pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The frame tests' configuration with room for every flow these tests open.
 pub(crate) fn config() -> Config {
     Config {
-        socket: PathBuf::from("/nonexistent"),
-        uplink: Uplink {
-            name: "lo".into(),
-            addr: Ipv4Addr::LOCALHOST,
-            prefix_len: 8,
-            gateway: None,
-            mtu: 1500,
-        },
-        addressing: Addressing {
-            guest: GUEST_IP,
-            gateway: GW_IP,
-            prefix_len: 24,
-        },
-        guest_mac: None,
-        hostname: None,
-        mtu: 1500,
-        pid_file: None,
-        map_gateway: true,
-        resolver: Resolver {
-            nameservers: vec![Ipv4Addr::new(198, 18, 1, 1)],
-            search: Vec::new(),
-            domain: None,
-        },
         max_flows: 65536,
-        udp_idle: Duration::from_secs(180),
-        lease_secs: 3600,
-        tcp_forwards: Vec::new(),
-        udp_forwards: Vec::new(),
+        ..crate::tests::config()
     }
 }
 

@@ -21,11 +21,11 @@ use crate::podnet::{Resolver, Uplink};
 use crate::switch::{dns_plan, map_rules, Switch};
 use podwire_nat::MapRule;
 
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+pub(crate) const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+pub(crate) const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub(crate) const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config {
         socket: PathBuf::from("/nonexistent"),
         uplink: Uplink {
