@@ -44,7 +44,7 @@ pub mod wire;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -53,9 +53,11 @@ use mio::{Events, Interest, Poll, Token};
 use podwire_vhost::{warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
-use crate::wire::{
-    Endpoints, Ipv4Info, L4Csum, ICMP_LEN, ICMP_OFFSET, IPV4_LEN, UDP_LEN, UDP_PAYLOAD_OFFSET,
-};
+use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
+
+/// ICMPv6's protocol number, and its echo request type.
+const ICMPV6: u8 = 58;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
 const EVENTS_PER_POLL: usize = 256;
@@ -67,10 +69,10 @@ const TICKS_PER_SWEEP: u32 = 10;
 /// One guest-visible address (and optionally port) that stands for another in the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapRule {
-    pub guest: Ipv4Addr,
+    pub guest: IpAddr,
     /// Only this destination port, or every port.
     pub port: Option<u16>,
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
 }
 
 /// Translation between addresses the guest uses and addresses in the pod.
@@ -87,19 +89,19 @@ impl AddrMap {
     }
 
     /// Where a datagram the guest sends to `dst` really goes.
-    pub fn outbound(&self, dst: SocketAddrV4) -> SocketAddrV4 {
+    pub fn outbound(&self, dst: SocketAddr) -> SocketAddr {
         self.rules
             .iter()
-            .find(|r| r.guest == *dst.ip() && r.port.is_none_or(|p| p == dst.port()))
-            .map_or(dst, |r| SocketAddrV4::new(r.host, dst.port()))
+            .find(|r| r.guest == dst.ip() && r.port.is_none_or(|p| p == dst.port()))
+            .map_or(dst, |r| SocketAddr::new(r.host, dst.port()))
     }
 
     /// Which address the guest should see as the source of a reply from `src`.
-    pub fn inbound(&self, src: SocketAddrV4) -> SocketAddrV4 {
+    pub fn inbound(&self, src: SocketAddr) -> SocketAddr {
         self.rules
             .iter()
-            .find(|r| r.host == *src.ip() && r.port.is_none_or(|p| p == src.port()))
-            .map_or(src, |r| SocketAddrV4::new(r.guest, src.port()))
+            .find(|r| r.host == src.ip() && r.port.is_none_or(|p| p == src.port()))
+            .map_or(src, |r| SocketAddr::new(r.guest, src.port()))
     }
 }
 
@@ -183,13 +185,13 @@ impl NatCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum FlowKey {
     Udp {
-        guest_ip: Ipv4Addr,
+        guest_ip: IpAddr,
         guest_port: u16,
     },
     Icmp {
-        guest_ip: Ipv4Addr,
+        guest_ip: IpAddr,
         guest_id: u16,
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
 }
 
@@ -267,7 +269,7 @@ impl Nat {
     /// One guest TCP segment.
     pub fn guest_tcp(
         &mut self,
-        ip: &Ipv4Info,
+        ip: &IpInfo,
         frame: &SgList<'_>,
         rx: &mut dyn RxSink,
         ep: &Endpoints,
@@ -290,7 +292,7 @@ impl Nat {
     }
 
     /// Forwards TCP connections to `bind` in the pod to the guest's `guest_port`.
-    pub fn listen_tcp(&mut self, bind: SocketAddrV4, guest_port: u16) -> io::Result<()> {
+    pub fn listen_tcp(&mut self, bind: SocketAddr, guest_port: u16) -> io::Result<()> {
         self.tcp.listen(self.poll.registry(), bind, guest_port)
     }
 
@@ -302,13 +304,13 @@ impl Nat {
     }
 
     /// Translates one guest UDP datagram.
-    pub fn guest_udp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) {
+    pub fn guest_udp(&mut self, ip: &IpInfo, frame: &SgList<'_>) {
         if let Err(d) = self.try_guest_udp(ip, frame) {
             self.drop_packet(d);
         }
     }
 
-    fn try_guest_udp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) -> Result<(), NatDrop> {
+    fn try_guest_udp(&mut self, ip: &IpInfo, frame: &SgList<'_>) -> Result<(), NatDrop> {
         let mut hdr = [0u8; UDP_LEN];
         if ip.l4_len < UDP_LEN || frame.read(ip.l4_offset, &mut hdr) < UDP_LEN {
             return Err(NatDrop::Truncated);
@@ -335,12 +337,12 @@ impl Nat {
             Some(&s) => s,
             None => self.open_udp(key, sport)?,
         };
-        let dst = self.config.map.outbound(SocketAddrV4::new(ip.dst, dport));
+        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, dport));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset + UDP_LEN, udp_len - UDP_LEN, &mut iov);
         let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
         flow.last_used = Instant::now();
-        match sock::send_to(&flow.fd, &iov[..n], dst) {
+        match sock::send_segmented(&flow.fd, &iov[..n], dst, ip.udp_segment) {
             Ok(_) => {
                 self.counters.udp_out.inc();
                 Ok(())
@@ -353,14 +355,16 @@ impl Nat {
     }
 
     fn open_udp(&mut self, key: FlowKey, guest_port: u16) -> Result<usize, NatDrop> {
-        let fd = sock::dgram_socket(libc::IPPROTO_UDP).map_err(|e| {
+        let FlowKey::Udp { guest_ip, .. } = key else {
+            return Err(NatDrop::Socket);
+        };
+        let fd = sock::dgram_socket(guest_ip, libc::IPPROTO_UDP).map_err(|e| {
             warn_once!("cannot open a UDP socket: {e}");
             NatDrop::Socket
         })?;
         // Keep the guest's port when the pod has it free; otherwise let the kernel choose.
-        if sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, guest_port)).is_err() {
-            sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-                .map_err(|_| NatDrop::Socket)?;
+        if sock::bind(&fd, sock::any(guest_ip, guest_port)).is_err() {
+            sock::bind(&fd, sock::any(guest_ip, 0)).map_err(|_| NatDrop::Socket)?;
         }
         self.insert(key, fd)
     }
@@ -370,11 +374,11 @@ impl Nat {
     /// so they come from the port the client sent to.
     pub fn forward_udp(
         &mut self,
-        bind: SocketAddrV4,
-        guest_ip: Ipv4Addr,
+        bind: SocketAddr,
+        guest_ip: IpAddr,
         guest_port: u16,
     ) -> io::Result<()> {
-        let fd = sock::dgram_socket(libc::IPPROTO_UDP)?;
+        let fd = sock::dgram_socket(bind.ip(), libc::IPPROTO_UDP)?;
         sock::bind(&fd, bind)?;
         let key = FlowKey::Udp {
             guest_ip,
@@ -396,25 +400,31 @@ impl Nat {
     }
 
     /// Translates one guest ICMP message (echo requests only).
-    pub fn guest_icmp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) {
+    pub fn guest_icmp(&mut self, ip: &IpInfo, frame: &SgList<'_>) {
         if let Err(d) = self.try_guest_icmp(ip, frame) {
             self.drop_packet(d);
         }
     }
 
-    fn try_guest_icmp(&mut self, ip: &Ipv4Info, frame: &SgList<'_>) -> Result<(), NatDrop> {
+    fn try_guest_icmp(&mut self, ip: &IpInfo, frame: &SgList<'_>) -> Result<(), NatDrop> {
         let mut hdr = [0u8; ICMP_LEN];
         if ip.l4_len < ICMP_LEN || frame.read(ip.l4_offset, &mut hdr) < ICMP_LEN {
             return Err(NatDrop::Truncated);
         }
         if !ip.partial_csum {
-            let mut sum = Checksum::new();
+            // ICMPv6 covers a pseudo-header; ICMP for IPv4 does not.
+            let mut sum = if ip.is_v6() {
+                wire::pseudo_header(ip.src, ip.dst, ICMPV6, ip.l4_len)
+            } else {
+                Checksum::new()
+            };
             frame.checksum(ip.l4_offset, ip.l4_len, &mut sum);
             if sum.fold() != 0xffff {
                 return Err(NatDrop::BadChecksum);
             }
         }
-        if hdr[0] != 8 || hdr[1] != 0 {
+        let echo_request = if ip.is_v6() { ICMPV6_ECHO_REQUEST } else { 8 };
+        if hdr[0] != echo_request || hdr[1] != 0 {
             return Err(NatDrop::UnsupportedIcmp);
         }
         let guest_id = u16::from_be_bytes([hdr[4], hdr[5]]);
@@ -427,7 +437,7 @@ impl Nat {
             Some(&s) => s,
             None => self.open_icmp(key, guest_id)?,
         };
-        let dst = self.config.map.outbound(SocketAddrV4::new(ip.dst, 0));
+        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, 0));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset, ip.l4_len, &mut iov);
         let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
@@ -446,7 +456,15 @@ impl Nat {
     }
 
     fn open_icmp(&mut self, key: FlowKey, guest_id: u16) -> Result<usize, NatDrop> {
-        let fd = match sock::dgram_socket(libc::IPPROTO_ICMP) {
+        let FlowKey::Icmp { guest_ip, .. } = key else {
+            return Err(NatDrop::Socket);
+        };
+        let protocol = if guest_ip.is_ipv6() {
+            libc::IPPROTO_ICMPV6
+        } else {
+            libc::IPPROTO_ICMP
+        };
+        let fd = match sock::dgram_socket(guest_ip, protocol) {
             Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
                 warn_once!(
@@ -461,9 +479,8 @@ impl Nat {
             }
         };
         // A ping socket's port is its echo identifier: keep the guest's when it is free.
-        if sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, guest_id)).is_err() {
-            sock::bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-                .map_err(|_| NatDrop::Socket)?;
+        if sock::bind(&fd, sock::any(guest_ip, guest_id)).is_err() {
+            sock::bind(&fd, sock::any(guest_ip, 0)).map_err(|_| NatDrop::Socket)?;
         }
         self.insert(key, fd)
     }
@@ -686,22 +703,27 @@ impl Nat {
         else {
             return RecvOutcome::Drained;
         };
-        let max_payload = self.config.guest_mtu.saturating_sub(IPV4_LEN + UDP_LEN);
+        let v6 = guest_ip.is_ipv6();
+        let offset = wire::udp_payload_offset(v6);
+        let max_payload = self
+            .config
+            .guest_mtu
+            .saturating_sub(wire::ip_len(v6) + UDP_LEN);
         let ident = self.next_ident();
         let counter = &self.counters.udp_in;
         let partial = rx.partial_csum();
         self.recv_datagram(
             flow,
             rx,
-            UDP_PAYLOAD_OFFSET,
+            offset,
             max_payload,
-            partial.then_some(wire::UDP_CSUM),
+            partial.then_some(wire::udp_csum(v6)),
             counter,
             &mut |frame, got| {
                 let src = self.config.map.inbound(got.from);
-                let l3 = wire::eth_ipv4_header(
+                let l3 = wire::eth_ip_header(
                     ep,
-                    *src.ip(),
+                    src.ip(),
                     guest_ip,
                     IpProtocol::Udp,
                     UDP_LEN + got.len,
@@ -713,13 +735,13 @@ impl Nat {
                     L4Csum::Full(frame)
                 };
                 let udp = wire::udp_header(
-                    (*src.ip(), src.port()),
+                    (src.ip(), src.port()),
                     (guest_ip, guest_port),
                     csum,
-                    UDP_PAYLOAD_OFFSET,
+                    offset,
                     got.len,
                 );
-                frame.write(0, &l3) && frame.write(ICMP_OFFSET, &udp)
+                frame.write(0, l3.bytes()) && frame.write(wire::l4_offset(v6), &udp)
             },
         )
     }
@@ -731,37 +753,46 @@ impl Nat {
         else {
             return RecvOutcome::Drained;
         };
-        let max_msg = self.config.guest_mtu.saturating_sub(IPV4_LEN);
+        let v6 = guest_ip.is_ipv6();
+        let offset = wire::l4_offset(v6);
+        let max_msg = self.config.guest_mtu.saturating_sub(wire::ip_len(v6));
         let ident = self.next_ident();
         let counter = &self.counters.icmp_in;
+        let proto = if v6 {
+            IpProtocol::Icmpv6
+        } else {
+            IpProtocol::Icmp
+        };
         self.recv_datagram(
             flow,
             rx,
-            ICMP_OFFSET,
+            offset,
             max_msg,
             None,
             counter,
             &mut |frame, got| {
                 let mut hdr = [0u8; ICMP_LEN];
-                if got.len < ICMP_LEN || frame.read(ICMP_OFFSET, &mut hdr) < ICMP_LEN {
+                if got.len < ICMP_LEN || frame.read(offset, &mut hdr) < ICMP_LEN {
                     return false;
                 }
-                // Give the guest back its own identifier; patch the checksum to match.
-                let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
-                let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
-                let csum = wire::adjust_checksum(csum, kernel_id, guest_id);
-                hdr[2..4].copy_from_slice(&csum.to_be_bytes());
-                hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
                 let src = self.config.map.inbound(got.from);
-                let l3 = wire::eth_ipv4_header(
-                    ep,
-                    *src.ip(),
-                    guest_ip,
-                    IpProtocol::Icmp,
-                    got.len,
-                    ident,
-                );
-                frame.write(0, &l3) && frame.write(ICMP_OFFSET, &hdr)
+                // Give the guest back its own identifier, with a checksum to match.
+                let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+                hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
+                let csum = if v6 {
+                    // The pseudo-header holds the addresses the guest sees: sum it all anew.
+                    hdr[2..4].fill(0);
+                    let mut sum = wire::pseudo_header(src.ip(), guest_ip, ICMPV6, got.len);
+                    sum.add(&hdr);
+                    frame.checksum(offset + ICMP_LEN, got.len - ICMP_LEN, &mut sum);
+                    sum.finish()
+                } else {
+                    let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
+                    wire::adjust_checksum(csum, kernel_id, guest_id)
+                };
+                hdr[2..4].copy_from_slice(&csum.to_be_bytes());
+                let l3 = wire::eth_ip_header(ep, src.ip(), guest_ip, proto, got.len, ident);
+                frame.write(0, l3.bytes()) && frame.write(offset, &hdr)
             },
         )
     }
@@ -832,32 +863,43 @@ fn new_sweep_timer() -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{SocketAddr, UdpSocket};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 
     const GUEST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+    const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 2);
 
     /// A guest UDP datagram (IPv4 header, UDP header, payload) as a frame with its L3 info.
-    fn udp_frame(sport: u16, dst: SocketAddrV4, payload: &[u8]) -> (Vec<u8>, Ipv4Info) {
-        let l4_offset = wire::ETH_LEN + wire::IPV4_LEN;
+    fn udp_frame(sport: u16, dst: SocketAddr, payload: &[u8]) -> (Vec<u8>, IpInfo) {
+        let l4_offset = wire::l4_offset(dst.is_ipv6());
         let mut f = vec![0u8; l4_offset + UDP_LEN + payload.len()];
         let udp_len = (UDP_LEN + payload.len()) as u16;
         f[l4_offset..l4_offset + 2].copy_from_slice(&sport.to_be_bytes());
         f[l4_offset + 2..l4_offset + 4].copy_from_slice(&dst.port().to_be_bytes());
         f[l4_offset + 4..l4_offset + 6].copy_from_slice(&udp_len.to_be_bytes());
         f[l4_offset + UDP_LEN..].copy_from_slice(payload);
-        // Checksum 0: "none", allowed for UDP over IPv4.
-        let info = Ipv4Info {
-            src: GUEST,
-            dst: *dst.ip(),
+        let src = if dst.is_ipv6() {
+            IpAddr::V6(GUEST6)
+        } else {
+            IpAddr::V4(GUEST)
+        };
+        let info = IpInfo {
+            src,
+            dst: dst.ip(),
             l4_offset,
             l4_len: usize::from(udp_len),
             partial_csum: false,
+            udp_segment: None,
         };
         (f, info)
     }
 
-    fn send(nat: &mut Nat, sport: u16, dst: SocketAddrV4, payload: &[u8]) {
+    fn send(nat: &mut Nat, sport: u16, dst: SocketAddr, payload: &[u8]) {
         let (mut f, info) = udp_frame(sport, dst, payload);
+        // A real checksum: zero means "none" over IPv4 but is invalid over IPv6.
+        let mut sum = wire::pseudo_header(info.src, info.dst, 17, info.l4_len);
+        sum.add(&f[info.l4_offset..]);
+        let csum = sum.finish();
+        f[info.l4_offset + 6..info.l4_offset + 8].copy_from_slice(&csum.to_be_bytes());
         let mut slices: [&mut [u8]; 1] = [&mut f];
         let sg = SgList::from_slices(&mut slices).unwrap();
         nat.guest_udp(&info, &sg);
@@ -871,9 +913,7 @@ mod tests {
         })
         .unwrap();
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(dst) = sink.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let dst = sink.local_addr().unwrap();
         send(&mut nat, 0, dst, b"a");
         send(&mut nat, 0, dst, b"b");
         assert_eq!(nat.flow_count(), 1, "one flow per guest port");
@@ -896,9 +936,7 @@ mod tests {
         })
         .unwrap();
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(dst) = sink.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let dst = sink.local_addr().unwrap();
         // Guest ports that the pod surely has free are not needed: podwire falls back to any.
         for sport in [40001, 40002, 40003] {
             send(&mut nat, sport, dst, b"x");
@@ -918,29 +956,66 @@ mod tests {
         let resolver = Ipv4Addr::new(127, 0, 0, 53);
         let map = AddrMap::new(vec![
             MapRule {
-                guest: gw,
+                guest: gw.into(),
                 port: None,
-                host: Ipv4Addr::LOCALHOST,
+                host: Ipv4Addr::LOCALHOST.into(),
             },
             MapRule {
-                guest: gw,
+                guest: gw.into(),
                 port: Some(53),
-                host: resolver,
+                host: resolver.into(),
             },
         ]);
-        let out = |ip, port| map.outbound(SocketAddrV4::new(ip, port));
-        let back = |ip, port| map.inbound(SocketAddrV4::new(ip, port));
-        assert_eq!(out(gw, 53), SocketAddrV4::new(resolver, 53));
-        assert_eq!(out(gw, 8080), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+        let v4 = |ip: Ipv4Addr, port| SocketAddr::V4(SocketAddrV4::new(ip, port));
+        let out = |ip, port| map.outbound(v4(ip, port));
+        let back = |ip, port| map.inbound(v4(ip, port));
+        assert_eq!(out(gw, 53), v4(resolver, 53));
+        assert_eq!(out(gw, 8080), v4(Ipv4Addr::LOCALHOST, 8080));
         let far = Ipv4Addr::new(198, 18, 1, 1);
-        assert_eq!(out(far, 53), SocketAddrV4::new(far, 53), "others untouched");
-        assert_eq!(back(resolver, 53), SocketAddrV4::new(gw, 53));
-        assert_eq!(back(Ipv4Addr::LOCALHOST, 8080), SocketAddrV4::new(gw, 8080));
-        assert_eq!(back(far, 53), SocketAddrV4::new(far, 53));
+        assert_eq!(out(far, 53), v4(far, 53), "others untouched");
+        assert_eq!(back(resolver, 53), v4(gw, 53));
+        assert_eq!(back(Ipv4Addr::LOCALHOST, 8080), v4(gw, 8080));
+        assert_eq!(back(far, 53), v4(far, 53));
         assert_eq!(
-            AddrMap::default().outbound(SocketAddrV4::new(gw, 1)),
-            SocketAddrV4::new(gw, 1),
+            AddrMap::default().outbound(v4(gw, 1)),
+            v4(gw, 1),
             "no rules, no mapping (--no-map-gw)"
         );
+    }
+
+    #[test]
+    fn ipv6_datagrams_leave_from_an_ipv6_socket_and_keep_the_guest_port() {
+        let mut nat = Nat::new(NatConfig::default()).unwrap();
+        let sink = UdpSocket::bind("[::1]:0").unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let free_port = UdpSocket::bind("[::]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        send(&mut nat, free_port, sink.local_addr().unwrap(), b"over six");
+        let mut buf = [0u8; 64];
+        let (n, from) = sink.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"over six");
+        assert!(from.is_ipv6());
+        assert_eq!(from.port(), free_port, "port-preserving");
+        assert_eq!(nat.counters.udp_out.get(), 1);
+        // The same guest port over IPv4 is another flow.
+        let sink4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        send(&mut nat, free_port, sink4.local_addr().unwrap(), b"v4");
+        assert_eq!(nat.flow_count(), 2);
+    }
+
+    #[test]
+    fn ipv6_datagram_with_a_bad_checksum_is_dropped() {
+        let mut nat = Nat::new(NatConfig::default()).unwrap();
+        let sink = UdpSocket::bind("[::1]:0").unwrap();
+        let (mut f, info) = udp_frame(40000, sink.local_addr().unwrap(), b"x");
+        f[info.l4_offset + 6] = 0x12;
+        let mut slices: [&mut [u8]; 1] = [&mut f];
+        let sg = SgList::from_slices(&mut slices).unwrap();
+        nat.guest_udp(&info, &sg);
+        assert_eq!(nat.counters.drop_bad_checksum.get(), 1);
+        assert_eq!(nat.flow_count(), 0);
     }
 }

@@ -1,10 +1,11 @@
 //! Thin, allocation-free wrappers over the socket calls the dataplane makes.
 //!
 //! Payload never passes through a podwire buffer: `send_to` takes iovecs that point into guest
-//! memory, `recv_from` fills iovecs that point into the guest's RX buffers.
+//! memory, `recv_from` fills iovecs that point into the guest's RX buffers. Addresses are
+//! `SocketAddr`s of either family, converted to the kernel's layout on the stack.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use podwire_vhost::MAX_SEGS;
@@ -17,75 +18,207 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-pub(crate) fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+/// A socket address in the kernel's layout, IPv4 or IPv6.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    /// Room for either family, as an out-parameter.
+    pub(crate) fn zeroed() -> RawAddr {
+        // SAFETY: both members are plain data for which all-zero bytes are valid.
+        unsafe { std::mem::zeroed() }
+    }
+
+    pub(crate) fn new(addr: SocketAddr) -> RawAddr {
+        match addr {
+            SocketAddr::V4(a) => RawAddr {
+                v4: libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                },
+            },
+            SocketAddr::V6(a) => RawAddr {
+                v6: libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                },
+            },
+        }
+    }
+
+    pub(crate) fn len(&self) -> libc::socklen_t {
+        // SAFETY: the family field sits at the same offset in both members.
+        let family = i32::from(unsafe { self.v4.sin_family });
+        if family == libc::AF_INET6 {
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        } else {
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+    }
+
+    /// Room for the kernel to write either family.
+    pub(crate) fn capacity() -> libc::socklen_t {
+        std::mem::size_of::<RawAddr>() as libc::socklen_t
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const libc::sockaddr {
+        (self as *const RawAddr).cast()
+    }
+
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut libc::sockaddr {
+        (self as *mut RawAddr).cast()
+    }
+
+    /// What the kernel wrote; an IPv4-mapped IPv6 peer is reported as IPv4.
+    pub(crate) fn get(&self) -> SocketAddr {
+        // SAFETY: the family field says which member the kernel filled in.
+        unsafe {
+            if i32::from(self.v4.sin_family) == libc::AF_INET6 {
+                let a = &self.v6;
+                let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                let port = u16::from_be(a.sin6_port);
+                match ip.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, a.sin6_scope_id)),
+                }
+            } else {
+                let a = &self.v4;
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+        }
     }
 }
 
-fn from_sockaddr_v4(sa: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    )
+/// The socket family for addresses like `ip`.
+pub fn family(ip: IpAddr) -> libc::c_int {
+    if ip.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    }
 }
 
-/// A non-blocking IPv4 datagram socket: UDP, or an unprivileged ICMP "ping" socket.
-pub fn dgram_socket(protocol: libc::c_int) -> io::Result<OwnedFd> {
+/// The unspecified address of `ip`'s family, with `port`.
+pub fn any(ip: IpAddr, port: u16) -> SocketAddr {
+    match ip {
+        IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+        IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+    }
+}
+
+/// A non-blocking socket of `family` and `kind`. IPv6 sockets are IPv6-only: an IPv4 peer
+/// always has its own IPv4 socket.
+pub fn socket(
+    family: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned immediately.
     let fd = cvt(unsafe {
         libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            family,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             protocol,
         )
     })?;
     // SAFETY: fd was just returned by socket() and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if family == libc::AF_INET6 {
+        set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    Ok(fd)
 }
 
-pub fn bind(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
-    let sa = sockaddr_v4(addr);
-    // SAFETY: sa is a valid sockaddr_in for the duration of the call.
+pub(crate) fn set_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid int option value for the duration of the call.
     cvt(unsafe {
-        libc::bind(
+        libc::setsockopt(
             fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
         )
     })
     .map(drop)
 }
 
-pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
-    // SAFETY: zeroed sockaddr_in is a valid out-parameter.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// A non-blocking datagram socket of `ip`'s family: UDP, or an unprivileged ping socket
+/// (`IPPROTO_ICMP` / `IPPROTO_ICMPV6`).
+pub fn dgram_socket(ip: IpAddr, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    socket(family(ip), libc::SOCK_DGRAM, protocol)
+}
+
+pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let sa = RawAddr::new(addr);
+    // SAFETY: sa is a valid socket address for the duration of the call.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len()) }).map(drop)
+}
+
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let mut sa = RawAddr::zeroed();
+    let mut len = RawAddr::capacity();
     // SAFETY: sa/len are valid out-parameters.
-    cvt(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut sa as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(from_sockaddr_v4(&sa))
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), sa.as_mut_ptr(), &mut len) })?;
+    Ok(sa.get())
 }
 
 /// Sends one datagram gathered from `iov` to `dst`.
-pub fn send_to(fd: &OwnedFd, iov: &[libc::iovec], dst: SocketAddrV4) -> io::Result<usize> {
-    let mut sa = sockaddr_v4(dst);
+pub fn send_to(fd: &OwnedFd, iov: &[libc::iovec], dst: SocketAddr) -> io::Result<usize> {
+    send_segmented(fd, iov, dst, None)
+}
+
+/// `UDP_SEGMENT` from linux/udp.h (the libc crate lacks it on some targets).
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Sends `iov` to `dst`; with `segment`, as many UDP datagrams of that payload size (the last
+/// may be shorter) in one call: the kernel splits them (UDP GSO, Linux 4.18+).
+pub fn send_segmented(
+    fd: &OwnedFd,
+    iov: &[libc::iovec],
+    dst: SocketAddr,
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    let mut sa = RawAddr::new(dst);
     // SAFETY: msghdr is plain data; zeroed is a valid starting point.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = sa.as_mut_ptr().cast();
+    msg.msg_namelen = sa.len();
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len().min(MAX_SEGS) as _;
+    // Room for one cmsghdr carrying a u16, 8-byte aligned.
+    let mut control = [0u64; 4];
+    if let Some(size) = segment {
+        // SAFETY: CMSG_SPACE is arithmetic; the buffer is 32 bytes, more than it needs.
+        let space = unsafe { libc::CMSG_SPACE(2) } as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space.min(std::mem::size_of_val(&control)) as _;
+        // SAFETY: msg_control points at a zeroed buffer at least CMSG_SPACE(2) long, so the
+        // first header and its two data bytes lie inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+            std::ptr::copy_nonoverlapping(size.to_ne_bytes().as_ptr(), libc::CMSG_DATA(cmsg), 2);
+        }
+    }
     // SAFETY: every pointer in msg is valid for the call; iovecs point into mapped memory.
     let n = unsafe {
         libc::sendmsg(
@@ -104,18 +237,18 @@ pub fn send_to(fd: &OwnedFd, iov: &[libc::iovec], dst: SocketAddrV4) -> io::Resu
 /// What one `recv_from` produced.
 pub struct Received {
     pub len: usize,
-    pub from: SocketAddrV4,
+    pub from: SocketAddr,
     /// The datagram was longer than the buffers and was cut.
     pub truncated: bool,
 }
 
 /// Receives one datagram, scattering it into `iov`.
 pub fn recv_from(fd: &OwnedFd, iov: &mut [libc::iovec]) -> io::Result<Received> {
-    // SAFETY: zeroed sockaddr_in / msghdr are valid starting points.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut sa = RawAddr::zeroed();
+    // SAFETY: a zeroed msghdr is a valid starting point.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = sa.as_mut_ptr().cast();
+    msg.msg_namelen = RawAddr::capacity();
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = iov.len() as _;
     // SAFETY: every pointer in msg is valid for the call; iovecs point into writable memory.
@@ -125,7 +258,7 @@ pub fn recv_from(fd: &OwnedFd, iov: &mut [libc::iovec]) -> io::Result<Received> 
     }
     Ok(Received {
         len: n as usize,
-        from: from_sockaddr_v4(&sa),
+        from: sa.get(),
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
     })
 }

@@ -36,18 +36,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use podwire_vhost::{warn_once, Checksum, Counter, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_vhost::{warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{
-    self, Endpoints, Ipv4Info, L4Csum, ETH_LEN, IPV4_LEN, TCP_ACK, TCP_FIN, TCP_LEN,
-    TCP_PAYLOAD_OFFSET, TCP_PSH, TCP_RST, TCP_SYN,
+    self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_L3_LEN, TCP_ACK, TCP_FIN,
+    TCP_LEN, TCP_PSH, TCP_RST, TCP_SYN,
 };
 use crate::{sock, AddrMap};
 
@@ -70,11 +70,27 @@ const SNDBUF: i32 = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
-    guest_ip: Ipv4Addr,
+    guest_ip: IpAddr,
     guest_port: u16,
     /// The remote end as the guest sees it.
-    remote_ip: Ipv4Addr,
+    remote_ip: IpAddr,
     remote_port: u16,
+}
+
+impl ConnKey {
+    fn v6(&self) -> bool {
+        self.guest_ip.is_ipv6()
+    }
+
+    /// The largest segment towards the guest: `limit` is for IPv4, whose header is 20 bytes
+    /// shorter than IPv6's.
+    fn mss_limit(&self, limit: u16) -> u16 {
+        if self.v6() {
+            limit.saturating_sub((IPV6_LEN - IPV4_LEN) as u16)
+        } else {
+            limit
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,20 +300,9 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     }
 }
 
-fn tcp_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is new and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A TCP socket of `ip`'s family.
+fn tcp_socket(ip: IpAddr) -> io::Result<OwnedFd> {
+    sock::socket(sock::family(ip), libc::SOCK_STREAM, 0)
 }
 
 /// Closes a socket so that the peer sees a RST.
@@ -339,7 +344,7 @@ struct Segment {
     payload_len: usize,
 }
 
-fn parse_segment(ip: &Ipv4Info, frame: &SgList<'_>) -> Result<Segment, &'static str> {
+fn parse_segment(ip: &IpInfo, frame: &SgList<'_>) -> Result<Segment, &'static str> {
     let mut hdr = [0u8; 60];
     if ip.l4_len < TCP_LEN || frame.read(ip.l4_offset, &mut hdr[..TCP_LEN]) < TCP_LEN {
         return Err("truncated");
@@ -434,10 +439,10 @@ impl TcpTable {
     pub fn listen(
         &mut self,
         registry: &Registry,
-        bind: SocketAddrV4,
+        bind: SocketAddr,
         guest_port: u16,
     ) -> io::Result<()> {
-        let fd = tcp_socket()?;
+        let fd = tcp_socket(bind.ip())?;
         setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         sock::bind(&fd, bind)?;
         // SAFETY: a bound socket.
@@ -529,7 +534,7 @@ impl TcpTable {
         &mut self,
         registry: &Registry,
         map: &AddrMap,
-        ip: &Ipv4Info,
+        ip: &IpInfo,
         frame: &SgList<'_>,
         rx: &mut dyn RxSink,
         ep: &Endpoints,
@@ -645,8 +650,8 @@ impl TcpTable {
             send_control(rx, ep, key, seq, ack, flags, 0, &[]);
             return;
         }
-        let dst = map.outbound(SocketAddrV4::new(key.remote_ip, key.remote_port));
-        let fd = match tcp_socket() {
+        let dst = map.outbound(SocketAddr::new(key.remote_ip, key.remote_port));
+        let fd = match tcp_socket(dst.ip()) {
             Ok(fd) => fd,
             Err(e) => {
                 warn_once!("cannot open a TCP socket: {e}");
@@ -654,15 +659,9 @@ impl TcpTable {
                 return;
             }
         };
-        let sa = sock::sockaddr_v4(dst);
-        // SAFETY: a valid sockaddr_in.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
+        let sa = sock::RawAddr::new(dst);
+        // SAFETY: a valid socket address for the duration of the call.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), sa.as_ptr(), sa.len()) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -896,10 +895,18 @@ impl TcpTable {
         if conn.state != State::Established || conn.fin_sent || conn.parked {
             return;
         }
-        let mss = usize::from(conn.guest_mss.min(mss_limit)).max(1);
+        let v6 = conn.key.v6();
+        let mss = usize::from(conn.guest_mss.min(conn.key.mss_limit(mss_limit))).max(1);
         let window = conn.advertise();
-        // A guest taking TCPv4 GSO frames gets up to 64 KiB per frame, segmented on its side.
-        let tso_max = if rx.partial_csum() { rx.tso_max() } else { 0 };
+        // A guest taking TCP GSO frames gets up to 64 KiB per frame, segmented on its side.
+        let gso = if v6 { GsoKind::Tcpv6 } else { GsoKind::Tcpv4 };
+        let tso_max = if rx.partial_csum() {
+            rx.tso_max(gso)
+        } else {
+            0
+        };
+        let payload_offset = wire::tcp_payload_offset(v6);
+        let csum_at = wire::tcp_csum(v6);
         loop {
             let in_flight = conn.in_flight();
             if in_flight >= conn.snd_wnd
@@ -923,30 +930,29 @@ impl TcpTable {
             let partial = rx.partial_csum();
             let mut fill = |frame: &mut SgList<'_>| {
                 let skip = in_flight as usize;
-                let n =
-                    match peek_into(fd, frame, TCP_PAYLOAD_OFFSET, room, peek_off, skip, scratch) {
-                        Peeked::Data(n) => n,
-                        Peeked::Nothing => return None,
-                        Peeked::Eof => {
-                            eof = true;
-                            return None;
-                        }
-                        Peeked::Failed => {
-                            failed = true;
-                            return None;
-                        }
-                    };
+                let n = match peek_into(fd, frame, payload_offset, room, peek_off, skip, scratch) {
+                    Peeked::Data(n) => n,
+                    Peeked::Nothing => return None,
+                    Peeked::Eof => {
+                        eof = true;
+                        return None;
+                    }
+                    Peeked::Failed => {
+                        failed = true;
+                        return None;
+                    }
+                };
                 got = n;
                 let flags = TCP_ACK | TCP_PSH;
                 write_tcp_frame(frame, ep, key, seq, ack, flags, window, n, partial);
-                Some(TCP_PAYLOAD_OFFSET + n)
+                Some(payload_offset + n)
             };
-            let max = TCP_PAYLOAD_OFFSET + room;
+            let max = payload_offset + room;
             let result = if tso {
-                let hdr_len = TCP_PAYLOAD_OFFSET as u16;
-                rx.push_tso(max, wire::TCP_CSUM, mss as u16, hdr_len, &mut fill)
+                let hdr_len = payload_offset as u16;
+                rx.push_tso(max, csum_at, gso, mss as u16, hdr_len, &mut fill)
             } else if partial {
-                rx.push_partial(max, wire::TCP_CSUM, &mut fill)
+                rx.push_partial(max, csum_at, &mut fill)
             } else {
                 rx.push(max, &mut fill)
             };
@@ -999,6 +1005,7 @@ impl TcpTable {
     /// Sends (or resends) the SYN-ACK for a guest connection, or the SYN of an inbound one.
     /// Returns false if the guest's RX ring had no room: the SYN is then owed (see `owed_syns`).
     fn send_syn(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints, mss_limit: u16) -> bool {
+        let mss_limit = conn.key.mss_limit(mss_limit);
         let mut opts = [0u8; 8];
         opts[..4].copy_from_slice(&[2, 4, (mss_limit >> 8) as u8, mss_limit as u8]);
         let inbound = conn.state == State::SynSent;
@@ -1104,14 +1111,13 @@ impl TcpTable {
                 return;
             };
             let guest_port = listener.guest_port;
-            // SAFETY: zeroed sockaddr_in is a valid out-parameter.
-            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let mut sa = sock::RawAddr::zeroed();
+            let mut len = sock::RawAddr::capacity();
             // SAFETY: valid out-parameters; the new fd is owned at once.
             let fd = unsafe {
                 libc::accept4(
                     listener.fd.as_raw_fd(),
-                    (&mut sa as *mut libc::sockaddr_in).cast(),
+                    sa.as_mut_ptr(),
                     &mut len,
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 )
@@ -1121,16 +1127,14 @@ impl TcpTable {
             }
             // SAFETY: accept4 returned a new fd.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let peer = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-                u16::from_be(sa.sin_port),
-            );
-            // The guest sees the client's real address (loopback clients as the gateway).
+            let peer = sa.get();
+            // The guest sees the client's real address (loopback clients as the gateway), over
+            // the client's family.
             let remote = map.inbound(peer);
             let key = ConnKey {
-                guest_ip: ep.guest_ip,
+                guest_ip: ep.guest_addr(remote.is_ipv6()),
                 guest_port,
-                remote_ip: *remote.ip(),
+                remote_ip: remote.ip(),
                 remote_port: remote.port(),
             };
             if self.index.contains_key(&key) {
@@ -1469,8 +1473,9 @@ fn write_tcp_frame(
     } else {
         L4Csum::Full(frame)
     };
-    let tcp_len = wire::tcp_header(&seg, csum, TCP_PAYLOAD_OFFSET, payload_len, &mut tcp);
-    let l3 = wire::eth_ipv4_header(
+    let payload_offset = wire::tcp_payload_offset(key.v6());
+    let tcp_len = wire::tcp_header(&seg, csum, payload_offset, payload_len, &mut tcp);
+    let l3 = wire::eth_ip_header(
         ep,
         key.remote_ip,
         key.guest_ip,
@@ -1478,8 +1483,8 @@ fn write_tcp_frame(
         tcp_len + payload_len,
         0,
     );
-    frame.write(0, &l3);
-    frame.write(ETH_LEN + IPV4_LEN, &tcp[..tcp_len]);
+    frame.write(0, l3.bytes());
+    frame.write(l3.bytes().len(), &tcp[..tcp_len]);
 }
 
 /// Sends a segment without payload; false if the guest had no RX buffer.
@@ -1503,14 +1508,15 @@ fn send_control(
         window,
         options,
     };
-    let mut frame = [0u8; ETH_LEN + IPV4_LEN + 60];
     let mut tcp = [0u8; 60];
     let empty = SgList::new();
     let tcp_len = wire::tcp_header(&seg, L4Csum::Full(&empty), 0, 0, &mut tcp);
-    let l3 = wire::eth_ipv4_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Tcp, tcp_len, 0);
-    frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
-    frame[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + tcp_len].copy_from_slice(&tcp[..tcp_len]);
-    let len = ETH_LEN + IPV4_LEN + tcp_len;
+    let l3 = wire::eth_ip_header(ep, key.remote_ip, key.guest_ip, IpProtocol::Tcp, tcp_len, 0);
+    let mut frame = [0u8; MAX_L3_LEN + 60];
+    let l3_len = l3.bytes().len();
+    frame[..l3_len].copy_from_slice(l3.bytes());
+    frame[l3_len..l3_len + tcp_len].copy_from_slice(&tcp[..tcp_len]);
+    let len = l3_len + tcp_len;
     rx.push(len, &mut |buf| buf.write(0, &frame[..len]).then_some(len))
         .is_ok()
 }
@@ -1522,7 +1528,7 @@ fn reset_syn(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32) {
 }
 
 /// Tells the guest its connection attempt failed: RST for a refusal, ICMP host unreachable
-/// for routing failures and time-outs (what a router would say).
+/// (ICMPv6 address unreachable) for routing failures and time-outs, what a router would say.
 fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno: i32) {
     let unreachable = matches!(
         errno,
@@ -1532,44 +1538,39 @@ fn refuse(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32, errno
         reset_syn(rx, ep, key, syn_seq);
         return;
     }
-    // ICMP type 3 code 1, quoting the guest's IP header and the first 8 bytes of its SYN.
-    let mut quoted = [0u8; IPV4_LEN + 8];
-    let ip_hdr = wire::eth_ipv4_header(
-        &Endpoints {
-            guest_mac: [0; 6],
-            gateway_mac: [0; 6],
-            guest_ip: key.guest_ip,
-        },
-        key.guest_ip,
-        key.remote_ip,
-        IpProtocol::Tcp,
-        TCP_LEN,
-        0,
-    );
-    quoted[..IPV4_LEN].copy_from_slice(&ip_hdr[ETH_LEN..]);
-    quoted[IPV4_LEN..IPV4_LEN + 2].copy_from_slice(&key.guest_port.to_be_bytes());
-    quoted[IPV4_LEN + 2..IPV4_LEN + 4].copy_from_slice(&key.remote_port.to_be_bytes());
-    quoted[IPV4_LEN + 4..IPV4_LEN + 8].copy_from_slice(&syn_seq.to_be_bytes());
-    let mut icmp = [0u8; 8 + IPV4_LEN + 8];
-    icmp[0] = 3;
-    icmp[1] = 1;
-    icmp[8..].copy_from_slice(&quoted);
-    let mut sum = Checksum::new();
-    sum.add(&icmp);
+    let v6 = key.v6();
+    let ip_len = wire::ip_len(v6);
+    // The error quotes the guest's IP header and the first 8 bytes of its SYN.
+    let quoted_hdr =
+        wire::eth_ip_header(ep, key.guest_ip, key.remote_ip, IpProtocol::Tcp, TCP_LEN, 0);
+    let mut icmp = [0u8; 8 + IPV6_LEN + 8];
+    let icmp_len = 8 + ip_len + 8;
+    // Destination unreachable: IPv4 type 3 code 1 (host), IPv6 type 1 code 3 (address).
+    (icmp[0], icmp[1]) = if v6 { (1, 3) } else { (3, 1) };
+    icmp[8..8 + ip_len].copy_from_slice(&quoted_hdr.bytes()[ETH_LEN..]);
+    let l4 = 8 + ip_len;
+    icmp[l4..l4 + 2].copy_from_slice(&key.guest_port.to_be_bytes());
+    icmp[l4 + 2..l4 + 4].copy_from_slice(&key.remote_port.to_be_bytes());
+    icmp[l4 + 4..l4 + 8].copy_from_slice(&syn_seq.to_be_bytes());
+    let mut sum = if v6 {
+        wire::pseudo_header(key.remote_ip, key.guest_ip, 58, icmp_len)
+    } else {
+        Checksum::new()
+    };
+    sum.add(&icmp[..icmp_len]);
     icmp[2..4].copy_from_slice(&sum.finish().to_be_bytes());
     // Sent from the unreachable host's own address: the guest matches the error to its
     // connection by the quoted header, whatever the source.
-    let l3 = wire::eth_ipv4_header(
-        ep,
-        key.remote_ip,
-        key.guest_ip,
-        IpProtocol::Icmp,
-        icmp.len(),
-        0,
-    );
-    let mut frame = [0u8; ETH_LEN + IPV4_LEN + 8 + IPV4_LEN + 8];
-    frame[..ETH_LEN + IPV4_LEN].copy_from_slice(&l3);
-    frame[ETH_LEN + IPV4_LEN..].copy_from_slice(&icmp);
-    let len = frame.len();
-    let _ = rx.push(len, &mut |buf| buf.write(0, &frame).then_some(len));
+    let proto = if v6 {
+        IpProtocol::Icmpv6
+    } else {
+        IpProtocol::Icmp
+    };
+    let l3 = wire::eth_ip_header(ep, key.remote_ip, key.guest_ip, proto, icmp_len, 0);
+    let mut frame = [0u8; MAX_L3_LEN + 8 + IPV6_LEN + 8];
+    let l3_len = l3.bytes().len();
+    frame[..l3_len].copy_from_slice(l3.bytes());
+    frame[l3_len..l3_len + icmp_len].copy_from_slice(&icmp[..icmp_len]);
+    let len = l3_len + icmp_len;
+    let _ = rx.push(len, &mut |buf| buf.write(0, &frame[..len]).then_some(len));
 }

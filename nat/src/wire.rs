@@ -1,94 +1,201 @@
 //! Headers of the frames podwire writes into guest RX buffers, and the guest's L3 view.
 //!
 //! Frames towards the guest are built in place: the payload is already in guest memory (the
-//! kernel put it there), so only the Ethernet, IPv4 and L4 headers are written here, on the
-//! stack, and copied in front of it. The Ethernet and IPv4 headers are emitted with smoltcp's
-//! wire types; L4 checksums are summed over the payload where it lies.
+//! kernel put it there), so only the Ethernet, IP and L4 headers are written here, on the
+//! stack, and copied in front of it. IPv4 and IPv6 frames differ only in the IP header (20 or
+//! 40 bytes), so every offset is a function of the family; the Ethernet and IP headers are
+//! emitted with smoltcp's wire types; L4 checksums are summed over the payload where it lies.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use podwire_vhost::{Checksum, PartialCsum, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr,
 };
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
+pub const IPV6_LEN: usize = 40;
 pub const UDP_LEN: usize = 8;
 pub const ICMP_LEN: usize = 8;
-/// Where a UDP payload starts in a frame podwire builds.
-pub const UDP_PAYLOAD_OFFSET: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
-/// Where an ICMP message starts in a frame podwire builds.
-pub const ICMP_OFFSET: usize = ETH_LEN + IPV4_LEN;
+/// Room for the longest Ethernet + IP header podwire writes.
+pub const MAX_L3_LEN: usize = ETH_LEN + IPV6_LEN;
 
-/// The guest's one link: its two link-layer addresses and the guest's current IPv4 address.
+/// The IP header length of frames podwire builds for this family.
+pub const fn ip_len(v6: bool) -> usize {
+    if v6 {
+        IPV6_LEN
+    } else {
+        IPV4_LEN
+    }
+}
+
+/// Where the L4 header starts in a frame podwire builds.
+pub const fn l4_offset(v6: bool) -> usize {
+    ETH_LEN + ip_len(v6)
+}
+
+/// Where a UDP payload starts in a frame podwire builds.
+pub const fn udp_payload_offset(v6: bool) -> usize {
+    l4_offset(v6) + UDP_LEN
+}
+
+/// Where a TCP payload starts in a frame podwire builds (no TCP options on data segments).
+pub const fn tcp_payload_offset(v6: bool) -> usize {
+    l4_offset(v6) + TCP_LEN
+}
+
+/// The guest's one link: its two link-layer addresses and the guest's current addresses
+/// (unspecified for a family the guest does not have).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
     pub guest_mac: [u8; 6],
     pub gateway_mac: [u8; 6],
     pub guest_ip: Ipv4Addr,
+    pub guest_ip6: Ipv6Addr,
 }
 
-/// What the switch learned from a guest IPv4 header, for the L4 handlers.
+impl Endpoints {
+    /// The guest's address in the family of `like`.
+    pub fn guest_addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.guest_ip6)
+        } else {
+            IpAddr::V4(self.guest_ip)
+        }
+    }
+}
+
+/// What the switch learned from a guest IP header, for the L4 handlers.
 #[derive(Debug, Clone, Copy)]
-pub struct Ipv4Info {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct IpInfo {
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// Offset of the L4 header in the frame.
     pub l4_offset: usize,
-    /// Bytes of L4 header and payload, from the IP total length (Ethernet padding excluded).
+    /// Bytes of L4 header and payload, from the IP length field (Ethernet padding excluded).
     pub l4_len: usize,
     /// The guest left the L4 checksum partial (it negotiated CSUM): do not verify it.
     pub partial_csum: bool,
+    /// A UDP frame of many datagrams of this payload size (virtio USO).
+    pub udp_segment: Option<u16>,
 }
 
-/// Writes Ethernet + IPv4 headers (gateway → guest) for `payload_len` bytes of `proto`.
-pub fn eth_ipv4_header(
+impl IpInfo {
+    pub fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+}
+
+/// An Ethernet + IP header, IPv4 or IPv6.
+#[derive(Clone, Copy)]
+pub struct L3Header {
+    buf: [u8; MAX_L3_LEN],
+    len: usize,
+}
+
+impl L3Header {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Both ends in one family: a v4 address paired with a v6 one is widened (v4-mapped), which
+/// podwire never does on purpose but must not panic on.
+fn same_family(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V6(b)) => (IpAddr::V6(a.to_ipv6_mapped()), IpAddr::V6(b)),
+        (IpAddr::V6(a), IpAddr::V4(b)) => (IpAddr::V6(a), IpAddr::V6(b.to_ipv6_mapped())),
+        pair => pair,
+    }
+}
+
+/// Writes Ethernet + IP headers (gateway → guest) for `payload_len` bytes of `proto`. `ident`
+/// is the IPv4 identification (IPv6 has none in its fixed header).
+pub fn eth_ip_header(
     ep: &Endpoints,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     proto: IpProtocol,
     payload_len: usize,
     ident: u16,
-) -> [u8; ETH_LEN + IPV4_LEN] {
-    let mut hdr = [0u8; ETH_LEN + IPV4_LEN];
-    let mut eth = EthernetFrame::new_unchecked(&mut hdr[..]);
+) -> L3Header {
+    let mut hdr = L3Header {
+        buf: [0u8; MAX_L3_LEN],
+        len: 0,
+    };
+    let (src, dst) = same_family(src, dst);
+    let ethertype = match src {
+        IpAddr::V4(_) => EthernetProtocol::Ipv4,
+        IpAddr::V6(_) => EthernetProtocol::Ipv6,
+    };
+    let mut eth = EthernetFrame::new_unchecked(&mut hdr.buf[..]);
     EthernetRepr {
         src_addr: EthernetAddress(ep.gateway_mac),
         dst_addr: EthernetAddress(ep.guest_mac),
-        ethertype: EthernetProtocol::Ipv4,
+        ethertype,
     }
     .emit(&mut eth);
-    let mut ip = Ipv4Packet::new_unchecked(&mut hdr[ETH_LEN..]);
-    Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len,
-        hop_limit: 64,
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut ip = Ipv4Packet::new_unchecked(&mut hdr.buf[ETH_LEN..]);
+            Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: proto,
+                payload_len,
+                hop_limit: 64,
+            }
+            .emit(&mut ip, &ChecksumCapabilities::ignored());
+            ip.set_ident(ident);
+            ip.fill_checksum();
+            hdr.len = ETH_LEN + IPV4_LEN;
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut ip = Ipv6Packet::new_unchecked(&mut hdr.buf[ETH_LEN..]);
+            Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: proto,
+                payload_len,
+                hop_limit: 64,
+            }
+            .emit(&mut ip);
+            hdr.len = ETH_LEN + IPV6_LEN;
+        }
+        _ => unreachable!("same_family pairs the families"),
     }
-    .emit(&mut ip, &ChecksumCapabilities::ignored());
-    ip.set_ident(ident);
-    ip.fill_checksum();
     hdr
 }
 
-/// The pseudo-header sum of an IPv4 L4 checksum.
-pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Checksum {
+/// The pseudo-header sum of a TCP, UDP or ICMPv6 checksum (RFC 793 / RFC 8200 8.1). For the
+/// one's complement sum, IPv6's 32-bit length and next header fold to the same words as
+/// IPv4's for lengths under 64 KiB.
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Checksum {
     let mut c = Checksum::new();
-    c.add(&src.octets());
-    c.add(&dst.octets());
+    match same_family(src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            c.add(&s.octets());
+            c.add(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            c.add(&s.octets());
+            c.add(&d.octets());
+        }
+        _ => {}
+    }
     c.add_u16(u16::from(proto));
+    c.add_u16((len >> 16) as u16);
     c.add_u16(len as u16);
     c
 }
 
 /// A UDP header whose checksum covers `frame[payload_offset..payload_offset + payload_len]`.
 pub fn udp_header(
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
     csum: L4Csum<'_, '_>,
     payload_offset: usize,
     payload_len: usize,
@@ -104,7 +211,8 @@ pub fn udp_header(
         L4Csum::Full(frame) => {
             sum.add(&hdr);
             frame.checksum(payload_offset, payload_len, &mut sum);
-            // A computed zero is sent as all ones: zero means "no checksum" over IPv4.
+            // A computed zero is sent as all ones: zero means "no checksum" over IPv4 and is
+            // invalid over IPv6.
             match sum.finish() {
                 0 => 0xffff,
                 c => c,
@@ -125,19 +233,23 @@ pub enum L4Csum<'f, 'm> {
     Partial,
 }
 
-/// Where the checksum of a UDP or TCP frame built by podwire sits, for `RxSink::push_partial`.
-pub const UDP_CSUM: PartialCsum = PartialCsum {
-    start: (ETH_LEN + IPV4_LEN) as u16,
-    offset: 6,
-};
-pub const TCP_CSUM: PartialCsum = PartialCsum {
-    start: (ETH_LEN + IPV4_LEN) as u16,
-    offset: 16,
-};
+/// Where the checksum of a UDP frame built by podwire sits, for `RxSink::push_partial`.
+pub const fn udp_csum(v6: bool) -> PartialCsum {
+    PartialCsum {
+        start: l4_offset(v6) as u16,
+        offset: 6,
+    }
+}
+
+/// Where the checksum of a TCP frame built by podwire sits.
+pub const fn tcp_csum(v6: bool) -> PartialCsum {
+    PartialCsum {
+        start: l4_offset(v6) as u16,
+        offset: 16,
+    }
+}
 
 pub const TCP_LEN: usize = 20;
-/// Where a TCP payload starts in a frame podwire builds (no TCP options on data segments).
-pub const TCP_PAYLOAD_OFFSET: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -148,8 +260,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// The fields of a TCP segment podwire sends to the guest.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSegment<'a> {
-    pub src: (Ipv4Addr, u16),
-    pub dst: (Ipv4Addr, u16),
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
@@ -219,33 +331,40 @@ mod tests {
         assert_eq!(adjusted, full.finish());
     }
 
-    #[test]
-    fn headers_parse_back_with_smoltcp() {
-        let ep = Endpoints {
+    fn endpoints() -> Endpoints {
+        Endpoints {
             guest_mac: [2, 0, 0, 0, 0, 2],
             gateway_mac: [2, 0, 0, 0, 0, 1],
             guest_ip: Ipv4Addr::new(10, 0, 2, 2),
-        };
-        let mut frame = [0u8; UDP_PAYLOAD_OFFSET + 5];
-        frame[UDP_PAYLOAD_OFFSET..].copy_from_slice(b"hello");
-        let src = Ipv4Addr::new(198, 18, 1, 1);
-        let dst = Ipv4Addr::new(10, 0, 2, 2);
-        let l3 = eth_ipv4_header(&ep, src, dst, IpProtocol::Udp, UDP_LEN + 5, 7);
-        frame[..ICMP_OFFSET].copy_from_slice(&l3);
+            guest_ip6: "fd10:0:2::2".parse().unwrap(),
+        }
+    }
+
+    /// A UDP frame gateway → guest with "hello", built the way the NAT builds them.
+    fn udp_frame(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+        let v6 = src.is_ipv6();
+        let off = udp_payload_offset(v6);
+        let mut frame = vec![0u8; off + 5];
+        frame[off..].copy_from_slice(b"hello");
+        let l3 = eth_ip_header(&endpoints(), src, dst, IpProtocol::Udp, UDP_LEN + 5, 7);
+        frame[..l4_offset(v6)].copy_from_slice(l3.bytes());
         let udp = {
             let mut slices: [&mut [u8]; 1] = [&mut frame[..]];
             let sg = SgList::from_slices(&mut slices).unwrap();
-            udp_header(
-                (src, 53),
-                (dst, 40000),
-                L4Csum::Full(&sg),
-                UDP_PAYLOAD_OFFSET,
-                5,
-            )
+            udp_header((src, 53), (dst, 40000), L4Csum::Full(&sg), off, 5)
         };
-        frame[ICMP_OFFSET..UDP_PAYLOAD_OFFSET].copy_from_slice(&udp);
+        frame[l4_offset(v6)..off].copy_from_slice(&udp);
+        frame
+    }
+
+    #[test]
+    fn ipv4_headers_parse_back_with_smoltcp() {
+        let src = Ipv4Addr::new(198, 18, 1, 1);
+        let dst = Ipv4Addr::new(10, 0, 2, 2);
+        let frame = udp_frame(src.into(), dst.into());
         let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
-        assert_eq!(eth.dst_addr(), EthernetAddress(ep.guest_mac));
+        assert_eq!(eth.dst_addr(), EthernetAddress(endpoints().guest_mac));
+        assert_eq!(eth.ethertype(), EthernetProtocol::Ipv4);
         let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
         assert!(ip.verify_checksum());
         let repr = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).unwrap();
@@ -253,5 +372,30 @@ mod tests {
         let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
         assert!(udp.verify_checksum(&src.into(), &dst.into()));
         assert_eq!(udp.payload(), b"hello");
+    }
+
+    #[test]
+    fn ipv6_headers_parse_back_with_smoltcp() {
+        let src: Ipv6Addr = "fd00:198:18:1::1".parse().unwrap();
+        let dst: Ipv6Addr = "fd10:0:2::2".parse().unwrap();
+        let frame = udp_frame(src.into(), dst.into());
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert_eq!(eth.ethertype(), EthernetProtocol::Ipv6);
+        let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        let repr = Ipv6Repr::parse(&ip).unwrap();
+        assert_eq!((repr.src_addr, repr.dst_addr), (src, dst));
+        assert_eq!(repr.next_header, IpProtocol::Udp);
+        assert_eq!(repr.payload_len, UDP_LEN + 5);
+        let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(udp.verify_checksum(&src.into(), &dst.into()));
+        assert_eq!(udp.payload(), b"hello");
+    }
+
+    #[test]
+    fn mixed_families_do_not_panic() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+        let v6 = IpAddr::V6("fd10:0:2::2".parse().unwrap());
+        let l3 = eth_ip_header(&endpoints(), v4, v6, IpProtocol::Udp, 8, 0);
+        assert_eq!(l3.bytes().len(), ETH_LEN + IPV6_LEN);
     }
 }

@@ -4,7 +4,7 @@
 //! that KubeVirt's network binding plugins can swap one for the other. Every value is checked
 //! before anything is bound: a bad one ends podwire with one clear line and a non-zero status.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use crate::podnet::{self, Resolver, Uplink};
 
 /// KubeVirt's masquerade binding uses this subnet for the guest by default.
 pub const DEFAULT_GUEST_CIDR: &str = "10.0.2.0/24";
+/// And this one for IPv6.
+pub const DEFAULT_GUEST_CIDR6: &str = "fd10:0:2::/120";
 /// The gateway's MAC as the guest sees it: locally administered, stable across restarts.
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x70, 0x77, 0x00, 0x00, 0x01];
 
@@ -40,10 +42,15 @@ pub struct Cli {
     /// The pod's uplink [default: the interface of the IPv4 default route]
     #[arg(short = 'i', long, value_name = "IFACE")]
     pub interface: Option<String>,
-    /// Guest addressing: a subnet (guest gets its 2nd address, gateway the 1st) or `pod`
-    /// (the guest gets the pod's own address, prefix and gateway)
-    #[arg(long, value_name = "CIDR|pod", default_value = DEFAULT_GUEST_CIDR)]
+    /// Guest IPv4 addressing: a subnet (guest gets its 2nd address, gateway the 1st), `pod`
+    /// (the guest gets the pod's own address, prefix and gateway) or `none`. Only offered when
+    /// the pod has IPv4
+    #[arg(long, value_name = "CIDR|pod|none", default_value = DEFAULT_GUEST_CIDR)]
     pub guest_cidr: String,
+    /// Guest IPv6 addressing, the same way (by router advertisements and DHCPv6). Only offered
+    /// when the pod has a global IPv6 address
+    #[arg(long, value_name = "CIDR|pod|none", default_value = DEFAULT_GUEST_CIDR6)]
+    pub guest_cidr6: String,
     /// The guest's MAC address, if known (otherwise learned from its frames)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub mac: Option<[u8; 6]>,
@@ -87,12 +94,22 @@ pub struct Cli {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--guest-cidr {0}: expected ADDRESS/PREFIX or `pod`")]
+    #[error("--guest-cidr {0}: expected ADDRESS/PREFIX, `pod` or `none`")]
     BadCidr(String),
     #[error("--guest-cidr {0}: too small for a gateway and a guest (prefix must be /30 or wider)")]
     CidrTooSmall(String),
+    #[error("--guest-cidr6 {0}: expected ADDRESS/PREFIX, `pod` or `none`")]
+    BadCidr6(String),
+    #[error(
+        "--guest-cidr6 {0}: too small for a gateway and a guest (prefix must be /126 or wider)"
+    )]
+    Cidr6TooSmall(String),
     #[error("--guest-cidr pod: interface {0} has no default gateway")]
     PodWithoutGateway(String),
+    #[error("--guest-cidr6 pod: interface {0} has no IPv6 default gateway")]
+    PodWithoutGateway6(String),
+    #[error("interface {0} has neither IPv4 nor IPv6 for the guest (check --guest-cidr and --guest-cidr6)")]
+    NoFamily(String),
     #[error(transparent)]
     PodNet(#[from] podnet::PodNetError),
     #[error(transparent)]
@@ -146,12 +163,45 @@ fn parse_cidr(s: &str) -> Result<Addressing, ConfigError> {
     })
 }
 
+/// The guest's IPv6 identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing6 {
+    pub guest: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+fn parse_cidr6(s: &str) -> Result<Addressing6, ConfigError> {
+    let bad = || ConfigError::BadCidr6(s.into());
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+    let prefix_len: u8 = prefix.parse().map_err(|_| bad())?;
+    if prefix_len > 128 {
+        return Err(bad());
+    }
+    if prefix_len > 126 {
+        return Err(ConfigError::Cidr6TooSmall(s.into()));
+    }
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0);
+    let network = u128::from(addr) & mask;
+    Ok(Addressing6 {
+        gateway: Ipv6Addr::from(network + 1),
+        guest: Ipv6Addr::from(network + 2),
+        prefix_len,
+    })
+}
+
 /// Everything podwire needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket: PathBuf,
     pub uplink: Uplink,
-    pub addressing: Addressing,
+    /// The guest's IPv4, if it gets IPv4 at all.
+    pub addressing: Option<Addressing>,
+    /// The guest's IPv6, if it gets IPv6 at all.
+    pub addressing6: Option<Addressing6>,
     pub guest_mac: Option<[u8; 6]>,
     pub hostname: Option<String>,
     pub mtu: u16,
@@ -172,7 +222,7 @@ pub struct Forwarding {
     pub explicit: bool,
 }
 
-/// Resolves `-t`/`-u` specs into IPv4 forwards. `all` leaves out ports the pod already uses and
+/// Resolves `-t`/`-u` specs into forwards. `all` leaves out ports the pod already uses and
 /// its ephemeral range (the ports outgoing connections, podwire's own included, draw from).
 fn resolve_forwards(proto: Proto, specs: &[PortSpec]) -> Result<Vec<Forwarding>, ConfigError> {
     let table = ForwardTable::new(specs)?;
@@ -189,13 +239,6 @@ fn resolve_forwards(proto: Proto, specs: &[PortSpec]) -> Result<Vec<Forwarding>,
                 proto,
                 f.to_string(),
                 "binding to an interface is not supported",
-            ));
-        }
-        if f.bind.is_some_and(|a| a.is_ipv6()) {
-            return Err(ConfigError::Forward(
-                proto,
-                f.to_string(),
-                "IPv6 is not supported yet",
             ));
         }
     }
@@ -215,23 +258,39 @@ impl Config {
             None => podnet::default_interface()?,
         };
         let uplink = podnet::uplink(&iface)?;
-        let addressing = if cli.guest_cidr == "pod" {
-            Addressing {
-                guest: uplink.addr,
-                gateway: uplink
+        // Checked even when the pod lacks the family: a typo should not wait for a dual-stack pod.
+        let addressing = match (cli.guest_cidr.as_str(), uplink.v4) {
+            ("none", _) | ("pod", None) => None,
+            ("pod", Some(v4)) => Some(Addressing {
+                guest: v4.addr,
+                gateway: v4
                     .gateway
                     .ok_or_else(|| ConfigError::PodWithoutGateway(iface.clone()))?,
-                prefix_len: uplink.prefix_len,
-            }
-        } else {
-            parse_cidr(&cli.guest_cidr)?
+                prefix_len: v4.prefix_len,
+            }),
+            (cidr, pod) => Some(parse_cidr(cidr)?).filter(|_| pod.is_some()),
         };
+        let addressing6 = match (cli.guest_cidr6.as_str(), uplink.v6) {
+            ("none", _) | ("pod", None) => None,
+            ("pod", Some(v6)) => Some(Addressing6 {
+                guest: v6.addr,
+                gateway: v6
+                    .gateway
+                    .ok_or_else(|| ConfigError::PodWithoutGateway6(iface.clone()))?,
+                prefix_len: v6.prefix_len,
+            }),
+            (cidr, pod) => Some(parse_cidr6(cidr)?).filter(|_| pod.is_some()),
+        };
+        if addressing.is_none() && addressing6.is_none() {
+            return Err(ConfigError::NoFamily(iface));
+        }
         let mtu = cli
             .mtu
             .unwrap_or_else(|| uplink.mtu.clamp(68, 65520) as u16);
         Ok(Config {
             socket: cli.socket,
             addressing,
+            addressing6,
             guest_mac: cli.mac,
             hostname: cli.hostname,
             mtu,
@@ -281,6 +340,26 @@ mod tests {
         ] {
             assert!(
                 matches!(parse_cidr(bad), Err(ConfigError::BadCidr(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cidr6_gives_first_host_to_gateway_and_second_to_guest() {
+        let a = parse_cidr6(DEFAULT_GUEST_CIDR6).unwrap();
+        assert_eq!(a.gateway, "fd10:0:2::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.guest, "fd10:0:2::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.prefix_len, 120);
+        let b = parse_cidr6("fd00:1:2:3::abcd/64").unwrap();
+        assert_eq!(b.guest, "fd00:1:2:3::2".parse::<Ipv6Addr>().unwrap());
+        assert!(matches!(
+            parse_cidr6("fd00::/127"),
+            Err(ConfigError::Cidr6TooSmall(_))
+        ));
+        for bad in ["fd00::", "fd00::/129", "10.0.2.0/24", "x/64"] {
+            assert!(
+                matches!(parse_cidr6(bad), Err(ConfigError::BadCidr6(_))),
                 "{bad}"
             );
         }

@@ -9,6 +9,7 @@
 //! no queues in between. See `docs/architecture.md`.
 
 mod config;
+mod link6;
 mod podnet;
 #[cfg(test)]
 mod scale_tests;
@@ -65,23 +66,39 @@ fn raise_fd_limit() {
     }
 }
 
+/// "198.18.0.2/24 via 198.18.0.1, fd00::2/64 via fe80::1": the families the pod has.
+fn describe_uplink(u: &podnet::Uplink) -> String {
+    fn one<A: std::fmt::Display>(a: &podnet::UplinkAddr<A>) -> String {
+        let gw = a.gateway.as_ref().map_or("none".into(), |g| g.to_string());
+        format!("{}/{} via {gw}", a.addr, a.prefix_len)
+    }
+    let parts: Vec<String> = [u.v4.as_ref().map(one), u.v6.as_ref().map(one)]
+        .into_iter()
+        .flatten()
+        .collect();
+    parts.join(", ")
+}
+
+/// The addresses the guest is offered, per family.
+fn describe_guest(c: &Config) -> String {
+    let v4 = c.addressing.map_or("no IPv4".into(), |a| {
+        format!("{}/{} via {}", a.guest, a.prefix_len, a.gateway)
+    });
+    let v6 = c.addressing6.map_or("no IPv6".into(), |a| {
+        format!("{}/{} via {}", a.guest, a.prefix_len, a.gateway)
+    });
+    format!("{v4}, {v6}")
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     raise_fd_limit();
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
-    let a = config.addressing;
     tracing::info!(
-        "uplink {} ({}/{}, gateway {}), guest {}/{} via {}, MTU {}, DNS {:?}",
+        "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
-        config.uplink.addr,
-        config.uplink.prefix_len,
-        config
-            .uplink
-            .gateway
-            .map_or("none".to_string(), |g| g.to_string()),
-        a.guest,
-        a.prefix_len,
-        a.gateway,
+        describe_uplink(&config.uplink),
         config.mtu,
+        describe_guest(&config),
         config.resolver.nameservers,
     );
     let switch = Switch::new(&config).map_err(|e| format!("cannot set up the dataplane: {e}"))?;

@@ -1,43 +1,51 @@
-//! The guest's one link: frame dispatch, ARP, the guest's identity, DHCP, and the way out.
+//! The guest's one link: frame dispatch, ARP and NDP, the guest's identity, DHCP, and the way out.
 //!
 //! # Theory of operation
 //!
 //! The guest sees a two-host Ethernet segment: itself and a gateway that owns every other
-//! address. [`Switch`] plays the gateway. For each frame from the guest it copies at most
-//! [`HEADER_COPY`] bytes of headers to the stack, checks them, and then:
+//! address. [`Switch`] plays the gateway, for IPv4, IPv6 or both (the families the pod has).
+//! For each frame from the guest it copies at most [`HEADER_COPY`] bytes of headers to the
+//! stack, checks them, and then:
 //!
 //! - **ARP** requests for any address but the guest's own get the gateway's MAC; probes (sender
 //!   0.0.0.0) and announcements are never answered, so the guest's duplicate address detection
 //!   never sees a conflict.
 //! - **DHCPv4** (UDP to port 67) goes to the `podwire-dhcp` responder; its reply is framed here.
-//! - **UDP and ICMP** go to the NAT, with the frame still in guest memory.
-//! - Anything else (unknown EtherTypes, fragments, bad checksums, multicast, TCP for now) is
-//!   dropped and counted, and each reason is logged once.
+//! - **IPv6 control traffic** (neighbor discovery, router solicitations, DHCPv6, pings to the
+//!   gateway's link-local address) goes to [`Link6`], which answers in whole frames; it also
+//!   sends the periodic router advertisements, from the NAT's timer tick.
+//! - **UDP, TCP, ICMP and ICMPv6 echo** go to the NAT, with the frame still in guest memory.
+//! - Anything else (unknown EtherTypes, fragments, IPv6 extension headers, bad checksums,
+//!   multicast, a family the guest was not given) is dropped and counted, and each reason is
+//!   logged once.
 //!
-//! The guest's MAC and address are learned from its frames (the `--mac` option pins the MAC);
+//! The guest's MAC and addresses are learned from its frames (the `--mac` option pins the MAC);
 //! when the frontend goes away they are forgotten together with every flow, because the next
 //! frontend may be a different guest.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
+use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
-use podwire_nat::ports::Forward;
-use podwire_nat::wire::{self, Endpoints, Ipv4Info, L4Csum, ETH_LEN, IPV4_LEN, UDP_PAYLOAD_OFFSET};
+use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpProtocol, Ipv4Packet,
+    EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet,
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
+use crate::link6::{Link6, Link6Config};
 
-/// Header bytes copied out of guest memory per frame: Ethernet + the longest IPv4 header +
+/// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
 pub const HEADER_COPY: usize = ETH_LEN + 60 + 20;
 /// Largest DHCP message podwire reads or writes (RFC 2131 asks for 576 at least).
 const DHCP_MAX: usize = 1500;
+/// Largest IPv6 control packet (NDP, DHCPv6) podwire reads: the IPv6 minimum MTU.
+const CONTROL6_MAX: usize = 1280;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
@@ -47,99 +55,152 @@ pub struct SwitchCounters {
     pub arp_ignored: Counter,
     pub dhcp_replies: Counter,
     pub dhcp_errors: Counter,
+    pub control6_replies: Counter,
     pub drop_short: Counter,
     pub drop_unknown_ethertype: Counter,
-    pub drop_ipv6: Counter,
+    /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
+    pub drop_family_off: Counter,
     pub drop_bad_ipv4_header: Counter,
     pub drop_bad_ipv4_checksum: Counter,
+    pub drop_bad_ipv6_header: Counter,
+    pub drop_ipv6_extension: Counter,
+    /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
+    pub drop_ipv6_source: Counter,
+    pub drop_control6: Counter,
     pub drop_fragment: Counter,
     pub drop_multicast_broadcast: Counter,
     pub drop_other_protocol: Counter,
     pub drop_rx_full: Counter,
 }
 
-/// What podwire serves to the guest.
-pub struct Switch {
-    guest_mac: Option<[u8; 6]>,
-    pinned_mac: Option<[u8; 6]>,
+/// The guest's IPv4 side.
+struct Side4 {
     guest_ip: Ipv4Addr,
     gateway_ip: Ipv4Addr,
     prefix_len: u8,
     dhcp: Dhcpv4Server,
+}
+
+/// The guest's IPv6 side.
+struct Side6 {
+    /// The address traffic from the pod is sent to: the one handed out, or the last global
+    /// source the guest used.
+    guest_ip: Ipv6Addr,
+    handed_out: Ipv6Addr,
+    link: Link6,
+}
+
+/// What podwire serves to the guest.
+pub struct Switch {
+    guest_mac: Option<[u8; 6]>,
+    pinned_mac: Option<[u8; 6]>,
+    v4: Option<Side4>,
+    v6: Option<Side6>,
     nat: Nat,
     pub counters: SwitchCounters,
 }
 
-/// DNS servers to offer, and the map rules that make them reachable: a resolver on the pod's
-/// loopback (or at the gateway's own address) is offered as the gateway address, port 53.
-pub fn dns_plan(config: &Config) -> (Vec<Ipv4Addr>, Vec<MapRule>) {
-    let gw = config.addressing.gateway;
-    let mut offered = Vec::new();
-    let mut rules = Vec::new();
-    for &ns in &config.resolver.nameservers {
-        let hidden = ns.is_loopback() || ns.is_unspecified() || (ns == gw && config.map_gateway);
-        if hidden {
-            if rules.is_empty() {
-                rules.push(MapRule {
-                    guest: gw,
-                    port: Some(53),
-                    host: if ns.is_unspecified() {
-                        Ipv4Addr::LOCALHOST
-                    } else {
-                        ns
-                    },
-                });
-                offered.push(gw);
-            }
-        } else if !offered.contains(&ns) {
-            offered.push(ns);
-        }
-    }
-    (offered, rules)
+/// DNS servers to offer per family, and the map rules that make them reachable.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DnsPlan {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+    pub rules: Vec<MapRule>,
 }
 
-/// The address map for the NAT: DNS rules first, then the gateway → pod loopback rule
-/// unless `--no-map-gw`.
+/// A resolver the guest cannot reach directly (on the pod's loopback, or at the gateway's own
+/// address) is offered as the gateway address, port 53. A resolver of a family the guest does
+/// not have is not offered.
+pub fn dns_plan(config: &Config) -> DnsPlan {
+    let gw4 = config.addressing.map(|a| IpAddr::V4(a.gateway));
+    let gw6 = config.addressing6.map(|a| IpAddr::V6(a.gateway));
+    let mut plan = DnsPlan::default();
+    for &ns in &config.resolver.nameservers {
+        let Some(gw) = (if ns.is_ipv6() { gw6 } else { gw4 }) else {
+            continue;
+        };
+        let hidden = ns.is_loopback() || ns.is_unspecified() || (ns == gw && config.map_gateway);
+        let offer = if hidden {
+            if plan.rules.iter().any(|r| r.guest == gw) {
+                continue;
+            }
+            let host = match ns {
+                IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                other => other,
+            };
+            plan.rules.push(MapRule {
+                guest: gw,
+                port: Some(53),
+                host,
+            });
+            gw
+        } else {
+            ns
+        };
+        match offer {
+            IpAddr::V4(a) if !plan.v4.contains(&a) => plan.v4.push(a),
+            IpAddr::V6(a) if !plan.v6.contains(&a) => plan.v6.push(a),
+            _ => {}
+        }
+    }
+    plan
+}
+
+/// The address map for the NAT: DNS rules first, then gateway → pod loopback rules (per
+/// family) unless `--no-map-gw`.
 pub fn map_rules(config: &Config) -> Vec<MapRule> {
-    let (_, mut rules) = dns_plan(config);
+    let mut rules = dns_plan(config).rules;
     if config.map_gateway {
-        rules.push(MapRule {
-            guest: config.addressing.gateway,
-            port: None,
-            host: Ipv4Addr::LOCALHOST,
-        });
+        if let Some(a) = config.addressing {
+            rules.push(MapRule {
+                guest: a.gateway.into(),
+                port: None,
+                host: Ipv4Addr::LOCALHOST.into(),
+            });
+        }
+        if let Some(a) = config.addressing6 {
+            rules.push(MapRule {
+                guest: a.gateway.into(),
+                port: None,
+                host: Ipv6Addr::LOCALHOST.into(),
+            });
+        }
     }
     rules
 }
 
-/// Listens on the forwarded pod ports. A port named explicitly that cannot be bound is an error;
-/// one that came from `all` is skipped (something else took it meanwhile).
+/// Listens on the forwarded pod ports, in each family the guest has (or the one the bind
+/// address names). A port named explicitly that cannot be bound is an error; one that came
+/// from `all` is skipped (something else took it meanwhile).
 fn open_forwards(nat: &mut Nat, config: &Config) -> std::io::Result<()> {
-    let bind_of = |f: &Forward| {
-        let ip = match f.bind {
-            Some(std::net::IpAddr::V4(ip)) => ip,
-            _ => Ipv4Addr::UNSPECIFIED,
-        };
-        SocketAddrV4::new(ip, f.host_port)
-    };
+    let guest_v4 = config.addressing.map(|a| IpAddr::V4(a.guest));
+    let guest_v6 = config.addressing6.map(|a| IpAddr::V6(a.guest));
     for (forwards, tcp) in [(&config.tcp_forwards, true), (&config.udp_forwards, false)] {
         for Forwarding {
             forward: f,
             explicit,
         } in forwards
         {
-            let result = if tcp {
-                nat.listen_tcp(bind_of(f), f.guest_port)
-            } else {
-                nat.forward_udp(bind_of(f), config.addressing.guest, f.guest_port)
-            };
-            match result {
-                Ok(()) => tracing::debug!("forwarding {} {f}", if tcp { "TCP" } else { "UDP" }),
-                Err(e) if *explicit => {
-                    let proto = if tcp { "TCP" } else { "UDP" };
-                    return Err(std::io::Error::new(e.kind(), format!("{proto} {f}: {e}")));
+            for guest in [guest_v4, guest_v6].into_iter().flatten() {
+                let bind = match f.bind {
+                    Some(ip) if ip.is_ipv6() != guest.is_ipv6() => continue,
+                    Some(ip) => SocketAddr::new(ip, f.host_port),
+                    None => podwire_nat::sock::any(guest, f.host_port),
+                };
+                let result = if tcp {
+                    nat.listen_tcp(bind, f.guest_port)
+                } else {
+                    nat.forward_udp(bind, guest, f.guest_port)
+                };
+                let proto = if tcp { "TCP" } else { "UDP" };
+                match result {
+                    Ok(()) => tracing::debug!("forwarding {proto} {f} ({bind})"),
+                    Err(e) if *explicit => {
+                        return Err(std::io::Error::new(e.kind(), format!("{proto} {f}: {e}")));
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
         }
     }
@@ -152,37 +213,58 @@ fn open_forwards(nat: &mut Nat, config: &Config) -> std::io::Result<()> {
 
 impl Switch {
     pub fn new(config: &Config) -> std::io::Result<Switch> {
-        let a = config.addressing;
-        let (dns, _) = dns_plan(config);
-        let rules = map_rules(config);
+        let dns = dns_plan(config);
         let nat = Nat::new(NatConfig {
             max_flows: config.max_flows,
             udp_idle: config.udp_idle,
             guest_mtu: usize::from(config.mtu),
-            map: AddrMap::new(rules),
+            map: AddrMap::new(map_rules(config)),
             ..NatConfig::default()
         })?;
-        let dhcp = Dhcpv4Server::new(Dhcpv4Config {
-            server_ip: a.gateway,
+        let v4 = config.addressing.map(|a| Side4 {
             guest_ip: a.guest,
+            gateway_ip: a.gateway,
             prefix_len: a.prefix_len,
-            router: a.gateway,
-            dns,
-            domain_name: config.resolver.domain.clone(),
-            search: config.resolver.search.clone(),
-            mtu: Some(config.mtu),
-            lease_secs: config.lease_secs,
-            hostname: config.hostname.clone(),
+            dhcp: Dhcpv4Server::new(Dhcpv4Config {
+                server_ip: a.gateway,
+                guest_ip: a.guest,
+                prefix_len: a.prefix_len,
+                router: a.gateway,
+                dns: dns.v4.clone(),
+                domain_name: config.resolver.domain.clone(),
+                search: config.resolver.search.clone(),
+                mtu: Some(config.mtu),
+                lease_secs: config.lease_secs,
+                hostname: config.hostname.clone(),
+            }),
+        });
+        let search6 = match &config.resolver.domain {
+            Some(d) if config.resolver.search.is_empty() => vec![d.clone()],
+            _ => config.resolver.search.clone(),
+        };
+        let v6 = config.addressing6.map(|a| Side6 {
+            guest_ip: a.guest,
+            handed_out: a.guest,
+            link: Link6::new(Link6Config {
+                gateway_mac: GATEWAY_MAC,
+                prefix: a.guest,
+                prefix_len: a.prefix_len,
+                guest: a.guest,
+                gateway: a.gateway,
+                dns: dns.v6.clone(),
+                search: search6,
+                // IPv6 needs at least 1280 on every link.
+                mtu: config.mtu.max(1280),
+                lease_secs: config.lease_secs,
+            }),
         });
         let mut nat = nat;
         open_forwards(&mut nat, config)?;
         Ok(Switch {
             guest_mac: config.guest_mac,
             pinned_mac: config.guest_mac,
-            guest_ip: a.guest,
-            gateway_ip: a.gateway,
-            prefix_len: a.prefix_len,
-            dhcp,
+            v4,
+            v6,
             nat,
             counters: SwitchCounters::default(),
         })
@@ -203,7 +285,14 @@ impl Switch {
             // Until the guest has spoken, broadcast: it is the only other host on the link.
             guest_mac: self.guest_mac.unwrap_or([0xff; 6]),
             gateway_mac: GATEWAY_MAC,
-            guest_ip: self.guest_ip,
+            guest_ip: self
+                .v4
+                .as_ref()
+                .map_or(Ipv4Addr::UNSPECIFIED, |v4| v4.guest_ip),
+            guest_ip6: self
+                .v6
+                .as_ref()
+                .map_or(Ipv6Addr::UNSPECIFIED, |v6| v6.guest_ip),
         }
     }
 
@@ -216,6 +305,10 @@ impl Switch {
     }
 
     fn handle_arp(&mut self, arp: &[u8], rx: &mut dyn RxSink) {
+        let Some(v4) = self.v4.as_mut() else {
+            self.counters.drop_family_off.inc();
+            return;
+        };
         let Ok(repr) = ArpRepr::parse(&ArpPacket::new_unchecked(arp)) else {
             self.counters.arp_ignored.inc();
             return;
@@ -231,14 +324,14 @@ impl Switch {
             self.counters.arp_ignored.inc();
             return;
         };
-        if !sender_ip.is_unspecified() && sender_ip != self.guest_ip && self.in_subnet(sender_ip) {
+        if !sender_ip.is_unspecified() && sender_ip != v4.guest_ip && v4.in_subnet(sender_ip) {
             tracing::info!("guest uses address {sender_ip}");
-            self.guest_ip = sender_ip;
+            v4.guest_ip = sender_ip;
         }
         let answer = operation == ArpOperation::Request
             && !sender_ip.is_unspecified()
             && target_ip != sender_ip
-            && target_ip != self.guest_ip;
+            && target_ip != v4.guest_ip;
         if !answer {
             self.counters.arp_ignored.inc();
             return;
@@ -263,22 +356,6 @@ impl Switch {
         self.counters.arp_replies.inc();
     }
 
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.guest_ip) & mask
-    }
-
-    fn is_broadcast_or_multicast(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        ip.is_broadcast()
-            || ip.is_multicast()
-            || (self.in_subnet(ip) && u32::from(ip) | mask == u32::MAX)
-    }
-
     /// Copies a frame podwire built itself into the guest's RX ring.
     fn deliver(&self, rx: &mut dyn RxSink, frame: &[u8]) {
         if rx
@@ -292,7 +369,7 @@ impl Switch {
     }
 
     /// Validates the IPv4 header in `hdr` (copied from `frame`) and returns what L4 needs.
-    fn parse_ipv4(&self, hdr: &[u8], frame_len: usize) -> Result<(Ipv4Info, IpProtocol), &Counter> {
+    fn parse_ipv4(&self, hdr: &[u8], frame_len: usize) -> Result<(IpInfo, IpProtocol), &Counter> {
         let c = &self.counters;
         let ip_bytes = hdr.get(ETH_LEN..).ok_or(&c.drop_short)?;
         if ip_bytes.len() < IPV4_LEN {
@@ -316,18 +393,24 @@ impl Switch {
             return Err(&c.drop_fragment);
         }
         Ok((
-            Ipv4Info {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
+            IpInfo {
+                src: ip.src_addr().into(),
+                dst: ip.dst_addr().into(),
                 l4_offset: ETH_LEN + ihl,
                 l4_len: total - ihl,
                 partial_csum: false,
+                udp_segment: None,
             },
             ip.next_header(),
         ))
     }
 
     fn handle_ipv4(&mut self, frame: &SgList<'_>, hdr: &[u8], tx: TxOffload, rx: &mut dyn RxSink) {
+        let Some(v4) = self.v4.as_ref() else {
+            self.counters.drop_family_off.inc();
+            warn_once!("dropped IPv4 from the guest: the pod has no IPv4 for it");
+            return;
+        };
         let (mut info, proto) = match self.parse_ipv4(hdr, frame.len()) {
             Ok(v) => v,
             Err(counter) => {
@@ -337,30 +420,166 @@ impl Switch {
             }
         };
         info.partial_csum = tx.partial_csum;
+        info.udp_segment = tx.udp_segment;
         let l4 = hdr.get(info.l4_offset..).unwrap_or(&[]);
         let dport = l4.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
         if proto == IpProtocol::Udp && dport == Some(DHCP_SERVER_PORT) {
             return self.handle_dhcp(frame, &info, rx);
         }
-        if self.is_broadcast_or_multicast(info.dst) {
+        let IpAddr::V4(dst) = info.dst else {
+            return;
+        };
+        if v4.is_broadcast_or_multicast(dst) {
             self.counters.drop_multicast_broadcast.inc();
             return;
         }
+        self.to_nat(proto, &info, frame, rx);
+    }
+
+    /// Hands a guest packet of either family to the NAT.
+    fn to_nat(
+        &mut self,
+        proto: IpProtocol,
+        info: &IpInfo,
+        frame: &SgList<'_>,
+        rx: &mut dyn RxSink,
+    ) {
         match proto {
-            IpProtocol::Udp => self.nat.guest_udp(&info, frame),
-            IpProtocol::Icmp => self.nat.guest_icmp(&info, frame),
+            IpProtocol::Udp => self.nat.guest_udp(info, frame),
+            IpProtocol::Icmp if !info.is_v6() => self.nat.guest_icmp(info, frame),
+            IpProtocol::Icmpv6 if info.is_v6() => self.nat.guest_icmp(info, frame),
             IpProtocol::Tcp => {
                 let ep = self.endpoints();
-                self.nat.guest_tcp(&info, frame, rx, &ep);
+                self.nat.guest_tcp(info, frame, rx, &ep);
             }
             other => {
                 self.counters.drop_other_protocol.inc();
-                warn_once!("dropped guest IPv4 protocol {other}");
+                warn_once!("dropped guest IP protocol {other}");
             }
         }
     }
 
-    fn handle_dhcp(&mut self, frame: &SgList<'_>, info: &Ipv4Info, rx: &mut dyn RxSink) {
+    fn handle_ipv6(&mut self, frame: &SgList<'_>, hdr: &[u8], tx: TxOffload, rx: &mut dyn RxSink) {
+        if self.v6.is_none() {
+            self.counters.drop_family_off.inc();
+            warn_once!("dropped IPv6 from the guest: the pod has no IPv6 for it");
+            return;
+        }
+        let c = &self.counters;
+        let Some(ip_bytes) = hdr.get(ETH_LEN..).filter(|b| b.len() >= IPV6_LEN) else {
+            c.drop_short.inc();
+            return;
+        };
+        let ip = Ipv6Packet::new_unchecked(ip_bytes);
+        let payload_len = usize::from(ip.payload_len());
+        if ip.version() != 6 || ETH_LEN + IPV6_LEN + payload_len > frame.len() {
+            c.drop_bad_ipv6_header.inc();
+            warn_once!("dropped a malformed IPv6 packet from the guest");
+            return;
+        }
+        let (src, dst, proto) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+        let packet_len = IPV6_LEN + payload_len;
+        let mut first = [0u8; IPV6_LEN + 4];
+        frame.read(ETH_LEN, &mut first[..(IPV6_LEN + 4).min(packet_len)]);
+        if Link6::is_control(&first[..(IPV6_LEN + 4).min(packet_len)]) {
+            return self.handle_control6(frame, packet_len, tx, rx);
+        }
+        if dst.is_multicast() {
+            c.drop_multicast_broadcast.inc();
+            return;
+        }
+        if !matches!(
+            proto,
+            IpProtocol::Udp | IpProtocol::Tcp | IpProtocol::Icmpv6
+        ) {
+            // Extension headers (fragments, routing, options) are not worth parsing from a
+            // guest whose stack has no reason to send them through a NAT.
+            let counter = match proto {
+                IpProtocol::HopByHop
+                | IpProtocol::Ipv6Route
+                | IpProtocol::Ipv6Frag
+                | IpProtocol::Ipv6Opts => &c.drop_ipv6_extension,
+                _ => &c.drop_other_protocol,
+            };
+            counter.inc();
+            warn_once!("dropped a guest IPv6 packet with next header {proto}");
+            return;
+        }
+        let unicast_source =
+            !src.is_unspecified() && !src.is_multicast() && (src.segments()[0] & 0xffc0) != 0xfe80;
+        if !unicast_source {
+            c.drop_ipv6_source.inc();
+            warn_once!("dropped a guest IPv6 packet from {src}: no way back to that source");
+            return;
+        }
+        if let Some(v6) = self.v6.as_mut() {
+            if v6.guest_ip != src {
+                tracing::info!("guest uses IPv6 address {src}");
+                v6.guest_ip = src;
+            }
+            v6.link.learn_source(src);
+        }
+        let info = IpInfo {
+            src: src.into(),
+            dst: dst.into(),
+            l4_offset: ETH_LEN + IPV6_LEN,
+            l4_len: payload_len,
+            partial_csum: tx.partial_csum,
+            udp_segment: tx.udp_segment,
+        };
+        self.to_nat(proto, &info, frame, rx);
+    }
+
+    /// NDP, router solicitations, DHCPv6 and pings to the gateway: answered by [`Link6`].
+    fn handle_control6(
+        &mut self,
+        frame: &SgList<'_>,
+        packet_len: usize,
+        tx: TxOffload,
+        rx: &mut dyn RxSink,
+    ) {
+        let Some(v6) = self.v6.as_mut() else {
+            return;
+        };
+        let mut packet = [0u8; CONTROL6_MAX];
+        let n = frame.read(ETH_LEN, &mut packet[..packet_len.min(CONTROL6_MAX)]);
+        let mut out = [0u8; CONTROL6_MAX + ETH_LEN];
+        let guest_mac = frame_src_mac(frame);
+        match v6.link.handle(
+            guest_mac,
+            &packet[..n],
+            tx.partial_csum,
+            Instant::now(),
+            &mut out,
+        ) {
+            Ok(Some(len)) => {
+                self.counters.control6_replies.inc();
+                self.deliver(rx, &out[..len.min(out.len())]);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.counters.drop_control6.inc();
+                warn_once!("dropped an IPv6 control packet from the guest: {e}");
+            }
+        }
+    }
+
+    /// Periodic router advertisements.
+    fn send_periodic(&mut self, rx: &mut dyn RxSink) {
+        let guest_mac = self.guest_mac;
+        let Some(v6) = self.v6.as_mut() else {
+            return;
+        };
+        let mut out = [0u8; CONTROL6_MAX + ETH_LEN];
+        if let Some(len) = v6.link.periodic(guest_mac, Instant::now(), &mut out) {
+            self.deliver(rx, &out[..len.min(out.len())]);
+        }
+    }
+
+    fn handle_dhcp(&mut self, frame: &SgList<'_>, info: &IpInfo, rx: &mut dyn RxSink) {
+        let Some(v4) = self.v4.as_mut() else {
+            return;
+        };
         let mut udp = [0u8; 8];
         frame.read(info.l4_offset, &mut udp);
         let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
@@ -385,7 +604,7 @@ impl Switch {
         // The chaddr check inside the responder compares against the frame's real sender.
         let client_mac = frame_src_mac(frame);
         let mut reply = [0u8; DHCP_MAX];
-        let answer = match self.dhcp.handle(client_mac, &request[..n], &mut reply) {
+        let answer = match v4.dhcp.handle(client_mac, &request[..n], &mut reply) {
             Ok(Some(answer)) => answer,
             Ok(None) => return,
             Err(e) => {
@@ -394,30 +613,29 @@ impl Switch {
                 return;
             }
         };
-        let dst = match answer.dest {
+        let dst = IpAddr::V4(match answer.dest {
             ReplyDest::Broadcast => Ipv4Addr::BROADCAST,
             ReplyDest::Unicast(ip) => ip,
-        };
+        });
+        let src = IpAddr::V4(v4.gateway_ip);
         let payload = &reply[..answer.len.min(DHCP_MAX)];
         let ep = self.endpoints();
-        let src = self.gateway_ip;
-        let ident = 0;
-        let pushed = rx.push(UDP_PAYLOAD_OFFSET + payload.len(), &mut |buf| {
-            if !buf.write(UDP_PAYLOAD_OFFSET, payload) {
+        let offset = wire::udp_payload_offset(false);
+        let pushed = rx.push(offset + payload.len(), &mut |buf| {
+            if !buf.write(offset, payload) {
                 return None;
             }
-            let l3 =
-                wire::eth_ipv4_header(&ep, src, dst, IpProtocol::Udp, 8 + payload.len(), ident);
+            let l3 = wire::eth_ip_header(&ep, src, dst, IpProtocol::Udp, 8 + payload.len(), 0);
             let udp = wire::udp_header(
                 (src, DHCP_SERVER_PORT),
                 (dst, DHCP_CLIENT_PORT),
                 L4Csum::Full(buf),
-                UDP_PAYLOAD_OFFSET,
+                offset,
                 payload.len(),
             );
-            buf.write(0, &l3);
-            buf.write(ETH_LEN + IPV4_LEN, &udp);
-            Some(UDP_PAYLOAD_OFFSET + payload.len())
+            buf.write(0, l3.bytes());
+            buf.write(wire::l4_offset(false), &udp);
+            Some(offset + payload.len())
         });
         match pushed {
             Ok(()) => self.counters.dhcp_replies.inc(),
@@ -425,19 +643,29 @@ impl Switch {
         }
     }
 
-    /// The guest's identity, flows and lease, then every non-zero counter: one log line.
+    /// The guest's identity, flows and leases, then every non-zero counter: one log line.
     pub fn status(&self) -> String {
         let mac = self
             .guest_mac
             .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string());
-        let lease = if self.dhcp.lease().is_some() {
-            "bound"
-        } else {
-            "none"
-        };
+        let ip = self.v4.as_ref().map_or("none".to_string(), |v4| {
+            let lease = if v4.dhcp.lease().is_some() {
+                "bound"
+            } else {
+                "none"
+            };
+            format!("{} lease={lease}", v4.guest_ip)
+        });
+        let ip6 = self.v6.as_ref().map_or("none".to_string(), |v6| {
+            let lease = if v6.link.lease_bound() {
+                "bound"
+            } else {
+                "none"
+            };
+            format!("{} lease6={lease}", v6.guest_ip)
+        });
         format!(
-            "guest mac={mac} ip={} lease={lease} flows={}; {}",
-            self.guest_ip,
+            "guest mac={mac} ip={ip} ip6={ip6} flows={}; {}",
             self.nat.flow_count(),
             self.summary()
         )
@@ -448,10 +676,11 @@ impl Switch {
         let c = &self.counters;
         let n = &self.nat.counters;
         let t = &self.nat.tcp.counters;
-        let pairs = [
+        let mut pairs = vec![
             ("arp_replies", c.arp_replies.get()),
             ("dhcp_replies", c.dhcp_replies.get()),
             ("dhcp_errors", c.dhcp_errors.get()),
+            ("control6_replies", c.control6_replies.get()),
             ("udp_out", n.udp_out.get()),
             ("udp_in", n.udp_in.get()),
             ("icmp_out", n.icmp_out.get()),
@@ -460,9 +689,13 @@ impl Switch {
             ("flows_expired", n.flows_expired.get()),
             ("drop_short", c.drop_short.get()),
             ("drop_unknown_ethertype", c.drop_unknown_ethertype.get()),
-            ("drop_ipv6", c.drop_ipv6.get()),
+            ("drop_family_off", c.drop_family_off.get()),
             ("drop_bad_ipv4_header", c.drop_bad_ipv4_header.get()),
             ("drop_bad_ipv4_checksum", c.drop_bad_ipv4_checksum.get()),
+            ("drop_bad_ipv6_header", c.drop_bad_ipv6_header.get()),
+            ("drop_ipv6_extension", c.drop_ipv6_extension.get()),
+            ("drop_ipv6_source", c.drop_ipv6_source.get()),
+            ("drop_control6", c.drop_control6.get()),
             ("drop_fragment", c.drop_fragment.get()),
             ("drop_multicast_broadcast", c.drop_multicast_broadcast.get()),
             ("drop_other_protocol", c.drop_other_protocol.get()),
@@ -495,7 +728,28 @@ impl Switch {
             ("tcp_drop_no_connection", t.drop_no_connection.get()),
             ("tcp_rx_stalls", t.rx_stalls.get()),
         ];
+        if let Some(v6) = &self.v6 {
+            pairs.extend(v6.link.summary_pairs());
+        }
         nonzero_summary(&pairs)
+    }
+}
+
+impl Side4 {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.guest_ip) & self.mask()
+    }
+
+    fn is_broadcast_or_multicast(&self, ip: Ipv4Addr) -> bool {
+        ip.is_broadcast()
+            || ip.is_multicast()
+            || (self.in_subnet(ip) && u32::from(ip) | self.mask() == u32::MAX)
     }
 }
 
@@ -529,9 +783,7 @@ impl NetHandler for Switch {
                 self.handle_arp(&arp, rx);
             }
             EthernetProtocol::Ipv4 => self.handle_ipv4(frame, &hdr[..n], tx, rx),
-            EthernetProtocol::Ipv6 => {
-                self.counters.drop_ipv6.inc();
-            }
+            EthernetProtocol::Ipv6 => self.handle_ipv6(frame, &hdr[..n], tx, rx),
             other => {
                 self.counters.drop_unknown_ethertype.inc();
                 warn_once!("dropped a guest frame with EtherType {other}");
@@ -542,6 +794,7 @@ impl NetHandler for Switch {
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         let ep = self.endpoints();
         self.nat.poll(rx, &ep);
+        self.send_periodic(rx);
     }
 
     fn tx_batch_done(&mut self, rx: &mut dyn RxSink) {
@@ -561,5 +814,9 @@ impl NetHandler for Switch {
         // The next frontend may be another guest: forget this one.
         self.nat.clear();
         self.guest_mac = self.pinned_mac;
+        if let Some(v6) = self.v6.as_mut() {
+            v6.link.forget();
+            v6.guest_ip = v6.handed_out;
+        }
     }
 }

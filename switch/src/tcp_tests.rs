@@ -492,6 +492,7 @@ impl Rig {
             guest_mac: GUEST_MAC,
             gateway_mac: GATEWAY_MAC,
             guest_ip: GUEST_IP,
+            guest_ip6: std::net::Ipv6Addr::UNSPECIFIED,
         };
         self.sw.nat_mut().tick_at(now, &mut self.sink, &ep);
         self.take()

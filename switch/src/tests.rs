@@ -17,7 +17,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Addressing, Config, GATEWAY_MAC};
-use crate::podnet::{Resolver, Uplink};
+use crate::podnet::{Resolver, Uplink, UplinkAddr};
 use crate::switch::{dns_plan, map_rules, Switch};
 use podwire_nat::MapRule;
 
@@ -30,23 +30,27 @@ pub(crate) fn config() -> Config {
         socket: PathBuf::from("/nonexistent"),
         uplink: Uplink {
             name: "lo".into(),
-            addr: Ipv4Addr::LOCALHOST,
-            prefix_len: 8,
-            gateway: None,
+            v4: Some(UplinkAddr {
+                addr: Ipv4Addr::LOCALHOST,
+                prefix_len: 8,
+                gateway: None,
+            }),
+            v6: None,
             mtu: 1500,
         },
-        addressing: Addressing {
+        addressing: Some(Addressing {
             guest: GUEST_IP,
             gateway: GW_IP,
             prefix_len: 24,
-        },
+        }),
+        addressing6: None,
         guest_mac: None,
         hostname: Some("vm1".into()),
         mtu: 1500,
         pid_file: None,
         map_gateway: true,
         resolver: Resolver {
-            nameservers: vec![Ipv4Addr::new(198, 18, 1, 1)],
+            nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
             search: vec!["podwire.test".into()],
             domain: None,
         },
@@ -438,9 +442,9 @@ fn gateway_maps_to_pod_loopback_unless_disabled() {
     assert_eq!(
         map_rules(&c),
         vec![MapRule {
-            guest: GW_IP,
+            guest: GW_IP.into(),
             port: None,
-            host: Ipv4Addr::LOCALHOST
+            host: Ipv4Addr::LOCALHOST.into()
         }]
     );
     c.map_gateway = false;
@@ -450,23 +454,26 @@ fn gateway_maps_to_pod_loopback_unless_disabled() {
 #[test]
 fn loopback_or_gateway_resolvers_are_offered_as_the_gateway() {
     let mut c = config();
-    let (offered, rules) = dns_plan(&c);
+    let plan = dns_plan(&c);
     assert_eq!(
-        offered,
+        plan.v4,
         vec![Ipv4Addr::new(198, 18, 1, 1)],
         "reachable: as is"
     );
-    assert!(rules.is_empty());
+    assert!(plan.rules.is_empty());
 
-    c.resolver.nameservers = vec![Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(198, 18, 1, 1)];
+    c.resolver.nameservers = vec![
+        Ipv4Addr::new(127, 0, 0, 53).into(),
+        Ipv4Addr::new(198, 18, 1, 1).into(),
+    ];
     let dns_rule = MapRule {
-        guest: GW_IP,
+        guest: GW_IP.into(),
         port: Some(53),
-        host: Ipv4Addr::new(127, 0, 0, 53),
+        host: Ipv4Addr::new(127, 0, 0, 53).into(),
     };
-    let (offered, rules) = dns_plan(&c);
-    assert_eq!(offered, vec![GW_IP, Ipv4Addr::new(198, 18, 1, 1)]);
-    assert_eq!(rules, vec![dns_rule]);
+    let plan = dns_plan(&c);
+    assert_eq!(plan.v4, vec![GW_IP, Ipv4Addr::new(198, 18, 1, 1)]);
+    assert_eq!(plan.rules, vec![dns_rule]);
     c.map_gateway = false;
     assert_eq!(
         map_rules(&c),
@@ -493,7 +500,10 @@ fn partial_checksums_from_a_csum_guest_are_accepted_only_when_flagged() {
     let mut copy = frame.clone();
     let mut slices: [&mut [u8]; 1] = [&mut copy];
     let sg = SgList::from_slices(&mut slices).unwrap();
-    let tx = TxOffload { partial_csum: true };
+    let tx = TxOffload {
+        partial_csum: true,
+        ..TxOffload::default()
+    };
     sw.guest_frame_with(&sg, tx, &mut Captured::default());
     assert_eq!(
         sw.nat_counters().drop_bad_checksum.get(),
@@ -542,7 +552,7 @@ fn frames_to_a_guest_csum_guest_carry_only_the_pseudo_header_sum() {
     let f = &rx.frames[0];
     let field = u16::from_be_bytes([f[34 + 6], f[34 + 7]]);
     let udp_len = 8 + b"reply-payload".len();
-    let pseudo = podwire_nat::wire::pseudo_header(GW_IP, GUEST_IP, 17, udp_len);
+    let pseudo = podwire_nat::wire::pseudo_header(GW_IP.into(), GUEST_IP.into(), 17, udp_len);
     assert_eq!(field, pseudo.fold(), "the pseudo-header sum, not inverted");
     // What the guest's stack computes from it is the real checksum.
     let mut sum = podwire_vhost::Checksum::new();

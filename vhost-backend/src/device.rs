@@ -34,9 +34,12 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
@@ -104,6 +107,18 @@ pub struct TxOffload {
     /// (the guest negotiated CSUM and left the rest to the device). podwire terminates the
     /// connection, so it never completes it; it must just not reject the frame for it.
     pub partial_csum: bool,
+    /// VIRTIO_NET_HDR_GSO_UDP_L4 (the guest negotiated HOST_USO): one UDP frame carrying
+    /// several datagrams of this many payload bytes each (the last may be shorter).
+    pub udp_segment: Option<u16>,
+}
+
+/// The kinds of segmentation offload podwire hands the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GsoKind {
+    /// VIRTIO_NET_HDR_GSO_TCPV4, with GUEST_TSO4.
+    Tcpv4,
+    /// VIRTIO_NET_HDR_GSO_TCPV6, with GUEST_TSO6.
+    Tcpv6,
 }
 
 /// Where a partial checksum lives in a frame podwire hands the guest (VIRTIO_NET_HDR_F_NEEDS_CSUM).
@@ -155,19 +170,20 @@ pub trait RxSink {
         self.push(max_len, fill)
     }
 
-    /// The largest TCP payload one frame may carry when the guest takes TCPv4 GSO frames
-    /// (it negotiated GUEST_TSO4), or 0.
-    fn tso_max(&self) -> usize {
+    /// The largest TCP payload one frame may carry when the guest takes GSO frames of `kind`
+    /// (it negotiated GUEST_TSO4 or GUEST_TSO6), or 0.
+    fn tso_max(&self, _kind: GsoKind) -> usize {
         0
     }
 
-    /// [`RxSink::push_partial`] for a TCPv4 frame the guest takes as segments of `mss` bytes
-    /// after `hdr_len` bytes of headers (VIRTIO_NET_HDR_GSO_TCPV4). Only called when
-    /// [`RxSink::tso_max`] is non-zero, with more than `mss` bytes of payload.
+    /// [`RxSink::push_partial`] for a TCP frame the guest takes as segments of `mss` bytes
+    /// after `hdr_len` bytes of headers. Only called when [`RxSink::tso_max`] is non-zero for
+    /// `kind`, with more than `mss` bytes of payload.
     fn push_tso(
         &mut self,
         max_len: usize,
         csum: PartialCsum,
+        _kind: GsoKind,
         _mss: u16,
         _hdr_len: u16,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
@@ -176,14 +192,15 @@ pub trait RxSink {
     }
 }
 
-/// Segmentation of a frame to the guest (GUEST_TSO4).
+/// Segmentation of a frame to the guest (GUEST_TSO4/6).
 #[derive(Debug, Clone, Copy)]
 struct Gso {
+    kind: GsoKind,
     mss: u16,
     hdr_len: u16,
 }
 
-/// Largest TCP payload podwire puts in one GSO frame: the IPv4 packet stays under 64 KiB.
+/// Largest TCP payload podwire puts in one GSO frame: the IP packet stays under 64 KiB.
 pub const TSO_MAX_PAYLOAD: usize = 65000;
 
 /// What the device tells the guest about itself.
@@ -259,6 +276,7 @@ impl<H: NetHandler> NetDevice<H> {
             mergeable: self.has(VIRTIO_NET_F_MRG_RXBUF),
             guest_csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
             guest_tso4: self.has(VIRTIO_NET_F_GUEST_CSUM) && self.has(VIRTIO_NET_F_GUEST_TSO4),
+            guest_tso6: self.has(VIRTIO_NET_F_GUEST_CSUM) && self.has(VIRTIO_NET_F_GUEST_TSO6),
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
@@ -270,6 +288,7 @@ impl<H: NetHandler> NetDevice<H> {
                     mem: &mem,
                     hdr_len: self.hdr_len(),
                     csum: self.has(VIRTIO_NET_F_CSUM),
+                    uso: self.has(VIRTIO_NET_F_HOST_USO),
                     event_idx: self.event_idx,
                     counters: &self.counters,
                 };
@@ -304,9 +323,18 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             | (1 << VIRTIO_NET_F_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_TSO4)
+            | (1 << VIRTIO_NET_F_GUEST_TSO6)
+            // podwire never sets CWR on a GSO frame, so taking ECN costs nothing.
+            | (1 << VIRTIO_NET_F_GUEST_ECN)
             // The guest may hand over TCP frames of up to 64 KiB: podwire terminates TCP, so a
-            // big segment is just more payload for one sendmsg; nothing is resegmented.
+            // big segment is just more payload for one sendmsg; nothing is resegmented. Its
+            // ECN marks (CWR on a GSO frame) concern only its own connection state.
             | (1 << VIRTIO_NET_F_HOST_TSO4)
+            | (1 << VIRTIO_NET_F_HOST_TSO6)
+            | (1 << VIRTIO_NET_F_HOST_ECN)
+            // UDP frames of many datagrams go out with one sendmsg and UDP_SEGMENT: the
+            // kernel splits them (or hands them to the NIC whole).
+            | (1 << VIRTIO_NET_F_HOST_USO)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -372,6 +400,11 @@ fn feature_names(features: u64) -> String {
         (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
         (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
         (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+        (VIRTIO_NET_F_GUEST_ECN, "GUEST_ECN"),
+        (VIRTIO_NET_F_HOST_ECN, "HOST_ECN"),
+        (VIRTIO_NET_F_HOST_USO, "HOST_USO"),
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
         (VIRTIO_NET_F_MTU, "MTU"),
@@ -559,6 +592,8 @@ struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     hdr_len: usize,
     /// The guest negotiated CSUM: its frames may carry partial checksums.
     csum: bool,
+    /// The guest negotiated HOST_USO: its UDP frames may carry many datagrams.
+    uso: bool,
     event_idx: bool,
     counters: &'a DeviceCounters,
 }
@@ -581,11 +616,17 @@ where
                         warn_once!("guest sent a frame shorter than an Ethernet header");
                     }
                     Ok(()) => {
-                        let mut flags = [0u8; 1];
-                        sg.read(0, &mut flags);
+                        let mut hdr = [0u8; 6];
+                        sg.read(0, &mut hdr);
+                        let gso_type = u32::from(hdr[1]) & !VIRTIO_NET_HDR_GSO_ECN;
+                        let gso_size = u16::from_le_bytes([hdr[4], hdr[5]]);
                         let tx = TxOffload {
                             partial_csum: self.csum
-                                && u32::from(flags[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                                && u32::from(hdr[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                            udp_segment: (self.uso
+                                && gso_type == VIRTIO_NET_HDR_GSO_UDP_L4
+                                && gso_size > 0)
+                                .then_some(gso_size),
                         };
                         sg.advance(self.hdr_len);
                         self.counters.tx_frames.inc();
@@ -626,6 +667,8 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     guest_csum: bool,
     /// The guest negotiated GUEST_TSO4 (with GUEST_CSUM): it takes TCPv4 GSO frames.
     guest_tso4: bool,
+    /// The same for GUEST_TSO6 and TCPv6.
+    guest_tso6: bool,
     event_idx: bool,
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
@@ -683,8 +726,8 @@ where
         self.push_frame(max_len, csum, None, fill)
     }
 
-    fn tso_max(&self) -> usize {
-        if self.guest_tso4 {
+    fn tso_max(&self, kind: GsoKind) -> usize {
+        if self.takes(kind) {
             TSO_MAX_PAYLOAD
         } else {
             0
@@ -695,14 +738,16 @@ where
         &mut self,
         max_len: usize,
         csum: PartialCsum,
+        kind: GsoKind,
         mss: u16,
         hdr_len: u16,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
-        if !self.guest_tso4 {
+        if !self.takes(kind) {
             return self.push_partial(max_len, csum, fill);
         }
-        self.push_frame(max_len, Some(csum), Some(Gso { mss, hdr_len }), fill)
+        let gso = Gso { kind, mss, hdr_len };
+        self.push_frame(max_len, Some(csum), Some(gso), fill)
     }
 }
 
@@ -710,6 +755,13 @@ impl<G> RxRing<'_, G>
 where
     G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
 {
+    fn takes(&self, kind: GsoKind) -> bool {
+        match kind {
+            GsoKind::Tcpv4 => self.guest_tso4,
+            GsoKind::Tcpv6 => self.guest_tso6,
+        }
+    }
+
     fn push_frame(
         &mut self,
         max_len: usize,
@@ -818,7 +870,10 @@ where
             hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
         }
         if let Some(g) = gso {
-            hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+            hdr[1] = match g.kind {
+                GsoKind::Tcpv4 => VIRTIO_NET_HDR_GSO_TCPV4,
+                GsoKind::Tcpv6 => VIRTIO_NET_HDR_GSO_TCPV6,
+            } as u8;
             hdr[2..4].copy_from_slice(&g.hdr_len.to_le_bytes());
             hdr[4..6].copy_from_slice(&g.mss.to_le_bytes());
         }

@@ -23,7 +23,8 @@ pub mod sg;
 
 pub use counters::{nonzero_summary, Counter, DeviceCounters};
 pub use device::{
-    NetConfig, NetDevice, NetHandler, PartialCsum, RxError, RxSink, TxOffload, MAX_FRAME_LEN,
+    GsoKind, NetConfig, NetDevice, NetHandler, PartialCsum, RxError, RxSink, TxOffload,
+    MAX_FRAME_LEN,
 };
 pub use server::{ServeError, Server};
 pub use sg::{Checksum, SgList, MAX_SEGS};

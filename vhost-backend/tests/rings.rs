@@ -19,12 +19,12 @@ use podwire_vhost::{
     DeviceCounters, NetConfig, NetDevice, NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN,
     MAX_SEGS,
 };
-use podwire_vhost::{PartialCsum, TxOffload};
+use podwire_vhost::{GsoKind, PartialCsum, TxOffload};
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -186,8 +186,8 @@ struct Recorder {
     offloads: Vec<TxOffload>,
     /// Push the queued frames as partial-checksum frames at this location.
     partial: Option<PartialCsum>,
-    /// ... and as TCPv4 GSO frames with this (mss, hdr_len).
-    tso: Option<(u16, u16)>,
+    /// ... and as TCP GSO frames of this kind with this (mss, hdr_len).
+    tso: Option<(GsoKind, u16, u16)>,
     /// Frames `poll_host` pushes, in order.
     outbox: VecDeque<Outgoing>,
     /// What each push returned.
@@ -222,8 +222,8 @@ impl NetHandler for Recorder {
                 Some(out.frame.len())
             };
             let r = match (self.partial, self.tso) {
-                (Some(csum), Some((mss, hdr_len))) if rx.tso_max() > 0 => {
-                    rx.push_tso(out.max_len, csum, mss, hdr_len, &mut fill)
+                (Some(csum), Some((kind, mss, hdr_len))) if rx.tso_max(kind) > 0 => {
+                    rx.push_tso(out.max_len, csum, kind, mss, hdr_len, &mut fill)
                 }
                 (Some(csum), _) if rx.partial_csum() => {
                     rx.push_partial(out.max_len, csum, &mut fill)
@@ -1077,10 +1077,11 @@ fn tx_partial_checksum_is_reported_only_with_csum_negotiated() {
         rig.event(TX);
         let offloads = rig.handler.lock().unwrap().offloads.clone();
         let expected = vec![
-            TxOffload { partial_csum: want },
             TxOffload {
-                partial_csum: false,
+                partial_csum: want,
+                ..TxOffload::default()
             },
+            TxOffload::default(),
         ];
         assert_eq!(offloads, expected, "features {features:#x}");
     }
@@ -1128,7 +1129,7 @@ fn rx_gso_frames_only_with_guest_tso4() {
         {
             let mut h = rig.handler.lock().unwrap();
             h.partial = Some(csum);
-            h.tso = Some((1448, 54));
+            h.tso = Some((GsoKind::Tcpv4, 1448, 54));
         }
         // A 4000-byte frame: more than one 1448-byte segment.
         let (_, addr) = rig.post_rx(8192, WRITE);
@@ -1162,5 +1163,69 @@ fn tx_tso_frame_of_tens_of_kilobytes_reaches_the_handler_whole() {
     rig.event(TX);
     assert_eq!(rig.seen(), vec![f], "one 30000-byte frame, not resegmented");
     let offloads = rig.handler.lock().unwrap().offloads.clone();
-    assert_eq!(offloads, vec![TxOffload { partial_csum: true }]);
+    let want = TxOffload {
+        partial_csum: true,
+        ..TxOffload::default()
+    };
+    assert_eq!(offloads, vec![want]);
+}
+
+#[test]
+fn rx_tcpv6_gso_frames_only_with_guest_tso6() {
+    let csum = PartialCsum {
+        start: 54,
+        offset: 16,
+    };
+    let tso4 = 1u64 << VIRTIO_NET_F_GUEST_TSO4;
+    let tso6 = 1u64 << VIRTIO_NET_F_GUEST_TSO6;
+    for (features, gso) in [
+        (FEATURES | GUEST_CSUM | tso6, true),
+        (FEATURES | GUEST_CSUM | tso4, false),
+        (FEATURES | tso6, false),
+    ] {
+        let mut rig = Rig::new(features);
+        {
+            let mut h = rig.handler.lock().unwrap();
+            h.partial = Some(csum);
+            h.tso = Some((GsoKind::Tcpv6, 1428, 74));
+        }
+        let (_, addr) = rig.post_rx(8192, WRITE);
+        let f = frame(4000, 8);
+        rig.queue_rx(4000, f.clone());
+        rig.event(RX);
+        assert_eq!(rig.results(), vec![Ok(())]);
+        let got = rig.read(addr, HDR + 4000);
+        let hdr: [u8; HDR] = got[..HDR].try_into().unwrap();
+        let expected = if gso {
+            // NEEDS_CSUM, GSO_TCPV6, hdr_len 74, gso_size 1428, csum 54/16, one buffer.
+            [1, 4, 74, 0, 0x94, 0x05, 54, 0, 16, 0, 1, 0]
+        } else if features & GUEST_CSUM != 0 {
+            [1, 0, 0, 0, 0, 0, 54, 0, 16, 0, 1, 0]
+        } else {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        };
+        assert_eq!(hdr, expected, "features {features:#x}");
+        assert_eq!(got[HDR..], f[..]);
+    }
+}
+
+#[test]
+fn tx_uso_frame_carries_its_segment_size_only_with_host_uso() {
+    let host_uso = 1u64 << VIRTIO_NET_F_HOST_USO;
+    for (features, want) in [
+        (FEATURES | CSUM | host_uso, Some(1200)),
+        (FEATURES | CSUM, None),
+    ] {
+        let mut rig = Rig::new(features);
+        let mut hdr = needs_csum_header();
+        hdr[1] = 5 | 0x80; // VIRTIO_NET_HDR_GSO_UDP_L4, with the ECN bit that must not matter
+        hdr[2..4].copy_from_slice(&42u16.to_le_bytes());
+        hdr[4..6].copy_from_slice(&1200u16.to_le_bytes());
+        let f = frame(6000, 9);
+        rig.post_tx_with_header(&hdr, &f);
+        rig.event(TX);
+        assert_eq!(rig.seen(), vec![f]);
+        let offloads = rig.handler.lock().unwrap().offloads.clone();
+        assert_eq!(offloads[0].udp_segment, want, "features {features:#x}");
+    }
 }
