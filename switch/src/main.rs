@@ -9,6 +9,8 @@
 //! no queues in between. See `docs/architecture.md`.
 
 mod config;
+#[cfg(test)]
+mod ipv6_tests;
 mod link6;
 mod podnet;
 #[cfg(test)]

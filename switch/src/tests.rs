@@ -64,8 +64,8 @@ pub(crate) fn config() -> Config {
 
 /// Collects the frames the switch delivers to the guest.
 #[derive(Default)]
-struct Captured {
-    frames: Vec<Vec<u8>>,
+pub(crate) struct Captured {
+    pub(crate) frames: Vec<Vec<u8>>,
     /// Behave like a guest that negotiated GUEST_CSUM.
     guest_csum: bool,
     /// The partial-checksum location given with each frame pushed that way.
@@ -109,7 +109,7 @@ impl RxSink for Captured {
     }
 }
 
-fn send(sw: &mut Switch, frame: &[u8]) -> Captured {
+pub(crate) fn send(sw: &mut Switch, frame: &[u8]) -> Captured {
     let mut copy = frame.to_vec();
     let mut slices: [&mut [u8]; 1] = [&mut copy];
     let sg = SgList::from_slices(&mut slices).unwrap();
@@ -118,7 +118,7 @@ fn send(sw: &mut Switch, frame: &[u8]) -> Captured {
     rx
 }
 
-fn eth(ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn eth(ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 14 + payload.len()];
     EthernetRepr {
         src_addr: EthernetAddress(GUEST_MAC),
@@ -130,7 +130,7 @@ fn eth(ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+pub(crate) fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut p = [0u8; 28];
     ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
@@ -143,7 +143,7 @@ fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     eth(EthernetProtocol::Arp, &p)
 }
 
-fn ipv4_udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4_udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
     let udp = UdpRepr {
         src_port: src.1,
         dst_port: dst.1,
@@ -385,7 +385,7 @@ fn garbage_frames_never_panic() {
 }
 
 /// Waits until the switch's host fd is readable, with a deadline.
-fn wait_readable(sw: &Switch, deadline: Instant) {
+pub(crate) fn wait_readable(sw: &Switch, deadline: Instant) {
     let fd = sw.host_fd();
     let left = deadline.saturating_duration_since(Instant::now());
     let mut pfd = libc::pollfd {
