@@ -200,7 +200,7 @@ fn tcp_over_ipv6_connects_and_moves_data_both_ways() {
     assert!(syn && is_ack);
     assert_eq!(ack, 1001);
     let mut rx = Captured::default();
-    let mut batch = |sw: &mut Switch, frame: Vec<u8>, rx: &mut Captured| {
+    let batch = |sw: &mut Switch, frame: Vec<u8>, rx: &mut Captured| {
         let mut copy = frame;
         let mut slices: [&mut [u8]; 1] = [&mut copy];
         let sg = podwire_vhost::SgList::from_slices(&mut slices).unwrap();

@@ -433,11 +433,11 @@ impl Switch {
             self.counters.drop_multicast_broadcast.inc();
             return;
         }
-        self.to_nat(proto, &info, frame, rx);
+        self.translate(proto, &info, frame, rx);
     }
 
     /// Hands a guest packet of either family to the NAT.
-    fn to_nat(
+    fn translate(
         &mut self,
         proto: IpProtocol,
         info: &IpInfo,
@@ -527,7 +527,7 @@ impl Switch {
             partial_csum: tx.partial_csum,
             udp_segment: tx.udp_segment,
         };
-        self.to_nat(proto, &info, frame, rx);
+        self.translate(proto, &info, frame, rx);
     }
 
     /// NDP, router solicitations, DHCPv6 and pings to the gateway: answered by [`Link6`].
