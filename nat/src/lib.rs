@@ -39,6 +39,7 @@
 pub mod ports;
 pub mod sock;
 pub mod tcp;
+pub mod udp_batch;
 pub mod wire;
 
 use std::cell::Cell;
@@ -113,6 +114,8 @@ pub struct NatConfig {
     pub icmp_idle: Duration,
     /// The guest's MTU: the largest IP packet it accepts.
     pub guest_mtu: usize,
+    /// The pod's MTU: guest datagrams that fit it unfragmented may be sent coalesced (UDP GSO).
+    pub pod_mtu: usize,
     pub map: AddrMap,
 }
 
@@ -123,6 +126,7 @@ impl Default for NatConfig {
             udp_idle: Duration::from_secs(180),
             icmp_idle: Duration::from_secs(60),
             guest_mtu: 1500,
+            pod_mtu: 1500,
             map: AddrMap::default(),
         }
     }
@@ -150,6 +154,9 @@ pub enum NatDrop {
 #[derive(Debug, Default)]
 pub struct NatCounters {
     pub udp_out: Counter,
+    /// Messages that carried several guest datagrams (UDP GSO), and send syscalls for UDP.
+    pub udp_coalesced: Counter,
+    pub udp_send_calls: Counter,
     pub udp_in: Counter,
     pub icmp_out: Counter,
     pub icmp_in: Counter,
@@ -217,6 +224,8 @@ pub struct Nat {
     parked: Vec<usize>,
     ip_ident: Cell<u16>,
     ticks: u32,
+    /// Guest datagrams of this TX pass, sent at [`Nat::flush`].
+    udp_batch: udp_batch::UdpBatch,
     pub tcp: tcp::TcpTable,
     pub counters: NatCounters,
 }
@@ -240,6 +249,8 @@ impl Nat {
         )?;
         let reserve = config.max_flows.min(1024);
         let tcp = tcp::TcpTable::new(config.max_flows, config.guest_mtu);
+        // IPv6's header is the longer: a payload that fits it fits IPv4 too.
+        let coalesce_max = config.pod_mtu.saturating_sub(wire::IPV6_LEN + UDP_LEN);
         Ok(Nat {
             config,
             poll,
@@ -251,6 +262,7 @@ impl Nat {
             parked: Vec::new(),
             ip_ident: Cell::new(0),
             ticks: 0,
+            udp_batch: udp_batch::UdpBatch::new(coalesce_max),
             tcp,
             counters: NatCounters::default(),
         })
@@ -278,9 +290,30 @@ impl Nat {
             .guest_segment(self.poll.registry(), &self.config.map, ip, frame, rx, ep);
     }
 
-    /// Work owed at the end of a batch of guest frames (coalesced ACKs).
+    /// Work owed at the end of a batch of guest frames: the batch's UDP datagrams, coalesced
+    /// ACKs. Must run before the guest may reuse the batch's TX buffers.
     pub fn flush(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.flush_udp();
         self.tcp.flush_acks(self.poll.registry(), rx, ep);
+    }
+
+    /// Sends the guest datagrams recorded so far.
+    pub fn flush_udp(&mut self) {
+        if self.udp_batch.is_empty() {
+            return;
+        }
+        let done = self.udp_batch.flush();
+        let c = &self.counters;
+        c.udp_out.add(done.sent);
+        c.udp_coalesced.add(done.coalesced);
+        c.udp_send_calls.add(done.syscalls);
+        if done.failed > 0 {
+            c.drop_send_failed.add(done.failed);
+            warn_once!(
+                "UDP sends from the guest failed ({} datagrams)",
+                done.failed
+            );
+        }
     }
 
     /// Runs the TCP timers as if the time were `now`, then sends the ACKs they queued: what the
@@ -340,18 +373,16 @@ impl Nat {
         let dst = self.config.map.outbound(SocketAddr::new(ip.dst, dport));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset + UDP_LEN, udp_len - UDP_LEN, &mut iov);
+        if !self.udp_batch.has_room(n) {
+            self.flush_udp();
+        }
         let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
         flow.last_used = Instant::now();
-        match sock::send_segmented(&flow.fd, &iov[..n], dst, ip.udp_segment) {
-            Ok(_) => {
-                self.counters.udp_out.inc();
-                Ok(())
-            }
-            Err(e) => {
-                warn_once!("UDP send to {dst} failed: {e}");
-                Err(NatDrop::SendFailed)
-            }
-        }
+        // Sent at the end of the TX pass, with the others (see `udp_batch`).
+        let fd = flow.fd.as_raw_fd();
+        self.udp_batch
+            .push(fd, dst, &iov[..n], udp_len - UDP_LEN, ip.udp_segment);
+        Ok(())
     }
 
     fn open_udp(&mut self, key: FlowKey, guest_port: u16) -> Result<usize, NatDrop> {
@@ -523,6 +554,8 @@ impl Nat {
     }
 
     fn remove(&mut self, slot: usize) {
+        // The batch holds raw descriptors: none may close (and be reused) under it.
+        self.flush_udp();
         if let Some(flow) = self.slots.get_mut(slot).and_then(Option::take) {
             let _ = self
                 .poll
@@ -903,6 +936,8 @@ mod tests {
         let mut slices: [&mut [u8]; 1] = [&mut f];
         let sg = SgList::from_slices(&mut slices).unwrap();
         nat.guest_udp(&info, &sg);
+        // The end of the TX pass, while the frame is still there.
+        nat.flush_udp();
     }
 
     #[test]

@@ -334,10 +334,14 @@ fn ipv6_the_nat_cannot_answer_is_dropped_and_counted() {
     // From a link-local source to the world: there is no way back.
     send(&mut sw, &udp6((ll, 40000), (far, 9), b"x"));
     assert_eq!(sw.counters.drop_ipv6_source.get(), 1);
-    // To a multicast group (not a control message).
+    // To a multicast group: the link's business, never the NAT's.
     let mdns: Ipv6Addr = "ff02::fb".parse().unwrap();
     send(&mut sw, &udp6((GUEST6, 5353), (mdns, 5353), b"x"));
-    assert_eq!(sw.counters.drop_multicast_broadcast.get(), 1);
+    assert!(
+        sw.status().contains("ipv6_multicast_ignored=1"),
+        "{}",
+        sw.status()
+    );
     // A fragment header.
     send(
         &mut sw,
@@ -356,4 +360,91 @@ fn ipv6_the_nat_cannot_answer_is_dropped_and_counted() {
     assert_eq!(sw.counters.drop_bad_ipv6_header.get(), 1);
     assert_eq!(sw.nat_counters().udp_out.get(), 0);
     let _ = IpAddr::V6(far);
+}
+
+#[test]
+fn router_solicitation_and_neighbor_solicitation_are_answered_through_the_switch() {
+    use smoltcp::wire::{
+        EthernetAddress, Icmpv6Packet, Icmpv6Repr, NdiscNeighborFlags, NdiscRepr,
+        RawHardwareAddress,
+    };
+    let mut sw = Switch::new(&dual_stack()).unwrap();
+    let ll: Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+    let router_ll: Ipv6Addr = "fe80::70:77ff:fe00:1".parse().unwrap();
+    let mac = RawHardwareAddress::from(EthernetAddress(tests::GUEST_MAC));
+    let icmp = |repr: Icmpv6Repr, src: Ipv6Addr, dst: Ipv6Addr| {
+        let mut l4 = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &src,
+            &dst,
+            &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        let mut f = ipv6(src, dst, IpProtocol::Icmpv6, &l4);
+        f[14 + 7] = 255; // NDP's hop limit
+        f
+    };
+    let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
+    let rs = icmp(
+        Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { lladdr: Some(mac) }),
+        ll,
+        all_routers,
+    );
+    let out = send(&mut sw, &rs);
+    assert_eq!(out.frames.len(), 1, "an RA");
+    let (src, dst, proto, l4) = parse6(&out.frames[0]);
+    assert_eq!((src, dst, proto), (router_ll, ll, IpProtocol::Icmpv6));
+    assert_eq!(l4[0], 134, "router advertisement");
+    assert_eq!(l4[5] & 0xc0, 0xc0, "managed and other-config flags");
+
+    // NS for the gateway's global address → NA with the gateway MAC.
+    let snm: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    let ns = icmp(
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: GW6,
+            lladdr: Some(mac),
+        }),
+        GUEST6,
+        snm,
+    );
+    let out = send(&mut sw, &ns);
+    assert_eq!(out.frames.len(), 1, "an NA");
+    let (src, dst, _, l4) = parse6(&out.frames[0]);
+    assert_eq!((src, dst), (GW6, GUEST6));
+    let na = Icmpv6Packet::new_checked(&l4[..]).unwrap();
+    match Icmpv6Repr::parse(&src, &dst, &na, &Default::default()).unwrap() {
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags,
+            target_addr,
+            lladdr,
+        }) => {
+            assert_eq!(target_addr, GW6);
+            assert!(flags.contains(NdiscNeighborFlags::SOLICITED));
+            assert_eq!(
+                lladdr,
+                Some(RawHardwareAddress::from(EthernetAddress(
+                    crate::config::GATEWAY_MAC
+                )))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Duplicate address detection for the guest's address: never answered.
+    let dad = icmp(
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: GUEST6,
+            lladdr: None,
+        }),
+        Ipv6Addr::UNSPECIFIED,
+        "ff02::1:ff00:2".parse().unwrap(),
+    );
+    assert!(send(&mut sw, &dad).frames.is_empty());
+
+    // The periodic advertisement goes out once the guest has spoken.
+    let mut rx = Captured::default();
+    sw.poll_host(&mut rx);
+    assert!(
+        rx.frames.iter().any(|f| parse6(f).3.first() == Some(&134)),
+        "an unsolicited RA"
+    );
 }

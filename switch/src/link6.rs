@@ -1,50 +1,1234 @@
-//! TEMPORARY STUB — replaced by the link6 branch.
-#![allow(dead_code, unused)]
+//! The IPv6 control plane of the guest's link: neighbour discovery, router advertisements,
+//! DHCPv6 and pings to the gateway's link-local address. Pure: packets in, frames out, no I/O.
+//!
+//! # Theory of operation
+//!
+//! As with IPv4 and ARP, the guest sees a two-host Ethernet segment where podwire is the
+//! router and owns every address that is not the guest's. [`Link6`] answers everything on that
+//! segment that is about the link itself rather than about the world behind it; the switch
+//! sends it the guest packets [`Link6::is_control`] claims and hands everything else to the NAT.
+//!
+//! - **Neighbour discovery** (RFC 4861). A neighbour solicitation for any address that is not
+//!   the guest's gets a solicited advertisement (R, S and O set, target link-layer address =
+//!   the gateway MAC), like proxy ARP: the gateway's link-local and global addresses, and also
+//!   other addresses of the prefix the guest believes on-link (in `pod` mode the pod's real
+//!   gateway, other hosts of the pod's /64), whose traffic then reaches the NAT. Link-local
+//!   targets other than the gateway's are not answered: nothing behind podwire can be reached
+//!   at a link-local address, and an unanswered solicitation gives the guest a prompt
+//!   "unreachable" instead of a black hole.
+//! - **The guest's addresses** are learned, never defended against: duplicate address detection
+//!   (a solicitation from `::`) is never answered, and its target is learned as the guest's, as
+//!   are the targets of the guest's own advertisements and the sources of its packets (the
+//!   switch reports those of NAT-bound packets with [`Link6::learn_source`]). The configured
+//!   DHCPv6 address is always the guest's. The table is small and fixed ([`MAX_GUEST_ADDRESSES`],
+//!   most recently seen first) so a guest cycling through source addresses costs nothing but
+//!   the oldest entries.
+//! - **Router advertisements** (built by `podwire_dhcp::router_advertisement`) make the gateway
+//!   link-local address the default router and carry M and O (addresses and DNS from DHCPv6),
+//!   the prefix (on-link; autonomous only for a /64, since SLAAC needs 64-bit interface
+//!   identifiers), the MTU, RDNSS and DNSSL. A solicitation gets one unicast to its source, or
+//!   to all-nodes when it comes from `::`. Solicitations are the guest's to repeat, so answers are
+//!   bounded by a token bucket ([`RS_BURST`], one more per [`RS_REFILL`]) and multicast ones are
+//!   kept [`MIN_DELAY_BETWEEN_RAS`] apart (RFC 4861 6.2.6): a multicast answer that would come too
+//!   soon is left to [`Link6::periodic`], which sends it when the gap has passed. Unsolicited
+//!   advertisements start as soon as the switch reports a guest, come
+//!   [`MAX_INITIAL_RTR_ADVERT_INTERVAL`] apart for the first [`MAX_INITIAL_RTR_ADVERTISEMENTS`]
+//!   (RFC 4861 6.2.4), then every [`RA_INTERVAL`].
+//! - **DHCPv6** goes to `podwire_dhcp::Dhcpv6Server`, which hands out [`Link6Config::guest`];
+//!   this module checks the UDP header and checksum and frames the reply: from the gateway
+//!   link-local address port 547 to the request's source address and port, full checksum.
+//! - **Echo requests to the gateway's link-local address** are answered here (same identifier,
+//!   sequence and data), so `ping fe80::…%eth0` works. Echo requests to the gateway's global
+//!   address are *not* control: the switch NATs them (to the pod's `::1` when gateway mapping is
+//!   on), exactly as for IPv4.
+//! - **Everything else on the link** — MLD reports, mDNS and other multicast, redirects or
+//!   advertisements from the guest, other ICMPv6 informational messages — is dropped and counted.
+//!
+//! Every packet is the guest's: the fixed header, the extension header chain (at most
+//! [`MAX_EXTENSION_HEADERS`], no fragments) and each message are bounds-checked before they are
+//! read, ND messages are validated as RFC 4861 7.1 asks (hop limit 255, checksum, code 0,
+//! length, options, multicast targets, the rules for `::` sources), and UDP and ICMPv6
+//! checksums are verified unless the guest left them to the device (virtio CSUM). Every way of
+//! not answering is a [`Link6Drop`] with a counter in [`Link6Counters`]; replies are written into
+//! the caller's buffer, and nothing on the packet path allocates (the DHCPv6 server records a
+//! new client's DUID, once per client).
+
 use std::net::Ipv6Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use podwire_dhcp::{
+    duid_ll, icmpv6_checksum, is_router_solicitation, router_advertisement, router_link_local,
+    Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, RaConfig, RaConfigError, ALL_NODES,
+    DHCPV6_SERVER_PORT, ICMPV6_NEXT_HEADER, MAX_DHCPV6_REPLY, ND_HOP_LIMIT,
+};
+use podwire_vhost::Counter;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
+    Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
+};
+
+/// Offset of the IPv6 payload in a reply frame.
+const L4_OFFSET: usize = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+/// An `out` buffer of this size holds every reply to a packet of up to 1500 bytes (an echo
+/// reply is as long as its request; DHCPv6 replies and advertisements are shorter).
+pub const OUT_BUFFER_LEN: usize = ETHERNET_HEADER_LEN + 1500;
+/// IPv6 minimum link MTU (RFC 8200 5).
+const IPV6_MIN_MTU: usize = 1280;
+
+/// Addresses remembered as the guest's: a link-local, a DHCPv6 and a SLAAC address, temporary
+/// addresses, and room to spare.
+pub const MAX_GUEST_ADDRESSES: usize = 8;
+/// Extension headers skipped before giving up: real packets carry at most a hop-by-hop header
+/// (MLD's router alert); the bound keeps a guest's chain from costing more.
+pub const MAX_EXTENSION_HEADERS: usize = 4;
+
+/// RFC 4861 10: at most one multicast advertisement per 3 s.
+pub const MIN_DELAY_BETWEEN_RAS: Duration = Duration::from_secs(3);
+/// RFC 4861 10: the first advertisements come at most 16 s apart...
+pub const MAX_INITIAL_RTR_ADVERT_INTERVAL: Duration = Duration::from_secs(16);
+/// ...for the first three.
+pub const MAX_INITIAL_RTR_ADVERTISEMENTS: u8 = 3;
+/// Unsolicited advertisements after the initial ones: `RaConfig`'s MaxRtrAdvInterval. RDNSS and
+/// DNSSL live three times as long, so one lost advertisement costs nothing.
+pub const RA_INTERVAL: Duration = Duration::from_secs(600);
+/// Solicited advertisements that may go out back to back...
+pub const RS_BURST: u32 = 3;
+/// ...and how often one more is allowed after that.
+pub const RS_REFILL: Duration = Duration::from_secs(1);
+
+/// Router lifetime advertised: RFC 4861's default (3 × MaxRtrAdvInterval).
+const ROUTER_LIFETIME_SECS: u16 = 1800;
+/// Hop limit of the replies that are not neighbour discovery (echo, DHCPv6).
+const HOP_LIMIT: u8 = 64;
+
+/// IPv6 next header values (IANA).
+mod proto {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// ICMPv6 types (RFC 4443, 2710, 3810, 4861).
+mod icmp {
+    pub const ECHO_REQUEST: u8 = 128;
+    pub const ECHO_REPLY: u8 = 129;
+    /// The first informational type that is not an echo: everything from here on is about
+    /// the link (MLD, ND, router renumbering, node information, ...), never for the NAT.
+    pub const FIRST_LINK_TYPE: u8 = 130;
+    pub const MLD_QUERY: u8 = 130;
+    pub const MLD_REPORT: u8 = 131;
+    pub const MLD_DONE: u8 = 132;
+    pub const MLDV2_REPORT: u8 = 143;
+    pub const RS: u8 = 133;
+    pub const RA: u8 = 134;
+    pub const NS: u8 = 135;
+    pub const NA: u8 = 136;
+    pub const REDIRECT: u8 = 137;
+}
+
+/// ND option types (RFC 4861 4.6).
+const OPT_SOURCE_LL: u8 = 1;
+const OPT_TARGET_LL: u8 = 2;
+/// NA flags (RFC 4861 4.4).
+const NA_ROUTER: u8 = 0x80;
+const NA_SOLICITED: u8 = 0x40;
+const NA_OVERRIDE: u8 = 0x20;
+/// Type, code, checksum, reserved/flags, target.
+const NS_NA_LEN: usize = 24;
+/// Type, code, checksum, reserved.
+const RS_LEN: usize = 8;
+/// Type, code, checksum, identifier, sequence.
+const ECHO_LEN: usize = 8;
+/// NA with one target link-layer address option.
+const NA_REPLY_LEN: usize = NS_NA_LEN + 8;
+
+/// 33:33 + the last 32 bits of ff02::1 (RFC 2464 7).
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// What podwire serves on the guest's IPv6 link.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link6Config {
+    /// podwire's MAC on the link; its modified EUI-64 link-local address is the router.
     pub gateway_mac: [u8; 6],
+    /// The on-link prefix advertised (e.g. fd10:0:2::/120, or the pod's /64).
     pub prefix: Ipv6Addr,
     pub prefix_len: u8,
+    /// The address DHCPv6 hands out; always considered the guest's.
     pub guest: Ipv6Addr,
+    /// The gateway's global address: solicitations for it are answered like those for the
+    /// link-local one, and the guest may never claim it.
     pub gateway: Ipv6Addr,
+    /// RDNSS and DHCPv6 option 23.
     pub dns: Vec<Ipv6Addr>,
+    /// DNSSL and DHCPv6 option 24.
     pub search: Vec<String>,
+    /// Link MTU: the advertised MTU option and the bound on advertisement size.
     pub mtu: u16,
+    /// DHCPv6 preferred and valid lifetime of the address, in seconds.
     pub lease_secs: u32,
 }
-#[derive(Debug, thiserror::Error)]
-pub enum Link6Drop {
-    #[error("x")]
-    X,
+
+/// A configuration [`Link6`] can only partly honour; see [`Link6Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Link6ConfigError {
+    #[error("router advertisement: {0}")]
+    Ra(#[from] RaConfigError),
+    #[error("DHCPv6: {0}")]
+    Dhcp(#[from] Dhcpv6ConfigError),
+    #[error("MTU {0} is below the 1280 bytes IPv6 needs")]
+    Mtu(u16),
 }
-pub struct Link6 {}
+
+impl Link6Config {
+    fn ra_config(&self) -> RaConfig {
+        let mut ra = RaConfig::new(self.gateway_mac, self.prefix, self.prefix_len);
+        // Addresses and DNS come from DHCPv6; RDNSS and DNSSL are also in the advertisement
+        // for guests without a DHCPv6 client.
+        ra.managed = true;
+        ra.other = true;
+        ra.on_link = true;
+        ra.autonomous = self.prefix_len == 64;
+        ra.mtu = Some(u32::from(self.mtu));
+        ra.dns = self.dns.clone();
+        ra.search = self.search.clone();
+        ra.router_lifetime_secs = ROUTER_LIFETIME_SECS;
+        ra.max_interval_secs = RA_INTERVAL.as_secs() as u32;
+        ra
+    }
+
+    fn dhcp_config(&self) -> Dhcpv6Config {
+        Dhcpv6Config {
+            server_duid: duid_ll(self.gateway_mac),
+            guest_addr: self.guest,
+            dns: self.dns.clone(),
+            search: self.search.clone(),
+            preferred_lifetime: self.lease_secs,
+            valid_lifetime: self.lease_secs,
+        }
+    }
+
+    /// Reports the first thing [`Link6`] would leave out or get wrong. [`Link6::new`] takes any
+    /// configuration and leaves out what cannot be encoded.
+    pub fn validate(&self) -> Result<(), Link6ConfigError> {
+        if usize::from(self.mtu) < IPV6_MIN_MTU {
+            return Err(Link6ConfigError::Mtu(self.mtu));
+        }
+        self.ra_config().validate()?;
+        self.dhcp_config().validate()?;
+        Ok(())
+    }
+}
+
+/// Why [`Link6::handle`] sent nothing back. Each has a counter in [`Link6Counters`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Link6Drop {
+    #[error("packet shorter than its headers or its payload length")]
+    Truncated,
+    #[error("not an IPv6 header")]
+    BadHeader,
+    #[error("source address {0} is not usable here")]
+    BadSource(Ipv6Addr),
+    #[error("frame source {0:02x?} is not a unicast MAC")]
+    BadGuestMac([u8; 6]),
+    #[error("fragment, misplaced hop-by-hop header or too many extension headers")]
+    ExtensionHeaders,
+    #[error("neighbour discovery with hop limit {0}, not 255")]
+    BadHopLimit(u8),
+    #[error("bad ICMPv6 or UDP checksum")]
+    BadChecksum,
+    #[error("malformed neighbour discovery message")]
+    BadNd,
+    #[error("malformed echo request")]
+    BadEcho,
+    #[error("UDP length does not fit the packet")]
+    BadUdp,
+    #[error("solicitation for the guest's own address {0}")]
+    NsForGuest(Ipv6Addr),
+    #[error("solicitation for {0}, a link-local address nobody has")]
+    NsForUnknownLinkLocal(Ipv6Addr),
+    #[error("the guest claims the gateway's address {0}")]
+    ClaimsGateway(Ipv6Addr),
+    #[error("router advertisement or redirect from the guest")]
+    RouterMessage,
+    #[error("MLD message")]
+    Mld,
+    #[error("multicast podwire does not serve")]
+    Multicast,
+    #[error("ICMPv6 type {0} is not served")]
+    IcmpIgnored(u8),
+    #[error("not addressed to anything podwire serves")]
+    NotForUs,
+    #[error("router solicitation over the rate limit")]
+    RsRateLimited,
+    #[error("DHCPv6: {0}")]
+    Dhcp(Dhcpv6Error),
+    #[error("reply does not fit the output buffer")]
+    OutputTooSmall,
+}
+
+impl Link6Drop {
+    /// Whether this happens on a healthy link (multicast chatter, rate limiting, lookups of
+    /// addresses podwire does not answer for) rather than pointing at a broken or hostile
+    /// guest, or a caller bug. The switch can log the others once.
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            Link6Drop::NsForGuest(_)
+                | Link6Drop::NsForUnknownLinkLocal(_)
+                | Link6Drop::Mld
+                | Link6Drop::Multicast
+                | Link6Drop::IcmpIgnored(_)
+                | Link6Drop::NotForUs
+                | Link6Drop::RsRateLimited
+        )
+    }
+}
+
+/// What happened to the guest's IPv6 control traffic. `received` counts every
+/// [`Link6::handle`] call; each ends in one reply counter, one of `dad_probes`,
+/// `advertisements_seen`, `rs_deferred` or `dhcp_ignored`, or one `drop_*` counter.
+#[derive(Debug, Default)]
+pub struct Link6Counters {
+    pub received: Counter,
+    /// Neighbour advertisements sent (answers to solicitations).
+    pub na_sent: Counter,
+    pub ra_solicited: Counter,
+    pub ra_unsolicited: Counter,
+    /// Unsolicited advertisements that did not fit the caller's buffer.
+    pub ra_unsolicited_failed: Counter,
+    /// Solicitations from `::` answered by the next periodic advertisement because a
+    /// multicast one went out less than 3 s before.
+    pub rs_deferred: Counter,
+    pub dhcp_replies: Counter,
+    /// Well-formed DHCPv6 messages the server chose not to answer (see its counters).
+    pub dhcp_ignored: Counter,
+    pub echo_replies: Counter,
+    /// Duplicate address detection probes seen (never answered; the target is learned).
+    pub dad_probes: Counter,
+    /// Neighbour advertisements from the guest (never answered; the target is learned).
+    pub advertisements_seen: Counter,
+    /// Addresses added to the guest's table, and the ones that pushed out.
+    pub addresses_learned: Counter,
+    pub addresses_evicted: Counter,
+    pub drop_truncated: Counter,
+    pub drop_bad_header: Counter,
+    pub drop_bad_source: Counter,
+    pub drop_bad_guest_mac: Counter,
+    pub drop_extension_headers: Counter,
+    pub drop_bad_hop_limit: Counter,
+    pub drop_bad_checksum: Counter,
+    pub drop_bad_nd: Counter,
+    pub drop_bad_echo: Counter,
+    pub drop_bad_udp: Counter,
+    pub drop_ns_for_guest: Counter,
+    pub drop_ns_unknown_link_local: Counter,
+    pub drop_claims_gateway: Counter,
+    pub drop_router_message: Counter,
+    pub mld_ignored: Counter,
+    pub multicast_ignored: Counter,
+    pub drop_icmp_other: Counter,
+    pub drop_not_for_us: Counter,
+    pub drop_rs_rate_limited: Counter,
+    pub drop_dhcp_malformed: Counter,
+    /// Replies that did not fit the caller's buffer.
+    pub drop_output_too_small: Counter,
+}
+
+impl Link6Counters {
+    fn of(&self, drop: &Link6Drop) -> &Counter {
+        match drop {
+            Link6Drop::Truncated => &self.drop_truncated,
+            Link6Drop::BadHeader => &self.drop_bad_header,
+            Link6Drop::BadSource(_) => &self.drop_bad_source,
+            Link6Drop::BadGuestMac(_) => &self.drop_bad_guest_mac,
+            Link6Drop::ExtensionHeaders => &self.drop_extension_headers,
+            Link6Drop::BadHopLimit(_) => &self.drop_bad_hop_limit,
+            Link6Drop::BadChecksum => &self.drop_bad_checksum,
+            Link6Drop::BadNd => &self.drop_bad_nd,
+            Link6Drop::BadEcho => &self.drop_bad_echo,
+            Link6Drop::BadUdp => &self.drop_bad_udp,
+            Link6Drop::NsForGuest(_) => &self.drop_ns_for_guest,
+            Link6Drop::NsForUnknownLinkLocal(_) => &self.drop_ns_unknown_link_local,
+            Link6Drop::ClaimsGateway(_) => &self.drop_claims_gateway,
+            Link6Drop::RouterMessage => &self.drop_router_message,
+            Link6Drop::Mld => &self.mld_ignored,
+            Link6Drop::Multicast => &self.multicast_ignored,
+            Link6Drop::IcmpIgnored(_) => &self.drop_icmp_other,
+            Link6Drop::NotForUs => &self.drop_not_for_us,
+            Link6Drop::RsRateLimited => &self.drop_rs_rate_limited,
+            Link6Drop::Dhcp(_) => &self.drop_dhcp_malformed,
+            Link6Drop::OutputTooSmall => &self.drop_output_too_small,
+        }
+    }
+}
+
+/// The guest's addresses, most recently seen first, in fixed storage.
+#[derive(Debug, Clone)]
+struct AddressTable {
+    addrs: [Ipv6Addr; MAX_GUEST_ADDRESSES],
+    len: usize,
+}
+
+impl AddressTable {
+    const fn new() -> Self {
+        Self {
+            addrs: [Ipv6Addr::UNSPECIFIED; MAX_GUEST_ADDRESSES],
+            len: 0,
+        }
+    }
+
+    fn as_slice(&self) -> &[Ipv6Addr] {
+        self.addrs.get(..self.len).unwrap_or(&[])
+    }
+
+    fn contains(&self, addr: Ipv6Addr) -> bool {
+        self.as_slice().contains(&addr)
+    }
+
+    /// Moves `addr` to the front, inserting it if new. Returns (inserted, evicted).
+    fn touch(&mut self, addr: Ipv6Addr) -> (bool, bool) {
+        match self.as_slice().iter().position(|&a| a == addr) {
+            // The common case, every NAT-bound packet from the guest's usual address.
+            Some(0) => (false, false),
+            Some(i) => {
+                self.addrs[..=i].rotate_right(1);
+                (false, false)
+            }
+            None => {
+                let evicted = self.len == MAX_GUEST_ADDRESSES;
+                self.len = (self.len + 1).min(MAX_GUEST_ADDRESSES);
+                self.addrs[..self.len].rotate_right(1);
+                self.addrs[0] = addr;
+                (true, evicted)
+            }
+        }
+    }
+}
+
+/// Admits a burst of [`RS_BURST`], then one per [`RS_REFILL`].
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: u32,
+    /// When `tokens` was last brought up to date; `None` means full.
+    stamp: Option<Instant>,
+}
+
+impl TokenBucket {
+    const FULL: Self = Self {
+        tokens: RS_BURST,
+        stamp: None,
+    };
+
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(stamp) = self.stamp {
+            let earned = now.saturating_duration_since(stamp).as_nanos() / RS_REFILL.as_nanos();
+            let tokens = u128::from(self.tokens) + earned;
+            if tokens >= u128::from(RS_BURST) {
+                self.tokens = RS_BURST;
+                self.stamp = None;
+            } else {
+                // Below RS_BURST, so both fit in u32; the remainder of the interval is kept.
+                self.tokens = tokens as u32;
+                self.stamp = Some(stamp + RS_REFILL * earned as u32);
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        self.stamp.get_or_insert(now);
+        true
+    }
+}
+
+/// The IPv6 control plane of the guest's link. See the module documentation.
+pub struct Link6 {
+    cfg: Link6Config,
+    gateway_ll: Ipv6Addr,
+    ra: RaConfig,
+    dhcp: Dhcpv6Server,
+    guest_addrs: AddressTable,
+    rs_bucket: TokenBucket,
+    /// When the next unsolicited advertisement is due; `None` until a guest is reported.
+    next_ra: Option<Instant>,
+    last_multicast_ra: Option<Instant>,
+    /// Unsolicited advertisements still to send at the initial, shorter interval.
+    initial_left: u8,
+    pub counters: Link6Counters,
+}
+
+/// The fixed IPv6 header fields the control plane uses.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    /// Upper-layer protocol, after the extension headers.
+    proto: u8,
+    /// Offset of the upper-layer message in the packet.
+    l4_offset: usize,
+    /// End of the IPv6 payload in the packet (Ethernet padding excluded).
+    end: usize,
+}
+
+impl Header {
+    /// Parses the fixed header and walks the extension headers. `strict` requires the whole
+    /// payload to be present; otherwise it is cut to what `packet` holds, for decisions taken
+    /// from the first bytes only.
+    fn parse(packet: &[u8], strict: bool) -> Result<Header, Link6Drop> {
+        let fixed = packet.get(..IPV6_HEADER_LEN).ok_or(Link6Drop::Truncated)?;
+        let ip = Ipv6Packet::new_unchecked(fixed);
+        if ip.version() != 6 {
+            return Err(Link6Drop::BadHeader);
+        }
+        let claimed = IPV6_HEADER_LEN + usize::from(ip.payload_len());
+        if strict && claimed > packet.len() {
+            return Err(Link6Drop::Truncated);
+        }
+        let end = claimed.min(packet.len());
+        let (proto, l4_offset) = upper_layer(&packet[..end], u8::from(ip.next_header()))?;
+        Ok(Header {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            hop_limit: ip.hop_limit(),
+            proto,
+            l4_offset,
+            end,
+        })
+    }
+}
+
+/// Skips hop-by-hop, routing and destination options headers (RFC 8200 4); returns the
+/// upper-layer protocol and its offset. A fragment header ends the walk with an error: no
+/// control message is legitimately fragmented, and reassembly is not worth its state here.
+fn upper_layer(packet: &[u8], first: u8) -> Result<(u8, usize), Link6Drop> {
+    let mut next = first;
+    let mut offset = IPV6_HEADER_LEN;
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        match next {
+            proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS => {
+                // RFC 8200 4.1: hop-by-hop options only directly after the fixed header.
+                if next == proto::HOP_BY_HOP && offset != IPV6_HEADER_LEN {
+                    return Err(Link6Drop::ExtensionHeaders);
+                }
+                let Some(&[following, units]) = packet.get(offset..offset + 2) else {
+                    return Err(Link6Drop::Truncated);
+                };
+                // Hdr Ext Len counts 8-byte units after the first 8.
+                offset += (usize::from(units) + 1) * 8;
+                if offset > packet.len() {
+                    return Err(Link6Drop::Truncated);
+                }
+                next = following;
+            }
+            proto::FRAGMENT => return Err(Link6Drop::ExtensionHeaders),
+            upper => return Ok((upper, offset)),
+        }
+    }
+    Err(Link6Drop::ExtensionHeaders)
+}
+
+fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// ff02::1:ffXX:XXXX (RFC 4291 2.7.1).
+fn is_solicited_node(addr: Ipv6Addr) -> bool {
+    let o = addr.octets();
+    o[..13] == [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]
+}
+
+fn is_unicast_mac(mac: [u8; 6]) -> bool {
+    mac[0] & 1 == 0 && mac != [0; 6]
+}
+
+fn addr_at(bytes: &[u8], offset: usize) -> Option<Ipv6Addr> {
+    let octets: [u8; 16] = bytes.get(offset..offset + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(octets))
+}
+
+/// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200 8.1): 0 for a
+/// valid received message; to fill one in, compute with the field zeroed and store the result.
+fn l4_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
+    // u64 cannot overflow: a message is far below 2^48 bytes.
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        let mut pairs = bytes.chunks_exact(2);
+        for pair in pairs.by_ref() {
+            sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        if let [last] = *pairs.remainder() {
+            sum += u64::from(last) << 8;
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(message.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, next_header]);
+    add(message);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Walks ND options (RFC 4861 4.6): each non-empty and inside the message. Returns whether a
+/// source link-layer address option is present.
+fn nd_options(mut options: &[u8]) -> Result<bool, Link6Drop> {
+    let mut source_ll = false;
+    // Each option is at least 8 bytes, so this ends within len / 8 steps.
+    while !options.is_empty() {
+        let units = match *options {
+            [kind, units, ..] if units != 0 => {
+                source_ll |= kind == OPT_SOURCE_LL;
+                usize::from(units)
+            }
+            _ => return Err(Link6Drop::BadNd),
+        };
+        options = options.get(units * 8..).ok_or(Link6Drop::BadNd)?;
+    }
+    Ok(source_ll)
+}
+
+/// Writes the Ethernet and IPv6 headers of a reply in front of its `payload_len` bytes.
+#[allow(clippy::too_many_arguments)]
+fn write_headers(
+    out: &mut [u8],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: IpProtocol,
+    hop_limit: u8,
+    payload_len: usize,
+) {
+    let Some(headers) = out.get_mut(..L4_OFFSET) else {
+        return;
+    };
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut headers[..]));
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header,
+        payload_len,
+        hop_limit,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(
+        &mut headers[ETHERNET_HEADER_LEN..],
+    ));
+}
+
 impl Link6 {
-    pub fn new(_: Link6Config) -> Link6 {
-        Link6 {}
+    /// Takes any configuration; what cannot be encoded is left out of advertisements and
+    /// DHCPv6 replies (see [`Link6Config::validate`]).
+    pub fn new(cfg: Link6Config) -> Link6 {
+        Link6 {
+            gateway_ll: router_link_local(cfg.gateway_mac),
+            ra: cfg.ra_config(),
+            dhcp: Dhcpv6Server::new(cfg.dhcp_config()),
+            guest_addrs: AddressTable::new(),
+            rs_bucket: TokenBucket::FULL,
+            next_ra: None,
+            last_multicast_ra: None,
+            initial_left: MAX_INITIAL_RTR_ADVERTISEMENTS,
+            counters: Link6Counters::default(),
+            cfg,
+        }
     }
-    pub fn is_control(_: &[u8]) -> bool {
-        false
+
+    /// The router's address: fe80:: with the modified EUI-64 of the gateway MAC.
+    pub fn gateway_link_local(&self) -> Ipv6Addr {
+        self.gateway_ll
     }
+
+    /// Whether a guest IPv6 packet (`packet` from the IPv6 header on; the fixed header, any
+    /// extension headers and the first 4 bytes of the upper layer suffice) is for
+    /// [`Link6::handle`] rather than the NAT:
+    ///
+    /// - anything to a multicast destination (ND, MLD, DHCPv6, mDNS...: nothing multicast is
+    ///   NATed);
+    /// - anything to a link-local destination (echo to the gateway's link-local address is
+    ///   answered; nothing link-local can be reached through the NAT);
+    /// - ICMPv6 informational messages other than echo (type 130 and up: MLD, ND, router
+    ///   renumbering, node information), whatever the destination, so unicast ND (NUD probes
+    ///   to the gateway's global address) is answered;
+    /// - UDP to port 547 (DHCPv6), whatever the destination.
+    ///
+    /// Everything else, including echo requests to the gateway's global address, ICMPv6 errors
+    /// and anything that is not a parseable IPv6 header, is the NAT's (which validates it).
+    pub fn is_control(packet: &[u8]) -> bool {
+        let Some(fixed) = packet.get(..IPV6_HEADER_LEN) else {
+            return false;
+        };
+        let ip = Ipv6Packet::new_unchecked(fixed);
+        if ip.version() != 6 {
+            return false;
+        }
+        let dst = ip.dst_addr();
+        if dst.is_multicast() || is_link_local(dst) {
+            return true;
+        }
+        let Ok(h) = Header::parse(packet, false) else {
+            return false;
+        };
+        let l4 = packet.get(h.l4_offset..h.end).unwrap_or(&[]);
+        match (h.proto, l4) {
+            (ICMPV6_NEXT_HEADER, [kind, ..]) => *kind >= icmp::FIRST_LINK_TYPE,
+            (proto::UDP, [_, _, hi, lo, ..]) => {
+                u16::from_be_bytes([*hi, *lo]) == DHCPV6_SERVER_PORT
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles one guest IPv6 packet that [`Link6::is_control`] claimed.
+    ///
+    /// `packet` is the whole IPv6 packet (header onward) copied out of guest memory; one whose
+    /// payload length runs past it is dropped as [`Link6Drop::Truncated`]. `guest_mac` is the
+    /// frame's Ethernet source, where unicast replies go. `partial_csum` says the guest left the
+    /// L4 checksum to the device (virtio CSUM), so it is not verified. At most one reply frame,
+    /// Ethernet header included, is written to `out` ([`OUT_BUFFER_LEN`] always suffices) and its
+    /// length returned. `Ok(None)` means the packet was taken in without a reply (duplicate
+    /// address detection, the guest's advertisements, a deferred solicitation, a DHCPv6 message
+    /// the server ignores); every `Err` has been counted.
     pub fn handle(
         &mut self,
-        _: [u8; 6],
-        _: &[u8],
-        _: bool,
-        _: Instant,
-        _: &mut [u8],
+        guest_mac: [u8; 6],
+        packet: &[u8],
+        partial_csum: bool,
+        now: Instant,
+        out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
+        self.counters.received.inc();
+        let result = self.dispatch(guest_mac, packet, partial_csum, now, out);
+        if let Err(drop) = &result {
+            self.counters.of(drop).inc();
+        }
+        result
+    }
+
+    fn dispatch(
+        &mut self,
+        guest_mac: [u8; 6],
+        packet: &[u8],
+        partial_csum: bool,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        let h = Header::parse(packet, true)?;
+        if h.src.is_multicast() {
+            return Err(Link6Drop::BadSource(h.src));
+        }
+        if !is_unicast_mac(guest_mac) {
+            return Err(Link6Drop::BadGuestMac(guest_mac));
+        }
+        let l4 = packet.get(h.l4_offset..h.end).ok_or(Link6Drop::Truncated)?;
+        match h.proto {
+            ICMPV6_NEXT_HEADER => self.icmpv6(guest_mac, &h, l4, partial_csum, now, out),
+            proto::UDP => self.udp(guest_mac, &h, l4, partial_csum, out),
+            _ if h.dst.is_multicast() => Err(Link6Drop::Multicast),
+            _ => Err(Link6Drop::NotForUs),
+        }
+    }
+
+    fn icmpv6(
+        &mut self,
+        guest_mac: [u8; 6],
+        h: &Header,
+        msg: &[u8],
+        partial_csum: bool,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        let Some(&[kind, _, _, _]) = msg.get(..4) else {
+            return Err(Link6Drop::Truncated);
+        };
+        // Membership reports are expected chatter and never answered: not worth a checksum.
+        if matches!(
+            kind,
+            icmp::MLD_QUERY | icmp::MLD_REPORT | icmp::MLD_DONE | icmp::MLDV2_REPORT
+        ) {
+            return Err(Link6Drop::Mld);
+        }
+        if !partial_csum && icmpv6_checksum(h.src, h.dst, msg) != 0 {
+            return Err(Link6Drop::BadChecksum);
+        }
+        match kind {
+            icmp::NS => self.neighbor_solicitation(guest_mac, h, msg, out),
+            icmp::NA => self.neighbor_advertisement(h, msg),
+            icmp::RS => self.router_solicitation(guest_mac, h, msg, now, out),
+            icmp::RA | icmp::REDIRECT => Err(Link6Drop::RouterMessage),
+            icmp::ECHO_REQUEST => self.echo(guest_mac, h, msg, out),
+            _ if h.dst.is_multicast() => Err(Link6Drop::Multicast),
+            other => Err(Link6Drop::IcmpIgnored(other)),
+        }
+    }
+
+    /// The checks every ND message gets (RFC 4861 7.1): hop limit 255 (so it cannot come from
+    /// off-link), code 0, the fixed part present, well-formed options. Returns whether a source
+    /// link-layer address option is present.
+    fn nd_common(h: &Header, msg: &[u8], fixed_len: usize) -> Result<bool, Link6Drop> {
+        if h.hop_limit != ND_HOP_LIMIT {
+            return Err(Link6Drop::BadHopLimit(h.hop_limit));
+        }
+        if msg.get(1) != Some(&0) {
+            return Err(Link6Drop::BadNd);
+        }
+        let options = msg.get(fixed_len..).ok_or(Link6Drop::BadNd)?;
+        nd_options(options)
+    }
+
+    fn is_gateway(&self, addr: Ipv6Addr) -> bool {
+        addr == self.gateway_ll || addr == self.cfg.gateway
+    }
+
+    fn is_guest(&self, addr: Ipv6Addr) -> bool {
+        addr == self.cfg.guest || self.guest_addrs.contains(addr)
+    }
+
+    fn learn(&mut self, addr: Ipv6Addr) {
+        if addr.is_unspecified()
+            || addr.is_multicast()
+            || addr.is_loopback()
+            || self.is_gateway(addr)
+        {
+            return;
+        }
+        let (inserted, evicted) = self.guest_addrs.touch(addr);
+        if inserted {
+            self.counters.addresses_learned.inc();
+        }
+        if evicted {
+            self.counters.addresses_evicted.inc();
+        }
+    }
+
+    fn neighbor_solicitation(
+        &mut self,
+        guest_mac: [u8; 6],
+        h: &Header,
+        msg: &[u8],
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        let source_ll = Self::nd_common(h, msg, NS_NA_LEN)?;
+        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
+        if target.is_multicast() || target.is_unspecified() || target.is_loopback() {
+            return Err(Link6Drop::BadNd);
+        }
+        if h.src.is_unspecified() {
+            // Duplicate address detection (RFC 4862 5.4.2): the guest is about to use
+            // `target`. It must go to the solicited-node group and carry no link-layer
+            // address (RFC 4861 7.1.1). Never answered: on this link the address is the
+            // guest's whatever it is.
+            if !is_solicited_node(h.dst) || source_ll {
+                return Err(Link6Drop::BadNd);
+            }
+            if self.is_gateway(target) {
+                return Err(Link6Drop::ClaimsGateway(target));
+            }
+            self.learn(target);
+            self.counters.dad_probes.inc();
+            return Ok(None);
+        }
+        self.learn(h.src);
+        if self.is_guest(target) {
+            return Err(Link6Drop::NsForGuest(target));
+        }
+        if is_link_local(target) && target != self.gateway_ll {
+            return Err(Link6Drop::NsForUnknownLinkLocal(target));
+        }
+
+        let frame = out
+            .get_mut(..L4_OFFSET + NA_REPLY_LEN)
+            .ok_or(Link6Drop::OutputTooSmall)?;
+        let na = &mut frame[L4_OFFSET..];
+        na[0] = icmp::NA;
+        na[1] = 0;
+        na[2..4].fill(0);
+        na[4] = NA_ROUTER | NA_SOLICITED | NA_OVERRIDE;
+        na[5..8].fill(0);
+        na[8..24].copy_from_slice(&target.octets());
+        na[24] = OPT_TARGET_LL;
+        na[25] = 1;
+        na[26..32].copy_from_slice(&self.cfg.gateway_mac);
+        // Sent from the target itself, as its owner would; the guest checks only the target.
+        let checksum = icmpv6_checksum(target, h.src, na);
+        na[2..4].copy_from_slice(&checksum.to_be_bytes());
+        write_headers(
+            frame,
+            guest_mac,
+            self.cfg.gateway_mac,
+            target,
+            h.src,
+            IpProtocol::Icmpv6,
+            ND_HOP_LIMIT,
+            NA_REPLY_LEN,
+        );
+        self.counters.na_sent.inc();
+        Ok(Some(L4_OFFSET + NA_REPLY_LEN))
+    }
+
+    fn neighbor_advertisement(
+        &mut self,
+        h: &Header,
+        msg: &[u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        Self::nd_common(h, msg, NS_NA_LEN)?;
+        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
+        let solicited = msg.get(4).is_some_and(|flags| flags & NA_SOLICITED != 0);
+        // RFC 4861 7.1.2: no multicast target, and no S flag when sent to a group.
+        if target.is_multicast() || (h.dst.is_multicast() && solicited) {
+            return Err(Link6Drop::BadNd);
+        }
+        if self.is_gateway(target) {
+            return Err(Link6Drop::ClaimsGateway(target));
+        }
+        self.learn(h.src);
+        self.learn(target);
+        self.counters.advertisements_seen.inc();
         Ok(None)
     }
-    pub fn periodic(&mut self, _: Option<[u8; 6]>, _: Instant, _: &mut [u8]) -> Option<usize> {
-        None
+
+    fn router_solicitation(
+        &mut self,
+        guest_mac: [u8; 6],
+        h: &Header,
+        msg: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        let source_ll = Self::nd_common(h, msg, RS_LEN)?;
+        // RFC 4861 6.1.1: no link-layer address from the unspecified address.
+        if !is_router_solicitation(msg) || (h.src.is_unspecified() && source_ll) {
+            return Err(Link6Drop::BadNd);
+        }
+        self.learn(h.src);
+        if h.src.is_unspecified() {
+            // The answer goes to all nodes, so RFC 4861 6.2.6's spacing applies: too soon
+            // after the last one, the next periodic advertisement is brought forward instead.
+            if let Some(earliest) = self
+                .last_multicast_ra
+                .map(|last| last + MIN_DELAY_BETWEEN_RAS)
+                .filter(|&earliest| now < earliest)
+            {
+                self.next_ra = Some(self.next_ra.map_or(earliest, |due| due.min(earliest)));
+                self.counters.rs_deferred.inc();
+                return Ok(None);
+            }
+        }
+        if !self.rs_bucket.take(now) {
+            return Err(Link6Drop::RsRateLimited);
+        }
+        let len = if h.src.is_unspecified() {
+            let len = self.write_ra(ALL_NODES, ALL_NODES_MAC, out)?;
+            self.sent_multicast_ra(now);
+            len
+        } else {
+            self.write_ra(h.src, guest_mac, out)?
+        };
+        self.counters.ra_solicited.inc();
+        Ok(Some(len))
     }
-    pub fn learn_source(&mut self, _: Ipv6Addr) {}
-    pub fn forget(&mut self) {}
+
+    /// Writes an advertisement from the gateway's link-local address, no larger than the link
+    /// MTU (the RDNSS and DNSSL options are left out if they do not fit).
+    fn write_ra(
+        &self,
+        dst: Ipv6Addr,
+        dst_mac: [u8; 6],
+        out: &mut [u8],
+    ) -> Result<usize, Link6Drop> {
+        let limit = usize::from(self.cfg.mtu).max(IPV6_MIN_MTU) - IPV6_HEADER_LEN;
+        let body = out.get_mut(L4_OFFSET..).ok_or(Link6Drop::OutputTooSmall)?;
+        let body_len = body.len().min(limit);
+        let len = router_advertisement(&self.ra, self.gateway_ll, dst, &mut body[..body_len])
+            .map_err(|_| Link6Drop::OutputTooSmall)?;
+        write_headers(
+            out,
+            dst_mac,
+            self.cfg.gateway_mac,
+            self.gateway_ll,
+            dst,
+            IpProtocol::Icmpv6,
+            ND_HOP_LIMIT,
+            len,
+        );
+        Ok(L4_OFFSET + len)
+    }
+
+    /// Restarts the unsolicited timer after any advertisement to all nodes (RFC 4861 6.2.4).
+    fn sent_multicast_ra(&mut self, now: Instant) {
+        self.last_multicast_ra = Some(now);
+        let interval = if self.initial_left > 1 {
+            MAX_INITIAL_RTR_ADVERT_INTERVAL
+        } else {
+            RA_INTERVAL
+        };
+        self.initial_left = self.initial_left.saturating_sub(1);
+        self.next_ra = Some(now + interval);
+    }
+
+    fn echo(
+        &mut self,
+        guest_mac: [u8; 6],
+        h: &Header,
+        msg: &[u8],
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        if h.dst != self.gateway_ll {
+            // Multicast pings go unanswered; unicast ones to the gateway's global address are
+            // the NAT's and never get here.
+            return Err(if h.dst.is_multicast() {
+                Link6Drop::Multicast
+            } else {
+                Link6Drop::NotForUs
+            });
+        }
+        if msg.len() < ECHO_LEN || msg.get(1) != Some(&0) {
+            return Err(Link6Drop::BadEcho);
+        }
+        if h.src.is_unspecified() {
+            return Err(Link6Drop::BadSource(h.src));
+        }
+        self.learn(h.src);
+        let frame = out
+            .get_mut(..L4_OFFSET + msg.len())
+            .ok_or(Link6Drop::OutputTooSmall)?;
+        let reply = &mut frame[L4_OFFSET..];
+        reply.copy_from_slice(msg);
+        reply[0] = icmp::ECHO_REPLY;
+        reply[2..4].fill(0);
+        let checksum = icmpv6_checksum(self.gateway_ll, h.src, reply);
+        reply[2..4].copy_from_slice(&checksum.to_be_bytes());
+        write_headers(
+            frame,
+            guest_mac,
+            self.cfg.gateway_mac,
+            self.gateway_ll,
+            h.src,
+            IpProtocol::Icmpv6,
+            HOP_LIMIT,
+            msg.len(),
+        );
+        self.counters.echo_replies.inc();
+        Ok(Some(L4_OFFSET + msg.len()))
+    }
+
+    fn udp(
+        &mut self,
+        guest_mac: [u8; 6],
+        h: &Header,
+        l4: &[u8],
+        partial_csum: bool,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Link6Drop> {
+        let Some(&[sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, ck_hi, ck_lo]) =
+            l4.get(..UDP_HEADER_LEN)
+        else {
+            return Err(Link6Drop::Truncated);
+        };
+        if u16::from_be_bytes([dp_hi, dp_lo]) != DHCPV6_SERVER_PORT {
+            return Err(if h.dst.is_multicast() {
+                Link6Drop::Multicast
+            } else {
+                Link6Drop::NotForUs
+            });
+        }
+        let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+        let datagram = l4.get(..udp_len).ok_or(Link6Drop::BadUdp)?;
+        if udp_len < UDP_HEADER_LEN {
+            return Err(Link6Drop::BadUdp);
+        }
+        // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
+        if !partial_csum
+            && ([ck_hi, ck_lo] == [0, 0] || l4_checksum(h.src, h.dst, proto::UDP, datagram) != 0)
+        {
+            return Err(Link6Drop::BadChecksum);
+        }
+        // DHCPv6 clients send from their link-local address; the reply goes back there.
+        if h.src.is_unspecified() {
+            return Err(Link6Drop::BadSource(h.src));
+        }
+        self.learn(h.src);
+
+        let payload_at = L4_OFFSET + UDP_HEADER_LEN;
+        let room = out.get_mut(payload_at..).ok_or(Link6Drop::OutputTooSmall)?;
+        let room_len = room.len().min(MAX_DHCPV6_REPLY);
+        let reply_len = match self
+            .dhcp
+            .handle(&datagram[UDP_HEADER_LEN..], &mut room[..room_len])
+        {
+            Ok(Some(len)) => len,
+            Ok(None) => {
+                self.counters.dhcp_ignored.inc();
+                return Ok(None);
+            }
+            Err(Dhcpv6Error::OutputTooSmall { .. }) => return Err(Link6Drop::OutputTooSmall),
+            Err(e) => return Err(Link6Drop::Dhcp(e)),
+        };
+        let udp_total = UDP_HEADER_LEN + reply_len;
+        let frame = out
+            .get_mut(..L4_OFFSET + udp_total)
+            .ok_or(Link6Drop::OutputTooSmall)?;
+        let udp = &mut frame[L4_OFFSET..];
+        udp[0..2].copy_from_slice(&DHCPV6_SERVER_PORT.to_be_bytes());
+        // RFC 8415 relies on clients listening on 546; answering the source port also
+        // serves a client that sent from elsewhere.
+        udp[2..4].copy_from_slice(&[sp_hi, sp_lo]);
+        udp[4..6].copy_from_slice(&(udp_total as u16).to_be_bytes());
+        udp[6..8].fill(0);
+        let checksum = match l4_checksum(self.gateway_ll, h.src, proto::UDP, udp) {
+            // Zero means "no checksum" on the wire; its one's complement twin is sent instead.
+            0 => 0xffff,
+            sum => sum,
+        };
+        udp[6..8].copy_from_slice(&checksum.to_be_bytes());
+        write_headers(
+            frame,
+            guest_mac,
+            self.cfg.gateway_mac,
+            self.gateway_ll,
+            h.src,
+            IpProtocol::Udp,
+            HOP_LIMIT,
+            udp_total,
+        );
+        self.counters.dhcp_replies.inc();
+        Ok(Some(L4_OFFSET + udp_total))
+    }
+
+    /// An unsolicited advertisement to all nodes when one is due; `None` otherwise. Call it
+    /// from a timer (once a second is plenty) and whenever the guest may have appeared.
+    /// `guest_mac` only says whether there is a guest: advertisements start with the first
+    /// call that has one (the first goes out at once), and nothing is sent while there is
+    /// none.
+    pub fn periodic(
+        &mut self,
+        guest_mac: Option<[u8; 6]>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        guest_mac?;
+        let due = *self.next_ra.get_or_insert(now);
+        if now < due {
+            return None;
+        }
+        if let Some(earliest) = self
+            .last_multicast_ra
+            .map(|last| last + MIN_DELAY_BETWEEN_RAS)
+            .filter(|&earliest| now < earliest)
+        {
+            self.next_ra = Some(earliest);
+            return None;
+        }
+        match self.write_ra(ALL_NODES, ALL_NODES_MAC, out) {
+            Ok(len) => {
+                self.sent_multicast_ra(now);
+                self.counters.ra_unsolicited.inc();
+                Some(len)
+            }
+            Err(_) => {
+                self.counters.ra_unsolicited_failed.inc();
+                // Try again at the next regular time rather than on every tick.
+                self.next_ra = Some(now + RA_INTERVAL);
+                None
+            }
+        }
+    }
+
+    /// The guest's addresses seen so far, most recent first: targets of its duplicate address
+    /// detection and advertisements, sources of its packets. [`Link6Config::guest`] is the
+    /// guest's too, whether or not it is listed.
+    pub fn guest_addresses(&self) -> &[Ipv6Addr] {
+        self.guest_addrs.as_slice()
+    }
+
+    /// Records the source of a guest packet the NAT took, so solicitations for it are not
+    /// answered. Cheap when the address is the most recent one.
+    pub fn learn_source(&mut self, addr: Ipv6Addr) {
+        self.learn(addr);
+    }
+
+    /// The frontend went away and the next guest may be another: forget its addresses and
+    /// start advertisements afresh. The DHCPv6 binding and the counters stay.
+    pub fn forget(&mut self) {
+        self.guest_addrs = AddressTable::new();
+        self.rs_bucket = TokenBucket::FULL;
+        self.next_ra = None;
+        self.last_multicast_ra = None;
+        self.initial_left = MAX_INITIAL_RTR_ADVERTISEMENTS;
+    }
+
+    /// Whether DHCPv6 has given the guest address to a client.
     pub fn lease_bound(&self) -> bool {
-        false
+        self.dhcp.binding().is_some()
     }
+
+    #[cfg(test)]
+    pub fn dhcp_counters(&self) -> &podwire_dhcp::Dhcpv6Counters {
+        self.dhcp.counters()
+    }
+
+    /// Every counter (and the DHCPv6 ones worth watching), named for a status line; zeros
+    /// included, for `podwire_vhost::nonzero_summary` to filter.
     pub fn summary_pairs(&self) -> Vec<(&'static str, u64)> {
-        vec![]
+        let c = &self.counters;
+        let d = self.dhcp.counters();
+        vec![
+            ("ipv6_control_received", c.received.get()),
+            ("ipv6_na_sent", c.na_sent.get()),
+            ("ipv6_ra_solicited", c.ra_solicited.get()),
+            ("ipv6_ra_unsolicited", c.ra_unsolicited.get()),
+            ("ipv6_ra_unsolicited_failed", c.ra_unsolicited_failed.get()),
+            ("ipv6_rs_deferred", c.rs_deferred.get()),
+            ("ipv6_dhcp_replies", c.dhcp_replies.get()),
+            ("ipv6_dhcp_ignored", c.dhcp_ignored.get()),
+            ("ipv6_echo_replies", c.echo_replies.get()),
+            ("ipv6_dad_probes", c.dad_probes.get()),
+            ("ipv6_advertisements_seen", c.advertisements_seen.get()),
+            ("ipv6_addresses_learned", c.addresses_learned.get()),
+            ("ipv6_addresses_evicted", c.addresses_evicted.get()),
+            ("ipv6_drop_truncated", c.drop_truncated.get()),
+            ("ipv6_drop_bad_header", c.drop_bad_header.get()),
+            ("ipv6_drop_bad_source", c.drop_bad_source.get()),
+            ("ipv6_drop_bad_guest_mac", c.drop_bad_guest_mac.get()),
+            (
+                "ipv6_drop_extension_headers",
+                c.drop_extension_headers.get(),
+            ),
+            ("ipv6_drop_bad_hop_limit", c.drop_bad_hop_limit.get()),
+            ("ipv6_drop_bad_checksum", c.drop_bad_checksum.get()),
+            ("ipv6_drop_bad_nd", c.drop_bad_nd.get()),
+            ("ipv6_drop_bad_echo", c.drop_bad_echo.get()),
+            ("ipv6_drop_bad_udp", c.drop_bad_udp.get()),
+            ("ipv6_drop_ns_for_guest", c.drop_ns_for_guest.get()),
+            (
+                "ipv6_drop_ns_unknown_link_local",
+                c.drop_ns_unknown_link_local.get(),
+            ),
+            ("ipv6_drop_claims_gateway", c.drop_claims_gateway.get()),
+            ("ipv6_drop_router_message", c.drop_router_message.get()),
+            ("ipv6_mld_ignored", c.mld_ignored.get()),
+            ("ipv6_multicast_ignored", c.multicast_ignored.get()),
+            ("ipv6_drop_icmp_other", c.drop_icmp_other.get()),
+            ("ipv6_drop_not_for_us", c.drop_not_for_us.get()),
+            ("ipv6_drop_rs_rate_limited", c.drop_rs_rate_limited.get()),
+            ("ipv6_drop_dhcp_malformed", c.drop_dhcp_malformed.get()),
+            ("ipv6_drop_output_too_small", c.drop_output_too_small.get()),
+            ("dhcpv6_advertises", d.advertises),
+            ("dhcpv6_replies", d.replies),
+            ("dhcpv6_rapid_commits", d.rapid_commits),
+            ("dhcpv6_declines", d.declines),
+            ("dhcpv6_not_on_link", d.not_on_link),
+            ("dhcpv6_ignored", d.ignored),
+            ("dhcpv6_options_omitted", d.options_omitted),
+        ]
     }
 }

@@ -37,15 +37,15 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
-use crate::link6::{Link6, Link6Config};
+use crate::link6::{Link6, Link6Config, OUT_BUFFER_LEN};
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
 pub const HEADER_COPY: usize = ETH_LEN + 60 + 20;
 /// Largest DHCP message podwire reads or writes (RFC 2131 asks for 576 at least).
 const DHCP_MAX: usize = 1500;
-/// Largest IPv6 control packet (NDP, DHCPv6) podwire reads: the IPv6 minimum MTU.
-const CONTROL6_MAX: usize = 1280;
+/// Largest IPv6 control packet (NDP, DHCPv6) podwire reads; longer ones are dropped by [`Link6`].
+const CONTROL6_MAX: usize = 1500;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
@@ -218,6 +218,7 @@ impl Switch {
             max_flows: config.max_flows,
             udp_idle: config.udp_idle,
             guest_mtu: usize::from(config.mtu),
+            pod_mtu: config.uplink.mtu as usize,
             map: AddrMap::new(map_rules(config)),
             ..NatConfig::default()
         })?;
@@ -242,22 +243,14 @@ impl Switch {
             Some(d) if config.resolver.search.is_empty() => vec![d.clone()],
             _ => config.resolver.search.clone(),
         };
-        let v6 = config.addressing6.map(|a| Side6 {
-            guest_ip: a.guest,
-            handed_out: a.guest,
-            link: Link6::new(Link6Config {
-                gateway_mac: GATEWAY_MAC,
-                prefix: a.guest,
-                prefix_len: a.prefix_len,
-                guest: a.guest,
-                gateway: a.gateway,
-                dns: dns.v6.clone(),
-                search: search6,
-                // IPv6 needs at least 1280 on every link.
-                mtu: config.mtu.max(1280),
-                lease_secs: config.lease_secs,
+        let v6 = match config.addressing6 {
+            Some(a) => Some(Side6 {
+                guest_ip: a.guest,
+                handed_out: a.guest,
+                link: ipv6_link(a, dns.v6.clone(), search6, config)?,
             }),
-        });
+            None => None,
+        };
         let mut nat = nat;
         open_forwards(&mut nat, config)?;
         Ok(Switch {
@@ -479,9 +472,8 @@ impl Switch {
         }
         let (src, dst, proto) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
         let packet_len = IPV6_LEN + payload_len;
-        let mut first = [0u8; IPV6_LEN + 4];
-        frame.read(ETH_LEN, &mut first[..(IPV6_LEN + 4).min(packet_len)]);
-        if Link6::is_control(&first[..(IPV6_LEN + 4).min(packet_len)]) {
+        // The header copy reaches past a few extension headers (MLD's hop-by-hop option).
+        if Link6::is_control(&ip_bytes[..ip_bytes.len().min(packet_len)]) {
             return self.handle_control6(frame, packet_len, tx, rx);
         }
         if dst.is_multicast() {
@@ -543,7 +535,7 @@ impl Switch {
         };
         let mut packet = [0u8; CONTROL6_MAX];
         let n = frame.read(ETH_LEN, &mut packet[..packet_len.min(CONTROL6_MAX)]);
-        let mut out = [0u8; CONTROL6_MAX + ETH_LEN];
+        let mut out = [0u8; OUT_BUFFER_LEN];
         let guest_mac = frame_src_mac(frame);
         match v6.link.handle(
             guest_mac,
@@ -557,6 +549,8 @@ impl Switch {
                 self.deliver(rx, &out[..len.min(out.len())]);
             }
             Ok(None) => {}
+            // Link6 counts each reason itself; the routine ones (MLD, DAD) are not news.
+            Err(e) if e.is_routine() => {}
             Err(e) => {
                 self.counters.drop_control6.inc();
                 warn_once!("dropped an IPv6 control packet from the guest: {e}");
@@ -570,7 +564,7 @@ impl Switch {
         let Some(v6) = self.v6.as_mut() else {
             return;
         };
-        let mut out = [0u8; CONTROL6_MAX + ETH_LEN];
+        let mut out = [0u8; OUT_BUFFER_LEN];
         if let Some(len) = v6.link.periodic(guest_mac, Instant::now(), &mut out) {
             self.deliver(rx, &out[..len.min(out.len())]);
         }
@@ -662,7 +656,13 @@ impl Switch {
             } else {
                 "none"
             };
-            format!("{} lease6={lease}", v6.guest_ip)
+            let seen: Vec<String> = v6
+                .link
+                .guest_addresses()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            format!("{} lease6={lease} seen6=[{}]", v6.guest_ip, seen.join(","))
         });
         format!(
             "guest mac={mac} ip={ip} ip6={ip6} flows={}; {}",
@@ -733,6 +733,38 @@ impl Switch {
         }
         nonzero_summary(&pairs)
     }
+}
+
+/// The IPv6 control plane for `a`, checked: a configuration the router advertisement or
+/// DHCPv6 cannot carry is an error at start-up, not a silent guest without IPv6.
+fn ipv6_link(
+    a: crate::config::Addressing6,
+    dns: Vec<Ipv6Addr>,
+    search: Vec<String>,
+    config: &Config,
+) -> std::io::Result<Link6> {
+    let cfg = Link6Config {
+        gateway_mac: GATEWAY_MAC,
+        prefix: a.guest,
+        prefix_len: a.prefix_len,
+        guest: a.guest,
+        gateway: a.gateway,
+        dns,
+        search,
+        // IPv6 needs at least 1280 on every link.
+        mtu: config.mtu.max(1280),
+        lease_secs: config.lease_secs,
+    };
+    cfg.validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("IPv6: {e}")))?;
+    let link = Link6::new(cfg);
+    tracing::info!(
+        "IPv6 router {} for {}/{}",
+        link.gateway_link_local(),
+        a.guest,
+        a.prefix_len
+    );
+    Ok(link)
 }
 
 impl Side4 {
