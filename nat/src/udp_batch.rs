@@ -36,10 +36,6 @@ const MAX_RUN_BYTES: usize = 65000;
 const MAX_MSG_IOVS: usize = 1024;
 /// `UDP_SEGMENT` from linux/udp.h.
 const UDP_SEGMENT: libc::c_int = 103;
-const EMPTY_IOVEC: libc::iovec = libc::iovec {
-    iov_base: std::ptr::null_mut(),
-    iov_len: 0,
-};
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -421,6 +417,5 @@ mod tests {
         let done = batch.flush();
         assert_eq!((done.sent, done.failed), (1, 1));
         assert_eq!(receive_all(&sink, 1)[0], data);
-        let _ = EMPTY_IOVEC;
     }
 }
