@@ -23,6 +23,17 @@ const ROUTER_LL: &str = "fe80::70:77ff:fe00:1";
 const UDP_ECHO6: u16 = 7007;
 const FILE_PORT: u16 = 8006;
 
+/// The address in socat's `$SOCAT_PEERADDR` after `tag` (written out in full, in brackets).
+fn peer6(out: &str, tag: &str) -> std::net::Ipv6Addr {
+    let addr = out
+        .trim()
+        .strip_prefix(tag)
+        .and_then(|s| s.strip_prefix('['))
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("no {tag}[...] in {out:?}"));
+    addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
 fn podwire(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> Podwire {
     let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     cfg.guest_cidr = Some("198.19.6.0/24".into());
@@ -259,14 +270,14 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
             &format!("TCP6:[{POD_ADDR6}]:8086,bind=[{FAR_HOST6}]"),
         ])
         .unwrap();
-    assert_eq!(out.trim(), format!("peer=[{FAR_HOST6}]"));
+    assert_eq!(peer6(&out, "peer="), FAR_HOST6, "{out}");
     let out = topo
         .far
         .sh(&format!(
             "echo q | socat -t 3 -T 10 - UDP6:[{POD_ADDR6}]:5356,bind=[{FAR_HOST6}]"
         ))
         .unwrap();
-    assert_eq!(out.trim(), format!("udp-peer=[{FAR_HOST6}]"));
+    assert_eq!(peer6(&out, "udp-peer="), FAR_HOST6, "{out}");
     // And an IPv4 client of the same port still reaches the guest over IPv4.
     let out = topo
         .far
@@ -278,9 +289,12 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
             &format!("TCP4:{POD_ADDR}:8086,bind={FAR_HOST}"),
         ])
         .unwrap_or_default();
-    // The guest's listener is IPv6-only when bound with TCP6-LISTEN and ipv6only is off by
-    // default, so IPv4 arrives as a mapped address.
-    assert!(out.contains(&FAR_HOST.to_string()), "{out}");
+    // The guest's TCP6-LISTEN socket takes IPv4 too (bindv6only is 0): a mapped address.
+    assert_eq!(
+        peer6(&out, "peer=").to_ipv4_mapped(),
+        Some(FAR_HOST),
+        "{out}"
+    );
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
 }
