@@ -74,7 +74,7 @@
 //!   Rapid Commit. REQUEST, RENEW and REBIND get a REPLY whose first IA_NA
 //!   holds the guest address with the configured lifetimes and T1/T2 of
 //!   0.5/0.8 of the preferred lifetime. CONFIRM gets Success if every
-//!   address listed is on-link (the guest address or in its /64) and
+//!   address listed is on-link (the guest address or inside its configured prefix) and
 //!   NotOnLink otherwise; RELEASE and DECLINE get Success;
 //!   INFORMATION-REQUEST gets only the DNS options. Every reply carries
 //!   our Server Identifier and echoes the transaction id and the Client

@@ -202,6 +202,7 @@ impl Link6Config {
         Dhcpv6Config {
             server_duid: duid_ll(self.gateway_mac),
             guest_addr: self.guest,
+            prefix_len: self.prefix_len,
             dns: self.dns.clone(),
             search: self.search.clone(),
             preferred_lifetime: self.lease_secs,

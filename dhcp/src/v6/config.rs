@@ -14,6 +14,9 @@ pub struct Dhcpv6Config {
     pub server_duid: Vec<u8>,
     /// The one address handed out, in IA_NA option 5.
     pub guest_addr: Ipv6Addr,
+    /// The on-link prefix around it (what router advertisements announce): CONFIRM answers
+    /// NotOnLink for addresses outside it.
+    pub prefix_len: u8,
     /// Option 23; omitted when empty.
     pub dns: Vec<Ipv6Addr>,
     /// Option 24, uncompressed as RFC 8415 section 10 requires.
@@ -76,6 +79,7 @@ fn fraction(lifetime: u32, num: u64, den: u64) -> u32 {
 pub(crate) struct Compiled {
     pub server_duid: Vec<u8>,
     pub guest_addr: Ipv6Addr,
+    pub prefix_len: u8,
     pub preferred: u32,
     pub valid: u32,
     pub t1: u32,
@@ -149,6 +153,7 @@ pub(crate) fn compile(config: &Dhcpv6Config) -> (Compiled, Option<Dhcpv6ConfigEr
     let compiled = Compiled {
         server_duid: config.server_duid.clone(),
         guest_addr: addr,
+        prefix_len: config.prefix_len.min(128),
         preferred: config.effective_preferred(),
         valid: config.valid_lifetime,
         t1: config.t1(),

@@ -122,8 +122,11 @@ fn bump(counter: &mut u64) {
 /// (it is what SLAAC and the router advertisement use), so a guest that
 /// kept an address from that prefix across a reboot is on the right link
 /// and RENEW/REBIND will sort out the address itself.
-pub(crate) fn on_link(addr: Ipv6Addr, guest: Ipv6Addr) -> bool {
-    addr == guest || u128::from(addr) >> 64 == u128::from(guest) >> 64
+pub(crate) fn on_link(addr: Ipv6Addr, guest: Ipv6Addr, prefix_len: u8) -> bool {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix_len.min(128)))
+        .unwrap_or(0);
+    addr == guest || u128::from(addr) & mask == u128::from(guest) & mask
 }
 
 impl Dhcpv6Server {
@@ -278,7 +281,7 @@ impl Dhcpv6Server {
                 },
             ),
             msg::CONFIRM => {
-                let guest = self.compiled.guest_addr;
+                let (guest, prefix_len) = (self.compiled.guest_addr, self.compiled.prefix_len);
                 let mut addresses = req
                     .ias()
                     .filter(|ia| ia.kind != IaKind::Pd)
@@ -287,7 +290,7 @@ impl Dhcpv6Server {
                 if addresses.peek().is_none() {
                     return Ok(self.ignore(|c| &mut c.ignored_confirm_without_addresses));
                 }
-                if addresses.all(|a| on_link(a, guest)) {
+                if addresses.all(|a| on_link(a, guest, prefix_len)) {
                     (msg::REPLY, Answer::Status(status::SUCCESS, "on link"))
                 } else {
                     bump(&mut self.counters.not_on_link);

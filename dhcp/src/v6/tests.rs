@@ -51,6 +51,7 @@ fn config() -> Dhcpv6Config {
     Dhcpv6Config {
         server_duid: server_duid(),
         guest_addr: guest(),
+        prefix_len: 64,
         dns: vec![addr("2001:db8::53"), addr("fd00::3")],
         search: vec!["svc.cluster.local".into(), "cluster.local".into()],
         preferred_lifetime: 3600,
@@ -540,12 +541,17 @@ fn confirm_checks_addresses_are_on_link() {
 #[test]
 fn on_link_is_the_guest_slash_64() {
     let g = guest();
-    assert!(on_link(g, g));
-    assert!(on_link(addr("2001:db8:1:2::"), g));
-    assert!(on_link(addr("2001:db8:1:2:ffff:ffff:ffff:ffff"), g));
-    assert!(!on_link(addr("2001:db8:1:3::15"), g));
-    assert!(!on_link(addr("2001:db8:1:1:ffff:ffff:ffff:ffff"), g));
-    assert!(!on_link(Ipv6Addr::UNSPECIFIED, g));
+    assert!(on_link(g, g, 64));
+    assert!(on_link(addr("2001:db8:1:2::"), g, 64));
+    assert!(on_link(addr("2001:db8:1:2:ffff:ffff:ffff:ffff"), g, 64));
+    assert!(!on_link(addr("2001:db8:1:3::15"), g, 64));
+    assert!(!on_link(addr("2001:db8:1:1:ffff:ffff:ffff:ffff"), g, 64));
+    assert!(!on_link(Ipv6Addr::UNSPECIFIED, g, 64));
+    // A /120 (podwire's default guest subnet) is narrower than the /64 around it.
+    let g = addr("fd10:0:2::2");
+    assert!(on_link(addr("fd10:0:2::ff"), g, 120));
+    assert!(!on_link(addr("fd10:0:2::100"), g, 120));
+    assert!(on_link(g, g, 128));
 }
 
 #[test]
