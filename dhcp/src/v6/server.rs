@@ -118,10 +118,10 @@ fn bump(counter: &mut u64) {
 }
 
 /// Whether a client's address is appropriate for this link: the guest
-/// address itself or any address in its /64. The link prefix is a /64
-/// (it is what SLAAC and the router advertisement use), so a guest that
-/// kept an address from that prefix across a reboot is on the right link
-/// and RENEW/REBIND will sort out the address itself.
+/// address itself or any address in the prefix the router advertisement
+/// announces (`prefix_len` bits), so a guest that kept an address from that
+/// prefix across a reboot is on the right link and RENEW/REBIND will sort
+/// out the address itself.
 pub(crate) fn on_link(addr: Ipv6Addr, guest: Ipv6Addr, prefix_len: u8) -> bool {
     let mask = u128::MAX
         .checked_shl(128 - u32::from(prefix_len.min(128)))
