@@ -15,7 +15,7 @@ use podwire_perf::netns::{
     Netns, PodTopology, Proto, FAR_HOST, FAR_HOST6, POD_ADDR, POD_ADDR6, POD_GATEWAY6, POD_PREFIX,
     POD_PREFIX6,
 };
-use podwire_perf::{guest, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
+use podwire_perf::{guest, overlay, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
 
 const T: Duration = Duration::from_secs(120);
 const GUEST6: &str = "fd10:0:2::2";
@@ -366,5 +366,88 @@ fn ipv4_only_pod_offers_no_ipv6() {
         .unwrap();
     assert!(addrs.trim().is_empty(), "{addrs}");
     pw.ensure_running().unwrap();
+    vm.poweroff(T).unwrap();
+}
+
+/// ISC dhclient (Debian's `isc-dhcp-client`, the DHCPv6 client of many distributions' older
+/// releases), put into the guest: a second, independent client. Its packaged `dhclient-script`
+/// needs iproute2 options busybox lacks, so a minimal script applies the address instead.
+const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
+case "$reason" in
+  BOUND6|RENEW6|REBIND6|REBOOT6)
+    ip -6 addr add "$new_ip6_address/$new_ip6_prefixlen" dev "$interface"
+    echo "$new_dhcp6_name_servers" > /tmp/dhclient6-dns ;;
+esac
+exit 0
+"#;
+
+#[test]
+fn isc_dhclient_gets_the_guests_ipv6_address_too() {
+    let dhclient = std::path::Path::new("/sbin/dhclient");
+    assert!(
+        dhclient.exists(),
+        "install isc-dhcp-client (scripts/install-deps.sh does)"
+    );
+    let topo = PodTopology::create().unwrap();
+    topo.pod
+        .write_etc(
+            "resolv.conf",
+            &format!("nameserver {FAR_HOST}\nnameserver {FAR_HOST6}\nsearch podwire.test\n"),
+        )
+        .unwrap();
+    let dir = util::TempDir::new("e2e-dhclient6").unwrap();
+    let script = dir.join("dhclient-script");
+    std::fs::write(&script, DHCLIENT_SCRIPT).unwrap();
+    let pw = podwire(&topo, &dir, &[]);
+    let mut image = guest::image().unwrap();
+    let initrd = dir.join("initrd-dhclient");
+    overlay::initrd_with(
+        &image.initrd,
+        &[
+            ("/sbin/dhclient", dhclient),
+            ("/sbin/dhclient-podwire", &script),
+        ],
+        &initrd,
+    )
+    .unwrap();
+    image.initrd = initrd;
+    let mut vm = Qemu::boot(
+        &QemuConfig::new(&image)
+            .name("e2e-dhclient6")
+            .vhost_user(pw.socket()),
+    )
+    .unwrap();
+    let c = vm.console();
+    c.run_ok("ip link set eth0 up; mkdir -p /var/lib/dhcp /etc/dhcp", T)
+        .unwrap();
+    // Wait for the link-local address to leave DAD: dhclient -6 needs it to bind.
+    c.run_ok(
+        "for i in $(seq 100); do ip -6 addr show dev eth0 | grep 'inet6 fe80' | grep -qv tentative && break; sleep 0.1; done",
+        T,
+    )
+    .unwrap();
+    let out = c
+        .run("dhclient -6 -1 -v -sf /sbin/dhclient-podwire eth0 2>&1", T)
+        .unwrap();
+    assert_eq!(out.code, 0, "dhclient -6: {}", out.output);
+    assert!(out.output.contains("Reply"), "{}", out.output);
+    let addrs = c.run_ok("ip -6 addr show dev eth0", T).unwrap();
+    assert!(addrs.contains(&format!("inet6 {GUEST6}/")), "{addrs}");
+    let leases = c.run_ok("cat /var/lib/dhcp/dhclient6.leases", T).unwrap();
+    assert!(leases.contains(GUEST6), "{leases}");
+    let dns = c.run_ok("cat /tmp/dhclient6-dns", T).unwrap();
+    assert_eq!(dns.trim().parse(), Ok(FAR_HOST6), "option 23");
+    // And the address works: a ping to the far host over IPv6 (the default route comes from
+    // the kernel's own handling of podwire's router advertisements).
+    // The new address is usable once its duplicate address detection is over.
+    c.run_ok(
+        "for i in $(seq 100); do ip -6 addr show dev eth0 | grep 'inet6 fd10' | grep -qv tentative && break; sleep 0.1; done",
+        T,
+    )
+    .unwrap();
+    let ping = c
+        .run_ok(&format!("ping -6 -c 2 -W 5 {FAR_HOST6}"), T)
+        .unwrap();
+    assert!(ping.contains("2 packets received"), "{ping}");
     vm.poweroff(T).unwrap();
 }
