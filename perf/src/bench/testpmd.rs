@@ -116,7 +116,9 @@ impl Testpmd {
         let id = unique_id();
         let log = log_dir().join(format!("{id}-testpmd.log"));
         let f = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(binary());
+        // testpmd's stdout is a file here: unbuffered, so that its "Press enter" shows at once
+        let mut cmd = Command::new("stdbuf");
+        cmd.arg("-o0").arg(binary());
         cmd.args(args(socket, mac, mode, &format!("podwire-bench-{id}")))
             .stdin(Stdio::piped())
             .stdout(f.try_clone()?)
