@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn ruleset_and_dhcp_options() {
         let r = nft_ruleset("eth0");
-        assert!(r.contains("type nat hook postrouting priority srcnat"), "{r}");
+        assert!(
+            r.contains("type nat hook postrouting priority srcnat"),
+            "{r}"
+        );
         assert!(
             r.contains("ip saddr 198.19.0.0/24 oifname \"eth0\" masquerade"),
             "{r}"

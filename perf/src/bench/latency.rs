@@ -65,7 +65,10 @@ pub fn parse_rr(out: &str) -> Result<(u64, f64)> {
         .find(|l| l.starts_with("transactions "))
         .with_context(|| format!("podwire-rr rr printed no result: {}", out.trim()))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    let n = f.get(1).and_then(|v| v.parse().ok()).context("transactions")?;
+    let n = f
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .context("transactions")?;
     let s = f.get(3).and_then(|v| v.parse().ok()).context("seconds")?;
     Ok((n, s))
 }
@@ -113,7 +116,10 @@ mod tests {
         let p = parse_ping(out).unwrap();
         assert_eq!((p.transmitted, p.received, p.avg_ms), (20, 20, 0.06));
         let lost = "20 packets transmitted, 0 packets received, 100% packet loss\n";
-        assert!(parse_ping(lost).unwrap_err().to_string().contains("no reply"));
+        assert!(parse_ping(lost)
+            .unwrap_err()
+            .to_string()
+            .contains("no reply"));
         assert!(parse_ping("ping: bad address").is_err());
     }
 

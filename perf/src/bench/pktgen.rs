@@ -40,9 +40,7 @@ pub fn script(j: &PktgenJob) -> String {
         format!("udp_dst_min {DST_PORT}"),
         format!("udp_dst_max {DST_PORT}"),
     ];
-    let mut s = String::from(
-        "PG=/proc/net/pktgen; echo rem_device_all > $PG/kpktgend_0; ",
-    );
+    let mut s = String::from("PG=/proc/net/pktgen; echo rem_device_all > $PG/kpktgend_0; ");
     s.push_str(&format!(
         "echo 'add_device {0}' > $PG/kpktgend_0; D=$PG/{0}; ",
         j.iface
@@ -98,10 +96,7 @@ pub fn parse_result(text: &str) -> Result<PktgenResult> {
         .context("no 'Result:' line in pktgen's report")?;
     let result = &text[res..];
     if !result["Result:".len()..].trim_start().starts_with("OK:") {
-        bail!(
-            "pktgen: {}",
-            result.lines().next().unwrap_or(result).trim()
-        );
+        bail!("pktgen: {}", result.lines().next().unwrap_or(result).trim());
     }
     let usec = number_after(result, "OK:").context("no run time in pktgen's Result")?;
     let pps = result
@@ -236,10 +231,14 @@ Result: OK: 5000000(c4900000+d100000) usec, 123456 (64byte,0frags)
 
     #[test]
     fn arp_and_counter() {
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
+        let arp =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
                    198.19.0.1       0x1         0x2         02:70:77:00:00:01     *        eth0\n\
                    198.19.0.9       0x1         0x0         00:00:00:00:00:00     *        eth0\n";
-        assert_eq!(arp_mac(arp, "198.19.0.1").as_deref(), Some("02:70:77:00:00:01"));
+        assert_eq!(
+            arp_mac(arp, "198.19.0.1").as_deref(),
+            Some("02:70:77:00:00:01")
+        );
         assert_eq!(arp_mac(arp, "198.19.0.9"), None);
         assert_eq!(arp_mac(arp, "198.19.0.3"), None);
         let nft = "table inet t {\n\tchain input {\n\t\ttype filter hook input priority filter; \

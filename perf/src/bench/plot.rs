@@ -92,8 +92,8 @@ pub fn script(chart: &Chart, data_file: &Path, png: &Path) -> String {
         let col = i + 2;
         let dx = (i as f64 - (n - 1.0) / 2.0) * width;
         parts.push(format!(
-            "'' using ($0{dx:+.4}):{col}:(sprintf('%.3g', ${col})) with labels \
-             offset 0,0.7 font ',9' notitle"
+            "'' using ($0{dx:+.4}):{col}:(${col} >= 100 ? sprintf('%.0f', ${col}) : \
+             sprintf('%.3g', ${col})) with labels offset 0,0.7 font ',9' notitle"
         ));
     }
     let _ = writeln!(s, "plot {}", parts.join(", \\\n     "));
@@ -166,7 +166,10 @@ mod tests {
         let s = script(&chart(), Path::new("/t/a.dat"), Path::new("/t/a.png"));
         assert!(s.contains("set output \"/t/a.png\""), "{s}");
         assert!(s.contains("set title \"TCP 'x'\""), "{s}");
-        assert!(s.contains("\"/t/a.dat\" using 2:xtic(1) title \"podwire\""), "{s}");
+        assert!(
+            s.contains("\"/t/a.dat\" using 2:xtic(1) title \"podwire\""),
+            "{s}"
+        );
         assert!(s.contains("'' using 3 title \"kernel path\""), "{s}");
         assert!(s.contains("($0-0.1667):2"), "{s}");
         assert!(s.contains("($0+0.1667):3"), "{s}");

@@ -22,11 +22,7 @@ pub const GATEWAY_MAC: &str = "02:70:77:00:00:01";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// send UDP `size`-byte frames (without FCS) from `src` to `dst`
-    TxOnly {
-        size: u32,
-        src: String,
-        dst: String,
-    },
+    TxOnly { size: u32, src: String, dst: String },
     /// count what arrives
     RxOnly,
 }
@@ -195,10 +191,9 @@ Done.
             }
         );
         assert!(parse_stats("EAL: Error - exiting with code: 1").is_err());
-        assert!(parse_stats(
-            "Accumulated forward statistics for all ports\n  RX-packets: x\n"
-        )
-        .is_err());
+        assert!(
+            parse_stats("Accumulated forward statistics for all ports\n  RX-packets: x\n").is_err()
+        );
     }
 
     #[test]

@@ -123,12 +123,22 @@ impl Backend {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Test {
-    Tcp { reverse: bool, mtu: u32, streams: u32 },
-    Pktgen { size: u32 },
+    Tcp {
+        reverse: bool,
+        mtu: u32,
+        streams: u32,
+    },
+    Pktgen {
+        size: u32,
+    },
     Ping,
     Rr,
-    TxOnly { size: u32 },
-    RxOnly { size: u32 },
+    TxOnly {
+        size: u32,
+    },
+    RxOnly {
+        size: u32,
+    },
 }
 
 impl Test {
@@ -163,7 +173,11 @@ impl Test {
                 streams,
             } => format!(
                 "{} {mtu} ×{streams}",
-                if reverse { "far→guest" } else { "guest→far" }
+                if reverse {
+                    "far→guest"
+                } else {
+                    "guest→far"
+                }
             ),
             Test::Pktgen { size } | Test::TxOnly { size } | Test::RxOnly { size } => {
                 format!("{size} B")
@@ -583,13 +597,7 @@ impl Window {
 // ---------------------------------------------------------- guest session ----
 
 /// One guest on one backend: sets everything up, runs `tests`, records each.
-fn run_guest_session(
-    env: &Env,
-    backend: Backend,
-    mtu: u32,
-    tests: &[Test],
-    results: &mut Results,
-) {
+fn run_guest_session(env: &Env, backend: Backend, mtu: u32, tests: &[Test], results: &mut Results) {
     let mut mem = Memory::default();
     let mut done = Vec::new();
     let r = guest_session(env, backend, mtu, tests, &mut mem, &mut done, results);
@@ -708,7 +716,11 @@ fn guest_session(
         );
     }
     if lease.ip() != Some(&kernel_path::GUEST_ADDR.to_string()) {
-        bail!("the guest got {:?}, not {}", lease.ip(), kernel_path::GUEST_ADDR);
+        bail!(
+            "the guest got {:?}, not {}",
+            lease.ip(),
+            kernel_path::GUEST_ADDR
+        );
     }
     // the path works (and the gateway's MAC is in the ARP table)
     c.run_ok(&format!("ping -c 2 -W 5 {FAR_HOST}"), T)
@@ -755,7 +767,12 @@ fn guest_session(
         let _ = util::wait_until("podwire's session counters", Duration::from_secs(5), || {
             Ok(pw.log().contains("session counters"))
         });
-        if let Some(l) = pw.log().lines().rev().find(|l| l.contains("session counters")) {
+        if let Some(l) = pw
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("session counters"))
+        {
             println!("podwire: {}", l.trim());
         }
         pw.stop();
@@ -785,16 +802,14 @@ fn tcp(env: &Env, g: &mut Guest, reverse: bool, streams: u32, f: &mut Figure) ->
         if reverse { "-R" } else { "" },
     );
     let w = Window::start(g.podwire_pid(), Some(g.qemu_pid))?;
-    let run = g
-        .vm
-        .console()
-        .run(&cmd, Duration::from_secs(u64::from(seconds) + 90));
+    let run =
+        g.vm.console()
+            .run(&cmd, Duration::from_secs(u64::from(seconds) + 90));
     w.end(f)?;
     let run = run.context("iperf3 in the guest")?;
-    let json = g
-        .vm
-        .console()
-        .run_ok(&format!("cat {JSON_FILE}; echo; cat {ERR_FILE}"), T)?;
+    let json =
+        g.vm.console()
+            .run_ok(&format!("cat {JSON_FILE}; echo; cat {ERR_FILE}"), T)?;
     let parsed = bench::parse_iperf3_json(&json);
     if run.code != 0 {
         match parsed {
@@ -853,10 +868,9 @@ fn run_pktgen(env: &Env, g: &mut Guest, far: &Netns, size: u32, f: &mut Figure) 
 
 fn ping(g: &mut Guest, f: &mut Figure) -> Result<()> {
     let w = Window::start(g.podwire_pid(), Some(g.qemu_pid))?;
-    let out = g
-        .vm
-        .console()
-        .run(&format!("ping -c 20 -i 0.2 {FAR_HOST} 2>&1"), T)?;
+    let out =
+        g.vm.console()
+            .run(&format!("ping -c 20 -i 0.2 {FAR_HOST} 2>&1"), T)?;
     w.end(f)?;
     let p = latency::parse_ping(&out.output)?;
     f.value = Some(p.avg_ms);
@@ -1114,12 +1128,8 @@ impl Machine {
         let qemu_bin = qemu::qemu_binary();
         let testpmd = match util::find_tool(&testpmd::binary()) {
             Some(p) => {
-                let v = bench::command_line_output(&[
-                    "dpkg-query",
-                    "-W",
-                    "-f=${Version}",
-                    "dpdk-dev",
-                ]);
+                let v =
+                    bench::command_line_output(&["dpkg-query", "-W", "-f=${Version}", "dpdk-dev"]);
                 format!("{} (dpdk-dev {v})", p.display())
             }
             None => "not installed".into(),
@@ -1209,8 +1219,14 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
     let three = || {
         vec![
             ("podwire".to_string(), plot::PODWIRE.to_string()),
-            ("kernel path (TAP+bridge+NAT)".to_string(), plot::KERNEL.to_string()),
-            ("passt (issue, not measured)".to_string(), plot::PASST.to_string()),
+            (
+                "kernel path (TAP+bridge+NAT)".to_string(),
+                plot::KERNEL.to_string(),
+            ),
+            (
+                "passt (issue, not measured)".to_string(),
+                plot::PASST.to_string(),
+            ),
         ]
     };
     let group = |label: String, t: Test, passt: Option<reference::Range>| Group {
@@ -1239,9 +1255,9 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
             },
         ));
         let cpu = |b: Backend, t: Test, qemu: bool| {
-            r.get(b, t).filter(|f| f.error.is_none()).and_then(|f| {
-                f.s_per_gb(if qemu { f.qemu_cpu_s } else { f.podwire_cpu_s })
-            })
+            r.get(b, t)
+                .filter(|f| f.error.is_none())
+                .and_then(|f| f.s_per_gb(if qemu { f.qemu_cpu_s } else { f.podwire_cpu_s }))
         };
         out.push((
             "cpu.png".to_string(),
@@ -1260,7 +1276,9 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                     .map(|t| {
                         let passt = match t {
                             Test::Tcp {
-                                reverse, mtu: 65520, ..
+                                reverse,
+                                mtu: 65520,
+                                ..
                             } => Some(if reverse {
                                 reference::PASST_CPU_RX.1
                             } else {
@@ -1291,7 +1309,11 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 t,
                 (size == 64).then_some(reference::PASST_PKTGEN_64),
             ));
-            let offered = |b| r.get(b, t).filter(|f| f.error.is_none()).and_then(|f| f.offered);
+            let offered = |b| {
+                r.get(b, t)
+                    .filter(|f| f.error.is_none())
+                    .and_then(|f| f.offered)
+            };
             groups.push(Group {
                 label: format!("{size} B sent by the guest"),
                 values: vec![offered(Backend::Podwire), offered(Backend::Kernel), None],
@@ -1348,7 +1370,11 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 title: "TCP request/response, 1 byte each way (higher is better)".into(),
                 ylabel: "transactions/s".into(),
                 series: three(),
-                groups: vec![group("guest ↔ far host".into(), Test::Rr, Some(reference::PASST_RR))],
+                groups: vec![group(
+                    "guest ↔ far host".into(),
+                    Test::Rr,
+                    Some(reference::PASST_RR),
+                )],
             },
         ));
         out.push((
@@ -1443,7 +1469,11 @@ impl Target {
     fn met(&self) -> &'static str {
         match (self.measured, self.required()) {
             (Some(m), Some(req)) => {
-                let ok = if self.lower_better { m <= req } else { m >= req };
+                let ok = if self.lower_better {
+                    m <= req
+                } else {
+                    m >= req
+                };
                 if ok {
                     "**met**"
                 } else {
@@ -1599,12 +1629,7 @@ fn idle_rss_mib(r: &Results) -> Option<f64> {
         .reduce(f64::max)
 }
 
-fn render(
-    args: &Args,
-    m: &Machine,
-    r: &Results,
-    charts: &[(String, Result<()>)],
-) -> String {
+fn render(args: &Args, m: &Machine, r: &Results, charts: &[(String, Result<()>)]) -> String {
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(
@@ -1672,7 +1697,9 @@ fn render(
                 w,
                 t,
                 3,
-                passt_tcp(t).map(|p| reference::fmt(p, 2)).unwrap_or("–".into()),
+                passt_tcp(t)
+                    .map(|p| reference::fmt(p, 2))
+                    .unwrap_or("–".into()),
                 kernel_ref_tcp(t)
                     .map(|p| reference::fmt(p, 2))
                     .unwrap_or("–".into()),
@@ -1838,7 +1865,11 @@ fn render(
                 let _ = writeln!(w, "![{file}]({})\n", rel.display());
             }
             Err(e) => {
-                let _ = writeln!(w, "- {file}: not drawn: {}\n", bench::md_cell(&format!("{e:#}"), 200));
+                let _ = writeln!(
+                    w,
+                    "- {file}: not drawn: {}\n",
+                    bench::md_cell(&format!("{e:#}"), 200)
+                );
             }
         }
     }
@@ -1861,7 +1892,14 @@ fn render(
             Some(e) => format!("failed: {}", bench::md_cell(e, 300)),
             None => format!(
                 "{} {}",
-                fmt_num(f.value, if unit(*t) == "pps" || *t == Test::Rr { 0 } else { 3 }),
+                fmt_num(
+                    f.value,
+                    if unit(*t) == "pps" || *t == Test::Rr {
+                        0
+                    } else {
+                        3
+                    }
+                ),
                 unit(*t)
             ),
         };
@@ -1870,7 +1908,12 @@ fn render(
             notes = format!("{rt} retransmits {notes}");
         }
         if let Some(l) = f.loss() {
-            notes = format!("sent {} received {} (loss {:.1} %); {notes}", f.sent.unwrap_or(0), f.received.unwrap_or(0), l * 100.0);
+            notes = format!(
+                "sent {} received {} (loss {:.1} %); {notes}",
+                f.sent.unwrap_or(0),
+                f.received.unwrap_or(0),
+                l * 100.0
+            );
         }
         let _ = writeln!(
             w,
@@ -1888,7 +1931,10 @@ fn render(
         );
     }
     if !r.memory.is_empty() {
-        let _ = writeln!(w, "\npodwire's memory (VmHWM, MiB; RssAnon / RssShmem at the end):\n");
+        let _ = writeln!(
+            w,
+            "\npodwire's memory (VmHWM, MiB; RssAnon / RssShmem at the end):\n"
+        );
         let _ = writeln!(
             w,
             "| session | before a frontend | after the guest's DHCP | end | RssAnon / RssShmem at the end |\n|---|---:|---:|---:|---:|"

@@ -41,9 +41,11 @@ fn main() {
             };
             flood(addr(&args[1])?, num(&args[2])? as u64, num(&args[3])?, src)
         })(),
-        _ => Err("usage: podwire-rr serve ADDR:PORT | rr ADDR:PORT SECONDS [SIZE] | \
+        _ => Err(
+            "usage: podwire-rr serve ADDR:PORT | rr ADDR:PORT SECONDS [SIZE] | \
                   flood ADDR:PORT SECONDS SIZE [SRCPORT]"
-            .to_string()),
+                .to_string(),
+        ),
     };
     if let Err(e) = r {
         eprintln!("podwire-rr: {e}");
