@@ -204,6 +204,8 @@ struct Figure {
     qemu_cpu_s: Option<f64>,
     rest_cpu_s: Option<f64>,
     retransmits: Option<u64>,
+    /// other QEMU processes on the machine at the start and the end of the window
+    other_qemus: Option<(usize, usize)>,
     note: String,
     error: Option<String>,
 }
@@ -558,6 +560,7 @@ fn short_reason(e: &anyhow::Error) -> String {
 /// CPU counters at the start of a measured window.
 struct Window {
     pids: (Option<u32>, Option<u32>),
+    others: usize,
     pw0: Option<f64>,
     q0: Option<f64>,
     m0: f64,
@@ -568,6 +571,7 @@ impl Window {
     fn start(podwire: Option<u32>, qemu: Option<u32>) -> Result<Window> {
         Ok(Window {
             pids: (podwire, qemu),
+            others: bench::pids_named("qemu-system", &[qemu.unwrap_or(0)]).len(),
             pw0: podwire.map(bench::cpu_seconds).transpose()?,
             q0: qemu.map(bench::cpu_seconds).transpose()?,
             m0: bench::machine_busy_seconds()?,
@@ -578,6 +582,8 @@ impl Window {
     /// Fills the figure's wall time and CPU seconds.
     fn end(self, f: &mut Figure) -> Result<()> {
         f.wall_s = Some(self.t0.elapsed().as_secs_f64());
+        let others = bench::pids_named("qemu-system", &[self.pids.1.unwrap_or(0)]).len();
+        f.other_qemus = Some((self.others, others));
         let pw = match (self.pids.0, self.pw0) {
             (Some(p), Some(a)) => Some(bench::cpu_seconds(p)? - a),
             _ => None,
@@ -1905,7 +1911,10 @@ fn render(args: &Args, m: &Machine, r: &Results, charts: &[(String, Result<()>)]
         };
         let mut notes = f.note.clone();
         if let Some(rt) = f.retransmits {
-            notes = format!("{rt} retransmits {notes}");
+            notes = format!("{rt} retransmits; {notes}");
+        }
+        if let Some((a, b)) = f.other_qemus.filter(|o| *o != (0, 0)) {
+            notes = format!("other QEMU guests running: {a} at the start, {b} at the end; {notes}");
         }
         if let Some(l) = f.loss() {
             notes = format!(
