@@ -1936,7 +1936,7 @@ fn render(args: &Args, m: &Machine, r: &Results, charts: &[(String, Result<()>)]
             bench::fmt_opt(f.rest_cpu_s, 2),
             bench::fmt_opt(f.s_per_gb(f.podwire_cpu_s), 2),
             bench::fmt_opt(f.s_per_gb(f.qemu_cpu_s), 2),
-            bench::md_cell(&notes, 300),
+            bench::md_cell(notes.trim_end_matches([';', ' ']), 300),
         );
     }
     if !r.memory.is_empty() {
