@@ -72,10 +72,16 @@ pub fn script(chart: &Chart, data_file: &Path, png: &Path) -> String {
          set offsets 0,0,graph 0.12,0\n\
          set grid ytics\n\
          set key top left\n\
-         set xtics nomirror",
+         set xtics nomirror{}",
         quote(&png.display().to_string()),
         quote(&chart.title),
         quote(&chart.ylabel),
+        // many groups: slanted labels so that they do not overlap
+        if chart.groups.len() > 4 {
+            " rotate by 20 right\nset bmargin 6\nset lmargin 12"
+        } else {
+            ""
+        },
     );
     let file = quote(&data_file.display().to_string());
     let mut parts = Vec::new();
