@@ -1348,10 +1348,15 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
             Test::RxOnly { size: 64 },
             Test::RxOnly { size: 1400 },
         ] {
+            let offered = r
+                .get(Backend::Podwire, t)
+                .filter(|f| f.error.is_none())
+                .and_then(|f| f.offered);
             groups.push(Group {
                 label: t.label().replace("testpmd ", ""),
                 values: vec![
                     r.value(Backend::Podwire, t),
+                    offered,
                     (t == Test::TxOnly { size: 64 }).then_some(reference::PASST_TXONLY_64.1),
                 ],
             });
@@ -1364,7 +1369,12 @@ fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                     .into(),
                 ylabel: "packets/s".into(),
                 series: vec![
-                    ("podwire".into(), plot::PODWIRE.into()),
+                    ("podwire: delivered".into(), plot::PODWIRE.into()),
+                    (
+                        "offered (txonly: put on the ring by testpmd; rxonly: sent by the far host)"
+                            .into(),
+                        "#9ecae1".into(),
+                    ),
                     ("passt (issue, not measured)".into(), plot::PASST.into()),
                 ],
                 groups,
