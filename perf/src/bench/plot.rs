@@ -71,7 +71,7 @@ pub fn script(chart: &Chart, data_file: &Path, png: &Path) -> String {
          set yrange [0:*]\n\
          set offsets 0,0,graph 0.12,0\n\
          set grid ytics\n\
-         set key top left\n\
+         set key outside top center horizontal\n\
          set xtics nomirror{}",
         quote(&png.display().to_string()),
         quote(&chart.title),

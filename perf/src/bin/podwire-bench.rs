@@ -1576,7 +1576,7 @@ fn targets(r: &Results) -> Vec<Target> {
         kernel: None,
         factor: 0.25,
         lower_better: true,
-        decimals: 2,
+        decimals: 3,
     });
     for (reverse, passt) in [
         (false, reference::PASST_CPU_TX.0),
@@ -1593,7 +1593,7 @@ fn targets(r: &Results) -> Vec<Target> {
             kernel: None,
             factor: 0.5,
             lower_better: true,
-            decimals: 2,
+            decimals: 3,
         });
     }
     v.push(Target {
@@ -1827,7 +1827,7 @@ fn render(args: &Args, m: &Machine, r: &Results, charts: &[(String, Result<()>)]
                 w,
                 "| backend CPU s/GB, {} | podwire {} (+ QEMU {}) | n/a (QEMU {}) | QEMU: {} | {passt} | (in QEMU) |",
                 t.label(),
-                bench::fmt_opt(cpu(Backend::Podwire, false), 2),
+                bench::fmt_opt(cpu(Backend::Podwire, false), 3),
                 bench::fmt_opt(cpu(Backend::Podwire, true), 2),
                 bench::fmt_opt(cpu(Backend::Kernel, true), 2),
                 ratio_cell(cpu(Backend::Podwire, true), cpu(Backend::Kernel, true)),
