@@ -7,6 +7,12 @@
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
+pub mod kernel_path;
+pub mod latency;
+pub mod pktgen;
+pub mod plot;
+pub mod testpmd;
+
 /// Marks the start of the part of `docs/perf.md` the benchmark writes.
 pub const BEGIN_MARKER: &str = "<!-- results:begin -->";
 /// Marks its end.
