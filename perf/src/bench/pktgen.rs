@@ -3,7 +3,8 @@
 //! (an nftables rule in the far namespace that counts and drops UDP to port 9, so that no
 //! receiving socket and no ICMP port-unreachable replies take part).
 
-use crate::netns::Netns;
+use crate::netns::{Netns, Proc, FAR_HOST};
+use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 /// UDP source port of the load (pktgen and testpmd).
@@ -121,39 +122,45 @@ pub fn arp_mac(proc_net_arp: &str, ip: &str) -> Option<String> {
     })
 }
 
-/// The far host's counter of UDP packets to [`DST_PORT`].
-pub const NFT_TABLE: &str = "podwire_bench_sink";
-
-/// The ruleset: count and drop UDP to port 9 addressed to the far namespace.
-pub fn sink_ruleset() -> String {
-    format!(
-        "table inet {NFT_TABLE} {{\n\
-         \x20 chain input {{\n\
-         \x20   type filter hook input priority filter; policy accept;\n\
-         \x20   udp dport {DST_PORT} counter drop\n\
-         \x20 }}\n\
-         }}\n"
-    )
+/// The far host's sink for UDP to [`DST_PORT`]: a socket bound there that never reads.
+///
+/// Datagrams are counted by the far kernel's UDP layer (`/proc/net/snmp`: `InDatagrams` for
+/// those queued, `RcvbufErrors` for those dropped because the queue is full), not by a packet
+/// filter: a sender that uses UDP GSO (podwire coalesces a guest's same-sized datagrams into
+/// one GSO message) can deliver many datagrams in one packet through the veth, and only the
+/// socket layer splits them again and counts each one.
+pub fn install_sink(far: &Netns) -> Result<Proc> {
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{FAR_HOST}', {DST_PORT}))\n\
+         print('bound', flush=True)\n\
+         time.sleep(1e7)\n"
+    );
+    let mut p = far.spawn("udp-sink", &["python3", "-c", &script])?;
+    crate::util::wait_until("the UDP sink to bind", Duration::from_secs(20), || {
+        p.ensure_running()?;
+        Ok(p.log().contains("bound"))
+    })?;
+    Ok(p)
 }
 
-/// Installs the counting sink in `far` (rules from a file in `dir`).
-pub fn install_sink(far: &Netns, dir: &std::path::Path) -> Result<()> {
-    let f = dir.join("sink.nft");
-    std::fs::write(&f, sink_ruleset())?;
-    far.exec(&["nft", "-f", &f.display().to_string()])
-        .context("loading the far host's UDP sink rule")?;
-    Ok(())
-}
-
-/// Packets the sink has counted so far.
+/// Datagrams the far host's UDP layer has taken in so far (queued or dropped for room).
 pub fn sink_packets(far: &Netns) -> Result<u64> {
-    let out = far.exec(&["nft", "list", "chain", "inet", NFT_TABLE, "input"])?;
-    parse_nft_counter(&out).context("reading the far host's UDP counter")
+    let snmp = far.exec(&["cat", "/proc/net/snmp"])?;
+    udp_datagrams_in(&snmp).context("reading the far host's UDP counters")
 }
 
-/// The packet count of the first `counter packets N bytes M` in `nft list` output.
-pub fn parse_nft_counter(text: &str) -> Result<u64> {
-    number_after(text, "counter packets").context("no 'counter packets' in nft's output")
+/// `InDatagrams + RcvbufErrors` from the `Udp:` lines of /proc/net/snmp.
+pub fn udp_datagrams_in(snmp: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(field("InDatagrams")? + field("RcvbufErrors")?)
 }
 
 #[cfg(test)]
@@ -241,10 +248,11 @@ Result: OK: 5000000(c4900000+d100000) usec, 123456 (64byte,0frags)
         );
         assert_eq!(arp_mac(arp, "198.19.0.9"), None);
         assert_eq!(arp_mac(arp, "198.19.0.3"), None);
-        let nft = "table inet t {\n\tchain input {\n\t\ttype filter hook input priority filter; \
-                   policy accept;\n\t\tudp dport 9 counter packets 4242 bytes 271488 drop\n\t}\n}\n";
-        assert_eq!(parse_nft_counter(nft).unwrap(), 4242);
-        assert!(parse_nft_counter("nothing").is_err());
-        assert!(sink_ruleset().contains("udp dport 9 counter drop"));
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 1000 3 40 7 40 0\n\
+                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
+        assert_eq!(udp_datagrams_in(snmp), Some(1040));
+        assert_eq!(udp_datagrams_in("nothing"), None);
     }
 }

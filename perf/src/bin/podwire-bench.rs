@@ -659,7 +659,7 @@ fn guest_session(
     let dir = util::TempDir::new("bench-session")?;
     let _iperf = far::start_iperf3(&topo.far, far::IPERF3_PORT)?;
     let _rr = start_rr_server(&topo.far, env.rr_bin)?;
-    pktgen::install_sink(&topo.far, dir.path())?;
+    let _sink = pktgen::install_sink(&topo.far)?;
 
     let name = format!(
         "bench-{}-{mtu}",
@@ -942,7 +942,7 @@ fn testpmd_session(
     }
     let topo = PodTopology::create()?;
     let dir = util::TempDir::new("bench-testpmd")?;
-    pktgen::install_sink(&topo.far, dir.path())?;
+    let _sink = pktgen::install_sink(&topo.far)?;
     let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     cfg.guest_cidr = Some(kernel_path::GUEST_CIDR.to_string());
     cfg.mac = Some(qemu::GUEST_MAC.to_string());
