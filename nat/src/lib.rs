@@ -61,6 +61,8 @@ const ICMPV6: u8 = 58;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
+/// The one-shot timer of held-back TCP ACKs ([`tcp::DELACK`]).
+const DELACK_TOKEN: Token = Token(usize::MAX - 2);
 const EVENTS_PER_POLL: usize = 256;
 /// The timer's period: TCP retransmission granularity.
 const TICK: Duration = Duration::from_millis(100);
@@ -218,6 +220,8 @@ pub struct Nat {
     poll: Poll,
     events: Events,
     timer: OwnedFd,
+    delack: OwnedFd,
+    delack_armed: bool,
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
     index: HashMap<FlowKey, usize>,
@@ -241,7 +245,13 @@ enum RecvOutcome {
 impl Nat {
     pub fn new(config: NatConfig) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let timer = new_sweep_timer()?;
+        let timer = new_timer(Some(TICK))?;
+        let delack = new_timer(None)?;
+        poll.registry().register(
+            &mut SourceFd(&delack.as_raw_fd()),
+            DELACK_TOKEN,
+            Interest::READABLE,
+        )?;
         poll.registry().register(
             &mut SourceFd(&timer.as_raw_fd()),
             TIMER_TOKEN,
@@ -256,6 +266,8 @@ impl Nat {
             poll,
             events: Events::with_capacity(EVENTS_PER_POLL),
             timer,
+            delack,
+            delack_armed: false,
             slots: Vec::with_capacity(reserve),
             free: Vec::new(),
             index: HashMap::with_capacity(reserve),
@@ -295,6 +307,9 @@ impl Nat {
     pub fn flush(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
         self.flush_udp();
         self.tcp.flush_acks(self.poll.registry(), rx, ep);
+        if self.tcp.has_delayed_acks() && !self.delack_armed {
+            self.delack_armed = arm_once(&self.delack, tcp::DELACK).is_ok();
+        }
     }
 
     /// Sends the guest datagrams recorded so far.
@@ -320,6 +335,8 @@ impl Nat {
     /// timer tick in [`Nat::poll`] does with the real time. For tests that drive retransmission.
     #[doc(hidden)]
     pub fn tick_at(&mut self, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
+        // A tick is longer than the delayed-ACK timer: held-back ACKs are due too.
+        self.tcp.release_delayed_acks();
         self.tcp.tick(self.poll.registry(), now, rx, ep);
         self.tcp.flush_acks(self.poll.registry(), rx, ep);
     }
@@ -595,6 +612,10 @@ impl Nat {
         for ev in self.events.iter() {
             if ev.token() == TIMER_TOKEN {
                 tick = true;
+            } else if ev.token() == DELACK_TOKEN {
+                drain_timer(&self.delack);
+                self.delack_armed = false;
+                self.tcp.release_delayed_acks();
             } else if nready < ready.len() {
                 ready[nready] = (ev.token().0, ev.is_writable());
                 nready += 1;
@@ -626,15 +647,7 @@ impl Nat {
 
     /// The timer: TCP retransmissions every tick, idle datagram flows once a second.
     fn on_tick(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
-        let mut expirations = 0u64;
-        // SAFETY: reading a timerfd's 8-byte expiration count into a local.
-        unsafe {
-            libc::read(
-                self.timer.as_raw_fd(),
-                (&mut expirations as *mut u64).cast(),
-                8,
-            )
-        };
+        drain_timer(&self.timer);
         let now = Instant::now();
         self.tcp.tick(self.poll.registry(), now, rx, ep);
         self.ticks = self.ticks.wrapping_add(1);
@@ -867,190 +880,50 @@ const EMPTY_IOVEC: libc::iovec = libc::iovec {
     iov_len: 0,
 };
 
-fn new_sweep_timer() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscalls on a fd we own.
-    unsafe {
-        let fd = libc::timerfd_create(
+/// A non-blocking timerfd, ticking every `period`, or disarmed (see [`arm_once`]).
+fn new_timer(period: Option<Duration>) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned at once.
+    let fd = unsafe {
+        libc::timerfd_create(
             libc::CLOCK_MONOTONIC,
             libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let tick = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: TICK.as_nanos() as libc::c_long,
-        };
-        let spec = libc::itimerspec {
-            it_interval: tick,
-            it_value: tick,
-        };
-        if libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(fd)
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: a new fd, ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(period) = period {
+        set_timer(&fd, period, period)?;
+    }
+    Ok(fd)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
+/// Fires `timer` once, `after` from now.
+fn arm_once(timer: &OwnedFd, after: Duration) -> io::Result<()> {
+    set_timer(timer, after, Duration::ZERO)
+}
 
-    const GUEST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
-    const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 2);
-
-    /// A guest UDP datagram (IPv4 header, UDP header, payload) as a frame with its L3 info.
-    fn udp_frame(sport: u16, dst: SocketAddr, payload: &[u8]) -> (Vec<u8>, IpInfo) {
-        let l4_offset = wire::l4_offset(dst.is_ipv6());
-        let mut f = vec![0u8; l4_offset + UDP_LEN + payload.len()];
-        let udp_len = (UDP_LEN + payload.len()) as u16;
-        f[l4_offset..l4_offset + 2].copy_from_slice(&sport.to_be_bytes());
-        f[l4_offset + 2..l4_offset + 4].copy_from_slice(&dst.port().to_be_bytes());
-        f[l4_offset + 4..l4_offset + 6].copy_from_slice(&udp_len.to_be_bytes());
-        f[l4_offset + UDP_LEN..].copy_from_slice(payload);
-        let src = if dst.is_ipv6() {
-            IpAddr::V6(GUEST6)
-        } else {
-            IpAddr::V4(GUEST)
-        };
-        let info = IpInfo {
-            src,
-            dst: dst.ip(),
-            l4_offset,
-            l4_len: usize::from(udp_len),
-            partial_csum: false,
-            udp_segment: None,
-        };
-        (f, info)
+fn set_timer(timer: &OwnedFd, first: Duration, period: Duration) -> io::Result<()> {
+    let ts = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts(period),
+        it_value: ts(first),
+    };
+    // SAFETY: a valid itimerspec on a timerfd we own.
+    if unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
 
-    fn send(nat: &mut Nat, sport: u16, dst: SocketAddr, payload: &[u8]) {
-        let (mut f, info) = udp_frame(sport, dst, payload);
-        // A real checksum: zero means "none" over IPv4 but is invalid over IPv6.
-        let mut sum = wire::pseudo_header(info.src, info.dst, 17, info.l4_len);
-        sum.add(&f[info.l4_offset..]);
-        let csum = sum.finish();
-        f[info.l4_offset + 6..info.l4_offset + 8].copy_from_slice(&csum.to_be_bytes());
-        let mut slices: [&mut [u8]; 1] = [&mut f];
-        let sg = SgList::from_slices(&mut slices).unwrap();
-        nat.guest_udp(&info, &sg);
-        // The end of the TX pass, while the frame is still there.
-        nat.flush_udp();
-    }
-
-    #[test]
-    fn idle_flows_expire_and_active_ones_stay() {
-        let mut nat = Nat::new(NatConfig {
-            udp_idle: Duration::from_secs(30),
-            ..NatConfig::default()
-        })
-        .unwrap();
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = sink.local_addr().unwrap();
-        send(&mut nat, 0, dst, b"a");
-        send(&mut nat, 0, dst, b"b");
-        assert_eq!(nat.flow_count(), 1, "one flow per guest port");
-        nat.expire_idle(Instant::now() + Duration::from_secs(10));
-        assert_eq!(nat.flow_count(), 1, "not idle long enough");
-        nat.expire_idle(Instant::now() + Duration::from_secs(31));
-        assert_eq!(nat.flow_count(), 0);
-        assert_eq!(nat.counters.flows_expired.get(), 1);
-        // The slot is reused, and the table index stays consistent.
-        send(&mut nat, 0, dst, b"c");
-        assert_eq!(nat.flow_count(), 1);
-        assert_eq!(nat.counters.udp_out.get(), 3);
-    }
-
-    #[test]
-    fn new_flows_past_the_limit_are_refused_and_counted() {
-        let mut nat = Nat::new(NatConfig {
-            max_flows: 2,
-            ..NatConfig::default()
-        })
-        .unwrap();
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = sink.local_addr().unwrap();
-        // Guest ports that the pod surely has free are not needed: podwire falls back to any.
-        for sport in [40001, 40002, 40003] {
-            send(&mut nat, sport, dst, b"x");
-        }
-        assert_eq!(nat.flow_count(), 2);
-        assert_eq!(nat.counters.drop_table_full.get(), 1);
-        // Existing flows keep working at the limit.
-        send(&mut nat, 40001, dst, b"y");
-        assert_eq!(nat.counters.udp_out.get(), 3);
-        nat.clear();
-        assert_eq!(nat.flow_count(), 0);
-    }
-
-    #[test]
-    fn address_map_prefers_port_rules_and_maps_replies_back() {
-        let gw = Ipv4Addr::new(198, 19, 0, 1);
-        let resolver = Ipv4Addr::new(127, 0, 0, 53);
-        let map = AddrMap::new(vec![
-            MapRule {
-                guest: gw.into(),
-                port: None,
-                host: Ipv4Addr::LOCALHOST.into(),
-            },
-            MapRule {
-                guest: gw.into(),
-                port: Some(53),
-                host: resolver.into(),
-            },
-        ]);
-        let v4 = |ip: Ipv4Addr, port| SocketAddr::V4(SocketAddrV4::new(ip, port));
-        let out = |ip, port| map.outbound(v4(ip, port));
-        let back = |ip, port| map.inbound(v4(ip, port));
-        assert_eq!(out(gw, 53), v4(resolver, 53));
-        assert_eq!(out(gw, 8080), v4(Ipv4Addr::LOCALHOST, 8080));
-        let far = Ipv4Addr::new(198, 18, 1, 1);
-        assert_eq!(out(far, 53), v4(far, 53), "others untouched");
-        assert_eq!(back(resolver, 53), v4(gw, 53));
-        assert_eq!(back(Ipv4Addr::LOCALHOST, 8080), v4(gw, 8080));
-        assert_eq!(back(far, 53), v4(far, 53));
-        assert_eq!(
-            AddrMap::default().outbound(v4(gw, 1)),
-            v4(gw, 1),
-            "no rules, no mapping (--no-map-gw)"
-        );
-    }
-
-    #[test]
-    fn ipv6_datagrams_leave_from_an_ipv6_socket_and_keep_the_guest_port() {
-        let mut nat = Nat::new(NatConfig::default()).unwrap();
-        let sink = UdpSocket::bind("[::1]:0").unwrap();
-        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let free_port = UdpSocket::bind("[::]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        send(&mut nat, free_port, sink.local_addr().unwrap(), b"over six");
-        let mut buf = [0u8; 64];
-        let (n, from) = sink.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"over six");
-        assert!(from.is_ipv6());
-        assert_eq!(from.port(), free_port, "port-preserving");
-        assert_eq!(nat.counters.udp_out.get(), 1);
-        // The same guest port over IPv4 is another flow.
-        let sink4 = UdpSocket::bind("127.0.0.1:0").unwrap();
-        send(&mut nat, free_port, sink4.local_addr().unwrap(), b"v4");
-        assert_eq!(nat.flow_count(), 2);
-    }
-
-    #[test]
-    fn ipv6_datagram_with_a_bad_checksum_is_dropped() {
-        let mut nat = Nat::new(NatConfig::default()).unwrap();
-        let sink = UdpSocket::bind("[::1]:0").unwrap();
-        let (mut f, info) = udp_frame(40000, sink.local_addr().unwrap(), b"x");
-        f[info.l4_offset + 6] = 0x12;
-        let mut slices: [&mut [u8]; 1] = [&mut f];
-        let sg = SgList::from_slices(&mut slices).unwrap();
-        nat.guest_udp(&info, &sg);
-        assert_eq!(nat.counters.drop_bad_checksum.get(), 1);
-        assert_eq!(nat.flow_count(), 0);
-    }
+/// Reads a timerfd's expiration count, so it stops being readable.
+fn drain_timer(timer: &OwnedFd) {
+    let mut expirations = 0u64;
+    // SAFETY: reading 8 bytes into a local u64.
+    unsafe { libc::read(timer.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8) };
 }

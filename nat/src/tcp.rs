@@ -67,6 +67,9 @@ const SCRATCH_LEN: usize = 64 * 1024;
 const MAX_SCRATCH_SEGS: usize = 64;
 /// Send buffer asked for on every connection (the kernel doubles it, capped by wmem_max).
 const SNDBUF: i32 = 2 * 1024 * 1024;
+/// How long the ACK of a small pushed segment waits for data to ride on: a request answered
+/// within this time costs the guest one frame instead of two.
+pub const DELACK: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -125,6 +128,9 @@ struct Conn {
     guest_wscale: Option<u8>,
     ack_pending: bool,
     queued_ack: bool,
+    /// The ACK for a small pushed segment is held back for [`DELACK`], to ride on the
+    /// answer (see [`TcpTable::guest_segment`]).
+    ack_delayed: bool,
     parked: bool,
     /// The receive window last offered to the guest, in bytes. When it was small, a window
     /// update follows as soon as the socket has room again.
@@ -163,6 +169,7 @@ impl Conn {
             guest_wscale: None,
             ack_pending: false,
             queued_ack: false,
+            ack_delayed: false,
             parked: false,
             adv_wnd: 0,
             sndbuf: 0,
@@ -255,6 +262,8 @@ pub struct TcpTable {
     index: HashMap<ConnKey, usize>,
     listeners: Vec<Listener>,
     acks: Vec<usize>,
+    /// Connections holding back an ACK (see [`DELACK`]).
+    delayed: Vec<usize>,
     parked: Vec<usize>,
     /// Connections whose socket failed, to reset at the end of the pass.
     failed: Vec<usize>,
@@ -413,6 +422,7 @@ impl TcpTable {
             index: HashMap::with_capacity(reserve),
             listeners: Vec::new(),
             acks: Vec::new(),
+            delayed: Vec::new(),
             parked: Vec::new(),
             failed: Vec::new(),
             owed_syns: Vec::new(),
@@ -748,7 +758,23 @@ impl TcpTable {
                 .rcv_nxt
                 .wrapping_add(self.gather.bytes_for(slot) as u32);
             let offset_in_seg = expected.wrapping_sub(seg.seq);
-            conn.ack_pending = true;
+            // A request (a pushed segment shorter than a full one, in order, with nothing else
+            // unacknowledged) is usually answered at once: its ACK waits a moment to ride on
+            // the answer. Anything else — bulk data, a second small segment — is acknowledged
+            // at the end of the TX pass, as before, so the guest's sending is never slowed.
+            let small_request = seg.flags & TCP_PSH != 0
+                && seg.flags & TCP_FIN == 0
+                && seg.seq == expected
+                && seg.payload_len < usize::from(conn.key.mss_limit(self.mss_limit))
+                && conn.state == State::Established
+                && !conn.ack_delayed
+                && !conn.ack_pending;
+            if small_request {
+                conn.ack_delayed = true;
+                self.delayed.push(slot);
+            } else {
+                conn.ack_pending = true;
+            }
             if seq_gt(seg.seq, expected) {
                 // A hole before it: the guest will resend; the ACK says where we are.
                 self.counters.drop_out_of_window.inc();
@@ -793,6 +819,28 @@ impl TcpTable {
                 conn.send_segment(rx, ep, TCP_ACK, window);
             }
             self.remove(registry, slot);
+        }
+    }
+
+    /// Whether ACKs are being held back (the caller arms a [`DELACK`] timer).
+    pub fn has_delayed_acks(&self) -> bool {
+        !self.delayed.is_empty()
+    }
+
+    /// The [`DELACK`] timer expired: the held-back ACKs no answer carried are owed now (sent
+    /// by the next [`TcpTable::flush_acks`]).
+    pub fn release_delayed_acks(&mut self) {
+        let mut delayed = std::mem::take(&mut self.delayed);
+        for &slot in &delayed {
+            if let Some(conn) = self.conn_mut(slot).filter(|c| c.ack_delayed) {
+                conn.ack_delayed = false;
+                conn.ack_pending = true;
+                self.queue_ack(slot);
+            }
+        }
+        delayed.clear();
+        if self.delayed.is_empty() {
+            self.delayed = delayed;
         }
     }
 
@@ -865,6 +913,7 @@ impl TcpTable {
             if conn.ack_pending {
                 let window = conn.advertise();
                 let sent = conn.send_segment(rx, ep, TCP_ACK, window);
+                conn.ack_delayed &= !sent;
                 // With the guest's RX ring full the ACK stays owed, for the next flush (the
                 // guest's next RX kick brings one), rather than leaving the guest to time out.
                 conn.ack_pending = !sent;
@@ -962,7 +1011,9 @@ impl TcpTable {
                     if seq_gt(conn.snd_nxt, conn.snd_max) {
                         conn.snd_max = conn.snd_nxt;
                     }
+                    // The data carries the ACK, the delayed one included.
                     conn.ack_pending = false;
+                    conn.ack_delayed = false;
                     conn.rto_deadline
                         .get_or_insert_with(|| Instant::now() + conn.rto);
                     self.counters.bytes_to_guest.add(got as u64);
@@ -996,6 +1047,7 @@ impl TcpTable {
                     conn.snd_max = conn.snd_nxt;
                 }
                 conn.ack_pending = false;
+                conn.ack_delayed = false;
                 conn.rto_deadline
                     .get_or_insert_with(|| Instant::now() + conn.rto);
             }

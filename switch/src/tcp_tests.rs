@@ -768,7 +768,13 @@ fn keepalive_probe_is_answered() {
     let mut rig = Rig::new();
     let (mut g, _) = rig.connect(45001, plain(1460), 65535);
     let ping = g.data(b"ping");
-    let out = rig.tx(&[ping]);
+    assert_eq!(
+        rig.tx(&[ping]),
+        [],
+        "a small request's ACK waits for an answer"
+    );
+    // None comes: the ACK follows on its own once the delayed-ACK timer fires.
+    let out = rig.wait("the delayed ACK", |segs| !segs.is_empty());
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(
         (out[0].flags, out[0].seq, out[0].ack),
@@ -924,4 +930,31 @@ fn guest_window_limits_data_in_flight() {
     assert_eq!(acked, data.len());
     assert_eq!(rig.tx(&[g.ack()]), []);
     assert_eq!(rig.counter("tcp_retransmits"), 0);
+}
+
+#[test]
+fn a_small_requests_ack_rides_on_the_answer() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(45002, plain(1460), 65535);
+    let request = g.data(b"GET");
+    assert_eq!(rig.tx(&[request]), [], "no bare ACK for a request");
+    assert_eq!(pod_read(&mut g.pod, 3), (b"GET".to_vec(), false));
+    pod_write(&mut g.pod, b"200 OK");
+    let out = rig.wait("the answer", |segs| !segs.is_empty());
+    assert_eq!(
+        out.len(),
+        1,
+        "one frame: the answer, acknowledging the request: {out:?}"
+    );
+    assert_eq!((out[0].flags & ACK, out[0].ack), (ACK, g.snd_nxt));
+    assert_eq!(g.receive(&out), b"200 OK");
+    // The held-back ACK was carried: nothing follows when its timer would have fired.
+    std::thread::sleep(podwire_nat::tcp::DELACK * 3);
+    assert_eq!(rig.poll(), [], "no second ACK");
+    // Bulk data is acknowledged at the end of the TX pass, without waiting.
+    let big = vec![7u8; 1460];
+    let seg = g.data(&big);
+    let out = rig.tx(&[seg]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].ack, g.snd_nxt);
 }
