@@ -4,8 +4,8 @@
 //! receiving socket and no ICMP port-unreachable replies take part).
 
 use crate::netns::{Netns, Proc, FAR_HOST};
-use std::time::Duration;
 use anyhow::{bail, Context, Result};
+use std::time::Duration;
 
 /// UDP source port of the load (pktgen and testpmd).
 pub const SRC_PORT: u16 = 10009;
