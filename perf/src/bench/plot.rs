@@ -98,8 +98,10 @@ pub fn script(chart: &Chart, data_file: &Path, png: &Path) -> String {
         let col = i + 2;
         let dx = (i as f64 - (n - 1.0) / 2.0) * width;
         parts.push(format!(
-            "'' using ($0{dx:+.4}):{col}:(${col} >= 100 ? sprintf('%.0f', ${col}) : \
-             sprintf('%.3g', ${col})) with labels offset 0,0.7 font ',9' notitle"
+            "'' using ($0{dx:+.4}):{col}:(${col} >= 1e6 ? sprintf('%.2fM', ${col} / 1e6) : \
+             ${col} >= 1e4 ? sprintf('%.0fk', ${col} / 1e3) : ${col} >= 100 ? \
+             sprintf('%.0f', ${col}) : sprintf('%.3g', ${col})) with labels offset 0,0.7 \
+             font ',9' notitle"
         ));
     }
     let _ = writeln!(s, "plot {}", parts.join(", \\\n     "));
