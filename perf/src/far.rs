@@ -131,3 +131,77 @@ impl FarServices {
         })
     }
 }
+
+/// A file of `mib` MiB of random bytes at `path`; returns its md5 (hex).
+pub fn random_file(path: &std::path::Path, mib: u32) -> Result<String> {
+    crate::util::run(&[
+        "dd",
+        "if=/dev/urandom",
+        &format!("of={}", path.display()),
+        "bs=1M",
+        &format!("count={mib}"),
+        "status=none",
+    ])?;
+    md5(path)
+}
+
+/// The md5 (hex) of the file at `path`.
+pub fn md5(path: &std::path::Path) -> Result<String> {
+    let out = crate::util::run(&["md5sum", &path.display().to_string()])?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .context("md5sum printed nothing")
+}
+
+/// socat's listening address for TCP `port` on `ip` (either family).
+fn tcp_listen_spec(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => format!("TCP4-LISTEN:{port},bind={a},reuseaddr"),
+        std::net::IpAddr::V6(a) => format!("TCP6-LISTEN:{port},bind=[{a}],reuseaddr"),
+    }
+}
+
+/// Serves the file at `path` to every TCP client of `ip`:`port` (socat, a child per client).
+pub fn start_file_server(
+    far: &Netns,
+    ip: std::net::IpAddr,
+    port: u16,
+    path: &std::path::Path,
+) -> Result<Proc> {
+    let listen = format!("{},fork", tcp_listen_spec(ip, port));
+    let mut p = far.spawn(
+        &format!("tcp-file-{port}"),
+        &["socat", &listen, &format!("OPEN:{},rdonly", path.display())],
+    )?;
+    wait_listening_any(far, &mut p, port).context("starting the file server")?;
+    Ok(p)
+}
+
+/// Writes what the first TCP client of `ip`:`port` sends into a new file at `path`.
+pub fn start_file_sink(
+    far: &Netns,
+    ip: std::net::IpAddr,
+    port: u16,
+    path: &std::path::Path,
+) -> Result<Proc> {
+    let mut p = far.spawn(
+        &format!("tcp-sink-{port}"),
+        &[
+            "socat",
+            "-u",
+            &tcp_listen_spec(ip, port),
+            &format!("CREATE:{}", path.display()),
+        ],
+    )?;
+    wait_listening_any(far, &mut p, port).context("starting the file sink")?;
+    Ok(p)
+}
+
+fn wait_listening_any(far: &Netns, p: &mut Proc, port: u16) -> Result<()> {
+    crate::util::wait_until(&format!("TCP port {port} to listen"), START_TIMEOUT, || {
+        p.ensure_running()?;
+        let out = far.exec(&["ss", "-Hltn"])?;
+        Ok(crate::netns::ss_listening(&out, None, port))
+    })
+}

@@ -15,7 +15,7 @@ use podwire_perf::netns::{
     Netns, PodTopology, Proto, FAR_HOST, FAR_HOST6, POD_ADDR, POD_ADDR6, POD_GATEWAY6, POD_PREFIX,
     POD_PREFIX6,
 };
-use podwire_perf::{guest, overlay, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
+use podwire_perf::{far, guest, overlay, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
 
 const T: Duration = Duration::from_secs(120);
 const GUEST6: &str = "fd10:0:2::2";
@@ -151,44 +151,11 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
     let _iperf = far_iperf3_6(&topo.far, 5206);
     // A 4 MiB file from the far host over IPv6, and a sink for the upload.
     let file = dir.join("served6.bin");
-    util::run(&[
-        "dd",
-        "if=/dev/urandom",
-        &format!("of={}", file.display()),
-        "bs=1M",
-        "count=4",
-        "status=none",
-    ])
-    .unwrap();
-    let want = util::run(&["md5sum", &file.display().to_string()]).unwrap();
-    let want = want.split_whitespace().next().unwrap().to_string();
-    let _files = topo
-        .far
-        .spawn(
-            "tcp-file6",
-            &[
-                "socat",
-                &format!("TCP6-LISTEN:{FILE_PORT},bind=[{FAR_HOST6}],reuseaddr,fork"),
-                &format!("OPEN:{},rdonly", file.display()),
-            ],
-        )
-        .unwrap();
+    let want = far::random_file(&file, 4).unwrap();
+    let far6 = std::net::IpAddr::V6(FAR_HOST6);
+    let _files = far::start_file_server(&topo.far, far6, FILE_PORT, &file).unwrap();
     let upload = dir.join("uploaded6.bin");
-    let _sink = topo
-        .far
-        .spawn(
-            "tcp-sink6",
-            &[
-                "socat",
-                "-u",
-                &format!("TCP6-LISTEN:{},bind=[{FAR_HOST6}],reuseaddr", FILE_PORT + 1),
-                &format!("CREATE:{}", upload.display()),
-            ],
-        )
-        .unwrap();
-    topo.far
-        .wait_listening(Proto::Tcp, None, FILE_PORT + 1, T)
-        .unwrap();
+    let _sink = far::start_file_sink(&topo.far, far6, FILE_PORT + 1, &upload).unwrap();
     // An IPv6 resolver in the pod's resolv.conf is offered by DHCPv6 and RDNSS.
     topo.pod
         .write_etc(
@@ -243,12 +210,7 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
         Ok(std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0) >= 2048 * 1024)
     })
     .unwrap();
-    let landed = util::run(&["md5sum", &upload.display().to_string()]).unwrap();
-    assert_eq!(
-        landed.split_whitespace().next(),
-        Some(sent_md5.as_str()),
-        "upload"
-    );
+    assert_eq!(far::md5(&upload).unwrap(), sent_md5, "upload");
 
     // Forwarded pod ports over IPv6: the guest sees the far host's own IPv6 address.
     c.run_ok(

@@ -66,47 +66,11 @@ fn transfer_files_both_ways(nic_props: &[&str]) {
     let dir = util::TempDir::new("e2e-tcp").unwrap();
     // A 4 MiB file served by the far host, checked by its md5 on both ends.
     let file = dir.join("served.bin");
-    util::run(&[
-        "dd",
-        "if=/dev/urandom",
-        &format!("of={}", file.display()),
-        "bs=1M",
-        "count=4",
-        "status=none",
-    ])
-    .unwrap();
-    let want = util::run(&["md5sum", &file.display().to_string()]).unwrap();
-    let want = want.split_whitespace().next().unwrap().to_string();
-    let _server = topo
-        .far
-        .spawn(
-            "tcp-file",
-            &[
-                "socat",
-                &format!("TCP4-LISTEN:{FILE_PORT},bind={FAR_HOST},reuseaddr,fork"),
-                &format!("OPEN:{},rdonly", file.display()),
-            ],
-        )
-        .unwrap();
-    topo.far
-        .wait_listening(Proto::Tcp, Some(FAR_HOST), FILE_PORT, T)
-        .unwrap();
+    let want = far::random_file(&file, 4).unwrap();
+    let far4 = std::net::IpAddr::V4(FAR_HOST);
+    let _server = far::start_file_server(&topo.far, far4, FILE_PORT, &file).unwrap();
     let upload = dir.join("uploaded.bin");
-    let _sink = topo
-        .far
-        .spawn(
-            "tcp-sink",
-            &[
-                "socat",
-                "-u",
-                &format!("TCP4-LISTEN:{},bind={FAR_HOST},reuseaddr", FILE_PORT + 2),
-                &format!("CREATE:{}", upload.display()),
-            ],
-        )
-        .unwrap();
-    topo.far
-        .wait_listening(Proto::Tcp, Some(FAR_HOST), FILE_PORT + 2, T)
-        .unwrap();
+    let _sink = far::start_file_sink(&topo.far, far4, FILE_PORT + 2, &upload).unwrap();
     let (mut pw, mut vm) = boot_with(&topo, &dir, &[], nic_props);
     let c = vm.console();
 
@@ -139,12 +103,7 @@ fn transfer_files_both_ways(nic_props: &[&str]) {
         Ok(std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0) >= 2048 * 1024)
     })
     .unwrap();
-    let landed = util::run(&["md5sum", &upload.display().to_string()]).unwrap();
-    assert_eq!(
-        landed.split_whitespace().next(),
-        Some(sent_md5.as_str()),
-        "upload"
-    );
+    assert_eq!(far::md5(&upload).unwrap(), sent_md5, "upload");
 
     // A closed port is refused, as the guest's stack reports it.
     let refused = c

@@ -1190,36 +1190,43 @@ fn tcp_tests(args: &Args) -> Vec<Test> {
     v
 }
 
-fn passt_tcp(t: Test) -> Option<reference::Range> {
+/// The issue's single-stream TCP reference for `t` from `table`, ordered guest → far at 65520,
+/// guest → far at 1500, far → guest at 65520, far → guest at 1500.
+fn issue_tcp_ref(t: Test, table: [reference::Range; 4]) -> Option<reference::Range> {
     match t {
         Test::Tcp {
             reverse,
             mtu,
             streams: 1,
-        } => Some(match (reverse, mtu) {
-            (false, 65520) => reference::PASST_TCP_TX_65520,
-            (false, _) => reference::PASST_TCP_TX_1500,
-            (true, 65520) => reference::PASST_TCP_RX_65520,
-            (true, _) => reference::PASST_TCP_RX_1500,
-        }),
+        } => Some(table[usize::from(reverse) * 2 + usize::from(mtu != 65520)]),
         _ => None,
     }
 }
 
+fn passt_tcp(t: Test) -> Option<reference::Range> {
+    use reference::*;
+    issue_tcp_ref(
+        t,
+        [
+            PASST_TCP_TX_65520,
+            PASST_TCP_TX_1500,
+            PASST_TCP_RX_65520,
+            PASST_TCP_RX_1500,
+        ],
+    )
+}
+
 fn kernel_ref_tcp(t: Test) -> Option<reference::Range> {
-    match t {
-        Test::Tcp {
-            reverse,
-            mtu,
-            streams: 1,
-        } => Some(match (reverse, mtu) {
-            (false, 65520) => reference::KERNEL_TCP_TX_65520,
-            (false, _) => reference::KERNEL_TCP_TX_1500,
-            (true, 65520) => reference::KERNEL_TCP_RX_65520,
-            (true, _) => reference::KERNEL_TCP_RX_1500,
-        }),
-        _ => None,
-    }
+    use reference::*;
+    issue_tcp_ref(
+        t,
+        [
+            KERNEL_TCP_TX_65520,
+            KERNEL_TCP_TX_1500,
+            KERNEL_TCP_RX_65520,
+            KERNEL_TCP_RX_1500,
+        ],
+    )
 }
 
 /// The charts to draw: (file name, chart).
