@@ -448,3 +448,60 @@ fn router_solicitation_and_neighbor_solicitation_are_answered_through_the_switch
         "an unsolicited RA"
     );
 }
+
+#[test]
+fn mangled_ipv6_frames_never_panic() {
+    let mut sw = Switch::new(&dual_stack()).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let far: Ipv6Addr = "fd00:198:18:1::1".parse().unwrap();
+    let templates = [
+        udp6(
+            (GUEST6, 546),
+            ("ff02::1:2".parse().unwrap(), 547),
+            &[1u8; 60],
+        ),
+        udp6((GUEST6, 5000), (GW6, 9), b"payload"),
+        tcp6((GUEST6, 40000), (far, 80), 1, None, TcpControl::Syn, &[]),
+        ipv6(
+            GUEST6,
+            far,
+            IpProtocol::Icmpv6,
+            &[128, 0, 0, 0, 0, 1, 0, 1, 9, 9],
+        ),
+        ipv6(
+            GUEST6,
+            "ff02::1:ff00:1".parse().unwrap(),
+            IpProtocol::Icmpv6,
+            &[135; 32],
+        ),
+        ipv6(
+            GUEST6,
+            far,
+            IpProtocol::HopByHop,
+            &[58, 0, 5, 2, 0, 0, 1, 0, 143, 0],
+        ),
+    ];
+    for i in 0..5000 {
+        let mut f = templates[i % templates.len()].clone();
+        let len = (next() as usize) % (f.len() + 1);
+        f.truncate(len.max(1));
+        for _ in 0..(next() % 8) {
+            let at = (next() as usize) % f.len();
+            f[at] = next() as u8;
+        }
+        send(&mut sw, &f);
+    }
+    // Still serving afterwards.
+    let server = UdpSocket::bind("[::1]:0").unwrap();
+    server.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = server.local_addr().unwrap().port();
+    send(&mut sw, &udp6((GUEST6, 40002), (GW6, port), b"alive"));
+    let mut buf = [0u8; 16];
+    assert_eq!(server.recv(&mut buf).unwrap(), 5);
+}
