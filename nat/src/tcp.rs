@@ -70,6 +70,8 @@ const SNDBUF: i32 = 2 * 1024 * 1024;
 /// How long the ACK of a small pushed segment waits for data to ride on: a request answered
 /// within this time costs the guest one frame instead of two.
 pub const DELACK: Duration = Duration::from_millis(2);
+/// Bulk data from the guest is acknowledged at least this often.
+const BULK_ACK: u32 = 128 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -131,6 +133,8 @@ struct Conn {
     /// The ACK for a small pushed segment is held back for [`DELACK`], to ride on the
     /// answer (see [`TcpTable::guest_segment`]).
     ack_delayed: bool,
+    /// Payload bytes from the guest since the last segment that acknowledged them.
+    unacked: u32,
     parked: bool,
     /// The receive window last offered to the guest, in bytes. When it was small, a window
     /// update follows as soon as the socket has room again.
@@ -170,6 +174,7 @@ impl Conn {
             ack_pending: false,
             queued_ack: false,
             ack_delayed: false,
+            unacked: 0,
             parked: false,
             adv_wnd: 0,
             sndbuf: 0,
@@ -769,9 +774,18 @@ impl TcpTable {
                 && conn.state == State::Established
                 && !conn.ack_delayed
                 && !conn.ack_pending;
-            if small_request {
-                conn.ack_delayed = true;
-                self.delayed.push(slot);
+            // Bulk data in order is acknowledged every BULK_ACK bytes (and at least every
+            // DELACK): each ACK costs the guest an interrupt and a pass of its stack, which under
+            // emulation is most of what a byte costs it.
+            let bulk_in_order = seg.seq == expected && conn.state == State::Established;
+            conn.unacked = conn.unacked.saturating_add(seg.payload_len as u32);
+            let hold =
+                small_request || (bulk_in_order && conn.unacked < BULK_ACK && !conn.ack_pending);
+            if hold {
+                if !conn.ack_delayed {
+                    conn.ack_delayed = true;
+                    self.delayed.push(slot);
+                }
             } else {
                 conn.ack_pending = true;
             }
@@ -914,6 +928,9 @@ impl TcpTable {
                 let window = conn.advertise();
                 let sent = conn.send_segment(rx, ep, TCP_ACK, window);
                 conn.ack_delayed &= !sent;
+                if sent {
+                    conn.unacked = 0;
+                }
                 // With the guest's RX ring full the ACK stays owed, for the next flush (the
                 // guest's next RX kick brings one), rather than leaving the guest to time out.
                 conn.ack_pending = !sent;
@@ -1014,6 +1031,7 @@ impl TcpTable {
                     // The data carries the ACK, the delayed one included.
                     conn.ack_pending = false;
                     conn.ack_delayed = false;
+                    conn.unacked = 0;
                     conn.rto_deadline
                         .get_or_insert_with(|| Instant::now() + conn.rto);
                     self.counters.bytes_to_guest.add(got as u64);

@@ -951,10 +951,25 @@ fn a_small_requests_ack_rides_on_the_answer() {
     // The held-back ACK was carried: nothing follows when its timer would have fired.
     std::thread::sleep(podwire_nat::tcp::DELACK * 3);
     assert_eq!(rig.poll(), [], "no second ACK");
-    // Bulk data is acknowledged at the end of the TX pass, without waiting.
-    let big = vec![7u8; 1460];
-    let seg = g.data(&big);
-    let out = rig.tx(&[seg]);
-    assert_eq!(out.len(), 1, "{out:?}");
+}
+
+#[test]
+fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(45003, plain(1460), 65535);
+    // Less than 128 KiB: the ACK waits for more data or for the delayed-ACK timer.
+    let seg = g.data(&[7u8; 1460]);
+    assert_eq!(rig.tx(&[seg]), [], "held back");
+    let out = rig.wait("the delayed ACK", |segs| !segs.is_empty());
+    assert_eq!((out.len(), out[0].ack), (1, g.snd_nxt));
+    let _ = pod_read(&mut g.pod, 1460);
+    // 90 full segments (131,400 bytes) in one TX pass: one ACK for all of them, at once.
+    let frames: Vec<Vec<u8>> = (0..90).map(|_| g.data(&[8u8; 1460])).collect();
+    let mut out = Vec::new();
+    for chunk in frames.chunks(30) {
+        out.extend(rig.tx(chunk));
+        let _ = pod_read(&mut g.pod, 30 * 1460);
+    }
+    assert_eq!(out.len(), 1, "one ACK per 128 KiB: {out:?}");
     assert_eq!(out[0].ack, g.snd_nxt);
 }
