@@ -29,6 +29,10 @@
 //! forgotten once both FINs are acknowledged, on RST, when retransmission gives up, or when the
 //! guest goes away: no socket, table entry or buffer outlives it.
 //!
+//! ACKs to the guest are few, because each costs it an interrupt and a pass of its stack: bulk
+//! data is acknowledged every [`BULK_ACK`] bytes or after [`DELACK`], and a small request's
+//! ACK waits those 2 ms to ride on the answer; out-of-order data, FINs and probes get one at once.
+//!
 //! MSS is the smaller of the guest's and the guest MTU's; window scaling is used when the guest
 //! offers it. No SACK, no timestamps: the guest link neither loses nor reorders frames by itself.
 //! Per connection podwire keeps one `Conn` and a table entry (about 180 bytes in all, measured by
