@@ -704,7 +704,7 @@ pub fn guest_port_of(forwards: &[Forward]) -> PortMap {
 }
 
 /// Whether something in the current network namespace holds `port` for `proto`: tries to bind
-/// a socket to 0.0.0.0:`port`, then one with `IPV6_V6ONLY` to [::]:`port`, both without
+/// a socket to 0.0.0.0:`port`, then one with `IPV6_V6ONLY` to `[::]:port`, both without
 /// `SO_REUSEADDR`, and reports true if either fails with `EADDRINUSE`. The sockets are closed
 /// before returning. Without `SO_REUSEADDR`, a TCP port that only has outgoing connections or
 /// `TIME_WAIT` leftovers counts as taken too.

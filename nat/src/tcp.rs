@@ -75,7 +75,7 @@ const SNDBUF: i32 = 2 * 1024 * 1024;
 /// within this time costs the guest one frame instead of two.
 pub const DELACK: Duration = Duration::from_millis(2);
 /// Bulk data from the guest is acknowledged at least this often.
-const BULK_ACK: u32 = 128 * 1024;
+pub const BULK_ACK: u32 = 128 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
