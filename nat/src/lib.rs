@@ -51,7 +51,9 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use podwire_vhost::{warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_vhost::{
+    warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS, RX_BATCH,
+};
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
@@ -159,6 +161,8 @@ pub struct NatCounters {
     /// Messages that carried several guest datagrams (UDP GSO), and send syscalls for UDP.
     pub udp_coalesced: Counter,
     pub udp_send_calls: Counter,
+    /// `recvmmsg` calls that brought datagrams for the guest (`udp_in` / this = batch size).
+    pub udp_recv_calls: Counter,
     pub udp_in: Counter,
     pub icmp_out: Counter,
     pub icmp_in: Counter,
@@ -741,6 +745,8 @@ impl Nat {
         }
     }
 
+    /// Receives a flow's datagrams into the guest's RX buffers, up to [`RX_BATCH`] with one
+    /// `recvmmsg`, and writes the headers in front of each.
     fn recv_udp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
         let FlowKey::Udp {
             guest_ip,
@@ -755,41 +761,96 @@ impl Nat {
             .config
             .guest_mtu
             .saturating_sub(wire::ip_len(v6) + UDP_LEN);
-        let ident = self.next_ident();
-        let counter = &self.counters.udp_in;
         let partial = rx.partial_csum();
-        self.recv_datagram(
-            flow,
-            rx,
-            offset,
-            max_payload,
-            partial.then_some(wire::udp_csum(v6)),
-            counter,
-            &mut |frame, got| {
-                let src = self.config.map.inbound(got.from);
-                let l3 = wire::eth_ip_header(
-                    ep,
-                    src.ip(),
-                    guest_ip,
-                    IpProtocol::Udp,
-                    UDP_LEN + got.len,
-                    ident,
-                );
-                let csum = if partial {
-                    L4Csum::Partial
+        let mut outcome = RecvOutcome::Drained;
+        let mut fill = |frames: &mut [SgList<'_>], lens: &mut [usize]| -> usize {
+            let mut iov_store = [[EMPTY_IOVEC; MAX_SEGS]; RX_BATCH];
+            let mut counts = [0usize; RX_BATCH];
+            for (i, frame) in frames.iter().enumerate() {
+                counts[i] = frame.iovecs(offset, max_payload, &mut iov_store[i]);
+            }
+            let mut iovs: [&mut [libc::iovec]; RX_BATCH] = Default::default();
+            for (i, (slot, store)) in iovs.iter_mut().zip(iov_store.iter_mut()).enumerate() {
+                *slot = &mut store[..counts[i]];
+            }
+            let mut batch = sock::RecvBatch::new();
+            let got = match sock::recv_many(&flow.fd, &mut iovs[..frames.len()], &mut batch) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return 0,
+                Err(_) => {
+                    outcome = RecvOutcome::Dropped;
+                    return 0;
+                }
+            };
+            if got > 0 {
+                self.counters.udp_recv_calls.inc();
+            }
+            for i in 0..got {
+                let d = batch.received(i);
+                lens[i] = if d.truncated {
+                    self.counters.drop_too_big_for_guest.inc();
+                    warn_once!("datagram from {} larger than the guest MTU", d.from);
+                    0
                 } else {
-                    L4Csum::Full(frame)
+                    let src = self.config.map.inbound(d.from);
+                    let frame = &mut frames[i];
+                    let ok = self.write_udp_headers(
+                        frame,
+                        ep,
+                        (src.ip(), src.port()),
+                        (guest_ip, guest_port),
+                        d.len,
+                        partial,
+                    );
+                    if ok {
+                        self.counters.udp_in.inc();
+                        offset + d.len
+                    } else {
+                        0
+                    }
                 };
-                let udp = wire::udp_header(
-                    (src.ip(), src.port()),
-                    (guest_ip, guest_port),
-                    csum,
-                    offset,
-                    got.len,
-                );
-                frame.write(0, l3.bytes()) && frame.write(wire::l4_offset(v6), &udp)
-            },
-        )
+            }
+            // A full batch may have more behind it.
+            if got == frames.len() {
+                outcome = RecvOutcome::Delivered;
+            }
+            got
+        };
+        let csum = partial.then_some(wire::udp_csum(v6));
+        match rx.push_batch(RX_BATCH, offset + max_payload, csum, &mut fill) {
+            Ok(_) => outcome,
+            Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
+            Err(RxError::Abandoned) => outcome,
+        }
+    }
+
+    /// Writes the Ethernet, IP and UDP headers of a datagram of `len` bytes from `src` to the
+    /// guest's `dst`, in front of the payload already in `frame`.
+    fn write_udp_headers(
+        &self,
+        frame: &mut SgList<'_>,
+        ep: &Endpoints,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        len: usize,
+        partial: bool,
+    ) -> bool {
+        let v6 = dst.0.is_ipv6();
+        let l3 = wire::eth_ip_header(
+            ep,
+            src.0,
+            dst.0,
+            IpProtocol::Udp,
+            UDP_LEN + len,
+            self.next_ident(),
+        );
+        let csum = if partial {
+            L4Csum::Partial
+        } else {
+            L4Csum::Full(frame)
+        };
+        let udp = wire::udp_header(src, dst, csum, wire::udp_payload_offset(v6), len);
+        frame.write(0, l3.bytes()) && frame.write(wire::l4_offset(v6), &udp)
     }
 
     fn recv_icmp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {

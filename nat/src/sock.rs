@@ -262,3 +262,75 @@ pub fn recv_from(fd: &OwnedFd, iov: &mut [libc::iovec]) -> io::Result<Received> 
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
     })
 }
+
+/// Storage for one `recv_many` call: message headers and the senders' addresses.
+pub struct RecvBatch {
+    msgs: [libc::mmsghdr; podwire_vhost::RX_BATCH],
+    addrs: [RawAddr; podwire_vhost::RX_BATCH],
+}
+
+impl RecvBatch {
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            msgs: unsafe { std::mem::zeroed() },
+            addrs: [RawAddr::zeroed(); podwire_vhost::RX_BATCH],
+        }
+    }
+
+    /// Message `i` of the last call: its length, sender, and whether it was cut.
+    pub fn received(&self, i: usize) -> Received {
+        let m = &self.msgs[i];
+        Received {
+            len: m.msg_len as usize,
+            from: self.addrs[i].get(),
+            truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        }
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
+}
+
+/// Receives up to `iovs.len()` datagrams with one `recvmmsg`, datagram `i` scattered into
+/// `iovs[i]`; returns how many arrived (see [`RecvBatch::received`]).
+pub fn recv_many(
+    fd: &OwnedFd,
+    iovs: &mut [&mut [libc::iovec]],
+    batch: &mut RecvBatch,
+) -> io::Result<usize> {
+    let n = iovs.len().min(podwire_vhost::RX_BATCH);
+    let slots = batch.msgs.iter_mut().zip(batch.addrs.iter_mut());
+    for ((msg, addr), iov) in slots.zip(iovs.iter_mut()).take(n) {
+        *addr = RawAddr::zeroed();
+        // SAFETY: a zeroed msghdr is a valid starting point.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = addr.as_mut_ptr().cast();
+        hdr.msg_namelen = RawAddr::capacity();
+        hdr.msg_iov = iov.as_mut_ptr();
+        hdr.msg_iovlen = iov.len() as _;
+        *msg = libc::mmsghdr {
+            msg_hdr: hdr,
+            msg_len: 0,
+        };
+    }
+    // SAFETY: msgs[..n] point at address storage in `batch` and iovecs into writable memory,
+    // all valid for the call; a null timeout with MSG_DONTWAIT never blocks.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            batch.msgs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(got as usize)
+    }
+}

@@ -190,7 +190,41 @@ pub trait RxSink {
     ) -> Result<(), RxError> {
         self.push_partial(max_len, csum, fill)
     }
+
+    /// Lends buffers for up to `count` (at most [`RX_BATCH`]) frames of up to `max_len` bytes
+    /// each, at once, so that a producer can fill them with one system call (`recvmmsg`).
+    /// `fill` gets the frames that could be lent (at least one) and writes each one's length
+    /// into `lens` (0: nothing for that frame, which then reaches the guest empty), and returns
+    /// how many of the leading frames it used; the rest go back to the ring untouched. With
+    /// `csum`, the frames carry a partial checksum there (only when [`RxSink::partial_csum`]).
+    /// Returns how many frames were used.
+    fn push_batch(
+        &mut self,
+        count: usize,
+        max_len: usize,
+        csum: Option<PartialCsum>,
+        fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
+    ) -> Result<usize, RxError> {
+        let _ = count;
+        let mut used = 0;
+        let mut one = |sg: &mut SgList<'_>| {
+            let mut lens = [0usize; 1];
+            let n = fill(std::slice::from_mut(sg), &mut lens);
+            (n >= 1 && lens[0] > 0).then(|| {
+                used = 1;
+                lens[0]
+            })
+        };
+        match csum {
+            Some(c) => self.push_partial(max_len, c, &mut one),
+            None => self.push(max_len, &mut one),
+        }
+        .map(|()| used)
+    }
 }
+
+/// Most frames one [`RxSink::push_batch`] lends.
+pub const RX_BATCH: usize = 16;
 
 /// Segmentation of a frame to the guest (GUEST_TSO4/6).
 #[derive(Debug, Clone, Copy)]
@@ -749,6 +783,17 @@ where
         let gso = Gso { kind, mss, hdr_len };
         self.push_frame(max_len, Some(csum), Some(gso), fill)
     }
+
+    fn push_batch(
+        &mut self,
+        count: usize,
+        max_len: usize,
+        csum: Option<PartialCsum>,
+        fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
+    ) -> Result<usize, RxError> {
+        let csum = csum.filter(|_| self.guest_csum);
+        self.push_frames(count.clamp(1, RX_BATCH), max_len, csum, fill)
+    }
 }
 
 impl<G> RxRing<'_, G>
@@ -909,6 +954,111 @@ impl<G> RxRing<'_, G>
 where
     G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
 {
+    /// [`RxSink::push_batch`]: one descriptor chain per frame, so that every frame's buffers are
+    /// used whole and the frames not filled are the ring's tail, which can be rewound. A chain
+    /// too small for a whole frame (or a bad one) ends the batch where it is, un-popped: the
+    /// next single-frame push deals with it.
+    fn push_frames(
+        &mut self,
+        count: usize,
+        max_len: usize,
+        csum: Option<PartialCsum>,
+        fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
+    ) -> Result<usize, RxError> {
+        let mem: &Mem = self.mem;
+        let q = self.vring.get_queue();
+        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
+            return Err(RxError::NotReady);
+        }
+        let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
+        let mut heads = [0u16; RX_BATCH];
+        let mut frames: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
+        let mut n = 0;
+        while n < count {
+            let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
+                Some(c) => c,
+                None if n == 0 && self.rearm() => continue,
+                None => break,
+            };
+            let head = chain.head_index();
+            let mut sg = SgList::new();
+            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
+            if mapped.is_err() || sg.len() < need {
+                let q = self.vring.get_queue_mut();
+                q.set_next_avail(q.next_avail().wrapping_sub(1));
+                break;
+            }
+            heads[n] = head;
+            frames[n] = sg;
+            n += 1;
+        }
+        if n == 0 {
+            // Nothing lent: a single-frame push handles merged buffers and bad chains.
+            let mut used = 0;
+            let mut one = |sg: &mut SgList<'_>| {
+                let mut lens = [0usize; 1];
+                let k = fill(std::slice::from_mut(sg), &mut lens);
+                (k >= 1 && lens[0] > 0).then(|| {
+                    used = 1;
+                    lens[0]
+                })
+            };
+            return self
+                .push_frame(max_len, csum, None, &mut one)
+                .map(|()| used);
+        }
+        let mut payload: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
+        for (whole, frame) in frames[..n].iter().zip(payload.iter_mut()) {
+            for s in whole.segments() {
+                // SAFETY: the same guest memory as `whole`, which outlives this call.
+                let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
+            }
+            frame.advance(self.hdr_len);
+        }
+        let mut lens = [0usize; RX_BATCH];
+        let used = fill(&mut payload[..n], &mut lens[..n]).min(n);
+        let q = self.vring.get_queue_mut();
+        // Frames not used are the tail of what was popped: back to the ring.
+        q.set_next_avail(q.next_avail().wrapping_sub((n - used) as u16));
+        if used == 0 {
+            return Err(RxError::Abandoned);
+        }
+        let start = Wrapping(q.next_used());
+        let mut pos = start;
+        let mut delivered = 0;
+        for i in 0..used {
+            let frame = &mut payload[i];
+            let mut len = lens[i].min(frame.len());
+            if len > 0 && len < MIN_FRAME_LEN {
+                let pad = [0u8; MIN_FRAME_LEN];
+                frame.write(len, &pad[..MIN_FRAME_LEN - len]);
+                len = MIN_FRAME_LEN;
+            }
+            let total = if len == 0 {
+                0
+            } else {
+                let mut hdr = [0u8; VNET_HDR_LEN];
+                if let Some(c) = csum {
+                    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+                    hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
+                    hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
+                }
+                hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+                frames[i].write(0, &hdr[..self.hdr_len]);
+                delivered += 1;
+                self.counters.rx_bytes.add(len as u64);
+                self.hdr_len + len
+            };
+            if write_used(mem, q, pos, heads[i], total as u32) {
+                pos += Wrapping(1);
+            }
+        }
+        self.published_from.get_or_insert(start);
+        publish_used(mem, q, pos);
+        self.counters.rx_frames.add(delivered);
+        Ok(used)
+    }
+
     /// Gives chains back with nothing written, when they cannot be rewound.
     fn return_unused(&mut self, chains: &[(u16, u32)]) {
         let mem: &Mem = self.mem;

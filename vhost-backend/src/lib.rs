@@ -24,7 +24,7 @@ pub mod sg;
 pub use counters::{nonzero_summary, Counter, DeviceCounters};
 pub use device::{
     GsoKind, NetConfig, NetDevice, NetHandler, PartialCsum, RxError, RxSink, TxOffload,
-    MAX_FRAME_LEN,
+    MAX_FRAME_LEN, RX_BATCH,
 };
 pub use server::{ServeError, Server};
 pub use sg::{Checksum, SgList, MAX_SEGS};
