@@ -54,13 +54,14 @@ fn boot(pw: &Podwire, name: &str, nic_props: &[&str]) -> Qemu {
     vm
 }
 
-/// dhcpcd in IPv6-only mode: router solicitation, then DHCPv6 as the RA's M flag asks.
-fn configure_ipv6(vm: &mut Qemu) -> String {
+/// dhcpcd in IPv6-only mode: router solicitation, then DHCPv6 as the RA's M flag asks; the
+/// guest must end up with `expect`.
+fn configure_ipv6(vm: &mut Qemu, expect: &str) -> String {
     let c = vm.console();
     let out = c.run("dhcpcd -6 -1 -w -t 40 eth0 2>&1", T).unwrap();
     assert_eq!(out.code, 0, "dhcpcd -6: {}", out.output);
     let addrs = c.run_ok("ip -6 addr show dev eth0", T).unwrap();
-    assert!(addrs.contains(&format!("inet6 {GUEST6}/")), "{addrs}");
+    assert!(addrs.contains(&format!("inet6 {expect}/")), "{addrs}");
     assert!(
         !addrs.contains("dadfailed"),
         "DAD never sees a conflict: {addrs}"
@@ -168,7 +169,7 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
     // IPv4 still works alongside.
     let lease = guest::udhcpc(vm.console(), "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lease.ip(), Some("198.19.6.2"), "{lease:?}");
-    let dhcpcd = configure_ipv6(&mut vm);
+    let dhcpcd = configure_ipv6(&mut vm, GUEST6);
     eprintln!("dhcpcd: {dhcpcd}");
     let c = vm.console();
     // The RA's MTU and the DHCPv6 DNS server reached the guest.
@@ -268,7 +269,7 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
 }
 
 #[test]
-fn ipv6_only_pod_serves_an_ipv6_only_guest_without_offloads() {
+fn ipv6_only_pod_in_pod_mode_serves_an_ipv6_only_guest_without_offloads() {
     let topo = PodTopology::create().unwrap();
     topo.pod
         .ip(&[
@@ -282,11 +283,12 @@ fn ipv6_only_pod_serves_an_ipv6_only_guest_without_offloads() {
     let dir = util::TempDir::new("e2e-ipv6-only").unwrap();
     let _echo = far_udp_echo6(&topo.far);
     let _iperf = far_iperf3_6(&topo.far, 5206);
-    let mut pw = podwire(&topo, &dir, &[]);
+    // `pod` mode: the guest gets the pod's own IPv6 address (and prefix, and gateway).
+    let mut pw = podwire(&topo, &dir, &["--guest-cidr6", "pod"]);
     // Without checksum offloads (and so without TSO): podwire computes and verifies every
     // IPv6 checksum itself.
     let mut vm = boot(&pw, "e2e-ipv6-only", &["csum=off", "guest_csum=off"]);
-    configure_ipv6(&mut vm);
+    configure_ipv6(&mut vm, &POD_ADDR6.to_string());
     ping_udp_iperf6(&mut vm);
     // No IPv4 is offered: udhcpc gets no lease.
     let c = vm.console();
