@@ -206,7 +206,21 @@ pub trait RxSink {
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
         let _ = count;
-        let mut used = 0;
+        one_of_batch(fill, |one| match csum {
+            Some(c) => self.push_partial(max_len, c, one),
+            None => self.push(max_len, one),
+        })
+    }
+}
+
+/// A batch `fill` run on one frame lent by `push`: how a single-frame push serves
+/// [`RxSink::push_batch`]. Returns how many frames were used (0 or 1).
+fn one_of_batch(
+    fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
+    push: impl FnOnce(&mut dyn FnMut(&mut SgList<'_>) -> Option<usize>) -> Result<(), RxError>,
+) -> Result<usize, RxError> {
+    let mut used = 0;
+    let result = {
         let mut one = |sg: &mut SgList<'_>| {
             let mut lens = [0usize; 1];
             let n = fill(std::slice::from_mut(sg), &mut lens);
@@ -215,12 +229,9 @@ pub trait RxSink {
                 lens[0]
             })
         };
-        match csum {
-            Some(c) => self.push_partial(max_len, c, &mut one),
-            None => self.push(max_len, &mut one),
-        }
-        .map(|()| used)
-    }
+        push(&mut one)
+    };
+    result.map(|()| used)
 }
 
 /// Most frames one [`RxSink::push_batch`] lends.
@@ -994,18 +1005,7 @@ where
         }
         if n == 0 {
             // Nothing lent: a single-frame push handles merged buffers and bad chains.
-            let mut used = 0;
-            let mut one = |sg: &mut SgList<'_>| {
-                let mut lens = [0usize; 1];
-                let k = fill(std::slice::from_mut(sg), &mut lens);
-                (k >= 1 && lens[0] > 0).then(|| {
-                    used = 1;
-                    lens[0]
-                })
-            };
-            return self
-                .push_frame(max_len, csum, None, &mut one)
-                .map(|()| used);
+            return one_of_batch(fill, |one| self.push_frame(max_len, csum, None, one));
         }
         let mut payload: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
         for (whole, frame) in frames[..n].iter().zip(payload.iter_mut()) {
