@@ -764,17 +764,26 @@ impl Nat {
         let partial = rx.partial_csum();
         let mut outcome = RecvOutcome::Drained;
         let mut fill = |frames: &mut [SgList<'_>], lens: &mut [usize]| -> usize {
-            let mut iov_store = [[EMPTY_IOVEC; MAX_SEGS]; RX_BATCH];
-            let mut counts = [0usize; RX_BATCH];
-            for (i, frame) in frames.iter().enumerate() {
-                counts[i] = frame.iovecs(offset, max_payload, &mut iov_store[i]);
-            }
+            // One pool of iovecs carved frame by frame: a frame is usually one or two buffers.
+            let mut pool = [EMPTY_IOVEC; MAX_SEGS * 2];
             let mut iovs: [&mut [libc::iovec]; RX_BATCH] = Default::default();
-            for (i, (slot, store)) in iovs.iter_mut().zip(iov_store.iter_mut()).enumerate() {
-                *slot = &mut store[..counts[i]];
+            let mut rest: &mut [libc::iovec] = &mut pool;
+            let mut lent = 0;
+            for (frame, slot) in frames.iter().zip(iovs.iter_mut()) {
+                let Some(room) = rest.get_mut(..MAX_SEGS) else {
+                    break;
+                };
+                let Ok(room) = <&mut [libc::iovec; MAX_SEGS]>::try_from(room) else {
+                    break;
+                };
+                let n = frame.iovecs(offset, max_payload, room);
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                *slot = mine;
+                rest = tail;
+                lent += 1;
             }
             let mut batch = sock::RecvBatch::new();
-            let got = match sock::recv_many(&flow.fd, &mut iovs[..frames.len()], &mut batch) {
+            let got = match sock::recv_many(&flow.fd, &mut iovs[..lent], &mut batch) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return 0,
                 Err(_) => {
@@ -811,7 +820,7 @@ impl Nat {
                 };
             }
             // A full batch may have more behind it.
-            if got == frames.len() {
+            if got == lent {
                 outcome = RecvOutcome::Delivered;
             }
             got

@@ -1007,16 +1007,20 @@ where
             // Nothing lent: a single-frame push handles merged buffers and bad chains.
             return one_of_batch(fill, |one| self.push_frame(max_len, csum, None, one));
         }
-        let mut payload: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
-        for (whole, frame) in frames[..n].iter().zip(payload.iter_mut()) {
-            for s in whole.segments() {
-                // SAFETY: the same guest memory as `whole`, which outlives this call.
-                let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
-            }
+        // Every frame is one whole chain: its virtio-net header is known before the data.
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        if let Some(c) = csum {
+            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+            hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
+            hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
+        }
+        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+        for frame in &mut frames[..n] {
+            frame.write(0, &hdr[..self.hdr_len]);
             frame.advance(self.hdr_len);
         }
         let mut lens = [0usize; RX_BATCH];
-        let used = fill(&mut payload[..n], &mut lens[..n]).min(n);
+        let used = fill(&mut frames[..n], &mut lens[..n]).min(n);
         let q = self.vring.get_queue_mut();
         // Frames not used are the tail of what was popped: back to the ring.
         q.set_next_avail(q.next_avail().wrapping_sub((n - used) as u16));
@@ -1027,7 +1031,7 @@ where
         let mut pos = start;
         let mut delivered = 0;
         for i in 0..used {
-            let frame = &mut payload[i];
+            let frame = &mut frames[i];
             let mut len = lens[i].min(frame.len());
             if len > 0 && len < MIN_FRAME_LEN {
                 let pad = [0u8; MIN_FRAME_LEN];
@@ -1037,14 +1041,6 @@ where
             let total = if len == 0 {
                 0
             } else {
-                let mut hdr = [0u8; VNET_HDR_LEN];
-                if let Some(c) = csum {
-                    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-                    hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
-                    hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
-                }
-                hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-                frames[i].write(0, &hdr[..self.hdr_len]);
                 delivered += 1;
                 self.counters.rx_bytes.add(len as u64);
                 self.hdr_len + len
