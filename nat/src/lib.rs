@@ -803,14 +803,20 @@ impl Nat {
                 } else {
                     let src = self.config.map.inbound(d.from);
                     let frame = &mut frames[i];
-                    let ok = self.write_udp_headers(
-                        frame,
+                    let csum = if partial {
+                        L4Csum::Partial
+                    } else {
+                        L4Csum::Full(frame)
+                    };
+                    let headers = wire::udp_frame_headers(
                         ep,
                         (src.ip(), src.port()),
                         (guest_ip, guest_port),
                         d.len,
-                        partial,
+                        self.next_ident(),
+                        csum,
                     );
+                    let ok = headers.write_to(frame);
                     if ok {
                         self.counters.udp_in.inc();
                         offset + d.len
@@ -831,35 +837,6 @@ impl Nat {
             Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
             Err(RxError::Abandoned) => outcome,
         }
-    }
-
-    /// Writes the Ethernet, IP and UDP headers of a datagram of `len` bytes from `src` to the
-    /// guest's `dst`, in front of the payload already in `frame`.
-    fn write_udp_headers(
-        &self,
-        frame: &mut SgList<'_>,
-        ep: &Endpoints,
-        src: (IpAddr, u16),
-        dst: (IpAddr, u16),
-        len: usize,
-        partial: bool,
-    ) -> bool {
-        let v6 = dst.0.is_ipv6();
-        let l3 = wire::eth_ip_header(
-            ep,
-            src.0,
-            dst.0,
-            IpProtocol::Udp,
-            UDP_LEN + len,
-            self.next_ident(),
-        );
-        let csum = if partial {
-            L4Csum::Partial
-        } else {
-            L4Csum::Full(frame)
-        };
-        let udp = wire::udp_header(src, dst, csum, wire::udp_payload_offset(v6), len);
-        frame.write(0, l3.bytes()) && frame.write(wire::l4_offset(v6), &udp)
     }
 
     fn recv_icmp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {

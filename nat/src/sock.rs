@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use podwire_vhost::MAX_SEGS;
 
@@ -181,20 +181,11 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 
 /// Sends one datagram gathered from `iov` to `dst`.
 pub fn send_to(fd: &OwnedFd, iov: &[libc::iovec], dst: SocketAddr) -> io::Result<usize> {
-    send_segmented(fd, iov, dst, None)
+    send_to_raw(fd.as_raw_fd(), iov, dst)
 }
 
-/// `UDP_SEGMENT` from linux/udp.h (the libc crate lacks it on some targets).
-const UDP_SEGMENT: libc::c_int = 103;
-
-/// Sends `iov` to `dst`; with `segment`, as many UDP datagrams of that payload size (the last
-/// may be shorter) in one call: the kernel splits them (UDP GSO, Linux 4.18+).
-pub fn send_segmented(
-    fd: &OwnedFd,
-    iov: &[libc::iovec],
-    dst: SocketAddr,
-    segment: Option<u16>,
-) -> io::Result<usize> {
+/// [`send_to`] on a descriptor the caller keeps open for the call.
+pub fn send_to_raw(fd: RawFd, iov: &[libc::iovec], dst: SocketAddr) -> io::Result<usize> {
     let mut sa = RawAddr::new(dst);
     // SAFETY: msghdr is plain data; zeroed is a valid starting point.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -202,31 +193,8 @@ pub fn send_segmented(
     msg.msg_namelen = sa.len();
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len().min(MAX_SEGS) as _;
-    // Room for one cmsghdr carrying a u16, 8-byte aligned.
-    let mut control = [0u64; 4];
-    if let Some(size) = segment {
-        // SAFETY: CMSG_SPACE is arithmetic; the buffer is 32 bytes, more than it needs.
-        let space = unsafe { libc::CMSG_SPACE(2) } as usize;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space.min(std::mem::size_of_val(&control)) as _;
-        // SAFETY: msg_control points at a zeroed buffer at least CMSG_SPACE(2) long, so the
-        // first header and its two data bytes lie inside it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
-            std::ptr::copy_nonoverlapping(size.to_ne_bytes().as_ptr(), libc::CMSG_DATA(cmsg), 2);
-        }
-    }
     // SAFETY: every pointer in msg is valid for the call; iovecs point into mapped memory.
-    let n = unsafe {
-        libc::sendmsg(
-            fd.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

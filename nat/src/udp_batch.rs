@@ -24,7 +24,7 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use crate::sock::RawAddr;
+use crate::sock::{self, RawAddr};
 
 /// Datagrams recorded before the batch must be sent.
 pub const MAX_BATCH: usize = 64;
@@ -264,22 +264,12 @@ impl UdpBatch {
     }
 
     fn send_singly(&mut self, fd: RawFd, run: Run, done: &mut Flushed) {
-        for e in run.first..run.first + run.count {
-            let entry = self.entries[e];
-            let mut addr = RawAddr::new(entry.dst);
-            // SAFETY: msghdr is plain data; zeroed is a valid starting point.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_name = addr.as_mut_ptr().cast();
-            hdr.msg_namelen = addr.len();
-            hdr.msg_iov = self.iovs[entry.iov_start..].as_mut_ptr();
-            hdr.msg_iovlen = entry.iov_count as _;
-            // SAFETY: every pointer in hdr is valid for the call.
-            let rc = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        for entry in &self.entries[run.first..run.first + run.count] {
+            let iov = &self.iovs[entry.iov_start..entry.iov_start + entry.iov_count];
             done.syscalls += 1;
-            if rc < 0 {
-                done.failed += 1;
-            } else {
-                done.sent += 1;
+            match sock::send_to_raw(fd, iov, entry.dst) {
+                Ok(_) => done.sent += 1,
+                Err(_) => done.failed += 1,
             }
         }
     }

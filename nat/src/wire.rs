@@ -58,7 +58,7 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The guest's address in the family of `like`.
+    /// The guest's address in IPv6 (`v6`) or IPv4.
     pub fn guest_addr(&self, v6: bool) -> IpAddr {
         if v6 {
             IpAddr::V6(self.guest_ip6)
@@ -221,6 +221,37 @@ pub fn udp_header(
     };
     hdr[6..8].copy_from_slice(&field.to_be_bytes());
     hdr
+}
+
+/// The Ethernet, IP and UDP headers of a frame podwire builds around a UDP payload.
+pub struct UdpFrameHeaders {
+    l3: L3Header,
+    udp: [u8; UDP_LEN],
+}
+
+impl UdpFrameHeaders {
+    /// Writes the headers in front of the payload, which is already in `frame`.
+    pub fn write_to(&self, frame: &mut SgList<'_>) -> bool {
+        let l3 = self.l3.bytes();
+        frame.write(0, l3) && frame.write(l3.len(), &self.udp)
+    }
+}
+
+/// The headers (gateway → guest) of a UDP datagram of `len` payload bytes from `src` to `dst`
+/// whose payload sits at [`udp_payload_offset`] of the frame `csum` may read it from.
+pub fn udp_frame_headers(
+    ep: &Endpoints,
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    len: usize,
+    ident: u16,
+    csum: L4Csum<'_, '_>,
+) -> UdpFrameHeaders {
+    let v6 = dst.0.is_ipv6();
+    UdpFrameHeaders {
+        l3: eth_ip_header(ep, src.0, dst.0, IpProtocol::Udp, UDP_LEN + len, ident),
+        udp: udp_header(src, dst, csum, udp_payload_offset(v6), len),
+    }
 }
 
 /// How the L4 checksum of a frame to the guest is filled in.

@@ -553,26 +553,10 @@ fn addr_at(bytes: &[u8], offset: usize) -> Option<Ipv6Addr> {
 /// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200 8.1): 0 for a
 /// valid received message; to fill one in, compute with the field zeroed and store the result.
 fn l4_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
-    // u64 cannot overflow: a message is far below 2^48 bytes.
-    let mut sum: u64 = 0;
-    let mut add = |bytes: &[u8]| {
-        let mut pairs = bytes.chunks_exact(2);
-        for pair in pairs.by_ref() {
-            sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
-        }
-        if let [last] = *pairs.remainder() {
-            sum += u64::from(last) << 8;
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(message.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, next_header]);
-    add(message);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    let mut sum =
+        podwire_nat::wire::pseudo_header(src.into(), dst.into(), next_header, message.len());
+    sum.add(message);
+    sum.finish()
 }
 
 /// Walks ND options (RFC 4861 4.6): each non-empty and inside the message. Returns whether a
@@ -794,13 +778,13 @@ impl Link6 {
         addr == self.cfg.guest || self.guest_addrs.contains(addr)
     }
 
-    fn learn(&mut self, addr: Ipv6Addr) {
+    fn learn(&mut self, addr: Ipv6Addr) -> bool {
         if addr.is_unspecified()
             || addr.is_multicast()
             || addr.is_loopback()
             || self.is_gateway(addr)
         {
-            return;
+            return false;
         }
         let (inserted, evicted) = self.guest_addrs.touch(addr);
         if inserted {
@@ -809,6 +793,7 @@ impl Link6 {
         if evicted {
             self.counters.addresses_evicted.inc();
         }
+        inserted
     }
 
     fn neighbor_solicitation(
@@ -1153,8 +1138,9 @@ impl Link6 {
 
     /// Records the source of a guest packet the NAT took, so solicitations for it are not
     /// answered. Cheap when the address is the most recent one.
-    pub fn learn_source(&mut self, addr: Ipv6Addr) {
-        self.learn(addr);
+    /// Returns whether the address is new to the table.
+    pub fn learn_source(&mut self, addr: Ipv6Addr) -> bool {
+        self.learn(addr)
     }
 
     /// The frontend went away and the next guest may be another: forget its addresses and

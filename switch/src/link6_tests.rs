@@ -774,14 +774,14 @@ fn link6_address_table_is_bounded_most_recent_first() {
     let mut l = link();
     let a = |i: u16| Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 0x100 + i);
     for i in 0..MAX_GUEST_ADDRESSES as u16 + 1 {
-        l.learn_source(a(i));
+        assert!(l.learn_source(a(i)), "new");
     }
     assert_eq!(l.guest_addresses().len(), MAX_GUEST_ADDRESSES);
     assert_eq!(l.guest_addresses()[0], a(MAX_GUEST_ADDRESSES as u16));
     assert!(!l.guest_addresses().contains(&a(0)), "oldest evicted");
     assert_eq!(l.counters.addresses_evicted.get(), 1);
     // Seeing one again moves it to the front without re-learning it.
-    l.learn_source(a(3));
+    assert!(!l.learn_source(a(3)), "known");
     assert_eq!(l.guest_addresses()[0], a(3));
     assert_eq!(l.guest_addresses().len(), MAX_GUEST_ADDRESSES);
     assert_eq!(

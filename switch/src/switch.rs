@@ -505,11 +505,11 @@ impl Switch {
             return;
         }
         if let Some(v6) = self.v6.as_mut() {
-            if v6.guest_ip != src {
+            // Logged once per address: a guest may alternate between several sources.
+            if v6.link.learn_source(src) {
                 tracing::info!("guest uses IPv6 address {src}");
-                v6.guest_ip = src;
             }
-            v6.link.learn_source(src);
+            v6.guest_ip = src;
         }
         let info = IpInfo {
             src: src.into(),
@@ -619,17 +619,15 @@ impl Switch {
             if !buf.write(offset, payload) {
                 return None;
             }
-            let l3 = wire::eth_ip_header(&ep, src, dst, IpProtocol::Udp, 8 + payload.len(), 0);
-            let udp = wire::udp_header(
+            let headers = wire::udp_frame_headers(
+                &ep,
                 (src, DHCP_SERVER_PORT),
                 (dst, DHCP_CLIENT_PORT),
-                L4Csum::Full(buf),
-                offset,
                 payload.len(),
+                0,
+                L4Csum::Full(buf),
             );
-            buf.write(0, l3.bytes());
-            buf.write(wire::l4_offset(false), &udp);
-            Some(offset + payload.len())
+            headers.write_to(buf).then_some(offset + payload.len())
         });
         match pushed {
             Ok(()) => self.counters.dhcp_replies.inc(),
