@@ -205,3 +205,13 @@ fn wait_listening_any(far: &Netns, p: &mut Proc, port: u16) -> Result<()> {
         Ok(crate::netns::ss_listening(&out, None, port))
     })
 }
+
+/// Waits until the file at `path` holds `len` bytes, then returns its md5.
+pub fn md5_once_complete(path: &std::path::Path, len: u64, timeout: Duration) -> Result<String> {
+    crate::util::wait_until(
+        &format!("{} to reach {len} bytes", path.display()),
+        timeout,
+        || Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) >= len),
+    )?;
+    md5(path)
+}

@@ -215,6 +215,49 @@ pub fn udhcpc_with(
     Ok(Lease::parse(&env))
 }
 
+/// socat's address for a TCP connection to `ip`:`port`, either family.
+pub fn socat_tcp(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => format!("TCP4:{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("TCP6:[{a}]:{port}"),
+    }
+}
+
+/// The first word of md5sum's output.
+fn md5_of_output(out: &str) -> Result<String> {
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .context("md5sum printed nothing")
+}
+
+/// Fetches everything TCP `ip`:`port` sends, in the guest; returns its md5.
+pub fn download_md5(
+    console: &mut Console,
+    ip: std::net::IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Result<String> {
+    let cmd = format!("socat -T 60 -u {} - | md5sum", socat_tcp(ip, port));
+    md5_of_output(&console.run_ok(&cmd, timeout)?)
+}
+
+/// Sends `kib` KiB of random bytes from the guest to TCP `ip`:`port`; returns their md5.
+pub fn upload_random(
+    console: &mut Console,
+    ip: std::net::IpAddr,
+    port: u16,
+    kib: u32,
+    timeout: Duration,
+) -> Result<String> {
+    let cmd = format!(
+        "dd if=/dev/urandom of=/tmp/upload bs=1024 count={kib} 2>/dev/null; \
+         socat -T 60 -u FILE:/tmp/upload {}; md5sum < /tmp/upload",
+        socat_tcp(ip, port)
+    );
+    md5_of_output(&console.run_ok(&cmd, timeout)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,33 +185,12 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
     let c = vm.console();
 
     // Checked transfers over IPv6, both directions.
-    let got = c
-        .run_ok(
-            &format!("socat -T 60 -u TCP6:[{FAR_HOST6}]:{FILE_PORT} - | md5sum"),
-            T,
-        )
-        .unwrap();
-    assert_eq!(
-        got.split_whitespace().next(),
-        Some(want.as_str()),
-        "download"
-    );
-    let sent = c
-        .run_ok(
-            &format!(
-                "dd if=/dev/urandom of=/tmp/up6 bs=1024 count=2048 2>/dev/null; \
-                 socat -T 60 -u FILE:/tmp/up6 TCP6:[{FAR_HOST6}]:{}; md5sum < /tmp/up6",
-                FILE_PORT + 1
-            ),
-            T,
-        )
-        .unwrap();
-    let sent_md5 = sent.split_whitespace().next().unwrap().to_string();
-    util::wait_until("the upload to land", T, || {
-        Ok(std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0) >= 2048 * 1024)
-    })
-    .unwrap();
-    assert_eq!(far::md5(&upload).unwrap(), sent_md5, "upload");
+    let got = guest::download_md5(c, std::net::IpAddr::V6(FAR_HOST6), FILE_PORT, T).unwrap();
+    assert_eq!(got, want, "download");
+    let sent =
+        guest::upload_random(c, std::net::IpAddr::V6(FAR_HOST6), FILE_PORT + 1, 2048, T).unwrap();
+    let landed = far::md5_once_complete(&upload, 2048 * 1024, T).unwrap();
+    assert_eq!(landed, sent, "upload");
 
     // Forwarded pod ports over IPv6: the guest sees the far host's own IPv6 address.
     c.run_ok(

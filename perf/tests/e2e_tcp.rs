@@ -75,35 +75,13 @@ fn transfer_files_both_ways(nic_props: &[&str]) {
     let c = vm.console();
 
     // Download: far → guest.
-    let got = c
-        .run_ok(
-            &format!("socat -T 60 -u TCP4:{FAR_HOST}:{FILE_PORT} - | md5sum"),
-            T,
-        )
-        .unwrap();
-    assert_eq!(
-        got.split_whitespace().next(),
-        Some(want.as_str()),
-        "download"
-    );
-
-    // Upload: guest → far, the same content.
-    let sent = c
-        .run_ok(
-            &format!(
-                "dd if=/dev/urandom of=/tmp/up bs=1024 count=2048 2>/dev/null; \
-                 socat -T 60 -u FILE:/tmp/up TCP4:{FAR_HOST}:{}; md5sum < /tmp/up",
-                FILE_PORT + 2
-            ),
-            T,
-        )
-        .unwrap();
-    let sent_md5 = sent.split_whitespace().next().unwrap().to_string();
-    util::wait_until("the upload to land", T, || {
-        Ok(std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0) >= 2048 * 1024)
-    })
-    .unwrap();
-    assert_eq!(far::md5(&upload).unwrap(), sent_md5, "upload");
+    let got = guest::download_md5(c, std::net::IpAddr::V4(FAR_HOST), FILE_PORT, T).unwrap();
+    assert_eq!(got, want, "download");
+    // Upload: guest → far, checked the same way.
+    let sent =
+        guest::upload_random(c, std::net::IpAddr::V4(FAR_HOST), FILE_PORT + 2, 2048, T).unwrap();
+    let landed = far::md5_once_complete(&upload, 2048 * 1024, T).unwrap();
+    assert_eq!(landed, sent, "upload");
 
     // A closed port is refused, as the guest's stack reports it.
     let refused = c
