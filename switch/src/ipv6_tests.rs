@@ -18,7 +18,9 @@ use smoltcp::wire::{
 use crate::config::{Addressing6, Config, Forwarding};
 use crate::podnet::UplinkAddr;
 use crate::switch::Switch;
-use crate::tests::{self, arp_request, eth, ipv4_udp, send, wait_readable, Captured};
+use crate::tests::{
+    self, arp_request, eth, ipv4_udp, send, send_mutations, wait_readable, Captured,
+};
 
 const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 2);
 const GW6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 1);
@@ -452,13 +454,6 @@ fn router_solicitation_and_neighbor_solicitation_are_answered_through_the_switch
 #[test]
 fn mangled_ipv6_frames_never_panic() {
     let mut sw = Switch::new(&dual_stack()).unwrap();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
     let far: Ipv6Addr = "fd00:198:18:1::1".parse().unwrap();
     let templates = [
         udp6(
@@ -487,16 +482,7 @@ fn mangled_ipv6_frames_never_panic() {
             &[58, 0, 5, 2, 0, 0, 1, 0, 143, 0],
         ),
     ];
-    for i in 0..5000 {
-        let mut f = templates[i % templates.len()].clone();
-        let len = (next() as usize) % (f.len() + 1);
-        f.truncate(len.max(1));
-        for _ in 0..(next() % 8) {
-            let at = (next() as usize) % f.len();
-            f[at] = next() as u8;
-        }
-        send(&mut sw, &f);
-    }
+    send_mutations(&mut sw, &templates, 5000, 0x2545_f491_4f6c_dd1d);
     // Still serving afterwards.
     let server = UdpSocket::bind("[::1]:0").unwrap();
     server.set_read_timeout(Some(TIMEOUT)).unwrap();

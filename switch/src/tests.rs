@@ -362,19 +362,25 @@ fn malformed_frames_are_dropped_and_counted() {
 #[test]
 fn garbage_frames_never_panic() {
     let mut sw = Switch::new(&config()).unwrap();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let templates = [
+        arp_request(GUEST_IP, GW_IP),
+        ipv4_udp((GUEST_IP, 68), (Ipv4Addr::BROADCAST, 67), &[0u8; 300]),
+        ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
+    ];
+    send_mutations(&mut sw, &templates, 3000, 0x9e37_79b9_7f4a_7c15);
+}
+
+/// Sends `count` frames made from `templates`, each truncated at a random length and with up
+/// to seven random bytes overwritten (a xorshift generator from `seed`: reproducible).
+pub(crate) fn send_mutations(sw: &mut Switch, templates: &[Vec<u8>], count: usize, seed: u64) {
+    let mut seed = seed;
     let mut next = || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
     };
-    let templates = [
-        arp_request(GUEST_IP, GW_IP),
-        ipv4_udp((GUEST_IP, 68), (Ipv4Addr::BROADCAST, 67), &[0u8; 300]),
-        ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
-    ];
-    for i in 0..3000 {
+    for i in 0..count {
         let mut f = templates[i % templates.len()].clone();
         let len = (next() as usize) % (f.len() + 1);
         f.truncate(len.max(1));
@@ -382,7 +388,7 @@ fn garbage_frames_never_panic() {
             let at = (next() as usize) % f.len();
             f[at] = next() as u8;
         }
-        send(&mut sw, &f);
+        send(sw, &f);
     }
 }
 
