@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use podwire_vhost::{
+use podwire_frame::{
     warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS, RX_BATCH,
 };
 use smoltcp::wire::IpProtocol;

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use podwire_vhost::MAX_SEGS;
+use podwire_frame::MAX_SEGS;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -233,8 +233,8 @@ pub fn recv_from(fd: &OwnedFd, iov: &mut [libc::iovec]) -> io::Result<Received> 
 
 /// Storage for one `recv_many` call: message headers and the senders' addresses.
 pub struct RecvBatch {
-    msgs: [libc::mmsghdr; podwire_vhost::RX_BATCH],
-    addrs: [RawAddr; podwire_vhost::RX_BATCH],
+    msgs: [libc::mmsghdr; podwire_frame::RX_BATCH],
+    addrs: [RawAddr; podwire_frame::RX_BATCH],
 }
 
 impl RecvBatch {
@@ -242,7 +242,7 @@ impl RecvBatch {
         RecvBatch {
             // SAFETY: mmsghdr is plain data; all-zero is a valid value.
             msgs: unsafe { std::mem::zeroed() },
-            addrs: [RawAddr::zeroed(); podwire_vhost::RX_BATCH],
+            addrs: [RawAddr::zeroed(); podwire_frame::RX_BATCH],
         }
     }
 
@@ -270,7 +270,7 @@ pub fn recv_many(
     iovs: &mut [&mut [libc::iovec]],
     batch: &mut RecvBatch,
 ) -> io::Result<usize> {
-    let n = iovs.len().min(podwire_vhost::RX_BATCH);
+    let n = iovs.len().min(podwire_frame::RX_BATCH);
     let slots = batch.msgs.iter_mut().zip(batch.addrs.iter_mut());
     for ((msg, addr), iov) in slots.zip(iovs.iter_mut()).take(n) {
         *addr = RawAddr::zeroed();

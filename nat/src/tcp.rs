@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use podwire_vhost::{warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_frame::{warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{

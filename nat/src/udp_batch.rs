@@ -91,7 +91,7 @@ impl UdpBatch {
     pub fn new(coalesce_max: usize) -> UdpBatch {
         UdpBatch {
             entries: Vec::with_capacity(MAX_BATCH),
-            iovs: Vec::with_capacity(MAX_BATCH * podwire_vhost::MAX_SEGS),
+            iovs: Vec::with_capacity(MAX_BATCH * podwire_frame::MAX_SEGS),
             runs: Vec::with_capacity(MAX_BATCH),
             // SAFETY: mmsghdr is plain data; all-zero is a valid value.
             msgs: vec![unsafe { std::mem::zeroed() }; MAX_BATCH],

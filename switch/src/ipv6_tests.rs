@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use podwire_frame::NetHandler;
 use podwire_nat::ports::Forward;
-use podwire_vhost::NetHandler;
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpProtocol, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
     TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
@@ -205,7 +205,7 @@ fn tcp_over_ipv6_connects_and_moves_data_both_ways() {
     let batch = |sw: &mut Switch, frame: Vec<u8>, rx: &mut Captured| {
         let mut copy = frame;
         let mut slices: [&mut [u8]; 1] = [&mut copy];
-        let sg = podwire_vhost::SgList::from_slices(&mut slices).unwrap();
+        let sg = podwire_frame::SgList::from_slices(&mut slices).unwrap();
         sw.guest_frame(&sg, rx);
         sw.tx_batch_done(rx);
     };

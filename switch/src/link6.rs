@@ -61,7 +61,7 @@ use podwire_dhcp::{
     Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, RaConfig, RaConfigError, ALL_NODES,
     DHCPV6_SERVER_PORT, ICMPV6_NEXT_HEADER, MAX_DHCPV6_REPLY, ND_HOP_LIMIT,
 };
-use podwire_vhost::Counter;
+use podwire_frame::Counter;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
     Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
@@ -1164,7 +1164,7 @@ impl Link6 {
     }
 
     /// Every counter (and the DHCPv6 ones worth watching), named for a status line; zeros
-    /// included, for `podwire_vhost::nonzero_summary` to filter.
+    /// included, for `podwire_frame::nonzero_summary` to filter.
     pub fn summary_pairs(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         let d = self.dhcp.counters();

@@ -26,7 +26,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use podwire_vhost::{NetHandler, RxError, RxSink, SgList};
+use podwire_frame::{NetHandler, RxError, RxSink, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpControl,

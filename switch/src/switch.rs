@@ -28,9 +28,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
+use podwire_frame::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
 use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
-use podwire_vhost::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet,

@@ -16,8 +16,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
+use podwire_frame::{NetHandler, RxError, RxSink, SgList};
 use podwire_nat::wire::Endpoints;
-use podwire_vhost::{NetHandler, RxError, RxSink, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,

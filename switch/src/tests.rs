@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use podwire_vhost::{NetHandler, PartialCsum, RxError, RxSink, SgList, TxOffload};
+use podwire_frame::{NetHandler, PartialCsum, RxError, RxSink, SgList, TxOffload};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
@@ -565,7 +565,7 @@ fn frames_to_a_guest_csum_guest_carry_only_the_pseudo_header_sum() {
     let pseudo = podwire_nat::wire::pseudo_header(GW_IP.into(), GUEST_IP.into(), 17, udp_len);
     assert_eq!(field, pseudo.fold(), "the pseudo-header sum, not inverted");
     // What the guest's stack computes from it is the real checksum.
-    let mut sum = podwire_vhost::Checksum::new();
+    let mut sum = podwire_frame::Checksum::new();
     sum.add(&f[34..]);
     let full = sum.finish();
     let mut fixed = f.clone();
@@ -603,7 +603,7 @@ impl RxSink for BatchSink {
         _csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
-        let n = count.min(podwire_vhost::RX_BATCH);
+        let n = count.min(podwire_frame::RX_BATCH);
         let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; max_len]).collect();
         let mut lens = vec![0usize; n];
         let used = {

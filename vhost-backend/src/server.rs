@@ -28,8 +28,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::DeviceCounters;
-use crate::device::{NetConfig, NetDevice, NetHandler, HANDLER_EVENT};
+use crate::device::{NetConfig, NetDevice, HANDLER_EVENT};
 use crate::relay;
+use podwire_frame::NetHandler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
