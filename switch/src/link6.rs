@@ -61,7 +61,7 @@ use podwire_dhcp::{
     Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, RaConfig, RaConfigError, ALL_NODES,
     DHCPV6_SERVER_PORT, ICMPV6_NEXT_HEADER, MAX_DHCPV6_REPLY, ND_HOP_LIMIT,
 };
-use podwire_frame::Counter;
+use podwire_frame::CounterSet;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
     Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
@@ -222,51 +222,106 @@ impl Link6Config {
     }
 }
 
-/// Why [`Link6::handle`] sent nothing back. Each has a counter in [`Link6Counters`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Link6Drop {
-    #[error("packet shorter than its headers or its payload length")]
-    Truncated,
-    #[error("not an IPv6 header")]
-    BadHeader,
-    #[error("source address {0} is not usable here")]
-    BadSource(Ipv6Addr),
-    #[error("frame source {0:02x?} is not a unicast MAC")]
-    BadGuestMac([u8; 6]),
-    #[error("fragment, misplaced hop-by-hop header or too many extension headers")]
-    ExtensionHeaders,
-    #[error("neighbour discovery with hop limit {0}, not 255")]
-    BadHopLimit(u8),
-    #[error("bad ICMPv6 or UDP checksum")]
-    BadChecksum,
-    #[error("malformed neighbour discovery message")]
-    BadNd,
-    #[error("malformed echo request")]
-    BadEcho,
-    #[error("UDP length does not fit the packet")]
-    BadUdp,
-    #[error("solicitation for the guest's own address {0}")]
-    NsForGuest(Ipv6Addr),
-    #[error("solicitation for {0}, a link-local address nobody has")]
-    NsForUnknownLinkLocal(Ipv6Addr),
-    #[error("the guest claims the gateway's address {0}")]
-    ClaimsGateway(Ipv6Addr),
-    #[error("router advertisement or redirect from the guest")]
-    RouterMessage,
-    #[error("MLD message")]
-    Mld,
-    #[error("multicast podwire does not serve")]
-    Multicast,
-    #[error("ICMPv6 type {0} is not served")]
-    IcmpIgnored(u8),
-    #[error("not addressed to anything podwire serves")]
-    NotForUs,
-    #[error("router solicitation over the rate limit")]
-    RsRateLimited,
-    #[error("DHCPv6: {0}")]
-    Dhcp(Dhcpv6Error),
-    #[error("reply does not fit the output buffer")]
-    OutputTooSmall,
+podwire_frame::counters! {
+    /// What happened to the guest's IPv6 control traffic. `received` counts every
+    /// [`Link6::handle`] call; each ends in one reply counter, one of `dad_probes`,
+    /// `advertisements_seen`, `rs_deferred` or `dhcp_ignored`, or one [`Link6Drop`] counter.
+    pub struct Link6Counters {
+        /// Calls to handle: IPv6 control packets from the guest.
+        received: Count,
+        /// Neighbour advertisements sent (answers to solicitations).
+        na_sent: Count,
+        /// Router advertisements sent in answer to a solicitation.
+        ra_solicited: Count,
+        /// Periodic (unsolicited) router advertisements sent.
+        ra_unsolicited: Count,
+        /// Unsolicited advertisements that did not fit the caller's buffer.
+        ra_unsolicited_failed: Count,
+        /// Solicitations from `::` answered by the next periodic advertisement because a
+        /// multicast one went out less than 3 s before.
+        rs_deferred: Count,
+        /// DHCPv6 replies sent.
+        dhcp_replies: Count,
+        /// Well-formed DHCPv6 messages the server chose not to answer (see its counters).
+        dhcp_ignored: Count,
+        /// Echo replies sent for the gateway's addresses.
+        echo_replies: Count,
+        /// Duplicate address detection probes seen (never answered; the target is learned).
+        dad_probes: Count,
+        /// Neighbour advertisements from the guest (never answered; the target is learned).
+        advertisements_seen: Count,
+        /// Addresses added to the guest's table.
+        addresses_learned: Count,
+        /// Addresses pushed out of the guest's table by newer ones.
+        addresses_evicted: Count,
+    }
+    /// Why [`Link6::handle`] sent nothing back; each bumps the counter after `=>`.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum Link6Drop {
+        /// Packets shorter than their headers or their payload length.
+        #[error("packet shorter than its headers or its payload length")]
+        Truncated => drop_truncated,
+        /// Packets whose IPv6 header is not valid.
+        #[error("not an IPv6 header")]
+        BadHeader => drop_bad_header,
+        /// Packets from a source address not usable here.
+        #[error("source address {0} is not usable here")]
+        BadSource(Ipv6Addr) => drop_bad_source,
+        /// Frames whose source is not a unicast MAC.
+        #[error("frame source {0:02x?} is not a unicast MAC")]
+        BadGuestMac([u8; 6]) => drop_bad_guest_mac,
+        /// Fragments, misplaced hop-by-hop headers or too many extension headers.
+        #[error("fragment, misplaced hop-by-hop header or too many extension headers")]
+        ExtensionHeaders => drop_extension_headers,
+        /// Neighbour discovery with a hop limit other than 255.
+        #[error("neighbour discovery with hop limit {0}, not 255")]
+        BadHopLimit(u8) => drop_bad_hop_limit,
+        /// Bad ICMPv6 or UDP checksums.
+        #[error("bad ICMPv6 or UDP checksum")]
+        BadChecksum => drop_bad_checksum,
+        /// Malformed neighbour discovery messages.
+        #[error("malformed neighbour discovery message")]
+        BadNd => drop_bad_nd,
+        /// Malformed echo requests.
+        #[error("malformed echo request")]
+        BadEcho => drop_bad_echo,
+        /// UDP lengths that do not fit the packet.
+        #[error("UDP length does not fit the packet")]
+        BadUdp => drop_bad_udp,
+        /// Solicitations for the guest's own address.
+        #[error("solicitation for the guest's own address {0}")]
+        NsForGuest(Ipv6Addr) => drop_ns_for_guest,
+        /// Solicitations for a link-local address nobody has.
+        #[error("solicitation for {0}, a link-local address nobody has")]
+        NsForUnknownLinkLocal(Ipv6Addr) => drop_ns_unknown_link_local,
+        /// Guest messages claiming the gateway's address.
+        #[error("the guest claims the gateway's address {0}")]
+        ClaimsGateway(Ipv6Addr) => drop_claims_gateway,
+        /// Router advertisements or redirects from the guest.
+        #[error("router advertisement or redirect from the guest")]
+        RouterMessage => drop_router_message,
+        /// MLD messages (ignored).
+        #[error("MLD message")]
+        Mld => mld_ignored,
+        /// Multicast podwire does not serve (ignored).
+        #[error("multicast podwire does not serve")]
+        Multicast => multicast_ignored,
+        /// ICMPv6 types that are not served.
+        #[error("ICMPv6 type {0} is not served")]
+        IcmpIgnored(u8) => drop_icmp_other,
+        /// Packets not addressed to anything podwire serves.
+        #[error("not addressed to anything podwire serves")]
+        NotForUs => drop_not_for_us,
+        /// Router solicitations over the rate limit.
+        #[error("router solicitation over the rate limit")]
+        RsRateLimited => drop_rs_rate_limited,
+        /// Malformed DHCPv6 messages.
+        #[error("DHCPv6: {0}")]
+        Dhcp(Dhcpv6Error) => drop_dhcp_malformed,
+        /// Replies that did not fit the caller's buffer.
+        #[error("reply does not fit the output buffer")]
+        OutputTooSmall => drop_output_too_small,
+    }
 }
 
 impl Link6Drop {
@@ -284,84 +339,6 @@ impl Link6Drop {
                 | Link6Drop::NotForUs
                 | Link6Drop::RsRateLimited
         )
-    }
-}
-
-/// What happened to the guest's IPv6 control traffic. `received` counts every
-/// [`Link6::handle`] call; each ends in one reply counter, one of `dad_probes`,
-/// `advertisements_seen`, `rs_deferred` or `dhcp_ignored`, or one `drop_*` counter.
-#[derive(Debug, Default)]
-pub struct Link6Counters {
-    pub received: Counter,
-    /// Neighbour advertisements sent (answers to solicitations).
-    pub na_sent: Counter,
-    pub ra_solicited: Counter,
-    pub ra_unsolicited: Counter,
-    /// Unsolicited advertisements that did not fit the caller's buffer.
-    pub ra_unsolicited_failed: Counter,
-    /// Solicitations from `::` answered by the next periodic advertisement because a
-    /// multicast one went out less than 3 s before.
-    pub rs_deferred: Counter,
-    pub dhcp_replies: Counter,
-    /// Well-formed DHCPv6 messages the server chose not to answer (see its counters).
-    pub dhcp_ignored: Counter,
-    pub echo_replies: Counter,
-    /// Duplicate address detection probes seen (never answered; the target is learned).
-    pub dad_probes: Counter,
-    /// Neighbour advertisements from the guest (never answered; the target is learned).
-    pub advertisements_seen: Counter,
-    /// Addresses added to the guest's table, and the ones that pushed out.
-    pub addresses_learned: Counter,
-    pub addresses_evicted: Counter,
-    pub drop_truncated: Counter,
-    pub drop_bad_header: Counter,
-    pub drop_bad_source: Counter,
-    pub drop_bad_guest_mac: Counter,
-    pub drop_extension_headers: Counter,
-    pub drop_bad_hop_limit: Counter,
-    pub drop_bad_checksum: Counter,
-    pub drop_bad_nd: Counter,
-    pub drop_bad_echo: Counter,
-    pub drop_bad_udp: Counter,
-    pub drop_ns_for_guest: Counter,
-    pub drop_ns_unknown_link_local: Counter,
-    pub drop_claims_gateway: Counter,
-    pub drop_router_message: Counter,
-    pub mld_ignored: Counter,
-    pub multicast_ignored: Counter,
-    pub drop_icmp_other: Counter,
-    pub drop_not_for_us: Counter,
-    pub drop_rs_rate_limited: Counter,
-    pub drop_dhcp_malformed: Counter,
-    /// Replies that did not fit the caller's buffer.
-    pub drop_output_too_small: Counter,
-}
-
-impl Link6Counters {
-    fn of(&self, drop: &Link6Drop) -> &Counter {
-        match drop {
-            Link6Drop::Truncated => &self.drop_truncated,
-            Link6Drop::BadHeader => &self.drop_bad_header,
-            Link6Drop::BadSource(_) => &self.drop_bad_source,
-            Link6Drop::BadGuestMac(_) => &self.drop_bad_guest_mac,
-            Link6Drop::ExtensionHeaders => &self.drop_extension_headers,
-            Link6Drop::BadHopLimit(_) => &self.drop_bad_hop_limit,
-            Link6Drop::BadChecksum => &self.drop_bad_checksum,
-            Link6Drop::BadNd => &self.drop_bad_nd,
-            Link6Drop::BadEcho => &self.drop_bad_echo,
-            Link6Drop::BadUdp => &self.drop_bad_udp,
-            Link6Drop::NsForGuest(_) => &self.drop_ns_for_guest,
-            Link6Drop::NsForUnknownLinkLocal(_) => &self.drop_ns_unknown_link_local,
-            Link6Drop::ClaimsGateway(_) => &self.drop_claims_gateway,
-            Link6Drop::RouterMessage => &self.drop_router_message,
-            Link6Drop::Mld => &self.mld_ignored,
-            Link6Drop::Multicast => &self.multicast_ignored,
-            Link6Drop::IcmpIgnored(_) => &self.drop_icmp_other,
-            Link6Drop::NotForUs => &self.drop_not_for_us,
-            Link6Drop::RsRateLimited => &self.drop_rs_rate_limited,
-            Link6Drop::Dhcp(_) => &self.drop_dhcp_malformed,
-            Link6Drop::OutputTooSmall => &self.drop_output_too_small,
-        }
     }
 }
 
@@ -694,7 +671,7 @@ impl Link6 {
         self.counters.received.inc();
         let result = self.dispatch(guest_mac, packet, partial_csum, now, out);
         if let Err(drop) = &result {
-            self.counters.of(drop).inc();
+            drop.counter(&self.counters).inc();
         }
         result
     }
@@ -1163,59 +1140,9 @@ impl Link6 {
         self.dhcp.counters()
     }
 
-    /// Every counter (and the DHCPv6 ones worth watching), named for a status line; zeros
-    /// included, for `podwire_frame::nonzero_summary` to filter.
-    pub fn summary_pairs(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        let d = self.dhcp.counters();
-        vec![
-            ("ipv6_control_received", c.received.get()),
-            ("ipv6_na_sent", c.na_sent.get()),
-            ("ipv6_ra_solicited", c.ra_solicited.get()),
-            ("ipv6_ra_unsolicited", c.ra_unsolicited.get()),
-            ("ipv6_ra_unsolicited_failed", c.ra_unsolicited_failed.get()),
-            ("ipv6_rs_deferred", c.rs_deferred.get()),
-            ("ipv6_dhcp_replies", c.dhcp_replies.get()),
-            ("ipv6_dhcp_ignored", c.dhcp_ignored.get()),
-            ("ipv6_echo_replies", c.echo_replies.get()),
-            ("ipv6_dad_probes", c.dad_probes.get()),
-            ("ipv6_advertisements_seen", c.advertisements_seen.get()),
-            ("ipv6_addresses_learned", c.addresses_learned.get()),
-            ("ipv6_addresses_evicted", c.addresses_evicted.get()),
-            ("ipv6_drop_truncated", c.drop_truncated.get()),
-            ("ipv6_drop_bad_header", c.drop_bad_header.get()),
-            ("ipv6_drop_bad_source", c.drop_bad_source.get()),
-            ("ipv6_drop_bad_guest_mac", c.drop_bad_guest_mac.get()),
-            (
-                "ipv6_drop_extension_headers",
-                c.drop_extension_headers.get(),
-            ),
-            ("ipv6_drop_bad_hop_limit", c.drop_bad_hop_limit.get()),
-            ("ipv6_drop_bad_checksum", c.drop_bad_checksum.get()),
-            ("ipv6_drop_bad_nd", c.drop_bad_nd.get()),
-            ("ipv6_drop_bad_echo", c.drop_bad_echo.get()),
-            ("ipv6_drop_bad_udp", c.drop_bad_udp.get()),
-            ("ipv6_drop_ns_for_guest", c.drop_ns_for_guest.get()),
-            (
-                "ipv6_drop_ns_unknown_link_local",
-                c.drop_ns_unknown_link_local.get(),
-            ),
-            ("ipv6_drop_claims_gateway", c.drop_claims_gateway.get()),
-            ("ipv6_drop_router_message", c.drop_router_message.get()),
-            ("ipv6_mld_ignored", c.mld_ignored.get()),
-            ("ipv6_multicast_ignored", c.multicast_ignored.get()),
-            ("ipv6_drop_icmp_other", c.drop_icmp_other.get()),
-            ("ipv6_drop_not_for_us", c.drop_not_for_us.get()),
-            ("ipv6_drop_rs_rate_limited", c.drop_rs_rate_limited.get()),
-            ("ipv6_drop_dhcp_malformed", c.drop_dhcp_malformed.get()),
-            ("ipv6_drop_output_too_small", c.drop_output_too_small.get()),
-            ("dhcpv6_advertises", d.advertises),
-            ("dhcpv6_replies", d.replies),
-            ("dhcpv6_rapid_commits", d.rapid_commits),
-            ("dhcpv6_declines", d.declines),
-            ("dhcpv6_not_on_link", d.not_on_link),
-            ("dhcpv6_ignored", d.ignored),
-            ("dhcpv6_options_omitted", d.options_omitted),
-        ]
+    /// The link's counter sets with their prefixes in the summary line: its own, and the
+    /// DHCPv6 server's.
+    pub fn counter_sets(&self) -> [(&'static str, &dyn CounterSet); 2] {
+        [("ipv6_", &self.counters), ("dhcpv6_", self.dhcp.counters())]
     }
 }

@@ -239,27 +239,21 @@ fn reply(l: &mut Link6, packet: &[u8]) -> Vec<u8> {
 
 /// Every `handle` call ends in exactly one reply, "taken in" or drop counter.
 fn assert_accounted(l: &Link6) {
-    let pairs = l.summary_pairs();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|p| p.1)
-            .unwrap_or(0)
-    };
+    let (_, own) = l.counter_sets()[0];
+    let samples = own.samples();
     let not_outcomes = [
-        "ipv6_control_received",
-        "ipv6_ra_unsolicited",
-        "ipv6_ra_unsolicited_failed",
-        "ipv6_addresses_learned",
-        "ipv6_addresses_evicted",
+        "received",
+        "ra_unsolicited",
+        "ra_unsolicited_failed",
+        "addresses_learned",
+        "addresses_evicted",
     ];
-    let outcomes: u64 = pairs
+    let outcomes: u64 = samples
         .iter()
-        .filter(|(n, _)| n.starts_with("ipv6_") && !not_outcomes.contains(n))
-        .map(|p| p.1)
+        .filter(|(d, _)| !not_outcomes.contains(&d.name))
+        .map(|s| s.1)
         .sum();
-    assert_eq!(outcomes, get("ipv6_control_received"), "{pairs:?}");
+    assert_eq!(outcomes, own.value_of("received").unwrap(), "{samples:?}");
 }
 
 fn assert_na(frame: &[u8], target: Ipv6Addr, to: Ipv6Addr) {
@@ -1130,11 +1124,19 @@ fn link6_config_validation() {
 #[test]
 fn link6_summary_names_are_unique() {
     let l = link();
-    let pairs = l.summary_pairs();
-    let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();
+    let mut names: Vec<String> = l
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), pairs.len());
+    assert_eq!(names.len(), all);
 }
 
 /// xorshift64*: reproducible garbage without a dependency.

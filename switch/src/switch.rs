@@ -28,7 +28,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
-use podwire_frame::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
+use podwire_frame::{
+    summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
+};
 use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use smoltcp::wire::{
@@ -49,28 +51,46 @@ const CONTROL6_MAX: usize = 1500;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
-#[derive(Debug, Default)]
-pub struct SwitchCounters {
-    pub arp_replies: Counter,
-    pub arp_ignored: Counter,
-    pub dhcp_replies: Counter,
-    pub dhcp_errors: Counter,
-    pub control6_replies: Counter,
-    pub drop_short: Counter,
-    pub drop_unknown_ethertype: Counter,
-    /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
-    pub drop_family_off: Counter,
-    pub drop_bad_ipv4_header: Counter,
-    pub drop_bad_ipv4_checksum: Counter,
-    pub drop_bad_ipv6_header: Counter,
-    pub drop_ipv6_extension: Counter,
-    /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
-    pub drop_ipv6_source: Counter,
-    pub drop_control6: Counter,
-    pub drop_fragment: Counter,
-    pub drop_multicast_broadcast: Counter,
-    pub drop_other_protocol: Counter,
-    pub drop_rx_full: Counter,
+podwire_frame::counters! {
+    /// What the switch did with guest frames before handing them on.
+    pub struct SwitchCounters {
+        /// ARP requests for the gateway answered.
+        arp_replies: Count,
+        /// ARP packets not answered (not a request, not for the gateway, malformed).
+        arp_ignored: Count,
+        /// DHCPv4 replies delivered to the guest.
+        dhcp_replies: Count,
+        /// DHCPv4 messages that were malformed or could not be answered.
+        dhcp_errors: Count,
+        /// IPv6 control replies (NDP, RA, DHCPv6, echo) delivered to the guest.
+        control6_replies: Count,
+        /// Frames shorter than their Ethernet or IP header.
+        drop_short: Drop,
+        /// Frames of an EtherType podwire does not serve.
+        drop_unknown_ethertype: Drop,
+        /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
+        drop_family_off: Drop,
+        /// IPv4 headers that are not valid.
+        drop_bad_ipv4_header: Drop,
+        /// IPv4 headers with a bad checksum.
+        drop_bad_ipv4_checksum: Drop,
+        /// IPv6 headers that are not valid.
+        drop_bad_ipv6_header: Drop,
+        /// IPv6 packets to the world with extension headers.
+        drop_ipv6_extension: Drop,
+        /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
+        drop_ipv6_source: Drop,
+        /// IPv6 control packets the link control plane did not answer.
+        drop_control6: Drop,
+        /// IPv4 fragments.
+        drop_fragment: Drop,
+        /// Packets to multicast or broadcast addresses podwire does not serve.
+        drop_multicast_broadcast: Drop,
+        /// IP protocols other than TCP, UDP and ICMP.
+        drop_other_protocol: Drop,
+        /// Replies not delivered because the guest had no RX buffers.
+        drop_rx_full: Drop,
+    }
 }
 
 /// The guest's IPv4 side.
@@ -671,68 +691,18 @@ impl Switch {
 
     /// A one-line summary of every non-zero counter, for logs.
     pub fn summary(&self) -> String {
-        let c = &self.counters;
-        let n = &self.nat.counters;
-        let t = &self.nat.tcp.counters;
-        let mut pairs = vec![
-            ("arp_replies", c.arp_replies.get()),
-            ("dhcp_replies", c.dhcp_replies.get()),
-            ("dhcp_errors", c.dhcp_errors.get()),
-            ("control6_replies", c.control6_replies.get()),
-            ("udp_out", n.udp_out.get()),
-            ("udp_in", n.udp_in.get()),
-            ("udp_coalesced", n.udp_coalesced.get()),
-            ("udp_send_calls", n.udp_send_calls.get()),
-            ("udp_recv_calls", n.udp_recv_calls.get()),
-            ("icmp_out", n.icmp_out.get()),
-            ("icmp_in", n.icmp_in.get()),
-            ("flows_opened", n.flows_opened.get()),
-            ("flows_expired", n.flows_expired.get()),
-            ("drop_short", c.drop_short.get()),
-            ("drop_unknown_ethertype", c.drop_unknown_ethertype.get()),
-            ("drop_family_off", c.drop_family_off.get()),
-            ("drop_bad_ipv4_header", c.drop_bad_ipv4_header.get()),
-            ("drop_bad_ipv4_checksum", c.drop_bad_ipv4_checksum.get()),
-            ("drop_bad_ipv6_header", c.drop_bad_ipv6_header.get()),
-            ("drop_ipv6_extension", c.drop_ipv6_extension.get()),
-            ("drop_ipv6_source", c.drop_ipv6_source.get()),
-            ("drop_control6", c.drop_control6.get()),
-            ("drop_fragment", c.drop_fragment.get()),
-            ("drop_multicast_broadcast", c.drop_multicast_broadcast.get()),
-            ("drop_other_protocol", c.drop_other_protocol.get()),
-            ("drop_rx_full", c.drop_rx_full.get()),
-            ("nat_drop_truncated", n.drop_truncated.get()),
-            ("nat_drop_bad_checksum", n.drop_bad_checksum.get()),
-            ("nat_drop_table_full", n.drop_table_full.get()),
-            ("nat_drop_socket", n.drop_socket.get()),
-            ("nat_drop_unsupported_icmp", n.drop_unsupported_icmp.get()),
-            (
-                "nat_drop_ping_not_permitted",
-                n.drop_ping_not_permitted.get(),
-            ),
-            ("nat_drop_send_failed", n.drop_send_failed.get()),
-            ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
-            ("tcp_opened_by_guest", t.opened_by_guest.get()),
-            ("tcp_opened_from_pod", t.opened_from_pod.get()),
-            ("tcp_closed", t.closed.get()),
-            ("tcp_connect_failed", t.connect_failed.get()),
-            ("tcp_rst_from_guest", t.rst_from_guest.get()),
-            ("tcp_rst_to_guest", t.rst_to_guest.get()),
-            ("tcp_retransmits", t.retransmits.get()),
-            ("tcp_bytes_from_guest", t.bytes_from_guest.get()),
-            ("tcp_bytes_to_guest", t.bytes_to_guest.get()),
-            ("tcp_short_writes", t.short_writes.get()),
-            ("tcp_drop_bad_checksum", t.drop_bad_checksum.get()),
-            ("tcp_drop_truncated", t.drop_truncated.get()),
-            ("tcp_drop_out_of_window", t.drop_out_of_window.get()),
-            ("tcp_drop_table_full", t.drop_table_full.get()),
-            ("tcp_drop_no_connection", t.drop_no_connection.get()),
-            ("tcp_rx_stalls", t.rx_stalls.get()),
+        let mut sets: Vec<(&str, &dyn CounterSet)> = vec![
+            ("", &self.counters),
+            ("nat_", &self.nat.counters),
+            ("tcp_", &self.nat.tcp.counters),
         ];
-        if let Some(v6) = &self.v6 {
-            pairs.extend(v6.link.summary_pairs());
+        if let Some(v4) = &self.v4 {
+            sets.push(("dhcpv4_", v4.dhcp.counters()));
         }
-        nonzero_summary(&pairs)
+        if let Some(v6) = &self.v6 {
+            sets.extend(v6.link.counter_sets());
+        }
+        summary_of(&sets)
     }
 }
 
