@@ -18,6 +18,7 @@
 //! podwire-nat` shows none of those crates.
 
 pub mod counters;
+mod pseudo;
 pub mod sg;
 pub mod sink;
 

@@ -7,13 +7,11 @@
 //! For each frame from the guest it copies at most [`HEADER_COPY`] bytes of headers to the
 //! stack, checks them, and then:
 //!
-//! - **ARP** requests for any address but the guest's own get the gateway's MAC; probes (sender
-//!   0.0.0.0) and announcements are never answered, so the guest's duplicate address detection
-//!   never sees a conflict.
-//! - **DHCPv4** (UDP to port 67) goes to the `podwire-dhcp` responder; its reply is framed here.
+//! - **ARP** and **DHCPv4** (UDP to port 67) go to `podwire_link::Link4`, which answers in whole
+//!   frames (the gateway's MAC for every address but the guest's; the DHCPv4 reply framed).
 //! - **IPv6 control traffic** (neighbor discovery, router solicitations, DHCPv6, pings to the
-//!   gateway's link-local address) goes to [`Link6`], which answers in whole frames; it also
-//!   sends the periodic router advertisements, from the NAT's timer tick.
+//!   gateway's link-local address) goes to `podwire_link::Link6`, which answers in whole frames;
+//!   it also sends the periodic router advertisements, from the NAT's timer tick.
 //! - **UDP, TCP, ICMP and ICMPv6 echo** go to the NAT, with the frame still in guest memory.
 //! - Anything else (unknown EtherTypes, fragments, IPv6 extension headers, bad checksums,
 //!   multicast, a family the guest was not given) is dropped and counted, and each reason is
@@ -27,41 +25,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
+use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server};
 use podwire_frame::{
     summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
 };
-use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
+use podwire_link::v4::DHCP_SERVER_PORT;
+use podwire_link::{Link4, Link4Config, Link6, Link6Config};
+use podwire_nat::wire::{Endpoints, IpInfo, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet,
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
-use crate::link6::{Link6, Link6Config, OUT_BUFFER_LEN};
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
 pub const HEADER_COPY: usize = ETH_LEN + 60 + 20;
-/// Largest DHCP message podwire reads or writes (RFC 2131 asks for 576 at least).
-const DHCP_MAX: usize = 1500;
 /// Largest IPv6 control packet (NDP, DHCPv6) podwire reads; longer ones are dropped by [`Link6`].
 const CONTROL6_MAX: usize = 1500;
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
+/// Largest DHCPv4 datagram (UDP header and message) podwire reads.
+const DHCP4_MAX: usize = 8 + podwire_link::v4::DHCP_MAX;
 
 podwire_frame::counters! {
     /// What the switch did with guest frames before handing them on.
     pub struct SwitchCounters {
-        /// ARP requests for the gateway answered.
-        arp_replies: Count,
-        /// ARP packets not answered (not a request, not for the gateway, malformed).
-        arp_ignored: Count,
-        /// DHCPv4 replies delivered to the guest.
-        dhcp_replies: Count,
-        /// DHCPv4 messages that were malformed or could not be answered.
-        dhcp_errors: Count,
+        /// IPv4 control replies (ARP, DHCPv4) delivered to the guest.
+        control4_replies: Count,
         /// IPv6 control replies (NDP, RA, DHCPv6, echo) delivered to the guest.
         control6_replies: Count,
         /// Frames shorter than their Ethernet or IP header.
@@ -80,6 +70,9 @@ podwire_frame::counters! {
         drop_ipv6_extension: Drop,
         /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
         drop_ipv6_source: Drop,
+        /// IPv4 control packets (ARP, DHCPv4) the link control plane did not answer for a
+        /// reason that is not routine (see `podwire_link::Link4Drop`).
+        drop_control4: Drop,
         /// IPv6 control packets the link control plane did not answer.
         drop_control6: Drop,
         /// IPv4 fragments.
@@ -91,14 +84,6 @@ podwire_frame::counters! {
         /// Replies not delivered because the guest had no RX buffers.
         drop_rx_full: Drop,
     }
-}
-
-/// The guest's IPv4 side.
-struct Side4 {
-    guest_ip: Ipv4Addr,
-    gateway_ip: Ipv4Addr,
-    prefix_len: u8,
-    dhcp: Dhcpv4Server,
 }
 
 /// The guest's IPv6 side.
@@ -114,7 +99,7 @@ struct Side6 {
 pub struct Switch {
     guest_mac: Option<[u8; 6]>,
     pinned_mac: Option<[u8; 6]>,
-    v4: Option<Side4>,
+    v4: Option<Link4>,
     v6: Option<Side6>,
     nat: Nat,
     pub counters: SwitchCounters,
@@ -242,11 +227,8 @@ impl Switch {
             map: AddrMap::new(map_rules(config)),
             ..NatConfig::default()
         })?;
-        let v4 = config.addressing.map(|a| Side4 {
-            guest_ip: a.guest,
-            gateway_ip: a.gateway,
-            prefix_len: a.prefix_len,
-            dhcp: Dhcpv4Server::new(Dhcpv4Config {
+        let v4 = config.addressing.map(|a| {
+            let dhcp = Dhcpv4Server::new(Dhcpv4Config {
                 server_ip: a.gateway,
                 guest_ip: a.guest,
                 prefix_len: a.prefix_len,
@@ -257,7 +239,14 @@ impl Switch {
                 mtu: Some(config.mtu),
                 lease_secs: config.lease_secs,
                 hostname: config.hostname.clone(),
-            }),
+            });
+            let link = Link4Config {
+                gateway_mac: GATEWAY_MAC,
+                gateway_ip: a.gateway,
+                guest_ip: a.guest,
+                prefix_len: a.prefix_len,
+            };
+            Link4::new(link, dhcp)
         });
         let search6 = match &config.resolver.domain {
             Some(d) if config.resolver.search.is_empty() => vec![d.clone()],
@@ -289,6 +278,11 @@ impl Switch {
     }
 
     #[cfg(test)]
+    pub fn link4_counters(&self) -> &podwire_link::Link4Counters {
+        &self.v4.as_ref().expect("IPv4 configured").counters
+    }
+
+    #[cfg(test)]
     pub fn nat_mut(&mut self) -> &mut Nat {
         &mut self.nat
     }
@@ -301,7 +295,7 @@ impl Switch {
             guest_ip: self
                 .v4
                 .as_ref()
-                .map_or(Ipv4Addr::UNSPECIFIED, |v4| v4.guest_ip),
+                .map_or(Ipv4Addr::UNSPECIFIED, |v4| v4.guest_ip()),
             guest_ip6: self
                 .v6
                 .as_ref()
@@ -317,56 +311,41 @@ impl Switch {
         }
     }
 
+    /// ARP: answered by [`Link4`], which also learns the guest's address from it.
     fn handle_arp(&mut self, arp: &[u8], rx: &mut dyn RxSink) {
         let Some(v4) = self.v4.as_mut() else {
             self.counters.drop_family_off.inc();
             return;
         };
-        let Ok(repr) = ArpRepr::parse(&ArpPacket::new_unchecked(arp)) else {
-            self.counters.arp_ignored.inc();
-            return;
-        };
-        let ArpRepr::EthernetIpv4 {
-            operation,
-            source_hardware_addr,
-            source_protocol_addr: sender_ip,
-            target_protocol_addr: target_ip,
-            ..
-        } = repr
-        else {
-            self.counters.arp_ignored.inc();
-            return;
-        };
-        if !sender_ip.is_unspecified() && sender_ip != v4.guest_ip && v4.in_subnet(sender_ip) {
-            tracing::info!("guest uses address {sender_ip}");
-            v4.guest_ip = sender_ip;
+        let before = v4.guest_ip();
+        let mut out = [0u8; podwire_link::v4::ARP_FRAME_LEN];
+        let result = v4.handle_arp(arp, &mut out).map(Some);
+        if v4.guest_ip() != before {
+            tracing::info!("guest uses address {}", v4.guest_ip());
         }
-        let answer = operation == ArpOperation::Request
-            && !sender_ip.is_unspecified()
-            && target_ip != sender_ip
-            && target_ip != v4.guest_ip;
-        if !answer {
-            self.counters.arp_ignored.inc();
-            return;
+        self.deliver_control4(result, &out, rx);
+    }
+
+    /// Delivers what [`Link4`] answered, or counts and logs why it did not.
+    fn deliver_control4(
+        &self,
+        result: Result<Option<usize>, podwire_link::Link4Drop>,
+        out: &[u8],
+        rx: &mut dyn RxSink,
+    ) {
+        match result {
+            Ok(Some(len)) => {
+                self.counters.control4_replies.inc();
+                self.deliver(rx, &out[..len.min(out.len())]);
+            }
+            Ok(None) => {}
+            // Link4 counts each reason itself; ARP it does not answer is not news.
+            Err(e) if e.is_routine() => {}
+            Err(e) => {
+                self.counters.drop_control4.inc();
+                warn_once!("dropped an IPv4 control packet from the guest: {e}");
+            }
         }
-        let reply = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Reply,
-            source_hardware_addr: EthernetAddress(GATEWAY_MAC),
-            source_protocol_addr: target_ip,
-            target_hardware_addr: source_hardware_addr,
-            target_protocol_addr: sender_ip,
-        };
-        let mut frame = [0u8; ETH_LEN + 28];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress(GATEWAY_MAC),
-            dst_addr: source_hardware_addr,
-            ethertype: EthernetProtocol::Arp,
-        }
-        .emit(&mut eth);
-        reply.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH_LEN..]));
-        self.deliver(rx, &frame);
-        self.counters.arp_replies.inc();
     }
 
     /// Copies a frame podwire built itself into the guest's RX ring.
@@ -555,7 +534,7 @@ impl Switch {
         };
         let mut packet = [0u8; CONTROL6_MAX];
         let n = frame.read(ETH_LEN, &mut packet[..packet_len.min(CONTROL6_MAX)]);
-        let mut out = [0u8; OUT_BUFFER_LEN];
+        let mut out = [0u8; podwire_link::v6::OUT_BUFFER_LEN];
         let guest_mac = frame_src_mac(frame);
         match v6.link.handle(
             guest_mac,
@@ -584,75 +563,35 @@ impl Switch {
         let Some(v6) = self.v6.as_mut() else {
             return;
         };
-        let mut out = [0u8; OUT_BUFFER_LEN];
+        let mut out = [0u8; podwire_link::v6::OUT_BUFFER_LEN];
         if let Some(len) = v6.link.periodic(guest_mac, Instant::now(), &mut out) {
             self.deliver(rx, &out[..len.min(out.len())]);
         }
     }
 
+    /// DHCPv4: the UDP datagram copied out and handed to [`Link4`], which frames the reply.
     fn handle_dhcp(&mut self, frame: &SgList<'_>, info: &IpInfo, rx: &mut dyn RxSink) {
+        let reply_mac = self.endpoints().guest_mac;
         let Some(v4) = self.v4.as_mut() else {
             return;
         };
-        let mut udp = [0u8; 8];
-        frame.read(info.l4_offset, &mut udp);
-        let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-        if udp_len < 8 || udp_len > info.l4_len {
-            self.counters.dhcp_errors.inc();
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
-        }
-        if udp[6..8] != [0, 0] && !info.partial_csum {
-            let mut sum = wire::pseudo_header(info.src, info.dst, 17, udp_len);
-            frame.checksum(info.l4_offset, udp_len, &mut sum);
-            if sum.fold() != 0xffff {
-                self.counters.dhcp_errors.inc();
-                warn_once!("dropped a DHCP message with a bad UDP checksum");
-                return;
-            }
-        }
-        let mut request = [0u8; DHCP_MAX];
-        let n = frame.read(
-            info.l4_offset + 8,
-            &mut request[..(udp_len - 8).min(DHCP_MAX)],
-        );
-        // The chaddr check inside the responder compares against the frame's real sender.
-        let client_mac = frame_src_mac(frame);
-        let mut reply = [0u8; DHCP_MAX];
-        let answer = match v4.dhcp.handle(client_mac, &request[..n], &mut reply) {
-            Ok(Some(answer)) => answer,
-            Ok(None) => return,
-            Err(e) => {
-                self.counters.dhcp_errors.inc();
-                warn_once!("dropped a DHCP message: {e}");
-                return;
-            }
         };
-        let dst = IpAddr::V4(match answer.dest {
-            ReplyDest::Broadcast => Ipv4Addr::BROADCAST,
-            ReplyDest::Unicast(ip) => ip,
-        });
-        let src = IpAddr::V4(v4.gateway_ip);
-        let payload = &reply[..answer.len.min(DHCP_MAX)];
-        let ep = self.endpoints();
-        let offset = wire::udp_payload_offset(false);
-        let pushed = rx.push(offset + payload.len(), &mut |buf| {
-            if !buf.write(offset, payload) {
-                return None;
-            }
-            let headers = wire::udp_frame_headers(
-                &ep,
-                (src, DHCP_SERVER_PORT),
-                (dst, DHCP_CLIENT_PORT),
-                payload.len(),
-                0,
-                L4Csum::Full(buf),
-            );
-            headers.write_to(buf).then_some(offset + payload.len())
-        });
-        match pushed {
-            Ok(()) => self.counters.dhcp_replies.inc(),
-            Err(_) => self.counters.drop_rx_full.inc(),
-        }
+        let mut udp = [0u8; DHCP4_MAX];
+        let n = frame.read(info.l4_offset, &mut udp[..info.l4_len.min(DHCP4_MAX)]);
+        let mut out = [0u8; podwire_link::v4::OUT_BUFFER_LEN];
+        // The chaddr check inside the responder compares against the frame's real sender.
+        let result = v4.handle_dhcp(
+            frame_src_mac(frame),
+            reply_mac,
+            src,
+            dst,
+            &udp[..n],
+            info.partial_csum,
+            &mut out,
+        );
+        self.deliver_control4(result, &out, rx);
     }
 
     /// The guest's identity, flows and leases, then every non-zero counter: one log line.
@@ -661,12 +600,12 @@ impl Switch {
             .guest_mac
             .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string());
         let ip = self.v4.as_ref().map_or("none".to_string(), |v4| {
-            let lease = if v4.dhcp.lease().is_some() {
+            let lease = if v4.dhcp().lease().is_some() {
                 "bound"
             } else {
                 "none"
             };
-            format!("{} lease={lease}", v4.guest_ip)
+            format!("{} lease={lease}", v4.guest_ip())
         });
         let ip6 = self.v6.as_ref().map_or("none".to_string(), |v6| {
             let lease = if v6.link.lease_bound() {
@@ -697,7 +636,8 @@ impl Switch {
             ("tcp_", &self.nat.tcp.counters),
         ];
         if let Some(v4) = &self.v4 {
-            sets.push(("dhcpv4_", v4.dhcp.counters()));
+            sets.push(("", &v4.counters));
+            sets.push(("dhcpv4_", v4.dhcp().counters()));
         }
         if let Some(v6) = &self.v6 {
             sets.extend(v6.link.counter_sets());
@@ -736,24 +676,6 @@ fn ipv6_link(
         a.prefix_len
     );
     Ok(link)
-}
-
-impl Side4 {
-    fn mask(&self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0)
-    }
-
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.guest_ip) & self.mask()
-    }
-
-    fn is_broadcast_or_multicast(&self, ip: Ipv4Addr) -> bool {
-        ip.is_broadcast()
-            || ip.is_multicast()
-            || (self.in_subnet(ip) && u32::from(ip) | self.mask() == u32::MAX)
-    }
 }
 
 fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {

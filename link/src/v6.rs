@@ -23,7 +23,7 @@
 //!   DHCPv6 address is always the guest's. The table is small and fixed ([`MAX_GUEST_ADDRESSES`],
 //!   most recently seen first) so a guest cycling through source addresses costs nothing but
 //!   the oldest entries.
-//! - **Router advertisements** (built by `podwire_dhcp::router_advertisement`) make the gateway
+//! - **Router advertisements** (built by [`crate::ra::router_advertisement`]) make the gateway
 //!   link-local address the default router and carry M and O (addresses and DNS from DHCPv6),
 //!   the prefix (on-link; autonomous only for a /64, since SLAAC needs 64-bit interface
 //!   identifiers), the MTU, RDNSS and DNSSL. A solicitation gets one unicast to its source, or
@@ -57,11 +57,15 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use podwire_dhcp::{
-    duid_ll, icmpv6_checksum, is_router_solicitation, router_advertisement, router_link_local,
-    Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, RaConfig, RaConfigError, ALL_NODES,
-    DHCPV6_SERVER_PORT, ICMPV6_NEXT_HEADER, MAX_DHCPV6_REPLY, ND_HOP_LIMIT,
+    duid_ll, Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, DHCPV6_SERVER_PORT,
+    MAX_DHCPV6_REPLY,
 };
 use podwire_frame::CounterSet;
+
+use crate::ra::{
+    check_router_solicitation, icmpv6_checksum, router_advertisement, router_link_local, RaConfig,
+    RaConfigError, RsError, ALL_NODES, ICMPV6_NEXT_HEADER, ND_HOP_LIMIT,
+};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
     Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
@@ -137,8 +141,6 @@ const NA_SOLICITED: u8 = 0x40;
 const NA_OVERRIDE: u8 = 0x20;
 /// Type, code, checksum, reserved/flags, target.
 const NS_NA_LEN: usize = 24;
-/// Type, code, checksum, reserved.
-const RS_LEN: usize = 8;
 /// Type, code, checksum, identifier, sequence.
 const ECHO_LEN: usize = 8;
 /// NA with one target link-layer address option.
@@ -530,10 +532,7 @@ fn addr_at(bytes: &[u8], offset: usize) -> Option<Ipv6Addr> {
 /// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200 8.1): 0 for a
 /// valid received message; to fill one in, compute with the field zeroed and store the result.
 fn l4_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
-    let mut sum =
-        podwire_nat::wire::pseudo_header(src.into(), dst.into(), next_header, message.len());
-    sum.add(message);
-    sum.finish()
+    podwire_frame::Checksum::of_l4(src.into(), dst.into(), next_header, message)
 }
 
 /// Walks ND options (RFC 4861 4.6): each non-empty and inside the message. Returns whether a
@@ -867,11 +866,12 @@ impl Link6 {
         now: Instant,
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
-        let source_ll = Self::nd_common(h, msg, RS_LEN)?;
-        // RFC 4861 6.1.1: no link-layer address from the unspecified address.
-        if !is_router_solicitation(msg) || (h.src.is_unspecified() && source_ll) {
-            return Err(Link6Drop::BadNd);
-        }
+        // One validator for solicitations (RFC 4861 6.1.1), shared with anyone parsing them;
+        // the checksum was verified with every ICMPv6 message above.
+        check_router_solicitation(msg, h.src, h.hop_limit).map_err(|e| match e {
+            RsError::HopLimit(hops) => Link6Drop::BadHopLimit(hops),
+            _ => Link6Drop::BadNd,
+        })?;
         self.learn(h.src);
         if h.src.is_unspecified() {
             // The answer goes to all nodes, so RFC 4861 6.2.6's spacing applies: too soon
@@ -1135,7 +1135,6 @@ impl Link6 {
         self.dhcp.binding().is_some()
     }
 
-    #[cfg(test)]
     pub fn dhcp_counters(&self) -> &podwire_dhcp::Dhcpv6Counters {
         self.dhcp.counters()
     }

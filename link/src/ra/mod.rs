@@ -19,7 +19,7 @@
 //!   it on any other length, and sending it would only mislead someone
 //!   reading a capture.
 //! * **Whether to run DHCPv6.** M asks for addresses from DHCPv6 (the
-//!   [`crate::Dhcpv6Server`]), O for other configuration only.
+//!   `podwire_dhcp::Dhcpv6Server`), O for other configuration only.
 //! * **The MTU** and **DNS servers and search domains** (RDNSS and
 //!   DNSSL), the latter so a guest without a DHCPv6 client still resolves
 //!   names. Their lifetime is 3 × [`RaConfig::max_interval_secs`], the
@@ -48,9 +48,11 @@
 
 use std::net::Ipv6Addr;
 
-use crate::buf::Writer;
-use crate::error::{RaConfigError, RaError, RsError};
-use crate::names;
+use podwire_dhcp::buf::Writer;
+use podwire_dhcp::names;
+
+mod error;
+pub use error::{RaConfigError, RaError, RsError};
 
 /// ff02::1, the destination of unsolicited advertisements and of answers
 /// to solicitations from the unspecified address.
@@ -509,6 +511,26 @@ pub fn parse_router_solicitation(
     }
     if icmpv6_checksum(src, dst, icmpv6) != 0 {
         return Err(RsError::BadChecksum);
+    }
+    if src.is_unspecified() && source_mac.is_some() {
+        return Err(RsError::LinkLayerFromUnspecified);
+    }
+    Ok(RouterSolicitation { source_mac })
+}
+
+/// The checks of RFC 4861 6.1.1 that need the IPv6 header but not the checksum, for a caller
+/// that verified (or, for a guest that left it to the device, skipped) the checksum already:
+/// the structure of [`is_router_solicitation`], hop limit 255, and no source link-layer address
+/// option from the unspecified address. [`parse_router_solicitation`] is this plus the
+/// checksum.
+pub fn check_router_solicitation(
+    icmpv6: &[u8],
+    src: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<RouterSolicitation, RsError> {
+    let source_mac = solicitation_options(icmpv6)?;
+    if hop_limit != ND_HOP_LIMIT {
+        return Err(RsError::HopLimit(hop_limit));
     }
     if src.is_unspecified() && source_mac.is_some() {
         return Err(RsError::LinkLayerFromUnspecified);

@@ -4,7 +4,8 @@
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
-use podwire_dhcp::{duid_ll, router_link_local, ALL_DHCP_RELAY_AGENTS_AND_SERVERS};
+use crate::ra::{icmpv6_checksum, router_link_local};
+use podwire_dhcp::{duid_ll, ALL_DHCP_RELAY_AGENTS_AND_SERVERS};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
@@ -12,7 +13,7 @@ use smoltcp::wire::{
     NdiscPrefixInfoFlags, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, UdpPacket, UdpRepr,
 };
 
-use crate::link6::*;
+use crate::v6::*;
 
 const GATEWAY_MAC: [u8; 6] = [0x02, 0x70, 0x77, 0x00, 0x00, 0x01];
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -423,7 +424,7 @@ fn patch_icmp(packet: &mut [u8], edit: impl FnOnce(&mut [u8])) {
     let msg = &mut packet[40..];
     edit(msg);
     msg[2..4].fill(0);
-    let sum = podwire_dhcp::icmpv6_checksum(src, dst, msg);
+    let sum = icmpv6_checksum(src, dst, msg);
     msg[2..4].copy_from_slice(&sum.to_be_bytes());
 }
 
@@ -964,7 +965,7 @@ fn mld_report() -> Vec<u8> {
     let mut payload = vec![58, 0, 5, 2, 0, 0, 1, 0]; // HBH: next ICMPv6, router alert, PadN
     let mut msg = vec![143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0];
     msg.extend_from_slice(&solicited_node(guest_ll()).octets());
-    let sum = podwire_dhcp::icmpv6_checksum(guest_ll(), addr("ff02::16"), &msg);
+    let sum = icmpv6_checksum(guest_ll(), addr("ff02::16"), &msg);
     msg[2..4].copy_from_slice(&sum.to_be_bytes());
     payload.extend(msg);
     ipv6(
