@@ -66,9 +66,12 @@ use crate::ra::{
     check_router_solicitation, icmpv6_checksum, router_advertisement, router_link_local, RaConfig,
     RaConfigError, RsError, ALL_NODES, ICMPV6_NEXT_HEADER, ND_HOP_LIMIT,
 };
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
-    Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Message, Icmpv6Packet,
+    Icmpv6Repr, IpProtocol, Ipv6ExtHeader, Ipv6Packet, Ipv6Repr,
+    NdiscNeighborFlags as NeighborFlags, NdiscRepr, UdpPacket, ETHERNET_HEADER_LEN,
+    IPV6_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// Offset of the IPv6 payload in a reply frame.
@@ -117,7 +120,6 @@ mod proto {
 /// ICMPv6 types (RFC 4443, 2710, 3810, 4861).
 mod icmp {
     pub const ECHO_REQUEST: u8 = 128;
-    pub const ECHO_REPLY: u8 = 129;
     /// The first informational type that is not an echo: everything from here on is about
     /// the link (MLD, ND, router renumbering, node information, ...), never for the NAT.
     pub const FIRST_LINK_TYPE: u8 = 130;
@@ -134,11 +136,6 @@ mod icmp {
 
 /// ND option types (RFC 4861 4.6).
 const OPT_SOURCE_LL: u8 = 1;
-const OPT_TARGET_LL: u8 = 2;
-/// NA flags (RFC 4861 4.4).
-const NA_ROUTER: u8 = 0x80;
-const NA_SOLICITED: u8 = 0x40;
-const NA_OVERRIDE: u8 = 0x20;
 /// Type, code, checksum, reserved/flags, target.
 const NS_NA_LEN: usize = 24;
 /// Type, code, checksum, identifier, sequence.
@@ -493,15 +490,14 @@ fn upper_layer(packet: &[u8], first: u8) -> Result<(u8, usize), Link6Drop> {
                 if next == proto::HOP_BY_HOP && offset != IPV6_HEADER_LEN {
                     return Err(Link6Drop::ExtensionHeaders);
                 }
-                let Some(&[following, units]) = packet.get(offset..offset + 2) else {
-                    return Err(Link6Drop::Truncated);
-                };
+                // The view checks that the whole header is inside the packet.
+                let ext = packet
+                    .get(offset..)
+                    .and_then(|rest| Ipv6ExtHeader::new_checked(rest).ok())
+                    .ok_or(Link6Drop::Truncated)?;
                 // Hdr Ext Len counts 8-byte units after the first 8.
-                offset += (usize::from(units) + 1) * 8;
-                if offset > packet.len() {
-                    return Err(Link6Drop::Truncated);
-                }
-                next = following;
+                offset += (usize::from(ext.header_len()) + 1) * 8;
+                next = u8::from(ext.next_header());
             }
             proto::FRAGMENT => return Err(Link6Drop::ExtensionHeaders),
             upper => return Ok((upper, offset)),
@@ -522,11 +518,6 @@ fn is_solicited_node(addr: Ipv6Addr) -> bool {
 
 fn is_unicast_mac(mac: [u8; 6]) -> bool {
     mac[0] & 1 == 0 && mac != [0; 6]
-}
-
-fn addr_at(bytes: &[u8], offset: usize) -> Option<Ipv6Addr> {
-    let octets: [u8; 16] = bytes.get(offset..offset + 16)?.try_into().ok()?;
-    Some(Ipv6Addr::from(octets))
 }
 
 /// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200 8.1): 0 for a
@@ -780,7 +771,8 @@ impl Link6 {
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
         let source_ll = Self::nd_common(h, msg, NS_NA_LEN)?;
-        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
+        // nd_common checked the fixed part is there.
+        let target = Icmpv6Packet::new_unchecked(msg).target_addr();
         if target.is_multicast() || target.is_unspecified() || target.is_loopback() {
             return Err(Link6Drop::BadNd);
         }
@@ -810,19 +802,18 @@ impl Link6 {
         let frame = out
             .get_mut(..L4_OFFSET + NA_REPLY_LEN)
             .ok_or(Link6Drop::OutputTooSmall)?;
-        let na = &mut frame[L4_OFFSET..];
-        na[0] = icmp::NA;
-        na[1] = 0;
-        na[2..4].fill(0);
-        na[4] = NA_ROUTER | NA_SOLICITED | NA_OVERRIDE;
-        na[5..8].fill(0);
-        na[8..24].copy_from_slice(&target.octets());
-        na[24] = OPT_TARGET_LL;
-        na[25] = 1;
-        na[26..32].copy_from_slice(&self.cfg.gateway_mac);
+        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags: NeighborFlags::ROUTER | NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
+            target_addr: target,
+            lladdr: Some(EthernetAddress(self.cfg.gateway_mac).into()),
+        });
         // Sent from the target itself, as its owner would; the guest checks only the target.
-        let checksum = icmpv6_checksum(target, h.src, na);
-        na[2..4].copy_from_slice(&checksum.to_be_bytes());
+        na.emit(
+            &target,
+            &h.src,
+            &mut Icmpv6Packet::new_unchecked(&mut frame[L4_OFFSET..]),
+            &ChecksumCapabilities::default(),
+        );
         write_headers(
             frame,
             guest_mac,
@@ -843,8 +834,10 @@ impl Link6 {
         msg: &[u8],
     ) -> Result<Option<usize>, Link6Drop> {
         Self::nd_common(h, msg, NS_NA_LEN)?;
-        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
-        let solicited = msg.get(4).is_some_and(|flags| flags & NA_SOLICITED != 0);
+        // nd_common checked the fixed part is there.
+        let na = Icmpv6Packet::new_unchecked(msg);
+        let target = na.target_addr();
+        let solicited = na.neighbor_flags().contains(NeighborFlags::SOLICITED);
         // RFC 4861 7.1.2: no multicast target, and no S flag when sent to a group.
         if target.is_multicast() || (h.dst.is_multicast() && solicited) {
             return Err(Link6Drop::BadNd);
@@ -966,10 +959,10 @@ impl Link6 {
             .ok_or(Link6Drop::OutputTooSmall)?;
         let reply = &mut frame[L4_OFFSET..];
         reply.copy_from_slice(msg);
-        reply[0] = icmp::ECHO_REPLY;
-        reply[2..4].fill(0);
-        let checksum = icmpv6_checksum(self.gateway_ll, h.src, reply);
-        reply[2..4].copy_from_slice(&checksum.to_be_bytes());
+        // Same identifier, sequence and data: only the type and the checksum change.
+        let mut reply = Icmpv6Packet::new_unchecked(reply);
+        reply.set_msg_type(Icmpv6Message::EchoReply);
+        reply.fill_checksum(&self.gateway_ll, &h.src);
         write_headers(
             frame,
             guest_mac,
@@ -992,26 +985,26 @@ impl Link6 {
         partial_csum: bool,
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
-        let Some(&[sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, ck_hi, ck_lo]) =
-            l4.get(..UDP_HEADER_LEN)
-        else {
+        if l4.len() < UDP_HEADER_LEN {
             return Err(Link6Drop::Truncated);
-        };
-        if u16::from_be_bytes([dp_hi, dp_lo]) != DHCPV6_SERVER_PORT {
+        }
+        // The fixed header is there; its length field is checked below.
+        let request = UdpPacket::new_unchecked(l4);
+        if request.dst_port() != DHCPV6_SERVER_PORT {
             return Err(if h.dst.is_multicast() {
                 Link6Drop::Multicast
             } else {
                 Link6Drop::NotForUs
             });
         }
-        let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+        let udp_len = usize::from(request.len());
         let datagram = l4.get(..udp_len).ok_or(Link6Drop::BadUdp)?;
         if udp_len < UDP_HEADER_LEN {
             return Err(Link6Drop::BadUdp);
         }
         // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
         if !partial_csum
-            && ([ck_hi, ck_lo] == [0, 0] || l4_checksum(h.src, h.dst, proto::UDP, datagram) != 0)
+            && (request.checksum() == 0 || l4_checksum(h.src, h.dst, proto::UDP, datagram) != 0)
         {
             return Err(Link6Drop::BadChecksum);
         }
@@ -1020,6 +1013,7 @@ impl Link6 {
             return Err(Link6Drop::BadSource(h.src));
         }
         self.learn(h.src);
+        let client_port = request.src_port();
 
         let payload_at = L4_OFFSET + UDP_HEADER_LEN;
         let room = out.get_mut(payload_at..).ok_or(Link6Drop::OutputTooSmall)?;
@@ -1040,19 +1034,14 @@ impl Link6 {
         let frame = out
             .get_mut(..L4_OFFSET + udp_total)
             .ok_or(Link6Drop::OutputTooSmall)?;
-        let udp = &mut frame[L4_OFFSET..];
-        udp[0..2].copy_from_slice(&DHCPV6_SERVER_PORT.to_be_bytes());
+        let mut udp = UdpPacket::new_unchecked(&mut frame[L4_OFFSET..]);
+        udp.set_src_port(DHCPV6_SERVER_PORT);
         // RFC 8415 relies on clients listening on 546; answering the source port also
         // serves a client that sent from elsewhere.
-        udp[2..4].copy_from_slice(&[sp_hi, sp_lo]);
-        udp[4..6].copy_from_slice(&(udp_total as u16).to_be_bytes());
-        udp[6..8].fill(0);
-        let checksum = match l4_checksum(self.gateway_ll, h.src, proto::UDP, udp) {
-            // Zero means "no checksum" on the wire; its one's complement twin is sent instead.
-            0 => 0xffff,
-            sum => sum,
-        };
-        udp[6..8].copy_from_slice(&checksum.to_be_bytes());
+        udp.set_dst_port(client_port);
+        udp.set_len(udp_total as u16);
+        // A computed zero goes out as all ones: zero means "no checksum".
+        udp.fill_checksum(&self.gateway_ll.into(), &h.src.into());
         write_headers(
             frame,
             guest_mac,

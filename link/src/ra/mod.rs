@@ -262,27 +262,7 @@ pub fn router_link_local(mac: [u8; 6]) -> Ipv6Addr {
 /// the result there; to verify one, pass the message as received: it is
 /// valid if the result is 0.
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let word = match *pair {
-                [hi, lo] => u16::from_be_bytes([hi, lo]),
-                [hi] => u16::from_be_bytes([hi, 0]),
-                _ => 0,
-            };
-            sum += u64::from(word);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    // Upper-layer packet length as 32 bits, three zero bytes, next header.
-    add(&(message.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, ICMPV6_NEXT_HEADER]);
-    add(message);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    podwire_frame::Checksum::of_l4(src.into(), dst.into(), ICMPV6_NEXT_HEADER, message)
 }
 
 /// Length of the complete advertisement for `cfg`, with every option that
