@@ -90,6 +90,21 @@ pub struct Cli {
     /// DHCP lease time in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(60..))]
     pub lease_time: u32,
+    /// Started as root, become this user (and group) once set up [default: nobody]
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub runas: Option<String>,
+    /// Debugging only: no seccomp filter, no Landlock, capabilities kept (see
+    /// docs/hardening.md)
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Also let this uid connect on the vhost-user socket (podwire's own uid and root always
+    /// may); others are refused
+    #[arg(long, value_name = "UID")]
+    pub frontend_uid: Option<u32>,
+    /// Make the vhost-user socket 0660 instead of 0600, so the socket's group may connect
+    /// (their uid must still pass the `--frontend-uid` check)
+    #[arg(long)]
+    pub socket_group: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +228,14 @@ pub struct Config {
     pub lease_secs: u32,
     pub tcp_forwards: Vec<Forwarding>,
     pub udp_forwards: Vec<Forwarding>,
+    /// `--runas USER[:GROUP]`.
+    pub runas: Option<String>,
+    /// Whether to enter the sandbox (not `--no-sandbox`).
+    pub sandbox: bool,
+    /// A uid allowed on the vhost-user socket besides podwire's own and root.
+    pub frontend_uid: Option<u32>,
+    /// Socket mode 0660 rather than 0600.
+    pub socket_group: bool,
 }
 
 /// One forwarded port, and whether the user named it (rather than it coming from `all`).
@@ -302,6 +325,10 @@ impl Config {
             lease_secs: cli.lease_time,
             tcp_forwards: resolve_forwards(Proto::Tcp, &cli.tcp_ports)?,
             udp_forwards: resolve_forwards(Proto::Udp, &cli.udp_ports)?,
+            runas: cli.runas,
+            sandbox: !cli.no_sandbox,
+            frontend_uid: cli.frontend_uid,
+            socket_group: cli.socket_group,
             uplink,
         })
     }

@@ -9,9 +9,11 @@
 //! no queues in between. See `docs/architecture.md`.
 
 mod config;
+mod fdlimit;
 #[cfg(test)]
 mod ipv6_tests;
 mod podnet;
+mod sandbox;
 #[cfg(test)]
 mod scale_tests;
 mod signals;
@@ -25,7 +27,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use podwire_vhost::{DeviceCounters, NetConfig, Server};
+use podwire_vhost::{DeviceCounters, FrontendAccess, NetConfig, Server};
 
 use crate::config::{Cli, Config};
 use crate::switch::Switch;
@@ -55,18 +57,6 @@ fn parse_cli() -> Result<Cli, ExitCode> {
     }
 }
 
-/// Each flow is a socket: allow as many as the hard limit lets an unprivileged process have.
-fn raise_fd_limit() {
-    // SAFETY: get/setrlimit on a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// "198.18.0.2/24 via 198.18.0.1, fd00::2/64 via fe80::1": the families the pod has.
 fn describe_uplink(u: &podnet::Uplink) -> String {
     fn one<A: std::fmt::Display>(a: &podnet::UplinkAddr<A>) -> String {
@@ -92,8 +82,9 @@ fn describe_guest(c: &Config) -> String {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    raise_fd_limit();
-    let config = Config::resolve(cli).map_err(|e| e.to_string())?;
+    let mut config = Config::resolve(cli).map_err(|e| e.to_string())?;
+    let listeners = config.tcp_forwards.len() + config.udp_forwards.len();
+    config.max_flows = fdlimit::ensure(config.max_flows, listeners).map_err(|e| e.to_string())?;
     tracing::info!(
         "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
@@ -117,6 +108,12 @@ fn run(cli: Cli) -> Result<(), String> {
         device.clone(),
         device_config,
     )
+    .and_then(|s| {
+        s.with_access(FrontendAccess {
+            group: config.socket_group,
+            uid: config.frontend_uid,
+        })
+    })
     .map_err(|e| e.to_string())?;
     if let Some(pid_file) = &config.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
@@ -124,6 +121,13 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let mut leftovers = vec![config.socket.clone()];
     leftovers.extend(config.pid_file.clone());
+    // Before any other thread exists (see sandbox.rs), after everything start-up needs.
+    sandbox::enter(&sandbox::SandboxOptions {
+        runas: config.runas.clone(),
+        disabled: !config.sandbox,
+        own_files: leftovers.clone(),
+    })
+    .map_err(|e| e.to_string())?;
     signals::spawn_handler(switch, device, leftovers)
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());

@@ -59,6 +59,10 @@ pub(crate) fn config() -> Config {
         lease_secs: 3600,
         tcp_forwards: Vec::new(),
         udp_forwards: Vec::new(),
+        runas: None,
+        sandbox: true,
+        frontend_uid: None,
+        socket_group: false,
     }
 }
 

@@ -33,6 +33,8 @@ podwire_frame::counters! {
         rx_no_buffers: Drop,
         /// Frontends refused because one was already connected.
         refused_frontends: Count,
+        /// Connections refused because the peer's uid may not be the frontend.
+        refused_peers: Count,
         /// Frontends served so far.
         sessions: Count,
     }

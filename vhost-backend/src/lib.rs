@@ -28,4 +28,4 @@ pub use podwire_frame::{
     nonzero_summary, sg, warn_once, Checksum, Counter, GsoKind, NetHandler, PartialCsum, RxError,
     RxSink, SgList, TxOffload, MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
 };
-pub use server::{ServeError, Server};
+pub use server::{FrontendAccess, ServeError, Server};

@@ -12,6 +12,13 @@
 //! fast with a clear error instead of hanging. When the session ends (QEMU quit, guest reset,
 //! socket closed), the worker thread is stopped, the handler is told the link went down, and the
 //! loop waits for the next frontend on the same socket.
+//!
+//! Access: the socket file is made mode 0600 (0660 with [`FrontendAccess::group`]) whatever the
+//! umask, and every accepted connection's peer credentials (SO_PEERCRED) are checked: only
+//! podwire's own uid, root and [`FrontendAccess::uid`] may be the frontend. Anyone else is
+//! refused at once with a log line, so that no other local process can take the only frontend
+//! slot even where the file mode does not keep it out (a shared uid namespace, a mode changed
+//! by hand, a connection made before the mode was set).
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
@@ -45,9 +52,37 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Who may connect on the vhost-user socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrontendAccess {
+    /// Mode 0660 rather than 0600: the socket's group may connect (its uid is still checked).
+    pub group: bool,
+    /// A uid allowed as frontend besides podwire's own and root.
+    pub uid: Option<u32>,
+}
+
+impl FrontendAccess {
+    fn mode(&self) -> u32 {
+        if self.group {
+            0o660
+        } else {
+            0o600
+        }
+    }
+
+    /// Whether a peer with `uid` may be the frontend (checked against podwire's uid at the
+    /// time, which may have changed since start-up when root dropped privileges).
+    pub fn allows(&self, uid: u32) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let own = unsafe { libc::geteuid() };
+        uid == own || uid == 0 || self.uid == Some(uid)
+    }
+}
+
 /// The vhost-user socket and what it serves.
 pub struct Server<H: NetHandler> {
     listener: UnixListener,
+    access: FrontendAccess,
     handler: Arc<Mutex<H>>,
     counters: Arc<DeviceCounters>,
     config: NetConfig,
@@ -75,13 +110,27 @@ impl<H: NetHandler> Server<H> {
             Err(e) => return Err(bind_err(e)),
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let access = FrontendAccess::default();
+        set_mode(path, access.mode()).map_err(bind_err)?;
         Ok(Server {
             listener,
+            access,
             handler,
             counters,
             config,
             last_refusal_log: Cell::new(None),
         })
+    }
+
+    /// Sets who may connect: the socket's mode and the uids accepted as frontend.
+    pub fn with_access(mut self, access: FrontendAccess) -> Result<Self, ServeError> {
+        if let Ok(addr) = self.listener.local_addr() {
+            if let Some(path) = addr.as_pathname() {
+                set_mode(path, access.mode())?;
+            }
+        }
+        self.access = access;
+        Ok(self)
     }
 
     /// Serves frontends one after another; returns only on an unrecoverable error.
@@ -99,7 +148,7 @@ impl<H: NetHandler> Server<H> {
         let mut daemon =
             VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        let (frontend, _) = self.listener.accept()?;
+        let frontend = self.accept_allowed()?;
         // The frontend talks to the library through the relay (see relay.rs), which reaches
         // the library through a private, abstract-namespace listener made for this session.
         let private = private_listener_name(self.counters.sessions.get());
@@ -152,6 +201,42 @@ impl<H: NetHandler> Server<H> {
         Ok(())
     }
 
+    /// Accepts the next connection whose peer may be the frontend, refusing the others.
+    fn accept_allowed(&self) -> Result<UnixStream, ServeError> {
+        loop {
+            let (conn, _) = self.listener.accept()?;
+            match peer_uid(&conn) {
+                Ok(uid) if self.access.allows(uid) => return Ok(conn),
+                Ok(uid) => {
+                    self.counters.refused_peers.inc();
+                    self.log_refusal(format_args!(
+                        "refused a vhost-user frontend with uid {uid}: only podwire's own uid,                          root or --frontend-uid may connect"
+                    ));
+                }
+                Err(e) => {
+                    self.counters.refused_peers.inc();
+                    self.log_refusal(format_args!(
+                        "refused a vhost-user frontend whose credentials cannot be read: {e}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Logs a refusal: the first, then at most one line per interval (a refused peer may retry
+    /// in a tight loop).
+    fn log_refusal(&self, what: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        let due = self
+            .last_refusal_log
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            self.last_refusal_log.set(Some(now));
+            tracing::warn!("{what}");
+        }
+    }
+
     /// Accepts and closes extra frontends until `ended` is readable. Once the current frontend
     /// has hung up, a newcomer is its successor, not an intruder: it is left in the backlog for
     /// the next session instead.
@@ -197,24 +282,45 @@ impl<H: NetHandler> Server<H> {
         if let Ok((conn, _)) = self.listener.accept() {
             self.counters.refused_frontends.inc();
             drop(conn);
-            // QEMU retries a refused vhost-user connection in a tight loop: log the first
-            // refusal and then at most one line per interval, with the running count.
-            let now = Instant::now();
-            let due = self
-                .last_refusal_log
-                .get()
-                .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL);
-            if due {
-                self.last_refusal_log.set(Some(now));
-                tracing::warn!(
-                    "refused a second vhost-user frontend: this podwire already serves one \
-                     (one podwire per guest NIC; {} refused so far)",
-                    self.counters.refused_frontends.get()
-                );
-            }
+            // QEMU retries a refused vhost-user connection in a tight loop.
+            self.log_refusal(format_args!(
+                "refused a second vhost-user frontend: this podwire already serves one \
+                 (one podwire per guest NIC; {} refused so far)",
+                self.counters.refused_frontends.get()
+            ));
         }
         self.listener.set_nonblocking(false).ok();
     }
+}
+
+/// The uid of the process at the other end of `conn`, as the kernel recorded it at connect.
+fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for the call and len is cred's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Sets the socket file's mode, whatever the umask gave it.
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// Whether the other end of a stream is still there (no hang-up seen). The kernel marks the

@@ -99,3 +99,85 @@ fn one_frontend_at_a_time_refusal_then_reconnect() {
     );
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+fn serve(path: &std::path::Path) -> Arc<DeviceCounters> {
+    let handler = Arc::new(Mutex::new(NullHandler {
+        fd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+        links: Vec::new(),
+    }));
+    let counters = Arc::new(DeviceCounters::default());
+    let server = Server::bind(
+        path,
+        handler,
+        counters.clone(),
+        NetConfig {
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+            mtu: 1500,
+        },
+    )
+    .unwrap();
+    std::thread::spawn(move || server.run());
+    counters
+}
+
+/// Connects from a thread whose effective uid is `uid` (the raw system call changes only the
+/// calling thread's credentials, which SO_PEERCRED records at connect).
+fn connect_as(path: &std::path::Path, uid: u32) -> std::io::Result<UnixStream> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread only; the thread ends right after.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, -1i32, uid, -1i32) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        UnixStream::connect(path)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_socket_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path("mode");
+    // SAFETY: umask only changes the process's file creation mask.
+    let old = unsafe { libc::umask(0) };
+    let _counters = serve(&path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Another local user cannot take the only frontend slot: it is refused at once and counted,
+/// and the rightful frontend is served afterwards. (Needs root to act as another uid, which CI
+/// and the test machines are.)
+#[test]
+fn a_frontend_of_another_uid_is_refused() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: acting as another uid needs root");
+        return;
+    }
+    let path = socket_path("peercred");
+    let counters = serve(&path);
+    // The file mode keeps another user out...
+    let denied = connect_as(&path, 65534).unwrap_err();
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+    // ...and where it does not (a mode changed by hand, a shared directory), the peer check.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let timeout = Some(Duration::from_secs(10));
+    let mut intruder = connect_as(&path, 65534).unwrap();
+    intruder.set_read_timeout(timeout).unwrap();
+    let mut buf = [0u8; 1];
+    // Closed without an answer (or reset): no request of its is served.
+    let _ = intruder.write_all(&[0u8; 12]);
+    assert!(matches!(intruder.read(&mut buf), Ok(0) | Err(_)));
+    assert_eq!(counters.refused_peers.get(), 1);
+    assert_eq!(counters.sessions.get(), 0);
+
+    let mut frontend = UnixStream::connect(&path).unwrap();
+    frontend.set_read_timeout(timeout).unwrap();
+    get_features(&mut frontend).unwrap();
+    assert_eq!(counters.sessions.get(), 1);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
