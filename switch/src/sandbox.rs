@@ -70,6 +70,11 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
     ("sched_getaffinity", libc::SYS_sched_getaffinity),
     ("gettid", libc::SYS_gettid),
     ("getpid", libc::SYS_getpid),
+    // Credentials: the vhost-user peer check compares a frontend's uid with podwire's own.
+    ("geteuid", libc::SYS_geteuid),
+    ("getuid", libc::SYS_getuid),
+    ("getegid", libc::SYS_getegid),
+    ("getgid", libc::SYS_getgid),
     ("exit", libc::SYS_exit),
     ("exit_group", libc::SYS_exit_group),
     // Signals: the signal thread's sigwait; glibc's thread start and abort paths.
@@ -131,6 +136,7 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
     // Process: removing the socket and pid file on SIGTERM.
     ("unlink", libc::SYS_unlink),
     ("unlinkat", libc::SYS_unlinkat),
+    // Threads are named with prctl(PR_SET_NAME) (see prctl_rule).
     ("prctl", libc::SYS_prctl),
 ];
 
@@ -443,36 +449,57 @@ fn restrict_files(own_files: &[PathBuf]) -> Result<RulesetStatus, SandboxError> 
 /// `socket(2)` only for the families podwire uses: UNIX (the vhost-user relay), IPv4 and IPv6
 /// (flows, forwarded ports). No netlink, no packet sockets after start-up.
 fn socket_rule() -> Result<Vec<SeccompRule>, SandboxError> {
-    [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
-        .into_iter()
-        .map(|family| {
+    first_argument_in(&[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6])
+}
+
+/// `prctl(2)` only to name threads (std's thread builder): no capability, seccomp or
+/// dumpability changes after the sandbox is entered.
+fn prctl_rule() -> Result<Vec<SeccompRule>, SandboxError> {
+    first_argument_in(&[libc::PR_SET_NAME, libc::PR_GET_NAME])
+}
+
+/// One rule per allowed value of the first argument (rules of a call are alternatives).
+fn first_argument_in(values: &[libc::c_int]) -> Result<Vec<SeccompRule>, SandboxError> {
+    values
+        .iter()
+        .map(|&value| {
             let cond =
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?;
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)?;
             Ok(SeccompRule::new(vec![cond])?)
         })
         .collect()
+}
+
+/// Set to `log` to have the kernel log (audit type 1326, in `dmesg`) the calls missing from
+/// [`SYSCALLS`] instead of killing podwire: for finding what a new feature needs in one run.
+pub const AUDIT_ENV: &str = "PODWIRE_SECCOMP_AUDIT";
+
+fn mismatch_action() -> SeccompAction {
+    if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "log") {
+        tracing::warn!(
+            "{AUDIT_ENV}=log: calls outside the seccomp allow-list are logged, not fatal"
+        );
+        SeccompAction::Log
+    } else {
+        SeccompAction::KillProcess
+    }
 }
 
 /// The seccomp program: [`SYSCALLS`] allowed, anything else kills the process.
 pub fn filter() -> Result<BpfProgram, SandboxError> {
     let mut rules = std::collections::BTreeMap::new();
     for &(_, nr) in SYSCALLS {
-        let conditions = if nr == libc::SYS_socket {
-            socket_rule()?
-        } else {
-            Vec::new()
+        let conditions = match nr {
+            libc::SYS_socket => socket_rule()?,
+            libc::SYS_prctl => prctl_rule()?,
+            _ => Vec::new(),
         };
         rules.insert(nr as i64, conditions);
     }
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(seccompiler::Error::Backend)?;
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )?;
+    let filter = SeccompFilter::new(rules, mismatch_action(), SeccompAction::Allow, arch)?;
     Ok(filter.try_into()?)
 }
 
