@@ -1,0 +1,70 @@
+//! Fuzz targets: one function per target, taking the fuzzer's bytes.
+//!
+//! # Theory of operation
+//!
+//! Each target feeds untrusted input to one of podwire's parsers or state machines the way the
+//! real process does, with a fresh instance per input so that every crash reproduces from its
+//! input alone. The same functions are called by the libFuzzer binaries in `fuzz_targets/`
+//! (built with the `libfuzzer` feature, see docs/hardening.md) and by `tests/corpus.rs`, which
+//! replays the kept corpus in `corpus/<target>/` on a stable toolchain as part of the test
+//! suite.
+//!
+//! Inputs holding several messages (a DHCP exchange, a run of frames, a TCP conversation) are
+//! split by [`records`]: a little-endian u16 length, then that many bytes (the last record
+//! takes what is left).
+//!
+//! The switch and TCP targets open real sockets for what the guest sends: [`init`] first moves
+//! the calling thread into a network namespace of its own with only a loopback interface, so
+//! that no input ever sends a packet anywhere but there. That needs root (CAP_SYS_ADMIN);
+//! without it those targets refuse to run rather than reach the host's network.
+//!
+//! The switch is a binary crate, so its modules are compiled in here by path.
+
+#![allow(clippy::missing_safety_doc)]
+
+#[allow(dead_code, unused_imports)]
+#[path = "../../switch/src/config.rs"]
+mod config;
+#[allow(dead_code, unused_imports)]
+#[path = "../../switch/src/podnet.rs"]
+mod podnet;
+#[allow(dead_code, unused_imports)]
+#[path = "../../switch/src/switch.rs"]
+mod switch;
+
+pub mod net;
+pub mod targets;
+
+pub use targets::*;
+
+/// Sets up what the targets need: a private network namespace for this thread (see the module
+/// comment). Idempotent per thread.
+pub fn init() {
+    net::isolate().unwrap_or_else(|e| {
+        panic!("podwire-fuzz: cannot enter a private network namespace (run as root): {e}")
+    });
+}
+
+/// Splits `data` into records: a little-endian u16 length, then the record.
+pub fn records(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if data.len() < 2 {
+            return None;
+        }
+        let len = usize::from(u16::from_le_bytes([data[0], data[1]]));
+        let rest = &data[2..];
+        let (record, tail) = rest.split_at(len.min(rest.len()));
+        data = tail;
+        Some(record)
+    })
+}
+
+/// Joins records into one input (the inverse of [`records`]), for seeding corpora.
+pub fn join_records(records: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(&(r.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+        out.extend_from_slice(&r[..r.len().min(usize::from(u16::MAX))]);
+    }
+    out
+}

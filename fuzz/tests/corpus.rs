@@ -1,0 +1,88 @@
+//! Replays each fuzz target's kept corpus (`fuzz/corpus/<target>/`) through the same entry
+//! points the fuzzer uses: a short run of every target in the test suite, on stable, without
+//! the fuzzer. A crash the fuzzer found stays fixed once its input is in the corpus.
+
+use std::path::PathBuf;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "no corpus for {target}");
+    inputs
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    for (path, data) in corpus(target) {
+        eprintln!("{target}: {}", path.display());
+        run(&data);
+    }
+}
+
+/// The switch and TCP targets open sockets: only inside a private network namespace, which
+/// needs root (as CI and the test machines are).
+fn may_isolate() -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: a private network namespace needs root");
+    }
+    root
+}
+
+#[test]
+fn dhcpv4() {
+    replay("dhcpv4", podwire_fuzz::dhcpv4);
+}
+
+#[test]
+fn dhcpv6() {
+    replay("dhcpv6", podwire_fuzz::dhcpv6);
+}
+
+#[test]
+fn link6() {
+    replay("link6", podwire_fuzz::link6);
+}
+
+#[test]
+fn relay() {
+    replay("relay", podwire_fuzz::relay);
+}
+
+#[test]
+fn switch_frames() {
+    if may_isolate() {
+        replay("switch_frames", podwire_fuzz::switch_frames);
+    }
+}
+
+#[test]
+fn tcp_segments() {
+    if may_isolate() {
+        assert!(
+            podwire_fuzz::tcp_target_reaches_the_peer(),
+            "the TCP target's connection does not get established"
+        );
+        replay("tcp_segments", podwire_fuzz::tcp_segments);
+    }
+}
+
+#[test]
+fn records_split_and_join() {
+    let joined = podwire_fuzz::join_records(&[b"ab", b"", b"cde"]);
+    let back: Vec<&[u8]> = podwire_fuzz::records(&joined).collect();
+    assert_eq!(back, vec![&b"ab"[..], b"", b"cde"]);
+    // A length running past the end takes what is left.
+    let short: Vec<&[u8]> = podwire_fuzz::records(&[9, 0, 1, 2]).collect();
+    assert_eq!(short, vec![&[1u8, 2][..]]);
+}
