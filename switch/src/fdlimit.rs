@@ -3,10 +3,11 @@
 //! # Theory of operation
 //!
 //! Every flow is a socket, so `--max-flows` is only a promise if the process may hold that many
-//! file descriptors. The NAT admits up to `max_flows` TCP connections and, separately, up to
-//! `max_flows` datagram flows (UDP and ping), so the worst case is [`FDS_PER_FLOW`] per flow,
-//! plus one listener per forwarded port, plus [`BASE_FDS`] for everything else (the vhost-user
-//! socket and session, the frontend's memory regions, eventfds, epoll, timers).
+//! file descriptors. The NAT's one flow table admits up to `max_flows` flows of every kind
+//! together (TCP connections either way, UDP ports, ping sessions), each one socket, so the
+//! worst case is [`FDS_PER_FLOW`] per flow, plus one listener per forwarded port, plus
+//! [`BASE_FDS`] for everything else (the vhost-user socket and session, the frontend's memory
+//! regions, eventfds, epoll, timers).
 //!
 //! At start-up the soft limit is raised as far as needed (to the hard limit, which a root
 //! podwire may raise too, before it drops its privileges). If the limit still falls short,
@@ -20,8 +21,9 @@ use std::io;
 /// dominate: vhost-user allows up to 509 with memory slots, plus kick/call/error eventfds per
 /// queue, the sockets and podwire's own epoll, eventfd and timerfd.
 pub const BASE_FDS: u64 = 1024;
-/// The NAT's worst case per unit of `--max-flows`: a TCP connection and a datagram flow.
-pub const FDS_PER_FLOW: u64 = 2;
+/// Descriptors per unit of `--max-flows`: one socket per flow, whatever its kind (the one
+/// flow table counts every kind against the same limit).
+pub const FDS_PER_FLOW: u64 = 1;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FdLimitError {
