@@ -299,4 +299,40 @@ fn main() {
     relay.extend(msg(2, 1, &(1u64 << 32 | 1 << 30).to_le_bytes()));
     relay.extend(msg(15, 1, &[]));
     write("relay", "early-enable", &relay);
+
+    write("device", "one-frame-each-way", &device_seed());
+}
+
+/// Rings of 8 at 0x100.. (RX) and 0x400.. (TX); a TX chain of header and 60-byte frame, an RX
+/// buffer of 1600 bytes; every event kind in turn.
+fn device_seed() -> Vec<u8> {
+    let mut d = vec![0u8; 16 + 0x900];
+    d[0] = 0;
+    d[1] = 3;
+    d[2] = 3;
+    for (i, addr) in [0x100u16, 0x200, 0x300, 0x400, 0x500, 0x600]
+        .iter()
+        .enumerate()
+    {
+        d[3 + 2 * i..5 + 2 * i].copy_from_slice(&(addr / 8).to_le_bytes());
+    }
+    d[15] = 0b1010_1010;
+    let mem = &mut d[16..];
+    let desc = |mem: &mut [u8], at: usize, addr: u64, len: u32, flags: u16, next: u16| {
+        mem[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+        mem[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+        mem[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+        mem[at + 14..at + 16].copy_from_slice(&next.to_le_bytes());
+    };
+    // RX: one device-writable buffer, offered.
+    desc(mem, 0x100, 0x900, 1600, 2, 0);
+    mem[0x202..0x204].copy_from_slice(&1u16.to_le_bytes());
+    // TX: header then frame, offered.
+    desc(mem, 0x400, 0x800, 12, 1, 1);
+    desc(mem, 0x410, 0x820, 60, 0, 0);
+    mem[0x502..0x504].copy_from_slice(&1u16.to_le_bytes());
+    for b in &mut mem[0x820..0x85c] {
+        *b = 0x42;
+    }
+    d
 }

@@ -32,9 +32,11 @@ mod podnet;
 #[path = "../../switch/src/switch.rs"]
 mod switch;
 
+pub mod device;
 pub mod net;
 pub mod targets;
 
+pub use device::device;
 pub use targets::*;
 
 /// Sets up what the targets need: a private network namespace for this thread (see the module

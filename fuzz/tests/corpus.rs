@@ -55,6 +55,11 @@ fn link6() {
 }
 
 #[test]
+fn device() {
+    replay("device", podwire_fuzz::device);
+}
+
+#[test]
 fn relay() {
     replay("relay", podwire_fuzz::relay);
 }
