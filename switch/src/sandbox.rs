@@ -494,7 +494,7 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
             libc::SYS_prctl => prctl_rule()?,
             _ => Vec::new(),
         };
-        rules.insert(nr as i64, conditions);
+        rules.insert(nr, conditions);
     }
     let arch = std::env::consts::ARCH
         .try_into()
