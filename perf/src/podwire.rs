@@ -177,6 +177,35 @@ impl Podwire {
         self.proc.pid()
     }
 
+    /// One field of `/proc/<pid>/status` ("Seccomp:", "CapEff:", ...), trimmed.
+    pub fn status_field(&self, name: &str) -> Result<String> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("{path} has no {name}"))
+    }
+
+    /// Panics unless podwire runs in its sandbox as the kernel reports it: a seccomp filter,
+    /// no_new_privs, no capabilities, and (when the tests run as root) another user than root.
+    pub fn assert_sandboxed(&self) {
+        let field = |name: &str| self.status_field(name).unwrap();
+        assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
+        assert_eq!(field("NoNewPrivs:"), "1");
+        assert_eq!(field("CapEff:"), "0000000000000000");
+        assert_eq!(field("CapPrm:"), "0000000000000000");
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let uid = field("Uid:");
+            assert!(
+                !uid.starts_with("0\t") && uid != "0",
+                "still root: Uid {uid}"
+            );
+        }
+    }
+
     /// Its stderr (and stdout) so far.
     pub fn log(&self) -> String {
         self.proc.log()

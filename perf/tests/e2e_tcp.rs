@@ -97,6 +97,8 @@ fn transfer_files_both_ways(nic_props: &[&str]) {
         refused.output
     );
     pw.ensure_running().unwrap();
+    // All of it under the sandbox.
+    pw.assert_sandboxed();
     vm.poweroff(T).unwrap();
     let _ = far::FAR_NAME;
 }
