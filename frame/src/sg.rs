@@ -236,12 +236,21 @@ impl Checksum {
         Self::default()
     }
 
+    /// One's-complement addition: a carry out of the top wraps around to the bottom. Every
+    /// addition goes through here, as the running sum may be anywhere up to `u64::MAX` (a
+    /// plain `+=` after a long run of 64-bit groups overflowed).
+    fn add_word(&mut self, w: u64) {
+        let (s, carry) = self.sum.overflowing_add(w);
+        // No overflow: with a carry, s < w <= u64::MAX.
+        self.sum = s + u64::from(carry);
+    }
+
     pub fn add(&mut self, mut bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         if self.odd {
-            self.sum += u64::from(bytes[0]);
+            self.add_word(u64::from(bytes[0]));
             bytes = &bytes[1..];
             self.odd = false;
         }
@@ -250,16 +259,15 @@ impl Checksum {
             // Summing 16-bit big-endian words in 64-bit groups: one's-complement addition is
             // associative, so any grouping folds to the same result.
             let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            let (s, carry) = self.sum.overflowing_add(w);
-            self.sum = s + u64::from(carry);
+            self.add_word(w);
         }
         let mut rest = chunks.remainder();
         while rest.len() >= 2 {
-            self.sum += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+            self.add_word(u64::from(u16::from_be_bytes([rest[0], rest[1]])));
             rest = &rest[2..];
         }
         if let Some(&last) = rest.first() {
-            self.sum += u64::from(last) << 8;
+            self.add_word(u64::from(last) << 8);
             self.odd = true;
         }
     }
@@ -305,6 +313,30 @@ mod tests {
             s = (s & 0xffff) + (s >> 16);
         }
         !(s as u16)
+    }
+
+    /// Found by the link6 fuzz target: after 64-bit groups left the running sum at its top, a
+    /// trailing 16-bit word, odd byte or odd-aligned start overflowed it (a panic with overflow
+    /// checks, a wrong checksum without).
+    #[test]
+    fn a_sum_at_its_top_takes_more_words_without_overflow() {
+        for tail in [&[0xffu8, 0xff][..], &[0xff], &[0xff, 0xff, 0xff]] {
+            let mut data = vec![0xffu8; 16];
+            data.extend_from_slice(tail);
+            let mut c = Checksum::new();
+            c.add(&data[..16]);
+            c.add(&data[16..]);
+            assert_eq!(c.finish(), naive_checksum(&data), "tail {tail:?}");
+            // Odd first: the next run starts on a low-order byte.
+            let mut c = Checksum::new();
+            c.add(&data[..15]);
+            c.add(&data[15..]);
+            assert_eq!(
+                c.finish(),
+                naive_checksum(&data),
+                "odd split, tail {tail:?}"
+            );
+        }
     }
 
     #[test]
