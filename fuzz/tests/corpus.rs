@@ -21,10 +21,25 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     inputs
 }
 
-fn replay(target: &str, run: fn(&[u8])) {
-    for (path, data) in corpus(target) {
-        eprintln!("{target}: {}", path.display());
-        run(&data);
+/// Replays on a thread of its own, so that an input that hangs fails the test (by the
+/// deadline) instead of hanging the suite; a panic on that thread fails it too.
+fn replay(target: &'static str, run: fn(&[u8])) {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (path, data) in corpus(target) {
+            eprintln!("{target}: {}", path.display());
+            run(&data);
+        }
+        let _ = done.send(());
+    });
+    match wait.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{target}: an input did not return within 60 s")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{target}: an input panicked")
+        }
     }
 }
 
@@ -74,8 +89,9 @@ fn switch_frames() {
 #[test]
 fn tcp_segments() {
     if may_isolate() {
+        let reached = std::thread::spawn(podwire_fuzz::tcp_target_reaches_the_peer);
         assert!(
-            podwire_fuzz::tcp_target_reaches_the_peer(),
+            reached.join().unwrap(),
             "the TCP target's connection does not get established"
         );
         replay("tcp_segments", podwire_fuzz::tcp_segments);
