@@ -198,14 +198,18 @@ pub fn enter(opts: &SandboxOptions) -> Result<(), SandboxError> {
     drop_capabilities()?;
     prctl("PR_SET_DUMPABLE", libc::PR_SET_DUMPABLE, 0)?;
     prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1)?;
-    match restrict_files(&opts.own_files)? {
-        RulesetStatus::FullyEnforced => tracing::debug!("landlock: fully enforced"),
-        RulesetStatus::PartiallyEnforced => {
+    // Best effort: a kernel without Landlock, or a container runtime's own seccomp profile
+    // refusing its system calls, leaves the file system to the seccomp filter (which allows no
+    // open at all) and the user's permissions.
+    match restrict_files(&opts.own_files) {
+        Ok(RulesetStatus::FullyEnforced) => tracing::debug!("landlock: fully enforced"),
+        Ok(RulesetStatus::PartiallyEnforced) => {
             tracing::info!("landlock: partly enforced (an older kernel's Landlock ABI)")
         }
-        RulesetStatus::NotEnforced => {
+        Ok(RulesetStatus::NotEnforced) => {
             tracing::warn!("landlock: not supported by this kernel; file system not restricted")
         }
+        Err(e) => tracing::warn!("{e}; file system not restricted by Landlock"),
     }
     let program = filter()?;
     seccompiler::apply_filter_all_threads(&program)?;
