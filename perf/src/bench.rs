@@ -228,7 +228,10 @@ pub fn parse_iperf3_json(json: &str) -> Result<IperfResult> {
         .context("iperf3 printed no JSON")?
         .context("iperf3's JSON report does not parse")?;
     if let Some(err) = report.error {
-        bail!("iperf3: {}", err.split_whitespace().collect::<Vec<_>>().join(" "));
+        bail!(
+            "iperf3: {}",
+            err.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
     let end = report.end.context("iperf3's report has no end")?;
     let received = end
@@ -244,10 +247,7 @@ pub fn parse_iperf3_json(json: &str) -> Result<IperfResult> {
         bytes: bytes as u64,
         bits_per_second: bps,
         seconds: received.seconds.unwrap_or(0.0),
-        retransmits: end
-            .sum_sent
-            .and_then(|s| s.retransmits)
-            .map(|r| r as u64),
+        retransmits: end.sum_sent.and_then(|s| s.retransmits).map(|r| r as u64),
         guest_iperf_cpu_percent: end.cpu_utilization_percent.and_then(|c| c.host_total),
     })
 }

@@ -34,7 +34,10 @@ const PING: usize = 8;
 type Result<T> = std::result::Result<T, String>;
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "podwire-flows", about = "Many TCP connections at once, for scale tests")]
+#[command(
+    name = "podwire-flows",
+    about = "Many TCP connections at once, for scale tests"
+)]
 enum Cmd {
     /// Echo server: echoes whatever each connection sends, never closes first; prints
     /// `listening`.
