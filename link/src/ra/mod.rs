@@ -49,7 +49,7 @@
 use std::net::Ipv6Addr;
 
 use podwire_dhcp::buf::Writer;
-use podwire_dhcp::names;
+use podwire_dhcp::names::{self, DomainName};
 use smoltcp::time::Duration as SmolDuration;
 use smoltcp::wire::{
     EthernetAddress, Icmpv6Packet, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
@@ -347,7 +347,7 @@ fn emit(cfg: &RaConfig, w: &mut Writer<'_>) -> usize {
     // length allows; a name is at most 255 bytes, so each option takes at
     // least one.
     let mut rest = &cfg.search[..];
-    while rest.iter().any(|name| names::wire_len(name).is_ok()) {
+    while rest.iter().any(|name| DomainName::parse(name).is_ok()) {
         let take = DnsslRepr::names_that_fit(rest);
         let (these, after) = rest.split_at(take);
         w.optional(|w| {
@@ -460,7 +460,7 @@ impl RdnssRepr<'_> {
 
 /// A DNS Search List option (RFC 8106 5.2), names uncompressed and the option padded to
 /// 8 bytes: podwire's own format, in smoltcp's `Repr` shape. Names
-/// `podwire_dhcp::names::wire_len` rejects are skipped.
+/// `podwire_dhcp::names::DomainName::parse` rejects are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DnsslRepr<'a> {
     pub lifetime: u32,
@@ -474,7 +474,7 @@ impl DnsslRepr<'_> {
     pub fn names_that_fit(names: &[String]) -> usize {
         let mut len = DNS_OPTION_HEADER;
         for (i, name) in names.iter().enumerate() {
-            let Ok(name_len) = names::wire_len(name) else {
+            let Ok(name_len) = DomainName::parse(name).map(|n| n.buffer_len()) else {
                 continue;
             };
             if len + name_len > MAX_OPTION_LEN {
@@ -490,7 +490,8 @@ impl DnsslRepr<'_> {
             + self
                 .names
                 .iter()
-                .filter_map(|name| names::wire_len(name).ok())
+                .filter_map(|name| DomainName::parse(name).ok())
+                .map(|name| name.buffer_len())
                 .sum::<usize>()
     }
 
@@ -506,9 +507,9 @@ impl DnsslRepr<'_> {
         w.u8((padded / UNIT).min(255) as u8);
         w.u16(0);
         w.u32(self.lifetime);
-        for name in self.names {
-            // Invalid names write nothing (and were not counted).
-            let _ = names::write_uncompressed(name, |bytes| w.put(bytes));
+        // Invalid names are skipped (and were not counted).
+        for name in self.names.iter().filter_map(|n| DomainName::parse(n).ok()) {
+            name.emit(|bytes| w.put(bytes));
         }
         w.zeros(padded - len);
     }
