@@ -331,6 +331,13 @@ where
 fn become_user(id: Identity, own_files: &[PathBuf]) -> Result<(), SandboxError> {
     for path in own_files {
         chown(path, id);
+        if !dir_writable_by(path, id) {
+            tracing::warn!(
+                "{}: its directory is not writable by uid {}, so it stays behind at exit",
+                path.display(),
+                id.uid
+            );
+        }
     }
     drop_bounding_set();
     // SAFETY: one gid from a valid array.
@@ -346,6 +353,22 @@ fn become_user(id: Identity, own_files: &[PathBuf]) -> Result<(), SandboxError> 
         "the user",
     )?;
     Ok(())
+}
+
+/// Whether `id` may remove `path` (write permission on its directory, by the mode bits).
+fn dir_writable_by(path: &Path, id: Identity) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let mode = meta.mode();
+    (meta.uid() == id.uid && mode & 0o200 != 0)
+        || (meta.gid() == id.gid && mode & 0o020 != 0)
+        || mode & 0o002 != 0
 }
 
 fn chown(path: &Path, id: Identity) {

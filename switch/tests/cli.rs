@@ -91,6 +91,9 @@ fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 fn sigusr1_logs_status_and_sigterm_cleans_up() {
     let dir = std::env::temp_dir().join(format!("podwire-sig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Run as root, podwire serves as `nobody` (its sandbox): its files' directory must let that
+    // user remove them, as a deployment's socket directory would.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let sock = dir.join("vhost.sock");
     let pid = dir.join("podwire.pid");
     let log = dir.join("stderr.log");
