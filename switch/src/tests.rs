@@ -48,6 +48,7 @@ pub(crate) fn config() -> Config {
         hostname: Some("vm1".into()),
         mtu: 1500,
         pid_file: None,
+        runas: None,
         map_gateway: true,
         resolver: Resolver {
             nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
