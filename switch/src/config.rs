@@ -253,7 +253,10 @@ impl Cli {
             "trace"
         } else if self.debug {
             "debug"
-        } else if self.quiet {
+        } else if self.quiet || (!self.foreground && self.log_file.is_none()) {
+            // In the background without a log file, info lines would reach the caller's
+            // stderr only until podwire is ready, and then nothing: leave the caller one line
+            // (libvirt shows all of it when the start fails).
             "warn"
         } else {
             "info"
@@ -437,6 +440,7 @@ pub struct Config {
     pub tcp_forwards: Vec<Forwarding>,
     pub udp_forwards: Vec<Forwarding>,
     /// `--runas`, as given: the sandbox decides what it means.
+    #[allow(dead_code)] // read by the sandbox (issue 10), which lands separately
     pub runas: Option<String>,
 }
 
@@ -896,6 +900,12 @@ mod tests {
             "trace"
         );
         assert_eq!(parse(&["-s", "/s", "-d"]).process_options().level, "debug");
+        assert_eq!(parse(&["-s", "/s", "-f"]).process_options().level, "info");
+        assert_eq!(parse(&["-s", "/s"]).process_options().level, "warn");
+        assert_eq!(
+            parse(&["-s", "/s", "-l", "/l"]).process_options().level,
+            "info"
+        );
         assert!(Cli::try_parse_from(["podwire", "-s", "/s", "-4", "-6"]).is_err());
         assert!(Cli::try_parse_from(["podwire", "-s", "/s", "-q", "-d"]).is_err());
     }

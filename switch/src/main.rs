@@ -9,6 +9,7 @@
 //! no queues in between. See `docs/architecture.md`.
 
 mod config;
+mod daemon;
 #[cfg(test)]
 mod ipv6_tests;
 mod link6;
@@ -30,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use podwire_vhost::{DeviceCounters, NetConfig, Server};
 
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Config, ProcessOptions};
+use crate::daemon::ReadyPipe;
 use crate::switch::Switch;
 
 /// Parses the command line; on error prints one line (usage errors) and exits non-zero.
@@ -94,9 +96,16 @@ fn describe_guest(c: &Config) -> String {
     format!("{v4}, {v6}")
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(), String> {
     raise_fd_limit();
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
+    if !process.vhost_user {
+        return Err(
+            "without --vhost-user podwire would serve QEMU's stream protocol, \
+                    which is not built yet: pass --vhost-user"
+                .into(),
+        );
+    }
     tracing::info!(
         "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
@@ -121,16 +130,54 @@ fn run(cli: Cli) -> Result<(), String> {
         device_config,
     )
     .map_err(|e| e.to_string())?;
-    if let Some(pid_file) = &config.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
-    }
     let mut leftovers = vec![config.socket.clone()];
-    leftovers.extend(config.pid_file.clone());
-    signals::spawn_handler(switch, device, leftovers)
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(format!("cannot write {}: {e}", pid_file.display()));
+        }
+        leftovers.push(pid_file.clone());
+    }
+    signals::spawn_handler(switch, device, leftovers.clone())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());
-    server.run().map_err(|e| e.to_string())
+    if let Some(ready) = ready {
+        ready
+            .notify()
+            .map_err(|e| format!("cannot detach from the caller: {e}"))?;
+    }
+    let served = if process.one_off {
+        server
+            .serve_one()
+            .map(|()| tracing::info!("--one-off: exiting"))
+    } else {
+        server.run()
+    };
+    for path in &leftovers {
+        let _ = std::fs::remove_file(path);
+    }
+    served.map_err(|e| e.to_string())
+}
+
+/// Logs to `--log-file` (capped) if given, else to stderr.
+fn init_logging(process: &ProcessOptions) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(process.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &process.log_file {
+        Some(path) => {
+            let log = daemon::CappedLog::open(path, process.log_size)
+                .map_err(|e| format!("cannot open --log-file {}: {e}", path.display()))?;
+            builder.with_writer(log).with_ansi(false).init();
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -144,19 +191,27 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    let level = if cli.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(cli) {
+    let process = cli.process_options();
+    // Still single-threaded here: the only safe moment to fork.
+    let ready = if process.foreground {
+        None
+    } else {
+        match daemon::daemonize() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                eprintln!("podwire: cannot go to the background: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let result = init_logging(&process).and_then(|()| run(cli, &process, ready));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line on stderr (libvirt shows it); the log file, if any, gets it too.
+            if process.log_file.is_some() {
+                tracing::error!("{e}");
+            }
             eprintln!("podwire: {e}");
             ExitCode::FAILURE
         }
