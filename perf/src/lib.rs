@@ -10,6 +10,7 @@
 //!   "Pod" topology (pod 198.18.0.2/24 via 198.18.0.1, far host 198.18.1.1).
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
+//! - [`libvirt`]: a private libvirtd in the pod namespace with podwire as its `passt`.
 //!
 //! Logs of every spawned process and every guest console go to
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod console;
 pub mod far;
 pub mod guest;
+pub mod libvirt;
 pub mod netns;
 pub mod overlay;
 pub mod podwire;
