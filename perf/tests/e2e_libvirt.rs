@@ -55,6 +55,12 @@ fn serve_peer_address(c: &mut Console, port: u16) {
         T,
     )
     .unwrap();
+    // Listening before the far host connects (the guest waits on its own condition).
+    c.run_ok(
+        &format!("while ! netstat -ltn | grep -q ':{port} '; do sleep 0.1; done"),
+        T,
+    )
+    .unwrap();
 }
 
 /// Boots (console connected), takes a lease and checks ping, UDP and TCP to the far host.
@@ -108,10 +114,15 @@ fn far_reaches_forwarded_port(topo: &PodTopology, pod_port: u16) {
             "-T",
             "10",
             "-",
-            &format!("TCP4:{POD_ADDR}:{pod_port}"),
+            &format!("TCP4:{POD_ADDR}:{pod_port},bind={FAR_HOST}"),
         ])
         .unwrap();
-    assert_eq!(out.trim(), format!("peer={FAR_HOST}"), "port {pod_port}");
+    let listening = topo.pod.exec(&["ss", "-ltnp"]).unwrap_or_default();
+    assert_eq!(
+        out.trim(),
+        format!("peer={FAR_HOST}"),
+        "port {pod_port}; the pod listens on:\n{listening}"
+    );
 }
 
 /// No podwire left in the pod, and nothing left in libvirt's passt directory.
