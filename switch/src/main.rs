@@ -6,7 +6,12 @@
 //! the configuration, then serves vhost-user frontends one at a time on the socket for as long
 //! as it lives. The dataplane runs on vhost-user-backend's worker thread: ring kicks and the
 //! NAT's sockets wake the same loop, so frames and socket data are handled by one thread with
-//! no queues in between. See `docs/architecture.md`.
+//! no queues in between. Without `--vhost-user` the socket speaks QEMU's stream protocol
+//! instead (passt's default; `podwire-stream`), whose session loop runs on the main thread.
+//!
+//! Unless `--foreground`, podwire forks before any thread exists and the parent exits 0 only
+//! once the socket listens and the pid file is written (`daemon.rs`), as libvirt expects of
+//! passt. See `docs/architecture.md`.
 
 mod config;
 mod daemon;
@@ -29,6 +34,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use podwire_stream::StreamServer;
 use podwire_vhost::{DeviceCounters, NetConfig, Server};
 
 use crate::config::{Cli, Config, ProcessOptions};
@@ -96,16 +102,31 @@ fn describe_guest(c: &Config) -> String {
     format!("{v4}, {v6}")
 }
 
+/// The socket's protocol: vhost-user (`--vhost-user`) or passt's default, QEMU's stream.
+enum Frontend {
+    VhostUser(Server<Switch>),
+    Stream(StreamServer<Switch>),
+}
+
+impl Frontend {
+    /// Serves frontends one after another, or only the first with `--one-off`.
+    fn serve(&self, one_off: bool) -> Result<(), String> {
+        let result = match (self, one_off) {
+            (Frontend::VhostUser(s), true) => s.serve_one().map_err(|e| e.to_string()),
+            (Frontend::VhostUser(s), false) => s.run().map_err(|e| e.to_string()),
+            (Frontend::Stream(s), true) => s.serve_one().map(drop).map_err(|e| e.to_string()),
+            (Frontend::Stream(s), false) => s.run().map_err(|e| e.to_string()),
+        };
+        if one_off && result.is_ok() {
+            tracing::info!("--one-off: the frontend left; exiting");
+        }
+        result
+    }
+}
+
 fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(), String> {
     raise_fd_limit();
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
-    if !process.vhost_user {
-        return Err(
-            "without --vhost-user podwire would serve QEMU's stream protocol, \
-                    which is not built yet: pass --vhost-user"
-                .into(),
-        );
-    }
     tracing::info!(
         "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
@@ -123,13 +144,22 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
     };
     let switch = Arc::new(Mutex::new(switch));
     let device = Arc::new(DeviceCounters::default());
-    let server = Server::bind(
-        &config.socket,
-        switch.clone(),
-        device.clone(),
-        device_config,
-    )
-    .map_err(|e| e.to_string())?;
+    let server = if process.vhost_user {
+        Frontend::VhostUser(
+            Server::bind(
+                &config.socket,
+                switch.clone(),
+                device.clone(),
+                device_config,
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        Frontend::Stream(
+            StreamServer::bind(&config.socket, switch.clone(), Arc::default())
+                .map_err(|e| e.to_string())?,
+        )
+    };
     let mut leftovers = vec![config.socket.clone()];
     if let Some(pid_file) = &config.pid_file {
         if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
@@ -146,17 +176,11 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
             .notify()
             .map_err(|e| format!("cannot detach from the caller: {e}"))?;
     }
-    let served = if process.one_off {
-        server
-            .serve_one()
-            .map(|()| tracing::info!("--one-off: exiting"))
-    } else {
-        server.run()
-    };
+    let served = server.serve(process.one_off);
     for path in &leftovers {
         let _ = std::fs::remove_file(path);
     }
-    served.map_err(|e| e.to_string())
+    served
 }
 
 /// Logs to `--log-file` (capped) if given, else to stderr.

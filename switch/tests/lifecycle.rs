@@ -222,3 +222,81 @@ fn foreground_stays_in_front_and_logs_to_the_log_file() {
     );
     assert!(!sock.exists());
 }
+
+/// Without `--vhost-user` the socket speaks QEMU's stream protocol (passt's default): a DHCP
+/// discover written as a length-prefixed frame is answered with a length-prefixed offer.
+#[test]
+fn without_vhost_user_the_socket_speaks_the_stream_protocol() {
+    use std::io::{Read, Write};
+    let dir = Dir::new("stream");
+    let sock = dir.path("sock");
+    let pid = dir.path("pid");
+    let out = podwire(&[
+        "--one-off",
+        "-i",
+        "lo",
+        "-s",
+        sock.to_str().unwrap(),
+        "-P",
+        pid.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = read_pid(&pid).unwrap();
+    let mut conn = UnixStream::connect(&sock).unwrap();
+    let discover = dhcp_discover([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    conn.write_all(&(discover.len() as u32).to_be_bytes())
+        .unwrap();
+    conn.write_all(&discover).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut reply).unwrap();
+    // To the guest's MAC, UDP from port 67 to 68, yiaddr the guest's address (10.0.2.2).
+    assert_eq!(&reply[0..6], &[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    assert_eq!(&reply[12..14], &[0x08, 0x00]);
+    assert_eq!(&reply[34..38], &[0, 67, 0, 68]);
+    assert_eq!(&reply[42 + 16..42 + 20], &[10, 0, 2, 2]);
+    drop(conn);
+    wait_for("--one-off to exit", || !alive(daemon) || zombie(daemon));
+    assert!(!sock.exists() && !pid.exists());
+}
+
+/// A minimal DHCPDISCOVER from `mac`, as an Ethernet frame.
+fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
+    let mut bootp = vec![0u8; 240];
+    bootp[0] = 1; // BOOTREQUEST
+    bootp[1] = 1; // Ethernet
+    bootp[2] = 6;
+    bootp[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    bootp[10] = 0x80; // broadcast flag
+    bootp[28..34].copy_from_slice(&mac);
+    bootp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    bootp.extend_from_slice(&[53, 1, 1, 255]);
+    let udp_len = 8 + bootp.len();
+    let mut udp = vec![0, 68, 0, 67];
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
+    udp.extend_from_slice(&bootp);
+    let total = 20 + udp.len();
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255,
+    ];
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    let sum = ip
+        .chunks(2)
+        .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    frame
+}
