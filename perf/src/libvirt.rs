@@ -7,7 +7,8 @@
 //! bind-mounted over `/etc/libvirt`, `/run/libvirt`, `/var/lib/libvirt`, `/var/log/libvirt` and
 //! `/var/cache/libvirt`: a system libvirtd (if any) and other tests never see its sockets, pid
 //! files or domains, and stale `1-<dom>-net0*` files of an earlier daemon cannot collide (domain
-//! ids restart at 1 with each daemon). Its `qemu.conf` runs QEMU as `nobody` with no security
+//! ids restart at 1 with each daemon). Its own pid file is in that tree too (the default,
+//! `/run/libvirtd.pid`, would make a second daemon exit at once). Its `qemu.conf` runs QEMU as `nobody` with no security
 //! driver, no namespaces and no cgroups, so nothing outside the test tree is touched.
 //!
 //! libvirt looks up `passt` on its own `PATH`: the daemon's `PATH` starts with a `bin/`
@@ -125,7 +126,7 @@ impl Libvirtd {
             ));
         }
         script.push_str(&format!(
-            "export PATH={}:$PATH\nexec libvirtd\n",
+            "export PATH={}:$PATH\nexec libvirtd --pid-file /run/libvirt/libvirtd.pid\n",
             bin.display()
         ));
         // The mount points must exist on the host for the bind mounts (harmless if they do).

@@ -26,8 +26,13 @@ const GUEST_GW: &str = "198.19.5.1";
 /// `<interface type='vhostuser'>` with a passt backend, an `<ip>` and two `<portForward>`s:
 /// TCP 8080 → 80 and 9000-9001 → 9100-9101; UDP 5353 → 53 (only parsed, not exercised).
 fn vhostuser_interface(daemon: &Libvirtd, name: &str) -> String {
+    passt_interface("vhostuser", daemon, name)
+}
+
+/// The same with `type` `user` (QEMU's stream netdev) or `vhostuser`.
+fn passt_interface(kind: &str, daemon: &Libvirtd, name: &str) -> String {
     format!(
-        "<interface type='vhostuser'>
+        "<interface type='{kind}'>
       <mac address='52:54:00:12:34:56'/>
       <source dev='eth0'/>
       <model type='virtio'/>
@@ -147,55 +152,92 @@ fn assert_podwire_gone(topo: &PodTopology, daemon: &Libvirtd) {
     assert!(left.is_empty(), "left in the passt directory: {left:?}");
 }
 
-#[test]
-fn libvirt_runs_podwire_as_passt_for_a_vhostuser_interface() {
+/// The far host's services, a private libvirtd and the guest image.
+struct Setup {
+    topo: PodTopology,
+    image: podwire_perf::GuestImage,
+    daemon: Libvirtd,
+    _services: Vec<podwire_perf::Proc>,
+}
+
+fn setup() -> Setup {
     let topo = PodTopology::create().unwrap();
-    let _dns = far::start_dns(&topo.far).unwrap();
-    let _udp = far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT).unwrap();
-    let _tcp = far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT).unwrap();
+    let services = vec![
+        far::start_dns(&topo.far).unwrap(),
+        far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT).unwrap(),
+        far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT).unwrap(),
+    ];
     let image = guest::image().unwrap();
     let daemon = Libvirtd::start(&topo.pod).unwrap();
-    let name = "pw-vhostuser";
-    let xml = domain_xml(&daemon, name, &image, &vhostuser_interface(&daemon, name));
-    daemon.define_and_start(&xml).unwrap();
+    Setup {
+        topo,
+        image,
+        daemon,
+        _services: services,
+    }
+}
 
+/// Defines and starts `name` with a passt interface of `kind`, checks the guest's network
+/// both ways and podwire's log file, destroys it and checks nothing is left.
+fn exercise(s: &Setup, kind: &str, name: &str, connected: &str) {
+    let daemon = &s.daemon;
+    let xml = domain_xml(daemon, name, &s.image, &passt_interface(kind, daemon, name));
+    daemon.define_and_start(&xml).unwrap();
     let mut c = daemon.console(name).unwrap();
     guest_reaches_the_far_host(&mut c);
     serve_peer_address(&mut c, 80);
     serve_peer_address(&mut c, 9101);
-    far_reaches_forwarded_port(&topo, 8080);
-    far_reaches_forwarded_port(&topo, 9001);
-    let log = std::fs::read_to_string(daemon.passt_log_dir().join(format!("{name}.log")))
-        .unwrap_or_default();
+    far_reaches_forwarded_port(&s.topo, 8080);
+    far_reaches_forwarded_port(&s.topo, 9001);
+    let log = passt_log(daemon, name);
     assert!(log.contains("listening on"), "--log-file: {log:?}");
-
+    assert!(log.contains(connected), "{log:?}");
     daemon.destroy(name).unwrap();
     drop(c);
-    assert_podwire_gone(&topo, &daemon);
+    assert_podwire_gone(&s.topo, daemon);
+}
 
-    // Again: the same domain starts a fresh podwire and gets its lease.
+fn passt_log(daemon: &Libvirtd, name: &str) -> String {
+    std::fs::read_to_string(daemon.passt_log_dir().join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn libvirt_runs_podwire_as_passt_for_a_vhostuser_interface() {
+    let s = setup();
+    let name = "pw-vhostuser";
+    exercise(&s, "vhostuser", name, "frontend connected");
+
+    // Again: the same domain starts a fresh podwire, which QEMU connects to.
+    let daemon = &s.daemon;
     daemon.start_domain(name).unwrap();
-    let mut c = daemon.console(name).unwrap();
-    c.wait_for(podwire_perf::qemu::READY, Duration::from_secs(180))
-        .unwrap();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    let lease = guest::udhcpc(&mut c, "eth0", 10, T).unwrap();
-    assert_eq!(lease.ip(), Some(GUEST_IP));
+    podwire_perf::util::wait_until("QEMU to connect to the second podwire", T, || {
+        Ok(passt_log(daemon, name)
+            .matches("frontend connected")
+            .count()
+            >= 1)
+    })
+    .unwrap();
     daemon.destroy(name).unwrap();
-    assert_podwire_gone(&topo, &daemon);
+    assert_podwire_gone(&s.topo, daemon);
 
     // A forward bound to an interface is something podwire refuses: the start fails at once
     // with podwire's line, and leaves nothing behind.
     let bad = "pw-refused";
-    let iface = vhostuser_interface(&daemon, bad).replace(
+    let iface = vhostuser_interface(daemon, bad).replace(
         "<portForward proto='udp'>",
         "<portForward proto='udp' dev='eth0'>",
     );
-    let xml = domain_xml(&daemon, bad, &image, &iface);
+    let xml = domain_xml(daemon, bad, &s.image, &iface);
     let err = daemon.define_and_start(&xml).unwrap_err().to_string();
     assert!(
         err.contains("binding to an interface is not supported"),
         "virsh's error carries podwire's line: {err}"
     );
-    assert_podwire_gone(&topo, &daemon);
+    assert_podwire_gone(&s.topo, daemon);
+}
+
+#[test]
+fn libvirt_runs_podwire_as_passt_for_a_user_interface() {
+    let s = setup();
+    exercise(&s, "user", "pw-user", "stream frontend connected");
 }
