@@ -134,7 +134,7 @@ mod server;
 mod v6;
 mod wire;
 
-pub use config::Dhcpv4Config;
+pub use config::{Dhcpv4Config, ExtraOptions, PRIVATE_OPTIONS};
 pub use error::{
     ConfigError, DhcpError, Dhcpv6ConfigError, Dhcpv6Error, RaConfigError, RaError, RsError,
 };

@@ -175,6 +175,19 @@ pub struct Cli {
     /// Forward UDP ports of the pod to the guest; the same syntax as `--tcp-ports`. Repeatable
     #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
     pub udp_ports: Vec<PortSpec>,
+    /// NTP server offered by DHCP (option 42). Repeatable
+    #[arg(long, value_name = "ADDR")]
+    pub dhcp_ntp: Vec<Ipv4Addr>,
+    /// TFTP server name offered by DHCP (option 66)
+    #[arg(long, value_name = "NAME")]
+    pub dhcp_tftp_server: Option<String>,
+    /// Boot file name offered by DHCP (option 67)
+    #[arg(long, value_name = "NAME")]
+    pub dhcp_boot_file: Option<String>,
+    /// A site-specific DHCP option (224..=254) and its value, sent as text (KubeVirt's
+    /// `privateOptions`). Repeatable
+    #[arg(long, value_name = "CODE=VALUE", value_parser = parse_private_option)]
+    pub dhcp_private_option: Vec<(u8, Vec<u8>)>,
     /// DHCP lease time in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(60..))]
     pub lease_time: u32,
@@ -293,6 +306,49 @@ impl Cli {
             .find_map(|(given, name)| given.then_some(name))
             .or_else(|| self.unsupported.first_given())
     }
+}
+
+/// `CODE=VALUE` with CODE in 224..=254 and a non-empty VALUE of at most 255 bytes.
+fn parse_private_option(s: &str) -> Result<(u8, Vec<u8>), String> {
+    let (code, value) = s
+        .split_once('=')
+        .ok_or_else(|| "expected CODE=VALUE".to_string())?;
+    let code: u8 = code
+        .parse()
+        .ok()
+        .filter(|c| podwire_dhcp::PRIVATE_OPTIONS.contains(c))
+        .ok_or_else(|| format!("{code}: a site-specific option is 224..=254"))?;
+    if value.is_empty() || value.len() > 255 {
+        return Err("the value must be 1 to 255 bytes".into());
+    }
+    Ok((code, value.as_bytes().to_vec()))
+}
+
+/// The DHCP options of `--dhcp-*`, checked as the DHCP server will check them.
+fn dhcp_extra(cli: &Cli) -> Result<podwire_dhcp::ExtraOptions, ConfigError> {
+    let extra = podwire_dhcp::ExtraOptions {
+        ntp: cli.dhcp_ntp.clone(),
+        tftp_server: cli.dhcp_tftp_server.clone(),
+        boot_file: cli.dhcp_boot_file.clone(),
+        private: cli.dhcp_private_option.clone(),
+    };
+    let probe = podwire_dhcp::Dhcpv4Config {
+        server_ip: Ipv4Addr::new(10, 0, 2, 1),
+        guest_ip: Ipv4Addr::new(10, 0, 2, 2),
+        prefix_len: 24,
+        router: Ipv4Addr::new(10, 0, 2, 1),
+        dns: Vec::new(),
+        domain_name: None,
+        search: Vec::new(),
+        mtu: None,
+        lease_secs: 3600,
+        hostname: None,
+        extra: extra.clone(),
+    };
+    probe
+        .validate()
+        .map_err(|e| ConfigError::BadValue("--dhcp-*", e.to_string()))?;
+    Ok(extra)
 }
 
 /// passt's `-n`: a prefix length or a dotted IPv4 mask with contiguous ones.
@@ -439,6 +495,8 @@ pub struct Config {
     pub lease_secs: u32,
     pub tcp_forwards: Vec<Forwarding>,
     pub udp_forwards: Vec<Forwarding>,
+    /// DHCP options 42, 66, 67 and 224..=254.
+    pub dhcp_extra: podwire_dhcp::ExtraOptions,
     /// `--runas`, as given: the sandbox decides what it means.
     #[allow(dead_code)] // read by the sandbox (issue 10), which lands separately
     pub runas: Option<String>,
@@ -685,6 +743,7 @@ impl Config {
             .mtu
             .unwrap_or_else(|| uplink.mtu.clamp(68, 65520) as u16);
         let resolver = override_resolver(&cli, podnet::resolver(&cli.resolv_conf))?;
+        let dhcp_extra = dhcp_extra(&cli)?;
         Ok(Config {
             addressing,
             addressing6,
@@ -699,6 +758,7 @@ impl Config {
             lease_secs: cli.lease_time,
             tcp_forwards: resolve_forwards(Proto::Tcp, &cli.tcp_ports)?,
             udp_forwards: resolve_forwards(Proto::Udp, &cli.udp_ports)?,
+            dhcp_extra,
             runas: cli.runas,
             socket: cli.socket,
             uplink,
@@ -1060,5 +1120,47 @@ mod tests {
             parse(&["-s", "/s", "--runas", "107:107"]).runas.as_deref(),
             Some("107:107")
         );
+    }
+
+    #[test]
+    fn dhcp_extra_options_parse_and_are_checked() {
+        let c = parse(&[
+            "-s",
+            "/s",
+            "--dhcp-ntp",
+            "198.18.1.5",
+            "--dhcp-ntp",
+            "198.18.1.6",
+            "--dhcp-tftp-server",
+            "tftp.podwire.test",
+            "--dhcp-boot-file",
+            "pxelinux.0",
+            "--dhcp-private-option",
+            "240=extra.options.kubevirt.io",
+        ]);
+        let extra = dhcp_extra(&c).unwrap();
+        assert_eq!(extra.ntp.len(), 2);
+        assert_eq!(extra.boot_file.as_deref(), Some("pxelinux.0"));
+        assert_eq!(
+            extra.private,
+            vec![(240, b"extra.options.kubevirt.io".to_vec())]
+        );
+        for bad in ["223=x", "255=x", "240=", "240", "x=y"] {
+            assert!(
+                Cli::try_parse_from(["podwire", "-s", "/s", "--dhcp-private-option", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let twice = parse(&[
+            "-s",
+            "/s",
+            "--dhcp-private-option",
+            "240=a",
+            "--dhcp-private-option",
+            "240=b",
+        ]);
+        assert!(dhcp_extra(&twice).is_err());
+        let long = parse(&["-s", "/s", "--dhcp-boot-file", &"x".repeat(256)]);
+        assert!(dhcp_extra(&long).is_err());
     }
 }

@@ -237,6 +237,7 @@ impl Switch {
                 mtu: Some(config.mtu),
                 lease_secs: config.lease_secs,
                 hostname: config.hostname.clone(),
+                extra: config.dhcp_extra.clone(),
             }),
         });
         let search6 = match &config.resolver.domain {

@@ -49,6 +49,7 @@ pub(crate) fn config() -> Config {
         mtu: 1500,
         pid_file: None,
         runas: None,
+        dhcp_extra: Default::default(),
         map_gateway: true,
         resolver: Resolver {
             nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
@@ -666,4 +667,80 @@ fn datagrams_from_the_pod_arrive_many_per_receive_call() {
         assert_eq!((src, dst, sport, dport), (GW_IP, GUEST_IP, port, 40100));
         assert_eq!(payload, vec![b'a' + i as u8; 3], "in order");
     }
+}
+
+/// The value of DHCP option `code` in a BOOTP payload, walking the options after the cookie.
+fn dhcp_option(payload: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i < payload.len() {
+        match payload[i] {
+            0 => i += 1,
+            255 => return None,
+            c => {
+                let len = usize::from(*payload.get(i + 1)?);
+                let value = payload.get(i + 2..i + 2 + len)?;
+                if c == code {
+                    return Some(value.to_vec());
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn dhcp_offer_carries_the_configured_extra_options() {
+    let mut cfg = config();
+    cfg.dhcp_extra = podwire_dhcp::ExtraOptions {
+        ntp: vec![Ipv4Addr::new(198, 18, 1, 5)],
+        tftp_server: Some("tftp.podwire.test".into()),
+        boot_file: Some("pxelinux.0".into()),
+        private: vec![(240, b"extra.options.kubevirt.io".to_vec())],
+    };
+    let mut sw = Switch::new(&cfg).unwrap();
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 7,
+        secs: 0,
+        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 42, 66, 67, 240]),
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let frame = ipv4_udp(
+        (Ipv4Addr::UNSPECIFIED, 68),
+        (Ipv4Addr::BROADCAST, 67),
+        &dhcp,
+    );
+    let rx = send(&mut sw, &frame);
+    assert_eq!(rx.frames.len(), 1);
+    let (.., payload) = parse_udp_reply(&rx.frames[0]);
+    assert_eq!(dhcp_option(&payload, 42), Some(vec![198, 18, 1, 5]));
+    assert_eq!(
+        dhcp_option(&payload, 66),
+        Some(b"tftp.podwire.test".to_vec())
+    );
+    assert_eq!(dhcp_option(&payload, 67), Some(b"pxelinux.0".to_vec()));
+    assert_eq!(
+        dhcp_option(&payload, 240),
+        Some(b"extra.options.kubevirt.io".to_vec())
+    );
 }
