@@ -45,6 +45,9 @@ pub struct ExtraOptions {
     pub tftp_server: Option<String>,
     /// Option 67: boot file name.
     pub boot_file: Option<String>,
+    /// Option 81 (RFC 4702): the guest's fully qualified name, in wire format, with the N flag
+    /// (this server updates no DNS records).
+    pub fqdn: Option<String>,
     /// Site-specific options 224..=254 (RFC 2132 section 2), each code at most once, with its
     /// value as given (1..=255 bytes).
     pub private: Vec<(u8, Vec<u8>)>,
@@ -361,6 +364,20 @@ fn compile_extra(
     }
     if let Some(name) = &extra.boot_file {
         push(opt::BOOT_FILE, name.as_bytes().to_vec(), err);
+    }
+    if let Some(name) = &extra.fqdn {
+        // Flags N and E (RFC 4702 2.1), then RCODE1 and RCODE2, which a server sets to 255.
+        let mut data = vec![0x0c, 255, 255];
+        match names::write_uncompressed(name, |b| data.extend_from_slice(b)) {
+            Ok(_) => push(opt::CLIENT_FQDN, data, err),
+            Err(reason) => note(
+                err,
+                ConfigError::Option {
+                    code: opt::CLIENT_FQDN,
+                    reason,
+                },
+            ),
+        }
     }
     for (code, value) in &extra.private {
         if !PRIVATE_OPTIONS.contains(code) {

@@ -1324,6 +1324,7 @@ fn with_extra() -> Dhcpv4Config {
         ntp: vec![Ipv4Addr::new(198, 18, 1, 5), Ipv4Addr::new(198, 18, 1, 6)],
         tftp_server: Some("tftp.podwire.test".into()),
         boot_file: Some("pxelinux.0".into()),
+        fqdn: Some("vm1.podwire.test".into()),
         private: vec![
             (240, b"extra.options.kubevirt.io".to_vec()),
             (254, vec![1, 2]),
@@ -1342,10 +1343,14 @@ fn extra_options_are_offered() {
     assert_eq!(d.get(67), Some(b"pxelinux.0".to_vec()));
     assert_eq!(d.get(240), Some(b"extra.options.kubevirt.io".to_vec()));
     assert_eq!(d.get(254), Some(vec![1, 2]));
+    assert_eq!(
+        d.get(81),
+        Some(b"\x0c\xff\xff\x03vm1\x07podwire\x04test\x00".to_vec())
+    );
     assert_config_options(d);
     // Without them configured, none is sent.
     let x = exchange(&mut server(), &Msg::new(DISCOVER)).expect("offer");
-    for code in [42, 66, 67, 240, 254] {
+    for code in [42, 66, 67, 81, 240, 254] {
         assert!(!x.decoded.has(code), "{code}");
     }
 }
@@ -1392,6 +1397,10 @@ fn bad_extra_options_are_configuration_errors() {
             reason: "longer than 255 bytes"
         }
     );
+    assert!(matches!(
+        bad(&|e| e.fqdn = Some("a..b".into())),
+        ConfigError::Option { code: 81, .. }
+    ));
     assert_eq!(
         bad(&|e| e.ntp = vec![Ipv4Addr::BROADCAST]),
         ConfigError::NtpServer(Ipv4Addr::BROADCAST)

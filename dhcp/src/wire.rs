@@ -48,6 +48,7 @@ pub(crate) mod opt {
     pub const BOOT_FILE: u8 = 67;
     /// RFC 4039.
     pub const RAPID_COMMIT: u8 = 80;
+    pub const CLIENT_FQDN: u8 = 81;
     /// RFC 3397.
     pub const DOMAIN_SEARCH: u8 = 119;
     /// RFC 3442.

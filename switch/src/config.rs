@@ -289,7 +289,6 @@ impl Cli {
     pub fn refused_option(&self) -> Option<&'static str> {
         let mine = [
             (self.mac_addr.is_some(), "--mac-addr"),
-            (self.fqdn.is_some(), "--fqdn"),
             (self.no_dhcp, "--no-dhcp"),
             (self.no_dhcpv6, "--no-dhcpv6"),
             (self.no_ndp, "--no-ndp"),
@@ -330,6 +329,7 @@ fn dhcp_extra(cli: &Cli) -> Result<podwire_dhcp::ExtraOptions, ConfigError> {
         ntp: cli.dhcp_ntp.clone(),
         tftp_server: cli.dhcp_tftp_server.clone(),
         boot_file: cli.dhcp_boot_file.clone(),
+        fqdn: cli.fqdn.clone(),
         private: cli.dhcp_private_option.clone(),
     };
     let probe = podwire_dhcp::Dhcpv4Config {
@@ -1028,7 +1028,6 @@ mod tests {
             (&["--outbound-if6", "eth0"], "--outbound-if6"),
             (&["--map-guest-addr", "198.18.0.9"], "--map-guest-addr"),
             (&["-M", "02:00:00:00:00:01"], "--mac-addr"),
-            (&["--fqdn", "vm.example.test"], "--fqdn"),
             (&["--pcap", "/x.pcap"], "--pcap"),
             (&["--no-tcp"], "--no-tcp"),
             (&["--freebind"], "--freebind"),
@@ -1141,6 +1140,12 @@ mod tests {
         let extra = dhcp_extra(&c).unwrap();
         assert_eq!(extra.ntp.len(), 2);
         assert_eq!(extra.boot_file.as_deref(), Some("pxelinux.0"));
+        let fqdn = parse(&["-s", "/s", "--fqdn", "vm1.podwire.test"]);
+        assert_eq!(
+            dhcp_extra(&fqdn).unwrap().fqdn.as_deref(),
+            Some("vm1.podwire.test")
+        );
+        assert!(dhcp_extra(&parse(&["-s", "/s", "--fqdn", "a..b"])).is_err());
         assert_eq!(
             extra.private,
             vec![(240, b"extra.options.kubevirt.io".to_vec())]

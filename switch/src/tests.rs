@@ -696,6 +696,7 @@ fn dhcp_offer_carries_the_configured_extra_options() {
         ntp: vec![Ipv4Addr::new(198, 18, 1, 5)],
         tftp_server: Some("tftp.podwire.test".into()),
         boot_file: Some("pxelinux.0".into()),
+        fqdn: None,
         private: vec![(240, b"extra.options.kubevirt.io".to_vec())],
     };
     let mut sw = Switch::new(&cfg).unwrap();
