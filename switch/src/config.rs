@@ -32,7 +32,7 @@ pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x70, 0x77, 0x00, 0x00, 0x01];
 )]
 pub struct Cli {
     /// UNIX socket to listen on (the frontend, e.g. QEMU, connects to it)
-    #[arg(short = 's', long, value_name = "PATH")]
+    #[arg(short = 's', long, alias = "socket-path", value_name = "PATH")]
     pub socket: PathBuf,
     /// Speak vhost-user on the socket. Without it the socket speaks QEMU's stream protocol
     /// (`-netdev stream`: frames each preceded by a 4-byte big-endian length), as passt does
@@ -919,6 +919,10 @@ mod tests {
 
     #[test]
     fn passt_short_options_parse() {
+        assert_eq!(
+            parse(&["--socket-path", "/s"]).socket,
+            std::path::Path::new("/s")
+        );
         let c = parse(&[
             "-s",
             "/s",
