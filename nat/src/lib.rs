@@ -58,9 +58,8 @@ use smoltcp::wire::IpProtocol;
 
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
-/// ICMPv6's protocol number, and its echo request type.
+/// ICMPv6's protocol number.
 const ICMPV6: u8 = 58;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
 /// The one-shot timer of held-back TCP ACKs ([`tcp::DELACK`]).
@@ -136,62 +135,56 @@ impl Default for NatConfig {
     }
 }
 
-/// Why a guest packet was not translated. Each has a counter in [`NatCounters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NatDrop {
-    #[error("truncated L4 header")]
-    Truncated,
-    #[error("bad L4 checksum")]
-    BadChecksum,
-    #[error("flow table full")]
-    TableFull,
-    #[error("cannot open a socket")]
-    Socket,
-    #[error("ICMP type podwire does not forward")]
-    UnsupportedIcmp,
-    #[error("ping sockets not permitted (net.ipv4.ping_group_range)")]
-    PingNotPermitted,
-    #[error("send failed")]
-    SendFailed,
-}
-
-#[derive(Debug, Default)]
-pub struct NatCounters {
-    pub udp_out: Counter,
-    /// Messages that carried several guest datagrams (UDP GSO), and send syscalls for UDP.
-    pub udp_coalesced: Counter,
-    pub udp_send_calls: Counter,
-    /// `recvmmsg` calls that brought datagrams for the guest (`udp_in` / this = batch size).
-    pub udp_recv_calls: Counter,
-    pub udp_in: Counter,
-    pub icmp_out: Counter,
-    pub icmp_in: Counter,
-    pub flows_opened: Counter,
-    pub flows_expired: Counter,
-    pub drop_truncated: Counter,
-    pub drop_bad_checksum: Counter,
-    pub drop_table_full: Counter,
-    pub drop_socket: Counter,
-    pub drop_unsupported_icmp: Counter,
-    pub drop_ping_not_permitted: Counter,
-    pub drop_send_failed: Counter,
-    /// Datagrams from the pod larger than the guest's MTU.
-    pub drop_too_big_for_guest: Counter,
-    /// Times a flow had to wait for guest RX buffers.
-    pub rx_stalls: Counter,
-}
-
-impl NatCounters {
-    fn count(&self, d: NatDrop) {
-        match d {
-            NatDrop::Truncated => self.drop_truncated.inc(),
-            NatDrop::BadChecksum => self.drop_bad_checksum.inc(),
-            NatDrop::TableFull => self.drop_table_full.inc(),
-            NatDrop::Socket => self.drop_socket.inc(),
-            NatDrop::UnsupportedIcmp => self.drop_unsupported_icmp.inc(),
-            NatDrop::PingNotPermitted => self.drop_ping_not_permitted.inc(),
-            NatDrop::SendFailed => self.drop_send_failed.inc(),
-        }
+podwire_frame::counters! {
+    /// What the NAT did with guest datagrams and ICMP, and with their flows.
+    pub struct NatCounters {
+        /// Guest UDP datagrams sent to the pod.
+        udp_out: Count,
+        /// Messages that carried several guest datagrams (UDP GSO).
+        udp_coalesced: Count,
+        /// Send syscalls for guest UDP (`udp_out` / this = datagrams per call).
+        udp_send_calls: Count,
+        /// `recvmmsg` calls that brought datagrams for the guest (`udp_in` / this = batch size).
+        udp_recv_calls: Count,
+        /// UDP datagrams from the pod delivered to the guest.
+        udp_in: Count,
+        /// Guest ICMP echo requests sent through ping sockets.
+        icmp_out: Count,
+        /// ICMP echo replies delivered to the guest.
+        icmp_in: Count,
+        /// UDP and ICMP flows opened.
+        flows_opened: Count,
+        /// UDP and ICMP flows closed for being idle.
+        flows_expired: Count,
+        /// Datagrams from the pod larger than the guest's MTU.
+        drop_too_big_for_guest: Drop,
+        /// Times a flow had to wait for guest RX buffers.
+        rx_stalls: Count,
+    }
+    /// Why a guest packet was not translated; each bumps the counter after `=>`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum NatDrop {
+        /// Guest packets whose L4 header was cut short.
+        #[error("truncated L4 header")]
+        Truncated => drop_truncated,
+        /// Guest packets with a bad L4 checksum.
+        #[error("bad L4 checksum")]
+        BadChecksum => drop_bad_checksum,
+        /// Guest packets that would have opened a flow in a full table.
+        #[error("flow table full")]
+        TableFull => drop_table_full,
+        /// Guest packets for which no socket could be opened.
+        #[error("cannot open a socket")]
+        Socket => drop_socket,
+        /// Guest ICMP messages of a type podwire does not forward.
+        #[error("ICMP type podwire does not forward")]
+        UnsupportedIcmp => drop_unsupported_icmp,
+        /// Guest pings dropped because ping sockets are not permitted.
+        #[error("ping sockets not permitted (net.ipv4.ping_group_range)")]
+        PingNotPermitted => drop_ping_not_permitted,
+        /// Guest datagrams whose send to the pod failed.
+        #[error("send failed")]
+        SendFailed => drop_send_failed,
     }
 }
 
@@ -351,7 +344,7 @@ impl Nat {
     }
 
     fn drop_packet(&self, d: NatDrop) {
-        self.counters.count(d);
+        d.counter(&self.counters).inc();
         if d != NatDrop::PingNotPermitted {
             warn_once!("dropped a guest packet: {d}");
         }
@@ -369,10 +362,12 @@ impl Nat {
         if ip.l4_len < UDP_LEN || frame.read(ip.l4_offset, &mut hdr) < UDP_LEN {
             return Err(NatDrop::Truncated);
         }
-        let sport = u16::from_be_bytes([hdr[0], hdr[1]]);
-        let dport = u16::from_be_bytes([hdr[2], hdr[3]]);
-        let udp_len = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
-        let csum = u16::from_be_bytes([hdr[6], hdr[7]]);
+        let wire::UdpHeader {
+            src_port: sport,
+            dst_port: dport,
+            len: udp_len,
+            checksum: csum,
+        } = wire::UdpHeader::parse(&hdr);
         if udp_len < UDP_LEN || udp_len > ip.l4_len {
             return Err(NatDrop::Truncated);
         }
@@ -475,11 +470,11 @@ impl Nat {
                 return Err(NatDrop::BadChecksum);
             }
         }
-        let echo_request = if ip.is_v6() { ICMPV6_ECHO_REQUEST } else { 8 };
-        if hdr[0] != echo_request || hdr[1] != 0 {
+        let echo = wire::EchoHeader::parse(&hdr, ip.is_v6());
+        if !echo.is_request {
             return Err(NatDrop::UnsupportedIcmp);
         }
-        let guest_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+        let guest_id = echo.ident;
         let key = FlowKey::Icmp {
             guest_ip: ip.src,
             guest_id,
@@ -870,20 +865,18 @@ impl Nat {
                 }
                 let src = self.config.map.inbound(got.from);
                 // Give the guest back its own identifier, with a checksum to match.
-                let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
-                hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
+                let kernel = wire::EchoHeader::parse(&hdr, v6);
                 let csum = if v6 {
                     // The pseudo-header holds the addresses the guest sees: sum it all anew.
-                    hdr[2..4].fill(0);
+                    wire::EchoHeader::set_ident_and_checksum(&mut hdr, guest_id, 0);
                     let mut sum = wire::pseudo_header(src.ip(), guest_ip, ICMPV6, got.len);
                     sum.add(&hdr);
                     frame.checksum(offset + ICMP_LEN, got.len - ICMP_LEN, &mut sum);
                     sum.finish()
                 } else {
-                    let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
-                    wire::adjust_checksum(csum, kernel_id, guest_id)
+                    wire::adjust_checksum(kernel.checksum, kernel.ident, guest_id)
                 };
-                hdr[2..4].copy_from_slice(&csum.to_be_bytes());
+                wire::EchoHeader::set_ident_and_checksum(&mut hdr, guest_id, csum);
                 let l3 = wire::eth_ip_header(ep, src.ip(), guest_ip, proto, got.len, ident);
                 frame.write(0, l3.bytes()) && frame.write(offset, &hdr)
             },

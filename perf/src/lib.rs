@@ -11,6 +11,8 @@
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
 //! - [`libvirt`]: a private libvirtd in the pod namespace with podwire as its `passt`.
+//! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
+//!   pod, shared by the end-to-end tests and the benchmark.
 //!
 //! Logs of every spawned process and every guest console go to
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
@@ -25,6 +27,7 @@ pub mod netns;
 pub mod overlay;
 pub mod podwire;
 pub mod qemu;
+pub mod rig;
 pub mod util;
 
 pub use console::{CmdOutput, Console};

@@ -17,9 +17,6 @@ mod config;
 mod daemon;
 #[cfg(test)]
 mod ipv6_tests;
-mod link6;
-#[cfg(test)]
-mod link6_tests;
 mod podnet;
 #[cfg(test)]
 mod scale_tests;

@@ -220,7 +220,7 @@ fn arp_for_the_gateway_and_any_other_address_is_answered_with_the_gateway_mac() 
         assert_eq!(source_protocol_addr, target);
         assert_eq!(target_protocol_addr, GUEST_IP);
     }
-    assert_eq!(sw.counters.arp_replies.get(), 3);
+    assert_eq!(sw.link4_counters().arp_replies.get(), 3);
 }
 
 #[test]
@@ -237,12 +237,17 @@ fn arp_probes_announcements_and_the_guests_own_address_are_never_answered() {
     assert!(send(&mut sw, &arp_request(GUEST_IP, GUEST_IP))
         .frames
         .is_empty());
-    assert_eq!(sw.counters.arp_ignored.get(), 3);
+    assert_eq!(sw.link4_counters().arp_ignored.get(), 3);
 }
 
 #[test]
 fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut sw = Switch::new(&config()).unwrap();
+    assert_offer(&send(&mut sw, &dhcp_discover()));
+}
+
+/// A broadcast DHCPDISCOVER from the guest, built with smoltcp.
+fn dhcp_discover() -> Vec<u8> {
     let repr = DhcpRepr {
         message_type: DhcpMessageType::Discover,
         transaction_id: 0x1234_5678,
@@ -269,12 +274,15 @@ fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut dhcp = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
         .unwrap();
-    let frame = ipv4_udp(
+    ipv4_udp(
         (Ipv4Addr::UNSPECIFIED, 68),
         (Ipv4Addr::BROADCAST, 67),
         &dhcp,
-    );
-    let rx = send(&mut sw, &frame);
+    )
+}
+
+/// `rx` holds exactly one frame: a DHCPOFFER of the guest address from the gateway.
+fn assert_offer(rx: &Captured) {
     assert_eq!(rx.frames.len(), 1);
     let (src, dst, sport, dport, payload) = parse_udp_reply(&rx.frames[0]);
     assert_eq!(
@@ -370,6 +378,12 @@ fn garbage_frames_never_panic() {
         ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
     ];
     send_mutations(&mut sw, &templates, 3000, 0x9e37_79b9_7f4a_7c15);
+    // Still serving afterwards: ARP for the gateway and DHCP get their answers.
+    let rx = send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+    assert_eq!(rx.frames.len(), 1, "an ARP reply");
+    let f = EthernetFrame::new_checked(&rx.frames[0][..]).unwrap();
+    assert_eq!(f.ethertype(), EthernetProtocol::Arp);
+    assert_offer(&send(&mut sw, &dhcp_discover()));
 }
 
 /// Sends `count` frames made from `templates`, each truncated at a random length and with up
@@ -744,4 +758,23 @@ fn dhcp_offer_carries_the_configured_extra_options() {
         dhcp_option(&payload, 240),
         Some(b"extra.options.kubevirt.io".to_vec())
     );
+}
+
+#[test]
+fn counter_names_are_unique_across_the_status_line() {
+    let sw = Switch::new(&config()).unwrap();
+    let mut names: Vec<String> = sw
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
+    assert!(all > 50, "{all} counters");
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a name appears twice");
 }
