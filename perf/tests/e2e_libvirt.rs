@@ -229,6 +229,7 @@ fn libvirt_runs_podwire_as_passt_for_a_vhostuser_interface() {
     );
     let xml = domain_xml(daemon, bad, &s.image, &iface);
     let err = daemon.define_and_start(&xml).unwrap_err().to_string();
+    eprintln!("virsh start of a domain podwire refuses: {err}");
     assert!(
         err.contains("binding to an interface is not supported"),
         "virsh's error carries podwire's line: {err}"
