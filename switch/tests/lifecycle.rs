@@ -62,7 +62,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::yield_now();
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
