@@ -1172,4 +1172,59 @@ mod tests {
         let long = parse(&["-s", "/s", "--dhcp-boot-file", &"x".repeat(256)]);
         assert!(dhcp_extra(&long).is_err());
     }
+
+    /// Resolution against the host's `lo` (127.0.0.1/8, no gateway, no global IPv6).
+    fn resolve_on_lo(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["-s", "/s", "-i", "lo"];
+        argv.extend_from_slice(args);
+        Config::resolve(parse(&argv))
+    }
+
+    #[test]
+    fn address_options_and_loopback_mapping_resolve_as_passt_does() {
+        let c = resolve_on_lo(&["-a", "198.19.5.15", "-n", "24"]).unwrap();
+        let a = c.addressing.unwrap();
+        assert_eq!(
+            (a.guest, a.gateway, a.prefix_len),
+            (
+                Ipv4Addr::new(198, 19, 5, 15),
+                Ipv4Addr::new(198, 19, 5, 1),
+                24
+            )
+        );
+        let c = resolve_on_lo(&["-a", "198.19.5.15", "-g", "198.19.5.254"]).unwrap();
+        assert_eq!(
+            c.addressing.unwrap().gateway,
+            Ipv4Addr::new(198, 19, 5, 254)
+        );
+        // lo has no global IPv6: an IPv6 address is checked but not offered.
+        let c = resolve_on_lo(&["-a", "fd00::15"]).unwrap();
+        assert!(c.addressing6.is_none());
+        // -6 on an IPv4-only uplink leaves nothing.
+        assert!(matches!(
+            resolve_on_lo(&["-6"]),
+            Err(ConfigError::NoFamily(_))
+        ));
+        assert!(resolve_on_lo(&["-4"]).unwrap().addressing.is_some());
+        // The gateway's address maps to the loopback (the default), `none` turns it off,
+        // anything else is refused.
+        assert!(
+            resolve_on_lo(&["--map-host-loopback", "10.0.2.1"])
+                .unwrap()
+                .map_gateway
+        );
+        assert!(
+            !resolve_on_lo(&["--map-host-loopback", "none"])
+                .unwrap()
+                .map_gateway
+        );
+        assert!(matches!(
+            resolve_on_lo(&["--map-host-loopback", "10.0.2.9"]),
+            Err(ConfigError::BadValue("--map-host-loopback", _))
+        ));
+        assert!(matches!(
+            resolve_on_lo(&["-a", "10.0.0.1", "-a", "10.0.0.2"]),
+            Err(ConfigError::BadValue("--address", _))
+        ));
+    }
 }
