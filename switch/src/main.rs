@@ -12,6 +12,8 @@ mod capture;
 mod config;
 mod control;
 #[cfg(test)]
+mod control_tests;
+#[cfg(test)]
 mod ipv6_tests;
 mod metrics;
 mod ops;

@@ -117,10 +117,10 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
     };
     let request = match cli.command {
-        CtlCommand::Status => Request::Status,
+        CtlCommand::Status => Request::Status {},
         CtlCommand::Flows { limit } => Request::Flows { limit: Some(limit) },
         CtlCommand::Forward { action } => match action {
-            ForwardAction::List => Request::ForwardList,
+            ForwardAction::List => Request::ForwardList {},
             ForwardAction::Add(s) => {
                 let (proto, spec) = s.split();
                 Request::ForwardAdd { proto, spec }

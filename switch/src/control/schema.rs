@@ -13,12 +13,12 @@ pub const SCHEMA: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    Status {},
     Flows {
         #[serde(default)]
         limit: Option<usize>,
     },
-    ForwardList,
+    ForwardList {},
     ForwardAdd {
         proto: String,
         spec: String,
