@@ -1,4 +1,5 @@
-//! Packet capture (`--pcap FILE`): every frame to and from the guest, in pcap format.
+//! Packet capture (`--pcap FILE`): every frame to and from the guest, in pcap format. The
+//! same wrapper also runs the control thread's jobs at the end of a pass (`mailbox.rs`).
 //!
 //! # Theory of operation
 //!
@@ -234,14 +235,20 @@ pub struct Capturing<H> {
     inner: H,
     capture: std::sync::Arc<Capture>,
     scratch: Vec<u8>,
+    mailbox: std::sync::Arc<crate::mailbox::Mailbox>,
 }
 
 impl<H> Capturing<H> {
-    pub fn new(inner: H, capture: std::sync::Arc<Capture>) -> Self {
+    pub fn new(
+        inner: H,
+        capture: std::sync::Arc<Capture>,
+        mailbox: std::sync::Arc<crate::mailbox::Mailbox>,
+    ) -> Self {
         Capturing {
             inner,
             capture,
             scratch: Vec::new(),
+            mailbox,
         }
     }
 
@@ -348,7 +355,7 @@ impl RxSink for CaptureSink<'_> {
     }
 }
 
-impl<H: NetHandler> Capturing<H> {
+impl<H: NetHandler + AsMut<crate::switch::Switch>> Capturing<H> {
     /// Runs `f` on the inner handler with `rx` wrapped for capture when capture is on.
     #[inline]
     fn with_rx(&mut self, rx: &mut dyn RxSink, f: impl FnOnce(&mut H, &mut dyn RxSink)) {
@@ -365,7 +372,7 @@ impl<H: NetHandler> Capturing<H> {
     }
 }
 
-impl<H: NetHandler> NetHandler for Capturing<H> {
+impl<H: NetHandler + AsMut<crate::switch::Switch>> NetHandler for Capturing<H> {
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink) {
         self.guest_frame_with(frame, TxOffload::default(), rx)
     }
@@ -385,10 +392,13 @@ impl<H: NetHandler> NetHandler for Capturing<H> {
 
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         self.with_rx(rx, |h, rx| h.poll_host(rx));
+        // End of a pass: the control thread's job, if it posted one (see mailbox.rs).
+        self.mailbox.run_pending(self.inner.as_mut());
     }
 
     fn tx_batch_done(&mut self, rx: &mut dyn RxSink) {
         self.with_rx(rx, |h, rx| h.tx_batch_done(rx));
+        self.mailbox.run_pending(self.inner.as_mut());
     }
 
     fn host_fd(&self) -> RawFd {

@@ -10,9 +10,9 @@
 //! of the previous answer, ends the connection: garbage, huge lines and slow clients cost a
 //! bounded buffer and a thread for a bounded time.
 //!
-//! The dataplane is never blocked by a client: a request takes the switch lock only to copy
-//! what it needs in a bounded walk (see [`Shared::try_switch`]), never while reading from or
-//! writing to a client; the device's session data and counters are atomics read without
+//! The dataplane is never blocked by a client: what a request needs from the switch is done by a
+//! bounded job that the dataplane runs at the end of its next pass, or this thread runs under a
+//! *try*-lock when the dataplane is idle (see `mailbox.rs`), never while talking to a client; the device's session data and counters are atomics read without
 //! any lock. The only state a client can change is the set of forwarded ports and whether
 //! capture is on.
 
@@ -34,6 +34,7 @@ use smoltcp::wire::EthernetAddress;
 
 use crate::capture::{Capture, Capturing};
 use crate::config::Config;
+use crate::mailbox::Mailbox;
 use crate::switch::Switch;
 use schema::*;
 
@@ -43,13 +44,12 @@ pub const MAX_CLIENTS: usize = 8;
 pub const MAX_REQUEST: usize = 4096;
 /// A request must arrive completely within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a request tries the dataplane lock before queueing for it.
-pub const SPIN_BUDGET: Duration = Duration::from_millis(20);
 /// Default and largest number of flows one `flows` request lists.
 pub const DEFAULT_FLOW_LIMIT: usize = 1000;
 pub const MAX_FLOW_LIMIT: usize = 10000;
 
 pub type Handler = Capturing<Switch>;
+pub type SwitchGuard<'a> = MutexGuard<'a, Handler>;
 
 /// The control socket's default path: the vhost-user socket's with `.ctl` appended.
 pub fn default_path(socket: &Path) -> PathBuf {
@@ -67,6 +67,7 @@ pub struct Shared {
     pub config: Config,
     /// Forwards in force (command line and run time), in the order they were added.
     pub forwards: Mutex<Vec<ForwardEntry>>,
+    pub mailbox: Arc<Mailbox>,
     clients: AtomicUsize,
 }
 
@@ -76,6 +77,7 @@ impl Shared {
         device: Arc<DeviceCounters>,
         session: Arc<SessionInfo>,
         capture: Arc<Capture>,
+        mailbox: Arc<Mailbox>,
         config: Config,
         forwards: Vec<ForwardEntry>,
     ) -> Shared {
@@ -86,27 +88,22 @@ impl Shared {
             capture,
             config,
             forwards: Mutex::new(forwards),
+            mailbox,
             clients: AtomicUsize::new(0),
         }
     }
 
-    /// The switch lock. Tried (yielding in between) for [`SPIN_BUDGET`], which catches the
-    /// moments the worker sleeps in `epoll_wait`; then waited for like any other locker, which
-    /// under a saturated dataplane queues this thread behind the worker's current pass. Either
-    /// way only this thread waits: the dataplane waits at most for the bounded copy made
-    /// while the lock is held here.
-    pub fn try_switch(&self) -> Result<MutexGuard<'_, Handler>, String> {
-        let deadline = Instant::now() + SPIN_BUDGET;
-        loop {
-            match self.handler.try_lock() {
-                Ok(g) => return Ok(g),
-                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::yield_now();
-                }
-                Err(TryLockError::WouldBlock) => return Ok(lock(&self.handler)),
-            }
-        }
+    /// Runs `f` on the switch without blocking the dataplane (see `mailbox.rs`).
+    pub fn with_switch<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Switch) -> R + Send + 'static,
+    ) -> R {
+        let try_lock = || match self.handler.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        self.mailbox.run(&try_lock, f)
     }
 }
 
@@ -281,7 +278,7 @@ fn unix_ms() -> u64 {
 }
 
 fn status(shared: &Shared) -> Result<Status, String> {
-    let view = shared.try_switch()?.inner().view();
+    let view = shared.with_switch(|sw| sw.view());
     let c = &shared.config;
     let u = &c.uplink;
     let mut addresses = Vec::new();
@@ -397,7 +394,7 @@ fn status(shared: &Shared) -> Result<Status, String> {
 
 fn flows(shared: &Shared, limit: Option<usize>) -> Result<Vec<Flow>, String> {
     let limit = limit.unwrap_or(DEFAULT_FLOW_LIMIT).min(MAX_FLOW_LIMIT);
-    let flows = shared.try_switch()?.inner().flows(limit);
+    let flows = shared.with_switch(move |sw| sw.flows(limit));
     Ok(flows
         .into_iter()
         .map(|f| Flow {
@@ -428,35 +425,42 @@ fn forward_add(shared: &Shared, proto: &str, spec: &str) -> Result<Response, Str
     let parsed: PortSpec = spec.parse().map_err(|e| format!("{e}"))?;
     let resolved =
         crate::config::resolve_forwards(proto_v, &[parsed]).map_err(|e| e.to_string())?;
-    let mut guard = shared.try_switch()?;
-    let switch = guard.inner_mut();
-    let mut added = Vec::new();
-    for r in &resolved {
-        match switch.open_forward(proto_v, &r.forward) {
-            Ok(binds) => added.extend(binds.into_iter().map(|bind| ForwardEntry {
-                proto: proto_v.to_string().to_lowercase(),
-                spec: spec.to_string(),
-                bind,
-                guest_port: r.forward.guest_port,
-            })),
-            // A port that came from `all` and is taken meanwhile is skipped, as at start-up.
-            Err(_) if !r.explicit => {}
-            Err(e) => {
-                for a in &added {
-                    switch.close_forward(proto_v, a.bind);
+    let spec_owned = spec.to_string();
+    let added = shared.with_switch(move |switch| {
+        let mut added: Vec<ForwardEntry> = Vec::new();
+        for r in &resolved {
+            match switch.open_forward(proto_v, &r.forward) {
+                Ok(binds) => added.extend(binds.into_iter().map(|bind| ForwardEntry {
+                    proto: proto_v.to_string().to_lowercase(),
+                    spec: spec_owned.clone(),
+                    bind,
+                    guest_port: r.forward.guest_port,
+                })),
+                // A port that came from `all` and is taken meanwhile is skipped, as at start-up.
+                Err(_) if !r.explicit => {}
+                Err(e) => {
+                    for a in &added {
+                        switch.close_forward(proto_v, a.bind);
+                    }
+                    return Err(e);
                 }
-                tracing::warn!(
-                    event = "forward_failed",
-                    proto = %proto_v,
-                    spec,
-                    error = %e,
-                    "cannot forward {proto_v} {spec}: {e}"
-                );
-                return Err(format!("nothing changed: {e}"));
             }
         }
-    }
-    drop(guard);
+        Ok(added)
+    });
+    let added = match added {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(
+                event = "forward_failed",
+                proto = %proto_v,
+                spec,
+                error = %e,
+                "cannot forward {proto_v} {spec}: {e}"
+            );
+            return Err(format!("nothing changed: {e}"));
+        }
+    };
     for a in &added {
         tracing::info!(
             event = "forward_added",
@@ -495,15 +499,13 @@ fn forward_del(shared: &Shared, proto: &str, spec: &str) -> Result<Response, Str
     if gone.is_empty() {
         return Err(format!("no {proto_name} forward matches {spec}"));
     }
-    let mut guard = match shared.try_switch() {
-        Ok(g) => g,
-        Err(e) => {
-            forwards.extend(gone);
-            return Err(e);
+    let binds: Vec<_> = gone.iter().map(|f| f.bind).collect();
+    shared.with_switch(move |sw| {
+        for b in binds {
+            sw.close_forward(proto_v, b);
         }
-    };
+    });
     for f in &gone {
-        guard.inner_mut().close_forward(proto_v, f.bind);
         tracing::info!(
             event = "forward_removed",
             proto = %f.proto,

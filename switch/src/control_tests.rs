@@ -18,12 +18,18 @@ fn setup(name: &str) -> (Arc<Shared>, PathBuf) {
     let cfg = config();
     let switch = Switch::new(&cfg).unwrap();
     let capture = Arc::new(Capture::new(None, 1 << 20));
-    let handler = Arc::new(Mutex::new(Capturing::new(switch, capture.clone())));
+    let mailbox = Arc::new(crate::mailbox::Mailbox::default());
+    let handler = Arc::new(Mutex::new(Capturing::new(
+        switch,
+        capture.clone(),
+        mailbox.clone(),
+    )));
     let shared = Arc::new(Shared::new(
         handler,
         Arc::default(),
         Arc::default(),
         capture,
+        mailbox,
         cfg,
         Vec::new(),
     ));
@@ -215,9 +221,12 @@ fn status_answers_within_milliseconds_while_the_dataplane_is_busy() {
         let (shared, stop) = (shared.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let g = shared.handler.lock().unwrap();
+                let mut g = shared.handler.lock().unwrap();
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_micros(200) {}
+                // The end of a pass, as Capturing::poll_host ends it.
+                let mailbox = shared.mailbox.clone();
+                mailbox.run_pending(g.inner_mut());
                 drop(g);
             }
         })

@@ -15,6 +15,7 @@ mod control;
 mod control_tests;
 #[cfg(test)]
 mod ipv6_tests;
+mod mailbox;
 mod metrics;
 mod ops;
 mod podnet;
@@ -126,7 +127,12 @@ fn run(cli: Cli) -> Result<(), String> {
         mtu: config.mtu,
     };
     let capture = ops_options.capture().map_err(|e| format!("--pcap: {e}"))?;
-    let switch = Arc::new(Mutex::new(capture::Capturing::new(switch, capture.clone())));
+    let mailbox = Arc::new(mailbox::Mailbox::default());
+    let switch = Arc::new(Mutex::new(capture::Capturing::new(
+        switch,
+        capture.clone(),
+        mailbox.clone(),
+    )));
     let device = Arc::new(DeviceCounters::default());
     let server = Server::bind(
         &config.socket,
@@ -147,6 +153,7 @@ fn run(cli: Cli) -> Result<(), String> {
         &device,
         server.session(),
         capture,
+        mailbox,
     )?);
     leftovers.extend(config.pid_file.clone());
     signals::spawn_handler(switch, device, leftovers)

@@ -8,9 +8,9 @@
 //! kind) and the device's, at scrape time. Drop counters become one family,
 //! `podwire_dropped_packets_total{reason=...}`; byte counters take the `bytes` unit; the rest
 //! are `podwire_<name>_total`. Gauges (flows open by protocol and direction, frontend connected)
-//! and ratios (UDP system calls per datagram) are computed at the same time. A scrape only
-//! *tries* the dataplane lock (as the control socket does), and the device's counters are
-//! atomics.
+//! and ratios (UDP system calls per datagram) are computed at the same time. A scrape reads the
+//! switch the way the control socket does (`mailbox.rs`: never blocking the dataplane), and the
+//! device's counters are atomics.
 //!
 //! One thread serves the endpoint, one client at a time, with read and write timeouts and a
 //! bounded request: a minimal HTTP/1.0 responder is all Prometheus needs.
@@ -67,14 +67,11 @@ impl Collector for Podwire {
         shared
             .device
             .visit(&mut |d, v| samples.push((format!("device_{}", d.name), d.help(), d.kind, v)));
-        let mut flows = None;
-        if let Ok(guard) = shared.try_switch() {
-            let view = guard.inner().view();
-            for (name, d, v) in view.counters {
-                samples.push((name, d.help(), d.kind, v));
-            }
-            flows = Some(view.flows);
+        let view = shared.with_switch(|sw| sw.view());
+        for (name, d, v) in view.counters {
+            samples.push((name, d.help(), d.kind, v));
         }
+        let flows = Some(view.flows);
         let mut drops = Vec::new();
         for (name, help, kind, value) in &samples {
             match kind {

@@ -83,12 +83,14 @@ pub fn start(
     device: &Arc<DeviceCounters>,
     session: Arc<SessionInfo>,
     capture: Arc<Capture>,
+    mailbox: Arc<crate::mailbox::Mailbox>,
 ) -> Result<Vec<PathBuf>, String> {
     let shared = Arc::new(Shared::new(
         handler.clone(),
         device.clone(),
         session,
         capture,
+        mailbox,
         config.clone(),
         initial_forwards(config),
     ));

@@ -711,6 +711,12 @@ fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {
     mac
 }
 
+impl AsMut<Switch> for Switch {
+    fn as_mut(&mut self) -> &mut Switch {
+        self
+    }
+}
+
 impl NetHandler for Switch {
     fn guest_frame(&mut self, frame: &SgList<'_>, rx: &mut dyn RxSink) {
         self.guest_frame_with(frame, TxOffload::default(), rx)
