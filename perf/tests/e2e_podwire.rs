@@ -216,6 +216,7 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
         assert!(a >= b + at_least, "{name}: {b} -> {a}");
     }
     assert!(after.contains("podwire_frontend_connected 1"), "{after}");
+    eprintln!("{after}");
 
     // podwire status: the lease, the frontend and what it negotiated.
     let socket = pw.socket().display().to_string();
@@ -232,6 +233,42 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
         "{s}"
     );
     eprintln!("{}", podwire_cli(&["status", "--socket", &socket]));
+
+    // A connection left open in the guest is listed by `podwire flows`, and stays up while
+    // forwards are added and removed at run time.
+    vm.console()
+        .run_ok(
+            &format!(
+                "(sleep 60 | socat -T 90 - TCP4:{FAR_HOST}:{} >/dev/null 2>&1 &)",
+                far::TCP_ECHO_PORT
+            ),
+            T,
+        )
+        .unwrap();
+    let established = |socket: &str| {
+        let flows = podwire_cli(&["flows", "--socket", socket, "--json"]);
+        let flows: serde_json::Value = serde_json::from_str(&flows).unwrap();
+        flows["flows"].as_array().unwrap().iter().any(|f| {
+            f["proto"] == "tcp"
+                && f["state"] == "established"
+                && f["remote"] == format!("{FAR_HOST}:{}", far::TCP_ECHO_PORT)
+        })
+    };
+    util::wait_until("the guest's TCP connection", T, || Ok(established(&socket))).unwrap();
+    let added = podwire_cli(&["forward", "add", "-t", "8080:80", "--socket", &socket]);
+    assert!(added.contains("8080"), "{added}");
+    let list = podwire_cli(&["forward", "list", "--socket", &socket]);
+    assert!(
+        list.contains("0.0.0.0:8080") && list.contains("guest port 80"),
+        "{list}"
+    );
+    eprintln!("{list}");
+    podwire_cli(&["forward", "del", "-t", "8080", "--socket", &socket]);
+    assert!(!podwire_cli(&["forward", "list", "--socket", &socket]).contains("8080"));
+    assert!(
+        established(&socket),
+        "forward changes left the connection alone"
+    );
     eprintln!("{}", podwire_cli(&["flows", "--socket", &socket]));
 
     // The capture, read by tcpdump: DHCP, ping, a TCP handshake, checksums as on a wire.
@@ -241,6 +278,7 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    eprintln!("{dump}");
     assert!(dump.contains("BOOTP/DHCP, Request"), "{dump}");
     assert!(dump.contains("BOOTP/DHCP, Reply"), "{dump}");
     assert!(

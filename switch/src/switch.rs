@@ -202,8 +202,23 @@ fn open_forwards(nat: &mut Nat, config: &Config) -> std::io::Result<()> {
                 };
                 let proto = if tcp { "TCP" } else { "UDP" };
                 match result {
-                    Ok(()) => tracing::debug!("forwarding {proto} {f} ({bind})"),
+                    Ok(()) => tracing::info!(
+                        event = "forward_added",
+                        proto,
+                        spec = %f,
+                        bind = %bind,
+                        guest_port = f.guest_port,
+                        "forwarding {proto} {f} ({bind})"
+                    ),
                     Err(e) if *explicit => {
+                        tracing::error!(
+                            event = "forward_failed",
+                            proto,
+                            spec = %f,
+                            bind = %bind,
+                            error = %e,
+                            "cannot forward {proto} {f} ({bind}): {e}"
+                        );
                         return Err(std::io::Error::new(e.kind(), format!("{proto} {f}: {e}")));
                     }
                     Err(_) => {}

@@ -283,6 +283,9 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> std::io::Result<()> {
+        if usize::from(device_event) < NUM_QUEUES {
+            self.counters.kicks.inc();
+        }
         if !self.rings_published {
             // Sizes are fixed once the rings run, which they do by the first event.
             let size = |i: usize| {
