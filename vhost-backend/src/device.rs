@@ -239,6 +239,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
     fn acked_features(&mut self, features: u64) {
         if features != self.acked_features {
             tracing::info!(
+                event = "frontend_features",
                 features = %feature_names(features),
                 features_hex = %format_args!("{features:#x}"),
                 "guest negotiated {}",

@@ -30,7 +30,9 @@ fn tcp_info(fd: RawFd) -> Option<(u64, u64, u32)> {
     };
     (rc == 0).then(|| {
         let idle = info.tcpi_last_data_sent.min(info.tcpi_last_data_recv);
-        (info.tcpi_bytes_acked, info.tcpi_bytes_received, idle)
+        // The peer's acknowledgement of our SYN counts one byte that was never data.
+        let sent = info.tcpi_bytes_acked.saturating_sub(1);
+        (sent, info.tcpi_bytes_received, idle)
     })
 }
 
