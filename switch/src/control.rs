@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use podwire_frame::CounterKind;
 use podwire_nat::ports::{PortSpec, Proto};
 use podwire_vhost::{feature_names, DeviceCounters, SessionInfo};
-use smoltcp::wire::EthernetAddress;
 
 use crate::capture::{Capture, Capturing};
 use crate::config::Config;
@@ -44,6 +43,8 @@ pub const MAX_CLIENTS: usize = 8;
 pub const MAX_REQUEST: usize = 4096;
 /// A request must arrive completely within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most time a request waits for the dataplane to pick up its job.
+pub const SWITCH_BUDGET: Duration = Duration::from_secs(1);
 /// Default and largest number of flows one `flows` request lists.
 pub const DEFAULT_FLOW_LIMIT: usize = 1000;
 pub const MAX_FLOW_LIMIT: usize = 10000;
@@ -93,17 +94,20 @@ impl Shared {
         }
     }
 
-    /// Runs `f` on the switch without blocking the dataplane (see `mailbox.rs`).
+    /// Runs `f` on the switch without blocking the dataplane (see `mailbox.rs`); an error if
+    /// the dataplane has not finished a pass within [`SWITCH_BUDGET`].
     pub fn with_switch<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Switch) -> R + Send + 'static,
-    ) -> R {
+    ) -> Result<R, String> {
         let try_lock = || match self.handler.try_lock() {
             Ok(g) => Some(g),
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         };
-        self.mailbox.run(&try_lock, f)
+        self.mailbox
+            .run(&try_lock, SWITCH_BUDGET, f)
+            .ok_or_else(|| "the dataplane did not answer in time; try again".to_string())
     }
 }
 
@@ -271,6 +275,14 @@ fn capture(shared: &Shared, on: bool) -> Result<Response, String> {
     })
 }
 
+/// `52:54:00:12:34:56`, as tcpdump and `ip link` write it.
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -278,7 +290,7 @@ fn unix_ms() -> u64 {
 }
 
 fn status(shared: &Shared) -> Result<Status, String> {
-    let view = shared.with_switch(|sw| sw.view());
+    let view = shared.with_switch(|sw| sw.view())?;
     let c = &shared.config;
     let u = &c.uplink;
     let mut addresses = Vec::new();
@@ -312,7 +324,7 @@ fn status(shared: &Shared) -> Result<Status, String> {
             let renewed = now.saturating_duration_since(l.renewed_at).as_secs();
             Lease4 {
                 address: l.ip,
-                mac: EthernetAddress(l.mac).to_string(),
+                mac: mac_string(l.mac),
                 age_secs: now.saturating_duration_since(l.bound_at).as_secs(),
                 renewed_secs_ago: renewed,
                 lease_secs: l.lease_secs,
@@ -358,7 +370,7 @@ fn status(shared: &Shared) -> Result<Status, String> {
             addresses,
         },
         guest: Guest {
-            mac: view.guest_mac.map(|m| EthernetAddress(m).to_string()),
+            mac: view.guest_mac.map(mac_string),
             mac_pinned: view.mac_pinned,
             mtu: c.mtu,
             ipv4,
@@ -394,7 +406,7 @@ fn status(shared: &Shared) -> Result<Status, String> {
 
 fn flows(shared: &Shared, limit: Option<usize>) -> Result<Vec<Flow>, String> {
     let limit = limit.unwrap_or(DEFAULT_FLOW_LIMIT).min(MAX_FLOW_LIMIT);
-    let flows = shared.with_switch(move |sw| sw.flows(limit));
+    let flows = shared.with_switch(move |sw| sw.flows(limit))?;
     Ok(flows
         .into_iter()
         .map(|f| Flow {
@@ -447,7 +459,7 @@ fn forward_add(shared: &Shared, proto: &str, spec: &str) -> Result<Response, Str
             }
         }
         Ok(added)
-    });
+    })?;
     let added = match added {
         Ok(a) => a,
         Err(e) => {
@@ -500,11 +512,14 @@ fn forward_del(shared: &Shared, proto: &str, spec: &str) -> Result<Response, Str
         return Err(format!("no {proto_name} forward matches {spec}"));
     }
     let binds: Vec<_> = gone.iter().map(|f| f.bind).collect();
-    shared.with_switch(move |sw| {
+    if let Err(e) = shared.with_switch(move |sw| {
         for b in binds {
             sw.close_forward(proto_v, b);
         }
-    });
+    }) {
+        forwards.extend(gone);
+        return Err(e);
+    }
     for f in &gone {
         tracing::info!(
             event = "forward_removed",

@@ -262,3 +262,72 @@ fn metrics_name_every_counter_with_units_and_drops_by_reason() {
     assert!(text.contains("podwire_frontend_connected 0"));
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+#[test]
+fn a_dataplane_stuck_in_one_pass_gets_an_error_not_a_hang() {
+    let (shared, path) = setup("stuck");
+    let held = shared.handler.lock().unwrap();
+    let t = Instant::now();
+    let r = ask(&path, &Request::Status {});
+    assert!(
+        !r.ok && r.error.unwrap().contains("did not answer"),
+        "answered while stuck?"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "gave up within its budget"
+    );
+    drop(held);
+    assert!(
+        ask(&path, &Request::Status {}).ok,
+        "served again once the pass ends"
+    );
+}
+
+#[test]
+fn capture_records_frames_both_ways_only_while_on() {
+    use crate::tests::{arp_request, Captured, GUEST_IP, GW_IP};
+    use podwire_frame::{NetHandler, SgList};
+    let dir = std::env::temp_dir().join(format!("podwire-capture-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join("c.pcap");
+    let capture = Arc::new(Capture::new(Some(file.clone()), 1 << 20));
+    let switch = Switch::new(&config()).unwrap();
+    let mut h = Capturing::new(switch, capture.clone(), Arc::default());
+    let send = |h: &mut Capturing<Switch>| {
+        let mut frame = arp_request(GUEST_IP, GW_IP);
+        let mut slices: [&mut [u8]; 1] = [&mut frame];
+        let sg = SgList::from_slices(&mut slices).unwrap();
+        let mut rx = Captured::default();
+        h.guest_frame(&sg, &mut rx);
+        h.tx_batch_done(&mut rx);
+        assert_eq!(rx.frames.len(), 1, "the guest still gets its ARP reply");
+    };
+    send(&mut h);
+    capture.set(true).unwrap();
+    send(&mut h);
+    capture.set(false).unwrap();
+    send(&mut h);
+    let data = std::fs::read(&file).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(&data[..]).unwrap();
+    let mut frames = Vec::new();
+    while let Some(p) = reader.next_packet() {
+        frames.push(p.unwrap().data.into_owned());
+    }
+    assert_eq!(
+        frames.len(),
+        2,
+        "request and reply of the one exchange while on"
+    );
+    assert_eq!(
+        frames[0],
+        arp_request(GUEST_IP, GW_IP),
+        "guest's frame as sent"
+    );
+    assert_eq!(
+        &frames[1][12..14],
+        &[0x08, 0x06],
+        "the reply is an ARP frame"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::switch::Switch;
 
@@ -54,23 +54,35 @@ impl Mailbox {
     }
 
     /// Runs `f` on the switch, by the dataplane or by `try_lock` (see the module comment).
+    /// Gives up after `budget` if neither has picked the job up (a dataplane stuck in one
+    /// pass): the job is withdrawn and `None` returned.
     pub fn run<'a, R: Send + 'static>(
         &self,
         try_lock: &dyn Fn() -> Option<crate::control::SwitchGuard<'a>>,
+        budget: Duration,
         f: impl FnOnce(&mut Switch) -> R + Send + 'static,
-    ) -> R {
+    ) -> Option<R> {
         let _turn = lock(&self.turn);
         let (tx, rx) = mpsc::sync_channel(1);
         *lock(&self.job) = Some(Box::new(move |sw: &mut Switch| {
             let _ = tx.send(f(sw));
         }));
         self.pending.store(true, Ordering::Release);
+        let deadline = Instant::now() + budget;
         loop {
             if let Ok(r) = rx.recv_timeout(Duration::from_micros(200)) {
-                return r;
+                return Some(r);
             }
             if let Some(mut guard) = try_lock() {
                 self.take_and_run(guard.inner_mut());
+            } else if Instant::now() >= deadline {
+                let withdrawn = lock(&self.job).take().is_some();
+                if withdrawn {
+                    self.pending.store(false, Ordering::Release);
+                    return None;
+                }
+                // Taken just now: the dataplane is running it, the answer is on its way.
+                return rx.recv().ok();
             }
         }
     }

@@ -67,11 +67,15 @@ impl Collector for Podwire {
         shared
             .device
             .visit(&mut |d, v| samples.push((format!("device_{}", d.name), d.help(), d.kind, v)));
-        let view = shared.with_switch(|sw| sw.view());
-        for (name, d, v) in view.counters {
-            samples.push((name, d.help(), d.kind, v));
+        // A dataplane stuck in one pass still gets its device counters scraped.
+        let view = shared.with_switch(|sw| sw.view()).ok();
+        let mut flows = None;
+        if let Some(view) = view {
+            for (name, d, v) in view.counters {
+                samples.push((name, d.help(), d.kind, v));
+            }
+            flows = Some(view.flows);
         }
-        let flows = Some(view.flows);
         let mut drops = Vec::new();
         for (name, help, kind, value) in &samples {
             match kind {

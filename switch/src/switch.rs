@@ -618,7 +618,7 @@ impl Switch {
                 event = "lease_granted",
                 family = "ipv4",
                 address = %lease.ip,
-                mac = %EthernetAddress(lease.mac),
+                mac = %lease.mac.map(|b| format!("{b:02x}")).join(":"),
                 lease_secs = lease.lease_secs,
                 hostname = lease.hostname.as_deref().map(|h| h.escape_debug().to_string()),
                 "DHCP lease of {} to {}",
