@@ -239,7 +239,7 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
     vm.console()
         .run_ok(
             &format!(
-                "(sleep 60 | socat -T 90 - TCP4:{FAR_HOST}:{} >/dev/null 2>&1 &)",
+                "((echo podwire-flows; sleep 60) | socat -T 90 - TCP4:{FAR_HOST}:{} >/dev/null 2>&1 &)",
                 far::TCP_ECHO_PORT
             ),
             T,
@@ -249,9 +249,12 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
         let flows = podwire_cli(&["flows", "--socket", socket, "--json"]);
         let flows: serde_json::Value = serde_json::from_str(&flows).unwrap();
         flows["flows"].as_array().unwrap().iter().any(|f| {
+            // "podwire-flows\n" went out and came back (the far host echoes it).
             f["proto"] == "tcp"
                 && f["state"] == "established"
                 && f["remote"] == format!("{FAR_HOST}:{}", far::TCP_ECHO_PORT)
+                && f["bytes_from_guest"] == 14
+                && f["bytes_to_guest"] == 14
         })
     };
     util::wait_until("the guest's TCP connection", T, || Ok(established(&socket))).unwrap();
