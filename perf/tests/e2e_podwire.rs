@@ -222,6 +222,7 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
     let socket = pw.socket().display().to_string();
     let status = podwire_cli(&["status", "--socket", &socket, "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&status).unwrap());
     let s = &status["status"];
     assert_eq!(s["guest"]["ipv4"]["lease"]["address"], "198.19.2.2", "{s}");
     assert_eq!(s["frontend"]["connected"], true, "{s}");
