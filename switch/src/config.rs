@@ -188,6 +188,23 @@ pub struct Cli {
     /// `privateOptions`). Repeatable
     #[arg(long, value_name = "CODE=VALUE", value_parser = parse_private_option)]
     pub dhcp_private_option: Vec<(u8, Vec<u8>)>,
+    /// The control socket for `podwire status|flows|forward|capture` [default: the socket's
+    /// path with `.ctl` appended]; `none` to have none
+    #[arg(long, value_name = "PATH|none")]
+    pub control: Option<String>,
+    /// Capture every frame to and from the guest into this pcap file (switch it off and on
+    /// with `podwire capture off|on`)
+    #[arg(short = 'p', long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Size in MiB at which the capture file is rotated to FILE.1
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub pcap_max_size: u64,
+    /// Log format: `text`, or `json` (one object per line)
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Serve Prometheus metrics (OpenMetrics text) on a TCP `HOST:PORT` or `unix:PATH`
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// DHCP lease time in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(60..))]
     pub lease_time: u32,
@@ -200,8 +217,6 @@ pub struct Cli {
 /// only so that podwire can refuse it by name with one line, instead of clap's generic error.
 #[derive(Debug, Default, clap::Args)]
 pub struct Unsupported {
-    #[arg(short = 'p', long, value_name = "FILE", hide = true)]
-    pub pcap: Option<String>,
     #[arg(short = 'F', long, value_name = "FD", hide = true)]
     pub fd: Option<String>,
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -230,7 +245,6 @@ impl Unsupported {
     /// The first unsupported option given, by its passt name.
     fn first_given(&self) -> Option<&'static str> {
         [
-            (self.pcap.is_some(), "--pcap"),
             (self.fd.is_some(), "--fd"),
             (self.dns_forward.is_some(), "--dns-forward"),
             (self.dns_host.is_some(), "--dns-host"),
@@ -256,6 +270,8 @@ pub struct ProcessOptions {
     pub vhost_user: bool,
     pub log_file: Option<PathBuf>,
     pub log_size: u64,
+    /// `--log-format json`.
+    pub json_logs: bool,
     /// The tracing level when `PODWIRE_LOG` does not say otherwise.
     pub level: &'static str,
 }
@@ -280,6 +296,7 @@ impl Cli {
             vhost_user: self.vhost_user,
             log_file: self.log_file.clone(),
             log_size: self.log_size,
+            json_logs: self.log_format == "json",
             level,
         }
     }
@@ -511,7 +528,10 @@ pub struct Forwarding {
 
 /// Resolves `-t`/`-u` specs into forwards. `all` leaves out ports the pod already uses and
 /// its ephemeral range (the ports outgoing connections, podwire's own included, draw from).
-fn resolve_forwards(proto: Proto, specs: &[PortSpec]) -> Result<Vec<Forwarding>, ConfigError> {
+pub(crate) fn resolve_forwards(
+    proto: Proto,
+    specs: &[PortSpec],
+) -> Result<Vec<Forwarding>, ConfigError> {
     let table = ForwardTable::new(specs)?;
     if table.is_empty() {
         return Ok(Vec::new());
@@ -1032,7 +1052,6 @@ mod tests {
             (&["--outbound-if6", "eth0"], "--outbound-if6"),
             (&["--map-guest-addr", "198.18.0.9"], "--map-guest-addr"),
             (&["-M", "02:00:00:00:00:01"], "--mac-addr"),
-            (&["--pcap", "/x.pcap"], "--pcap"),
             (&["--no-tcp"], "--no-tcp"),
             (&["--freebind"], "--freebind"),
             (&["--dns-forward", "10.0.2.3"], "--dns-forward"),
