@@ -156,6 +156,8 @@ struct Conn {
     rto_deadline: Option<Instant>,
     /// The guest's SYN, for an ICMP error about it.
     syn_seq: u32,
+    /// On [`TcpTable::owed_syns`]: the list holds each connection at most once.
+    syn_owed: bool,
 }
 
 impl Conn {
@@ -190,6 +192,7 @@ impl Conn {
             rto: INITIAL_RTO,
             rto_deadline: None,
             syn_seq: 0,
+            syn_owed: false,
         }
     }
 
@@ -450,6 +453,12 @@ impl TcpTable {
         self.index.len()
     }
 
+    /// Handshakes waiting for guest RX buffers (for tests: bounded by the connections).
+    #[doc(hidden)]
+    pub fn owed_syns(&self) -> usize {
+        self.owed_syns.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
@@ -597,7 +606,7 @@ impl TcpTable {
             State::SynAckSent if seg.flags & TCP_SYN != 0 => {
                 // Our SYN-ACK was lost: the guest repeats its SYN.
                 if !Self::send_syn(conn, rx, ep, self.mss_limit) {
-                    self.owed_syns.push(slot);
+                    owe_syn(&mut self.owed_syns, conn, slot);
                 }
             }
             State::SynSent => {
@@ -1128,7 +1137,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         let mss_limit = self.mss_limit;
-        let Some(conn) = self.conn_mut(slot) else {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         match conn.state {
@@ -1141,7 +1150,7 @@ impl TcpTable {
                     }
                     conn.state = State::SynAckSent;
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 } else if err != libc::EINPROGRESS {
                     let (key, syn) = (conn.key, conn.syn_seq);
@@ -1219,9 +1228,9 @@ impl TcpTable {
             let mss_limit = self.mss_limit;
             if let Some(slot) = self.insert(registry, conn) {
                 self.counters.opened_from_pod.inc();
-                if let Some(conn) = self.conn_mut(slot) {
+                if let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) {
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 }
             }
@@ -1237,6 +1246,7 @@ impl TcpTable {
                 continue;
             };
             if !matches!(conn.state, State::SynSent | State::SynAckSent) {
+                conn.syn_owed = false;
                 self.owed_syns.pop();
                 continue;
             }
@@ -1244,6 +1254,7 @@ impl TcpTable {
                 // Still no room: keep it owed, and the others, for the next kick.
                 break;
             }
+            conn.syn_owed = false;
             self.owed_syns.pop();
         }
         let mut parked = std::mem::take(&mut self.parked);
@@ -1307,7 +1318,7 @@ impl TcpTable {
             match conn.state {
                 State::SynSent | State::SynAckSent => {
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 }
                 State::Established => {
@@ -1318,6 +1329,14 @@ impl TcpTable {
                 State::Connecting => conn.rto_deadline = None,
             }
         }
+    }
+}
+
+/// Puts a connection on the owed-handshake list once, however often its SYN or SYN-ACK fails.
+fn owe_syn(owed_syns: &mut Vec<usize>, conn: &mut Conn, slot: usize) {
+    if !conn.syn_owed {
+        conn.syn_owed = true;
+        owed_syns.push(slot);
     }
 }
 

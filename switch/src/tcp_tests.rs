@@ -975,3 +975,39 @@ fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
     assert_eq!(out.len(), 1, "one ACK per 128 KiB: {out:?}");
     assert_eq!(out[0].ack, g.snd_nxt);
 }
+
+/// A guest repeating its SYN while its RX ring is full owes one SYN-ACK, not one per repeat:
+/// the list of owed handshakes is bounded by the connections, whatever the guest sends.
+#[test]
+fn repeated_syns_with_a_full_ring_owe_one_syn_ack() {
+    let mut rig = Rig::new();
+    let iss = 1000;
+    let syn = guest_frame(
+        46001,
+        rig.port,
+        iss,
+        None,
+        TcpControl::Syn,
+        65535,
+        Some(1460),
+        None,
+        &[],
+    );
+    rig.sink.budget = Some(0);
+    assert_eq!(rig.tx(&[syn.clone()]), []);
+    // The pod's connect completes; the SYN-ACK finds no buffer and is owed.
+    let deadline = Instant::now() + TIMEOUT;
+    while rig.sink.refused == 0 {
+        assert!(Instant::now() < deadline, "connect did not complete");
+        poll_fds(&[rig.sw.host_fd()], deadline - Instant::now());
+        rig.poll();
+    }
+    for _ in 0..1000 {
+        assert_eq!(rig.tx(&[syn.clone()]), []);
+    }
+    assert_eq!(rig.sw.nat_mut().tcp.owed_syns(), 1);
+    rig.sink.budget = None;
+    let got = rig.poll();
+    assert_eq!(got.len(), 1, "one SYN-ACK once there is room: {got:?}");
+    assert_eq!(got[0].flags, SYN | ACK);
+}
