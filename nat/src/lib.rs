@@ -93,12 +93,22 @@ impl AddrMap {
         AddrMap { rules }
     }
 
-    /// Where a datagram the guest sends to `dst` really goes.
-    pub fn outbound(&self, dst: SocketAddr) -> SocketAddr {
-        self.rules
+    /// Where a packet the guest sends to `dst` really goes, or `None` if it may not go there.
+    ///
+    /// Only a rule leads to the pod itself: a destination that is the pod's loopback or
+    /// unspecified address (127.0.0.0/8, 0.0.0.0/8, ::1, ::, and those as IPv4-mapped IPv6),
+    /// addressed directly, would reach services that listen only there (a service mesh's admin
+    /// port, say). Rules are configured by the operator (the gateway mapping, a loopback
+    /// resolver), so what they lead to is reachable as configured.
+    pub fn outbound(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        if let Some(r) = self
+            .rules
             .iter()
             .find(|r| r.guest == dst.ip() && r.port.is_none_or(|p| p == dst.port()))
-            .map_or(dst, |r| SocketAddr::new(r.host, dst.port()))
+        {
+            return Some(SocketAddr::new(r.host, dst.port()));
+        }
+        (!is_host_local(dst.ip())).then_some(dst)
     }
 
     /// Which address the guest should see as the source of a reply from `src`.
@@ -107,6 +117,22 @@ impl AddrMap {
             .iter()
             .find(|r| r.host == src.ip() && r.port.is_none_or(|p| p == src.port()))
             .map_or(src, |r| SocketAddr::new(r.guest, src.port()))
+    }
+}
+
+/// Whether `ip` names the pod itself whatever its interfaces: loopback, or unspecified (which
+/// the kernel takes as "this host" in `connect` and `sendto`), in either family or mapped.
+pub fn is_host_local(ip: IpAddr) -> bool {
+    let v4_local = |v4: std::net::Ipv4Addr| v4.is_loopback() || v4.octets()[0] == 0;
+    match ip {
+        IpAddr::V4(v4) => v4_local(v4),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.to_ipv4_mapped().is_some_and(v4_local)
+                // IPv4-compatible (::a.b.c.d, deprecated): ::1 and :: are covered above.
+                || (v6.segments()[..6] == [0; 6] && v4_local(v6.to_ipv4().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)))
+        }
     }
 }
 
@@ -153,6 +179,8 @@ pub enum NatDrop {
     PingNotPermitted,
     #[error("send failed")]
     SendFailed,
+    #[error("destination is the pod's loopback or unspecified address")]
+    Loopback,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +203,8 @@ pub struct NatCounters {
     pub drop_unsupported_icmp: Counter,
     pub drop_ping_not_permitted: Counter,
     pub drop_send_failed: Counter,
+    /// Datagrams and echo requests to the pod's own loopback or unspecified address.
+    pub drop_loopback: Counter,
     /// Datagrams from the pod larger than the guest's MTU.
     pub drop_too_big_for_guest: Counter,
     /// Times a flow had to wait for guest RX buffers.
@@ -191,6 +221,7 @@ impl NatCounters {
             NatDrop::UnsupportedIcmp => self.drop_unsupported_icmp.inc(),
             NatDrop::PingNotPermitted => self.drop_ping_not_permitted.inc(),
             NatDrop::SendFailed => self.drop_send_failed.inc(),
+            NatDrop::Loopback => self.drop_loopback.inc(),
         }
     }
 }
@@ -383,6 +414,11 @@ impl Nat {
                 return Err(NatDrop::BadChecksum);
             }
         }
+        let dst = self
+            .config
+            .map
+            .outbound(SocketAddr::new(ip.dst, dport))
+            .ok_or(NatDrop::Loopback)?;
         let key = FlowKey::Udp {
             guest_ip: ip.src,
             guest_port: sport,
@@ -391,7 +427,6 @@ impl Nat {
             Some(&s) => s,
             None => self.open_udp(key, sport)?,
         };
-        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, dport));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset + UDP_LEN, udp_len - UDP_LEN, &mut iov);
         if !self.udp_batch.has_room(n) {
@@ -480,6 +515,11 @@ impl Nat {
             return Err(NatDrop::UnsupportedIcmp);
         }
         let guest_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+        let dst = self
+            .config
+            .map
+            .outbound(SocketAddr::new(ip.dst, 0))
+            .ok_or(NatDrop::Loopback)?;
         let key = FlowKey::Icmp {
             guest_ip: ip.src,
             guest_id,
@@ -489,7 +529,6 @@ impl Nat {
             Some(&s) => s,
             None => self.open_icmp(key, guest_id)?,
         };
-        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, 0));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset, ip.l4_len, &mut iov);
         let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
@@ -973,4 +1012,44 @@ fn drain_timer(timer: &OwnedFd) {
     let mut expirations = 0u64;
     // SAFETY: reading 8 bytes into a local u64.
     unsafe { libc::read(timer.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn only_a_rule_leads_to_the_pods_loopback() {
+        let gw: IpAddr = Ipv4Addr::new(10, 0, 2, 1).into();
+        let map = AddrMap::new(vec![MapRule {
+            guest: gw,
+            port: None,
+            host: Ipv4Addr::LOCALHOST.into(),
+        }]);
+        let to = |ip: IpAddr| map.outbound(SocketAddr::new(ip, 80));
+        assert_eq!(
+            to(gw),
+            Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 80))
+        );
+        for local in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::127.0.0.1",
+        ] {
+            let ip: IpAddr = local.parse().unwrap();
+            assert!(is_host_local(ip), "{local}");
+            assert_eq!(to(ip), None, "{local}");
+        }
+        for remote in ["198.18.0.1", "fd00::1", "::ffff:198.18.0.1", "2001:db8::1"] {
+            let ip: IpAddr = remote.parse().unwrap();
+            assert_eq!(to(ip), Some(SocketAddr::new(ip, 80)), "{remote}");
+        }
+    }
 }

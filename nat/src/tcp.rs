@@ -264,6 +264,8 @@ pub struct TcpCounters {
     pub drop_out_of_window: Counter,
     pub drop_table_full: Counter,
     pub drop_no_connection: Counter,
+    /// SYNs to the pod's own loopback or unspecified address (refused with a RST).
+    pub drop_loopback: Counter,
     pub rx_stalls: Counter,
 }
 
@@ -678,7 +680,12 @@ impl TcpTable {
             send_control(rx, ep, key, seq, ack, flags, 0, &[]);
             return;
         }
-        let dst = map.outbound(SocketAddr::new(key.remote_ip, key.remote_port));
+        let Some(dst) = map.outbound(SocketAddr::new(key.remote_ip, key.remote_port)) else {
+            self.counters.drop_loopback.inc();
+            warn_once!("refused a guest connection to the pod's loopback or unspecified address");
+            reset_syn(rx, ep, key, seg.seq);
+            return;
+        };
         let fd = match tcp_socket(dst.ip()) {
             Ok(fd) => fd,
             Err(e) => {

@@ -10,6 +10,8 @@
 
 mod config;
 #[cfg(test)]
+mod harden_tests;
+#[cfg(test)]
 mod ipv6_tests;
 mod link6;
 #[cfg(test)]

@@ -711,6 +711,7 @@ impl Switch {
                 n.drop_ping_not_permitted.get(),
             ),
             ("nat_drop_send_failed", n.drop_send_failed.get()),
+            ("nat_drop_loopback", n.drop_loopback.get()),
             ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
             ("tcp_opened_by_guest", t.opened_by_guest.get()),
             ("tcp_opened_from_pod", t.opened_from_pod.get()),
@@ -727,6 +728,7 @@ impl Switch {
             ("tcp_drop_out_of_window", t.drop_out_of_window.get()),
             ("tcp_drop_table_full", t.drop_table_full.get()),
             ("tcp_drop_no_connection", t.drop_no_connection.get()),
+            ("tcp_drop_loopback", t.drop_loopback.get()),
             ("tcp_rx_stalls", t.rx_stalls.get()),
         ];
         if let Some(v6) = &self.v6 {
