@@ -21,7 +21,7 @@ pub mod counters;
 pub mod sg;
 pub mod sink;
 
-pub use counters::{nonzero_summary, Counter};
+pub use counters::{nonzero_summary, Counter, RateLimit};
 pub use sg::{Checksum, SgError, SgList, MAX_SEGS};
 pub use sink::{
     one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, TxOffload, MAX_FRAME_LEN,

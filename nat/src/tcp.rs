@@ -46,7 +46,9 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use podwire_frame::{warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_frame::{
+    log_limited, warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS,
+};
 use smoltcp::wire::IpProtocol;
 
 use crate::wire::{
@@ -659,7 +661,8 @@ impl TcpTable {
         }
         if seg.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             self.counters.drop_no_connection.inc();
-            tracing::debug!(
+            log_limited!(
+                debug,
                 "TCP segment for no connection: {}:{} -> {}:{} flags {:#04x} seq {} ack {} len {}",
                 key.guest_ip,
                 key.guest_port,

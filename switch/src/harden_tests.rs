@@ -102,3 +102,134 @@ fn guest_cannot_reach_pod_loopback_directly() {
     send(&mut sw, &ipv4_udp((GUEST_IP, 40000), (GW_IP, uport), b"y"));
     assert_eq!(flows(&sw), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Anti-spoofing and rate-limited logs.
+
+/// Counts the lines logged while `f` runs (on this thread).
+fn log_lines(f: impl FnOnce()) -> usize {
+    use std::sync::{Arc, Mutex};
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || Writer(sink.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = buf.lock().unwrap().clone();
+    String::from_utf8_lossy(&text).lines().count()
+}
+
+struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `frame` with its Ethernet source replaced.
+fn from_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[6..12].copy_from_slice(&mac);
+    frame
+}
+
+/// Once the guest's MAC is known, frames from any other source MAC are dropped and counted;
+/// however many there are, they log a bounded number of lines.
+#[test]
+fn frames_from_another_source_mac_are_dropped_and_logged_rate_limited() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let lines = log_lines(|| {
+        send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
+        for i in 0..1000u16 {
+            let mac = [0x52, 0x54, 0, 0xee, (i >> 8) as u8, i as u8];
+            let arp = from_mac(crate::tests::arp_request(GUEST_IP, GW_IP), mac);
+            assert!(
+                send(&mut sw, &arp).frames.is_empty(),
+                "no ARP reply to a spoofer"
+            );
+            let udp = from_mac(ipv4_udp((GUEST_IP, 40000), (GW_IP, 9), b"x"), mac);
+            send(&mut sw, &udp);
+        }
+    });
+    assert!(lines <= 20, "{lines} log lines for 2000 spoofed frames");
+    let c = counters(&sw);
+    assert_eq!(count(&c, "drop_spoofed_mac"), 2000, "{c:?}");
+    assert_eq!(flows(&sw), 0);
+    assert!(
+        sw.status().contains("mac=52-54-00-12-34-56"),
+        "{}",
+        sw.status()
+    );
+}
+
+/// With `--allow-guest-sources` the guest may change its MAC and its ARP sender address, as
+/// before; the log stays bounded all the same.
+#[test]
+fn allow_guest_sources_relearns_but_logs_rate_limited() {
+    let mut sw = Switch::new(&crate::config::Config {
+        allow_guest_sources: true,
+        ..config()
+    })
+    .unwrap();
+    let lines = log_lines(|| {
+        for i in 0..1000u16 {
+            let mac = [0x52, 0x54, 0, 0xee, (i >> 8) as u8, i as u8];
+            let sender = Ipv4Addr::new(10, 0, 2, 10 + (i % 2) as u8);
+            let arp = from_mac(crate::tests::arp_request(sender, GW_IP), mac);
+            assert_eq!(send(&mut sw, &arp).frames.len(), 1);
+        }
+    });
+    assert!(lines <= 20, "{lines} log lines for 1000 frames");
+    assert_eq!(count(&counters(&sw), "drop_spoofed_mac"), 0);
+}
+
+/// IPv4 from an address the guest was not given is dropped and counted (DHCP's 0.0.0.0
+/// excepted); ARP from such a sender does not change the guest's address.
+#[test]
+fn ipv4_from_an_address_the_guest_was_not_given_is_dropped() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let other = Ipv4Addr::new(10, 0, 2, 77);
+    send(&mut sw, &crate::tests::arp_request(other, GW_IP));
+    assert!(sw.status().contains("ip=10.0.2.2 "), "{}", sw.status());
+    send(&mut sw, &ipv4_udp((other, 40000), (GW_IP, 9), b"x"));
+    send(
+        &mut sw,
+        &ipv4_udp((Ipv4Addr::new(198, 18, 0, 9), 40000), (GW_IP, 9), b"x"),
+    );
+    send(&mut sw, &syn_to(40001, (GW_IP, 9)));
+    assert_eq!(flows(&sw), 1, "only the guest's own SYN");
+    let c = counters(&sw);
+    assert_eq!(count(&c, "drop_spoofed_ipv4"), 3, "{c:?}");
+    // Allowed, the same datagram is translated.
+    let mut sw = Switch::new(&crate::config::Config {
+        allow_guest_sources: true,
+        ..config()
+    })
+    .unwrap();
+    send(&mut sw, &ipv4_udp((other, 40000), (GW_IP, 9), b"x"));
+    assert_eq!(flows(&sw), 1);
+}
+
+/// IPv6 from outside the guest's prefix (::1 included) is dropped and counted; an address in
+/// its prefix (SLAAC, privacy addresses) is fine.
+#[test]
+fn ipv6_from_outside_the_guests_prefix_is_dropped() {
+    use crate::ipv6_tests::{dual_stack, udp6, GUEST6};
+    let mut sw = Switch::new(&dual_stack()).unwrap();
+    let far: std::net::Ipv6Addr = "fd00:198:18:1::1".parse().unwrap();
+    for src in ["::1", "fd00:198:18::2", "2001:db8::5", "::ffff:10.0.2.2"] {
+        let src: std::net::Ipv6Addr = src.parse().unwrap();
+        send(&mut sw, &udp6((src, 40000), (far, 9), b"x"));
+    }
+    assert_eq!(flows(&sw), 0);
+    assert_eq!(count(&counters(&sw), "drop_spoofed_ipv6"), 4);
+    let slaac = std::net::Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 0x42);
+    send(&mut sw, &udp6((slaac, 40000), (far, 9), b"x"));
+    send(&mut sw, &udp6((GUEST6, 40000), (far, 9), b"x"));
+    assert_eq!(flows(&sw), 2);
+}

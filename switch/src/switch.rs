@@ -28,7 +28,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
-use podwire_frame::{nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload};
+use podwire_frame::{
+    log_limited, nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload,
+};
 use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use smoltcp::wire::{
@@ -71,6 +73,12 @@ pub struct SwitchCounters {
     pub drop_multicast_broadcast: Counter,
     pub drop_other_protocol: Counter,
     pub drop_rx_full: Counter,
+    /// Frames from a source MAC other than the guest's (anti-spoofing).
+    pub drop_spoofed_mac: Counter,
+    /// IPv4 packets and ARP from an address the guest was not given.
+    pub drop_spoofed_ipv4: Counter,
+    /// IPv6 packets from outside the guest's prefix.
+    pub drop_spoofed_ipv6: Counter,
 }
 
 /// The guest's IPv4 side.
@@ -87,7 +95,17 @@ struct Side6 {
     /// source the guest used.
     guest_ip: Ipv6Addr,
     handed_out: Ipv6Addr,
+    /// The guest's prefix: sources in it (SLAAC, privacy addresses) are its own.
+    prefix_len: u8,
     link: Link6,
+}
+
+impl Side6 {
+    fn owns(&self, src: Ipv6Addr) -> bool {
+        let bits = u32::from(self.prefix_len.min(128));
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        u128::from(src) & mask == u128::from(self.handed_out) & mask
+    }
 }
 
 /// What podwire serves to the guest.
@@ -96,6 +114,8 @@ pub struct Switch {
     pinned_mac: Option<[u8; 6]>,
     v4: Option<Side4>,
     v6: Option<Side6>,
+    /// Anti-spoofing off (`--allow-guest-sources`).
+    allow_sources: bool,
     nat: Nat,
     pub counters: SwitchCounters,
 }
@@ -247,6 +267,7 @@ impl Switch {
             Some(a) => Some(Side6 {
                 guest_ip: a.guest,
                 handed_out: a.guest,
+                prefix_len: a.prefix_len,
                 link: ipv6_link(a, dns.v6.clone(), search6, config)?,
             }),
             None => None,
@@ -258,6 +279,7 @@ impl Switch {
             pinned_mac: config.guest_mac,
             v4,
             v6,
+            allow_sources: config.allow_guest_sources,
             nat,
             counters: SwitchCounters::default(),
         })
@@ -289,12 +311,29 @@ impl Switch {
         }
     }
 
-    fn learn_mac(&mut self, src: [u8; 6]) {
+    /// Takes the first unicast source MAC as the guest's (unless `--mac` pinned it); false for a
+    /// frame from any other source, which is then dropped (anti-spoofing). With
+    /// `--allow-guest-sources` the guest may change its MAC at will.
+    fn check_mac(&mut self, src: [u8; 6]) -> bool {
         let unicast = src[0] & 1 == 0 && src != [0; 6];
-        if self.pinned_mac.is_none() && unicast && self.guest_mac != Some(src) {
-            tracing::info!("guest MAC is {}", EthernetAddress(src));
-            self.guest_mac = Some(src);
+        if self.guest_mac == Some(src) {
+            return true;
         }
+        let learn = unicast
+            && self.pinned_mac.is_none()
+            && (self.guest_mac.is_none() || self.allow_sources);
+        if learn {
+            log_limited!(info, "guest MAC is {}", EthernetAddress(src));
+            self.guest_mac = Some(src);
+            return true;
+        }
+        self.counters.drop_spoofed_mac.inc();
+        log_limited!(
+            warn,
+            "dropped a guest frame from source MAC {}: not the guest's",
+            EthernetAddress(src)
+        );
+        false
     }
 
     fn handle_arp(&mut self, arp: &[u8], rx: &mut dyn RxSink) {
@@ -317,9 +356,19 @@ impl Switch {
             self.counters.arp_ignored.inc();
             return;
         };
-        if !sender_ip.is_unspecified() && sender_ip != v4.guest_ip && v4.in_subnet(sender_ip) {
-            tracing::info!("guest uses address {sender_ip}");
-            v4.guest_ip = sender_ip;
+        if !sender_ip.is_unspecified() && sender_ip != v4.guest_ip {
+            if !self.allow_sources {
+                self.counters.drop_spoofed_ipv4.inc();
+                log_limited!(
+                    warn,
+                    "ignored ARP from {sender_ip}: not the guest's address"
+                );
+                return;
+            }
+            if v4.in_subnet(sender_ip) {
+                log_limited!(info, "guest uses address {sender_ip}");
+                v4.guest_ip = sender_ip;
+            }
         }
         let answer = operation == ArpOperation::Request
             && !sender_ip.is_unspecified()
@@ -419,9 +468,17 @@ impl Switch {
         if proto == IpProtocol::Udp && dport == Some(DHCP_SERVER_PORT) {
             return self.handle_dhcp(frame, &info, rx);
         }
-        let IpAddr::V4(dst) = info.dst else {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
         };
+        if src != v4.guest_ip && !self.allow_sources {
+            self.counters.drop_spoofed_ipv4.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv4 from {src}: not the guest's address"
+            );
+            return;
+        }
         if v4.is_broadcast_or_multicast(dst) {
             self.counters.drop_multicast_broadcast.inc();
             return;
@@ -504,10 +561,20 @@ impl Switch {
             warn_once!("dropped a guest IPv6 packet from {src}: no way back to that source");
             return;
         }
+        // The pod's own addresses are never a guest's, allowed sources or not.
+        let own = self.v6.as_ref().is_some_and(|v6| v6.owns(src));
+        if podwire_nat::is_host_local(src.into()) || !(own || self.allow_sources) {
+            c.drop_spoofed_ipv6.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv6 from {src}: outside the guest's prefix"
+            );
+            return;
+        }
         if let Some(v6) = self.v6.as_mut() {
-            // Logged once per address: a guest may alternate between several sources.
+            // A guest may alternate between several sources: logged rate-limited.
             if v6.link.learn_source(src) {
-                tracing::info!("guest uses IPv6 address {src}");
+                log_limited!(info, "guest uses IPv6 address {src}");
             }
             v6.guest_ip = src;
         }
@@ -701,6 +768,9 @@ impl Switch {
             ("drop_multicast_broadcast", c.drop_multicast_broadcast.get()),
             ("drop_other_protocol", c.drop_other_protocol.get()),
             ("drop_rx_full", c.drop_rx_full.get()),
+            ("drop_spoofed_mac", c.drop_spoofed_mac.get()),
+            ("drop_spoofed_ipv4", c.drop_spoofed_ipv4.get()),
+            ("drop_spoofed_ipv6", c.drop_spoofed_ipv6.get()),
             ("nat_drop_truncated", n.drop_truncated.get()),
             ("nat_drop_bad_checksum", n.drop_bad_checksum.get()),
             ("nat_drop_table_full", n.drop_table_full.get()),
@@ -807,7 +877,9 @@ impl NetHandler for Switch {
             return;
         }
         let eth = EthernetFrame::new_unchecked(&hdr[..n]);
-        self.learn_mac(eth.src_addr().0);
+        if !self.check_mac(eth.src_addr().0) {
+            return;
+        }
         match eth.ethertype() {
             EthernetProtocol::Arp => {
                 let mut arp = [0u8; 28];

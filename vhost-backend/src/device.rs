@@ -62,8 +62,8 @@ use vmm_sys_util::event::{
 
 use podwire_frame::sg::SgError;
 use podwire_frame::{
-    one_of_batch, warn_once, GsoKind, NetHandler, PartialCsum, RxError, RxSink, SgList, TxOffload,
-    MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
+    log_limited, one_of_batch, warn_once, GsoKind, NetHandler, PartialCsum, RxError, RxSink,
+    SgList, TxOffload, MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
 };
 
 use crate::counters::DeviceCounters;
@@ -237,7 +237,8 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
 
     fn acked_features(&mut self, features: u64) {
         if features != self.acked_features {
-            tracing::info!("guest negotiated {}", feature_names(features));
+            // The frontend may renegotiate at will: rate-limited.
+            log_limited!(info, "guest negotiated {}", feature_names(features));
         }
         self.acked_features = features;
     }
