@@ -6,7 +6,6 @@
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
-use podwire_frame::NetHandler;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,

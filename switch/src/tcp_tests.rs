@@ -1011,3 +1011,29 @@ fn repeated_syns_with_a_full_ring_owe_one_syn_ack() {
     assert_eq!(got.len(), 1, "one SYN-ACK once there is room: {got:?}");
     assert_eq!(got[0].flags, SYN | ACK);
 }
+
+/// SIGTERM resets the guest's connections towards their peers, as the link going down does:
+/// the pod side sees a reset, not a clean end of a stream that was cut short.
+#[test]
+fn sigterm_resets_the_connections_peers() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(47001, plain(1460), 65535);
+    assert_eq!(rig.tx(&[g.data(b"half a request")]), []);
+    crate::signals::terminate(&mut rig.sw);
+    let deadline = Instant::now() + TIMEOUT;
+    wait_fd(g.pod.as_raw_fd(), "reset", deadline);
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    let err = loop {
+        match g.pod.read(&mut buf) {
+            Ok(0) => panic!("a clean end of stream after {got:?}, not a reset"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wait_fd(g.pod.as_raw_fd(), "reset", deadline);
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert_eq!(flows(&rig.sw), 0);
+}
