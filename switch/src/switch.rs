@@ -236,7 +236,10 @@ impl Switch {
         let dns = dns_plan(config);
         let nat = Nat::new(NatConfig {
             max_flows: config.max_flows,
-            udp_idle: config.udp_idle,
+            timeouts: podwire_nat::flow::Timeouts {
+                udp: config.udp_idle,
+                ..Default::default()
+            },
             guest_mtu: usize::from(config.mtu),
             pod_mtu: config.uplink.mtu as usize,
             map: AddrMap::new(map_rules(config)),
@@ -782,6 +785,8 @@ impl Switch {
             ),
             ("nat_drop_send_failed", n.drop_send_failed.get()),
             ("nat_drop_loopback", n.drop_loopback.get()),
+            ("nat_drop_datagram_budget", n.drop_datagram_budget.get()),
+            ("udp_drop_unsolicited", n.udp_drop_unsolicited.get()),
             ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
             ("tcp_opened_by_guest", t.opened_by_guest.get()),
             ("tcp_opened_from_pod", t.opened_from_pod.get()),
@@ -797,6 +802,7 @@ impl Switch {
             ("tcp_drop_truncated", t.drop_truncated.get()),
             ("tcp_drop_out_of_window", t.drop_out_of_window.get()),
             ("tcp_drop_table_full", t.drop_table_full.get()),
+            ("tcp_drop_inbound_budget", t.drop_inbound_budget.get()),
             ("tcp_drop_no_connection", t.drop_no_connection.get()),
             ("tcp_drop_loopback", t.drop_loopback.get()),
             ("tcp_rx_stalls", t.rx_stalls.get()),
