@@ -159,17 +159,20 @@ impl FlowLimits {
     }
 
     /// The budgets for a table of `max_flows`: a quarter for inbound flows (a sixteenth of
-    /// that per remote address), and at most 4096 datagram flows — a small share of the pod's
-    /// ephemeral port range, which the pod's other containers draw from too.
+    /// that per remote address); of the guest's share, at most half and at most 4096 for
+    /// datagram flows — a small share of the pod's ephemeral port range, which the pod's other
+    /// containers draw from too, and room left for the guest's TCP connections.
     pub fn for_max(max_flows: usize) -> FlowLimits {
         let max_flows = max_flows.max(1);
         let max_inbound = (max_flows / 4).max(1);
-        FlowLimits {
+        let mut limits = FlowLimits {
             max_flows,
             max_inbound,
             max_inbound_per_source: (max_inbound / 16).max(1),
-            max_datagram: max_flows.min(4096),
-        }
+            max_datagram: 0,
+        };
+        limits.max_datagram = (limits.max_outbound() / 2).clamp(1, 4096);
+        limits
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
+use podwire_frame::NetHandler;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
@@ -231,4 +232,194 @@ fn ipv6_from_outside_the_guests_prefix_is_dropped() {
     send(&mut sw, &udp6((slaac, 40000), (far, 9), b"x"));
     send(&mut sw, &udp6((GUEST6, 40000), (far, 9), b"x"));
     assert_eq!(flows(&sw), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow budgets and timeouts.
+
+/// A TCP client of `port` on the pod's loopback, from source address `src`, connecting
+/// without blocking.
+fn client_from(src: Ipv4Addr, port: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor owned at once.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = addr(src, 0);
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let remote = addr(Ipv4Addr::LOCALHOST, port);
+        libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        owned
+    }
+}
+
+/// Runs the switch until its host fd stays quiet.
+fn settle(sw: &mut Switch) -> Vec<Vec<u8>> {
+    let mut rx = crate::tests::Captured::default();
+    for _ in 0..1000 {
+        sw.poll_host(&mut rx);
+        if !crate::scale_tests::poll_fds(&[sw.host_fd()], std::time::Duration::from_millis(50)) {
+            break;
+        }
+    }
+    rx.frames
+}
+
+/// Remote peers filling the inbound budget of a forwarded port (one source at most its share)
+/// leave the guest every connection of its own.
+#[test]
+fn remote_peers_filling_inbound_leave_the_guest_its_connections() {
+    let _serial = serial();
+    let fwd_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = config();
+    c.max_flows = 16;
+    c.tcp_forwards = vec![crate::config::Forwarding {
+        forward: podwire_nat::ports::Forward {
+            bind: Some(Ipv4Addr::LOCALHOST.into()),
+            iface: None,
+            host_port: fwd_port,
+            guest_port: 80,
+        },
+        explicit: true,
+    }];
+    let mut sw = Switch::new(&c).unwrap();
+    send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
+    // 40 connection attempts from 8 addresses; the guest never answers them.
+    let clients: Vec<_> = (0..40u8)
+        .map(|i| client_from(Ipv4Addr::new(127, 0, 0, 10 + i % 8), fwd_port))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        settle(&mut sw);
+        let c = counters(&sw);
+        let seen = count(&c, "tcp_opened_from_pod") + count(&c, "tcp_drop_inbound_budget");
+        if seen >= 40 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "accepts: {c:?}");
+    }
+    let inbound = flows(&sw);
+    assert_eq!(inbound, 4, "a quarter of 16 for remote peers");
+    // The guest opens as many connections as its share holds: none is refused.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    for i in 0..12 {
+        let got = send(&mut sw, &syn_to(41000 + i, (GW_IP, sport)));
+        assert!(got.frames.is_empty(), "guest SYN {i} refused");
+    }
+    assert_eq!(flows(&sw), inbound + 12);
+    let c = counters(&sw);
+    assert_eq!(count(&c, "tcp_drop_table_full"), 0, "{c:?}");
+    assert_eq!(count(&c, "tcp_drop_inbound_budget"), 36, "{c:?}");
+    drop(clients);
+}
+
+/// Idle flows expire, each kind and state after its own timeout: UDP after 180 s, a TCP
+/// handshake the guest never finishes after 10 s.
+#[test]
+fn idle_flows_expire() {
+    let _serial = serial();
+    let mut sw = Switch::new(&config()).unwrap();
+    send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let start = std::time::Instant::now();
+    send(&mut sw, &ipv4_udp((GUEST_IP, 40000), (GW_IP, 9), b"x"));
+    send(&mut sw, &syn_to(40001, (GW_IP, port)));
+    // The pod's connect completes; the guest never ACKs the SYN-ACK.
+    let deadline = start + std::time::Duration::from_secs(10);
+    while settle(&mut sw).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no SYN-ACK");
+    }
+    assert_eq!(flows(&sw), 2);
+    let mut rx = crate::tests::Captured::default();
+    let secs = std::time::Duration::from_secs;
+    sw.expire_idle_at(start + secs(9), &mut rx);
+    assert_eq!(flows(&sw), 2);
+    sw.expire_idle_at(start + secs(60), &mut rx);
+    assert_eq!(flows(&sw), 1, "the half-open connection expired");
+    assert_eq!(rx.frames.len(), 1, "the guest gets a RST for it");
+    sw.expire_idle_at(start + secs(179), &mut rx);
+    assert_eq!(flows(&sw), 1);
+    sw.expire_idle_at(start + secs(200), &mut rx);
+    assert_eq!(flows(&sw), 0, "the UDP flow expired");
+    assert_eq!(count(&counters(&sw), "flows_expired"), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP: the pod's port space and endpoint-dependent filtering.
+
+/// A guest spraying datagrams from many source ports binds at most its datagram budget of
+/// pod ports; the rest are dropped and counted, and its TCP connections still open.
+#[test]
+fn udp_source_port_spray_is_bounded() {
+    let _serial = serial();
+    let mut c = config();
+    c.max_flows = 16;
+    let mut sw = Switch::new(&c).unwrap();
+    send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
+    for sport in 0..20 {
+        send(
+            &mut sw,
+            &ipv4_udp((GUEST_IP, 42000 + sport), (GW_IP, 9), b"x"),
+        );
+    }
+    assert_eq!(flows(&sw), 6, "half of the guest's 12");
+    assert_eq!(count(&counters(&sw), "nat_drop_datagram_budget"), 14);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    assert!(send(&mut sw, &syn_to(43000, (GW_IP, port)))
+        .frames
+        .is_empty());
+    assert_eq!(flows(&sw), 7);
+}
+
+/// Replies reach a guest port only from an endpoint it sent to from that port: another peer
+/// that learned the pod-side port cannot send into the flow.
+#[test]
+fn udp_replies_only_from_the_peer_the_guest_addressed() {
+    let _serial = serial();
+    let mut sw = Switch::new(&config()).unwrap();
+    send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    send(
+        &mut sw,
+        &ipv4_udp((GUEST_IP, 44000), (GW_IP, port), b"query"),
+    );
+    let mut buf = [0u8; 16];
+    let (_, flow_addr) = server.recv_from(&mut buf).unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"intrusion", flow_addr).unwrap();
+    server.send_to(b"answer", flow_addr).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut got = Vec::new();
+    while count(&counters(&sw), "udp_in") + count(&counters(&sw), "udp_drop_unsolicited") < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", sw.status());
+        got.extend(settle(&mut sw));
+    }
+    got.extend(settle(&mut sw));
+    let payloads: Vec<_> = got.iter().map(|f| f[14 + 20 + 8..].to_vec()).collect();
+    assert_eq!(payloads, vec![b"answer".to_vec()]);
+    assert_eq!(count(&counters(&sw), "udp_drop_unsolicited"), 1);
 }

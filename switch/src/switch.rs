@@ -293,6 +293,13 @@ impl Switch {
         &self.nat.counters
     }
 
+    /// Runs the idle sweep as if the time were `now` (tests drive the timeouts this way).
+    #[cfg(test)]
+    pub fn expire_idle_at(&mut self, now: Instant, rx: &mut dyn RxSink) {
+        let ep = self.endpoints();
+        self.nat.expire_idle(now, rx, &ep);
+    }
+
     #[cfg(test)]
     pub fn nat_mut(&mut self) -> &mut Nat {
         &mut self.nat
