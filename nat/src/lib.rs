@@ -9,10 +9,11 @@
 //!
 //! - **UDP**: one socket per guest (address, source port), bound to the same port in the pod
 //!   when it is free (so port-preserving protocols keep working), otherwise to any. It is not
-//!   connected: the guest may talk to many peers from one port, and replies from any of them are
-//!   returned to that guest port (endpoint-independent mapping, like a "full-cone" NAT).
+//!   connected: the guest may talk to many peers from one port (endpoint-independent mapping),
+//!   but only the endpoints it sent to recently may answer (endpoint-dependent filtering, as a
+//!   connected socket would give): a datagram from anyone else is dropped and counted.
 //! - **ICMP echo**: one ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`) per guest (address,
-//!   identifier, destination). Ping sockets need `net.ipv4.ping_group_range` to include
+//!   identifier, destination), connected to the destination. Ping sockets need `net.ipv4.ping_group_range` to include
 //!   podwire's group; without it echo requests are dropped, counted and logged once.
 //! - **Addresses the guest sees differ from the pod's** only through [`AddrMap`]: the gateway
 //!   address maps to the pod's loopback (so services on the pod's 127.0.0.1 answer on the
@@ -30,11 +31,14 @@
 //! - **Forwarded pod ports** ([`ports`] parses passt's `-t`/`-u` syntax): TCP listeners whose
 //!   clients become connections towards the guest, and UDP sockets that are permanent flows.
 //!
-//! Flows live in a slab indexed by the mio token, with hash maps from the guest-side key to the
-//! slot: lookup is O(1) and nothing is allocated per packet. One timerfd ticks every 100 ms for
-//! TCP retransmission; once a second the same tick closes datagram flows idle past their timeout.
-//! Each table (datagram flows, TCP connections) has a hard size limit, beyond which new flows are
-//! refused and counted.
+//! Every flow of every kind lives in the one [`flow::FlowTable`]: slot = mio token, a hash map
+//! from the guest-side key to the slot, one insert and one remove path, budgets per origin
+//! (guest, remote peers on forwarded ports, per remote address) and for datagram flows, beyond
+//! which new flows are refused and counted. Lookup is O(1) and nothing is allocated per packet.
+//! One timerfd ticks every 100 ms for TCP retransmission and sets the table's coarse clock;
+//! once a second the same tick closes flows idle past the timeout of their kind and state.
+//! Only the gateway mapping (or a loopback resolver's rule) may lead to the pod's loopback:
+//! a guest packet to a loopback or unspecified address is dropped and counted.
 
 pub mod flow;
 pub mod ports;
