@@ -75,8 +75,8 @@ pub struct Cli {
     /// Where the pod's resolver configuration is read from
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Most concurrent flows of each kind (TCP connections; UDP ports and ping sessions); more
-    /// are refused
+    /// Most concurrent flows of every kind (TCP connections, UDP ports, ping sessions): a
+    /// quarter for connections to forwarded ports, the rest for the guest's; more are refused
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_flows: u32,
     /// Seconds a UDP flow may stay idle before it is closed
