@@ -17,7 +17,8 @@
 //!                                      md5-checked download)
 //! podwire-soak flood [--attempts N]    (default 100000) a remote host opens N connections at
 //!                                      a forwarded port while the guest's own outbound
-//!                                      connections (a churn of 2000) must all succeed
+//!                                      connections (rounds of 500, for as long as the
+//!                                      flood lasts) must all succeed
 //! ```
 //!
 //! Each prints what it measured and exits 0 when everything held, 1 with the reason otherwise.
@@ -347,6 +348,7 @@ fn flood(attempts: u64) -> Result<String> {
     let mut pw = Podwire::spawn(Some(&topo.pod), &cfg)?;
     let image = image_with_flows(dir.path())?;
     let mut vm = boot(&image, &pw, "flood")?;
+    let base = Footprint::of(&pw);
     let c = vm.console();
     c.run_ok(
         &format!("{GUEST_FLOWS} serve 0.0.0.0:{FORWARD_PORT} > /tmp/serve.log 2>&1 &"),
@@ -363,34 +365,35 @@ fn flood(attempts: u64) -> Result<String> {
             "512",
         ],
     )?;
-    // While the flood runs: the guest's own connections, all of them must succeed.
-    let churn = c.run(
-        &format!("{GUEST_FLOWS} churn {FAR_HOST}:{FLOWS_PORT} 2000"),
-        Duration::from_secs(600),
-    )?;
-    let flood_running = flood.is_running();
+    // While the flood runs: rounds of the guest's own connections, all of which must succeed.
+    let mut rounds = 0;
+    let mut connections = 0;
+    while flood.is_running() || rounds == 0 {
+        let churn = c.run(
+            &format!("{GUEST_FLOWS} churn {FAR_HOST}:{FLOWS_PORT} 500"),
+            Duration::from_secs(600),
+        )?;
+        if churn.code != 0 || !churn.output.contains("churned 500") {
+            bail!(
+                "the guest's connections failed during the flood (round {rounds}): {}",
+                churn.output
+            );
+        }
+        rounds += 1;
+        connections += 500;
+    }
     let status_code = flood.wait_timeout(Duration::from_secs(3600))?;
     let flood_log = flood.log();
     ensure!(status_code.success(), "the flood tool failed: {flood_log}");
-    if churn.code != 0 || !churn.output.contains("churned 2000") {
-        bail!(
-            "the guest's connections failed during the flood: {}",
-            churn.output
-        );
-    }
     let s = status(&mut pw)?;
+    back_to_baseline(&mut pw, base, "after the flood")?;
     Ok(format!(
-        "{} ; guest churn during the flood ({}): {}; podwire inbound refusals {}; {s}",
+        "{}; meanwhile {connections} guest connections in {rounds} rounds, none failed; \
+         podwire refused {} inbound connections (budget) and is back at its baseline; {s}",
         flood_log
             .lines()
             .rfind(|l| l.contains("flooded"))
             .unwrap_or("?"),
-        if flood_running {
-            "overlapping"
-        } else {
-            "after it"
-        },
-        churn.output.trim(),
         field(&s, "tcp_drop_inbound_budget")
     ))
 }
