@@ -7,7 +7,7 @@
 //! would have needed ([`Writer::pos`]). [`Writer::optional`] turns that into
 //! "written whole or not at all" for parts a reply can do without.
 
-pub(crate) struct Writer<'b> {
+pub struct Writer<'b> {
     buf: &'b mut [u8],
     /// Usable prefix of `buf`.
     limit: usize,

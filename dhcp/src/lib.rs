@@ -1,4 +1,4 @@
-//! DHCPv4, DHCPv6 and router advertisement responders for podwire's one
+//! DHCPv4 and DHCPv6 responders for podwire's one
 //! guest: packets in, packets out, no I/O.
 //!
 //! # Theory of operation (DHCPv4)
@@ -113,36 +113,20 @@
 //! ([`router_link_local`]) port 547 to the request's source address and
 //! port, to the guest's MAC.
 //!
-//! # Router advertisements
-//!
-//! [`router_advertisement`] writes a complete ICMPv6 Router Advertisement
-//! (checksum included) from an [`RaConfig`]; [`parse_router_solicitation`]
-//! validates what the guest sends to [`ALL_ROUTERS`]. The design notes are
-//! on [`RaConfig`] and the functions. The caller sends one advertisement
-//! when the guest's link comes up, answers each valid solicitation
-//! (unicast to its source, or to [`ALL_NODES`] from the unspecified
-//! address; rate-limiting them is wise, since the guest controls their
-//! rate), and sends an unsolicited one to [`ALL_NODES`] at least every
-//! [`RaConfig::max_interval_secs`].
+//! Router advertisements and solicitations are link control, in
+//! `podwire-link`, which shares this crate's DNS name encoding ([`names`])
+//! and bounded writer ([`buf`]) for its DNSSL option.
 
-mod buf;
+pub mod buf;
 mod config;
 mod error;
-mod names;
-mod ra;
+pub mod names;
 mod server;
 mod v6;
 mod wire;
 
 pub use config::Dhcpv4Config;
-pub use error::{
-    ConfigError, DhcpError, Dhcpv6ConfigError, Dhcpv6Error, RaConfigError, RaError, RsError,
-};
-pub use ra::{
-    icmpv6_checksum, is_router_solicitation, parse_router_solicitation, router_advertisement,
-    router_advertisement_len, router_link_local, RaConfig, RouterSolicitation, ALL_NODES,
-    ALL_ROUTERS, ICMPV6_NEXT_HEADER, ND_HOP_LIMIT,
-};
+pub use error::{ConfigError, DhcpError, Dhcpv6ConfigError, Dhcpv6Error};
 pub use server::{
     DeclineInfo, Dhcpv4Counters, Dhcpv4Server, LeaseInfo, MessageKind, Reply, ReplyDest,
 };

@@ -16,7 +16,7 @@ const MAX_POINTER_TARGET: usize = 0x3fff;
 ///
 /// A single trailing dot is accepted because operators copy names from
 /// resolv.conf and zone files, where it is common.
-pub(crate) fn split_labels(name: &str) -> Result<Vec<&str>, &'static str> {
+pub fn split_labels(name: &str) -> Result<Vec<&str>, &'static str> {
     wire_len(name)?;
     Ok(body(name).split('.').collect())
 }
@@ -29,7 +29,7 @@ fn body(name: &str) -> &str {
 /// Validates a name as [`split_labels`] does, without allocating, and
 /// returns its uncompressed wire length (length bytes and root label
 /// included).
-pub(crate) fn wire_len(name: &str) -> Result<usize, &'static str> {
+pub fn wire_len(name: &str) -> Result<usize, &'static str> {
     let body = body(name);
     if body.is_empty() {
         return Err("empty name");
@@ -54,10 +54,7 @@ pub(crate) fn wire_len(name: &str) -> Result<usize, &'static str> {
 /// Feeds the uncompressed RFC 1035 3.1 encoding of a valid name to `put`
 /// (length-prefixed labels, then the zero root label) and returns its
 /// length; an invalid name feeds nothing.
-pub(crate) fn write_uncompressed(
-    name: &str,
-    mut put: impl FnMut(&[u8]),
-) -> Result<usize, &'static str> {
+pub fn write_uncompressed(name: &str, mut put: impl FnMut(&[u8])) -> Result<usize, &'static str> {
     let len = wire_len(name)?;
     for label in body(name).split('.') {
         // wire_len capped labels at 63 bytes, so this cannot truncate.
@@ -71,7 +68,7 @@ pub(crate) fn write_uncompressed(
 /// Encodes names back to back without compression, as DHCPv6 option 24
 /// and the DNSSL option require. Invalid names are skipped; the first one
 /// is reported with its index.
-pub(crate) fn encode_uncompressed(names: &[String]) -> (Vec<u8>, Option<(usize, &'static str)>) {
+pub fn encode_uncompressed(names: &[String]) -> (Vec<u8>, Option<(usize, &'static str)>) {
     let mut out = Vec::new();
     let mut first_error = None;
     for (index, name) in names.iter().enumerate() {
@@ -96,7 +93,7 @@ pub(crate) fn encode_uncompressed(names: &[String]) -> (Vec<u8>, Option<(usize, 
 ///
 /// Invalid names are skipped; the first one is reported with its index so
 /// strict callers can refuse the configuration.
-pub(crate) fn encode_search_list(names: &[String]) -> (Vec<u8>, Option<(usize, &'static str)>) {
+pub fn encode_search_list(names: &[String]) -> (Vec<u8>, Option<(usize, &'static str)>) {
     let mut out = Vec::new();
     let mut first_error = None;
     // Every name written so far, with the offset at which each of its

@@ -46,46 +46,57 @@ pub struct Reply {
     pub kind: MessageKind,
 }
 
-/// Event counters. Every datagram bumps `received` and then exactly one of
-/// `malformed` or a per-type counter (`discovers` .. `informs`), or
-/// `ignored_unsupported_type`. Every datagram that gets no reply is
-/// accounted for by `malformed`, `ignored`, `declines`, `releases` or
-/// `output_too_small`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dhcpv4Counters {
-    pub received: u64,
-    pub discovers: u64,
-    pub requests: u64,
-    pub declines: u64,
-    pub releases: u64,
-    pub informs: u64,
-    pub offers: u64,
-    pub acks: u64,
-    pub naks: u64,
-    /// DISCOVERs answered directly with an ACK (RFC 4039); also counted in
-    /// `discovers` and `acks`.
-    pub rapid_commits: u64,
-    /// Datagrams rejected with an error other than `OutputTooSmall`.
-    pub malformed: u64,
-    /// Well-formed messages that got no reply and changed nothing; the sum
-    /// of the `ignored_*` counters.
-    pub ignored: u64,
-    /// REQUEST/DECLINE/RELEASE naming another server: the guest chose
-    /// someone else, which on this link means it is confused or probing.
-    pub ignored_other_server: u64,
-    /// Message types a client does not send to a server (OFFER, ACK, NAK,
-    /// or anything beyond INFORM).
-    pub ignored_unsupported_type: u64,
-    /// RELEASEs for an address or MAC that holds no lease here.
-    pub ignored_stale_release: u64,
-    /// `chaddr` differs from the Ethernet source. Served anyway; a hint
-    /// that something inside the guest bridges or spoofs.
-    pub chaddr_mismatch: u64,
-    /// Options left out of replies because the client's size limit or the
-    /// caller's buffer had no room.
-    pub options_omitted: u64,
-    /// Replies dropped because `out` was shorter than 300 bytes.
-    pub output_too_small: u64,
+podwire_frame::counters! {
+    /// Event counters. Every datagram bumps `received` and then exactly one of
+    /// `malformed` or a per-type counter (`discovers` .. `informs`), or
+    /// `ignored_unsupported_type`. Every datagram that gets no reply is
+    /// accounted for by `malformed`, `ignored`, `declines`, `releases` or
+    /// `output_too_small`.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct Dhcpv4Counters: u64 {
+        /// Datagrams handed to the server.
+        received: Count,
+        /// DISCOVERs received.
+        discovers: Count,
+        /// REQUESTs received.
+        requests: Count,
+        /// DECLINEs received.
+        declines: Count,
+        /// RELEASEs received.
+        releases: Count,
+        /// INFORMs received.
+        informs: Count,
+        /// OFFERs sent.
+        offers: Count,
+        /// ACKs sent.
+        acks: Count,
+        /// NAKs sent.
+        naks: Count,
+        /// DISCOVERs answered directly with an ACK (RFC 4039); also counted in
+        /// `discovers` and `acks`.
+        rapid_commits: Count,
+        /// Datagrams rejected with an error other than `OutputTooSmall`.
+        malformed: Drop,
+        /// Well-formed messages that got no reply and changed nothing; the sum
+        /// of the `ignored_*` counters.
+        ignored: Count,
+        /// REQUEST/DECLINE/RELEASE naming another server: the guest chose
+        /// someone else, which on this link means it is confused or probing.
+        ignored_other_server: Drop,
+        /// Message types a client does not send to a server (OFFER, ACK, NAK,
+        /// or anything beyond INFORM).
+        ignored_unsupported_type: Drop,
+        /// RELEASEs for an address or MAC that holds no lease here.
+        ignored_stale_release: Drop,
+        /// `chaddr` differs from the Ethernet source. Served anyway; a hint
+        /// that something inside the guest bridges or spoofs.
+        chaddr_mismatch: Count,
+        /// Options left out of replies because the client's size limit or the
+        /// caller's buffer had no room.
+        options_omitted: Count,
+        /// Replies dropped because `out` was shorter than 300 bytes.
+        output_too_small: Drop,
+    }
 }
 
 /// The guest's binding.

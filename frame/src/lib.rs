@@ -18,10 +18,14 @@
 //! podwire-nat` shows none of those crates.
 
 pub mod counters;
+mod pseudo;
 pub mod sg;
 pub mod sink;
 
-pub use counters::{nonzero_summary, Counter, RateLimit};
+pub use counters::{
+    nonzero_summary, summary_of, Counter, CounterDesc, CounterKind, CounterSet, CounterValue,
+    RateLimit,
+};
 pub use sg::{Checksum, SgError, SgList, MAX_SEGS};
 pub use sink::{
     one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, TxOffload, MAX_FRAME_LEN,

@@ -167,75 +167,66 @@ impl Default for NatConfig {
     }
 }
 
-/// Why a guest packet was not translated. Each has a counter in [`NatCounters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NatDrop {
-    #[error("truncated L4 header")]
-    Truncated,
-    #[error("bad L4 checksum")]
-    BadChecksum,
-    #[error("flow table full")]
-    TableFull,
-    #[error("cannot open a socket")]
-    Socket,
-    #[error("ICMP type podwire does not forward")]
-    UnsupportedIcmp,
-    #[error("ping sockets not permitted (net.ipv4.ping_group_range)")]
-    PingNotPermitted,
-    #[error("send failed")]
-    SendFailed,
-    #[error("destination is the pod's loopback or unspecified address")]
-    Loopback,
-    #[error("the guest's UDP port and ping session budget is spent")]
-    DatagramBudget,
-}
-
-#[derive(Debug, Default)]
-pub struct NatCounters {
-    pub udp_out: Counter,
-    /// Messages that carried several guest datagrams (UDP GSO), and send syscalls for UDP.
-    pub udp_coalesced: Counter,
-    pub udp_send_calls: Counter,
-    /// `recvmmsg` calls that brought datagrams for the guest (`udp_in` / this = batch size).
-    pub udp_recv_calls: Counter,
-    pub udp_in: Counter,
-    pub icmp_out: Counter,
-    pub icmp_in: Counter,
-    pub flows_opened: Counter,
-    pub flows_expired: Counter,
-    pub drop_truncated: Counter,
-    pub drop_bad_checksum: Counter,
-    pub drop_table_full: Counter,
-    pub drop_socket: Counter,
-    pub drop_unsupported_icmp: Counter,
-    pub drop_ping_not_permitted: Counter,
-    pub drop_send_failed: Counter,
-    /// Datagrams and echo requests to the pod's own loopback or unspecified address.
-    pub drop_loopback: Counter,
-    /// Guest datagrams from a new source port (or echo requests of a new session) beyond the
-    /// datagram budget ([`flow::FlowLimits::max_datagram`]).
-    pub drop_datagram_budget: Counter,
-    /// Datagrams to a guest port from an endpoint the guest never sent to from it.
-    pub udp_drop_unsolicited: Counter,
-    /// Datagrams from the pod larger than the guest's MTU.
-    pub drop_too_big_for_guest: Counter,
-    /// Times a flow had to wait for guest RX buffers.
-    pub rx_stalls: Counter,
-}
-
-impl NatCounters {
-    fn count(&self, d: NatDrop) {
-        match d {
-            NatDrop::Truncated => self.drop_truncated.inc(),
-            NatDrop::BadChecksum => self.drop_bad_checksum.inc(),
-            NatDrop::TableFull => self.drop_table_full.inc(),
-            NatDrop::Socket => self.drop_socket.inc(),
-            NatDrop::UnsupportedIcmp => self.drop_unsupported_icmp.inc(),
-            NatDrop::PingNotPermitted => self.drop_ping_not_permitted.inc(),
-            NatDrop::SendFailed => self.drop_send_failed.inc(),
-            NatDrop::Loopback => self.drop_loopback.inc(),
-            NatDrop::DatagramBudget => self.drop_datagram_budget.inc(),
-        }
+podwire_frame::counters! {
+    /// What the NAT did with guest datagrams and ICMP, and with their flows.
+    pub struct NatCounters {
+        /// Guest UDP datagrams sent to the pod.
+        udp_out: Count,
+        /// Messages that carried several guest datagrams (UDP GSO).
+        udp_coalesced: Count,
+        /// Send syscalls for guest UDP (`udp_out` / this = datagrams per call).
+        udp_send_calls: Count,
+        /// `recvmmsg` calls that brought datagrams for the guest (`udp_in` / this = batch size).
+        udp_recv_calls: Count,
+        /// UDP datagrams from the pod delivered to the guest.
+        udp_in: Count,
+        /// Guest ICMP echo requests sent through ping sockets.
+        icmp_out: Count,
+        /// ICMP echo replies delivered to the guest.
+        icmp_in: Count,
+        /// UDP and ICMP flows opened.
+        flows_opened: Count,
+        /// Flows of every kind closed for being idle.
+        flows_expired: Count,
+        /// Datagrams to a guest port from an endpoint the guest never sent to from it
+        /// (endpoint-dependent filtering).
+        udp_drop_unsolicited: Drop,
+        /// Datagrams from the pod larger than the guest's MTU.
+        drop_too_big_for_guest: Drop,
+        /// Times a flow had to wait for guest RX buffers.
+        rx_stalls: Count,
+    }
+    /// Why a guest packet was not translated; each bumps the counter after `=>`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum NatDrop {
+        /// Guest packets whose L4 header was cut short.
+        #[error("truncated L4 header")]
+        Truncated => drop_truncated,
+        /// Guest packets with a bad L4 checksum.
+        #[error("bad L4 checksum")]
+        BadChecksum => drop_bad_checksum,
+        /// Guest packets that would have opened a flow in a full table.
+        #[error("flow table full")]
+        TableFull => drop_table_full,
+        /// Guest packets for which no socket could be opened.
+        #[error("cannot open a socket")]
+        Socket => drop_socket,
+        /// Guest ICMP messages of a type podwire does not forward.
+        #[error("ICMP type podwire does not forward")]
+        UnsupportedIcmp => drop_unsupported_icmp,
+        /// Guest pings dropped because ping sockets are not permitted.
+        #[error("ping sockets not permitted (net.ipv4.ping_group_range)")]
+        PingNotPermitted => drop_ping_not_permitted,
+        /// Guest datagrams whose send to the pod failed.
+        #[error("send failed")]
+        SendFailed => drop_send_failed,
+        /// Guest datagrams and echo requests to the pod's own loopback or unspecified address.
+        #[error("destination is the pod's loopback or unspecified address")]
+        Loopback => drop_loopback,
+        /// Guest datagrams from a new source port (or echo requests of a new session) beyond
+        /// the datagram budget ([`flow::FlowLimits::max_datagram`]).
+        #[error("the guest's UDP port and ping session budget is spent")]
+        DatagramBudget => drop_datagram_budget,
     }
 }
 
@@ -380,7 +371,7 @@ impl Nat {
     }
 
     fn drop_packet(&self, d: NatDrop) {
-        self.counters.count(d);
+        d.counter(&self.counters).inc();
         if d != NatDrop::PingNotPermitted {
             warn_once!("dropped a guest packet: {d}");
         }

@@ -45,9 +45,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use podwire_frame::{
-    log_limited, warn_once, Checksum, Counter, GsoKind, RxError, RxSink, SgList, MAX_SEGS,
-};
+use podwire_frame::{log_limited, warn_once, Checksum, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
 use crate::flow::{FlowData, FlowKey, FlowTable, Origin, Refused, Timeouts};
@@ -270,29 +268,47 @@ struct Listener {
     guest_port: u16,
 }
 
-#[derive(Debug, Default)]
-pub struct TcpCounters {
-    pub opened_by_guest: Counter,
-    pub opened_from_pod: Counter,
-    pub closed: Counter,
-    pub connect_failed: Counter,
-    pub rst_from_guest: Counter,
-    pub rst_to_guest: Counter,
-    pub retransmits: Counter,
-    pub bytes_from_guest: Counter,
-    pub bytes_to_guest: Counter,
-    pub short_writes: Counter,
-    pub drop_bad_checksum: Counter,
-    pub drop_truncated: Counter,
-    pub drop_out_of_window: Counter,
-    pub drop_table_full: Counter,
-    /// Connections on forwarded ports refused: the inbound budget, or one source's share of
-    /// it, was spent.
-    pub drop_inbound_budget: Counter,
-    pub drop_no_connection: Counter,
-    /// SYNs to the pod's own loopback or unspecified address (refused with a RST).
-    pub drop_loopback: Counter,
-    pub rx_stalls: Counter,
+podwire_frame::counters! {
+    /// What the TCP translation did.
+    pub struct TcpCounters {
+        /// Connections the guest opened.
+        opened_by_guest: Count,
+        /// Connections from the pod forwarded to the guest.
+        opened_from_pod: Count,
+        /// Connections closed.
+        closed: Count,
+        /// Guest connections whose connect to the pod failed.
+        connect_failed: Count,
+        /// Resets the guest sent.
+        rst_from_guest: Count,
+        /// Resets sent to the guest.
+        rst_to_guest: Count,
+        /// Segments sent to the guest again.
+        retransmits: Count,
+        /// Payload bytes from the guest written to sockets.
+        bytes_from_guest: Bytes,
+        /// Payload bytes from sockets delivered to the guest.
+        bytes_to_guest: Bytes,
+        /// Socket writes that took less than the guest sent.
+        short_writes: Count,
+        /// Guest segments with a bad checksum.
+        drop_bad_checksum: Drop,
+        /// Guest segments cut short.
+        drop_truncated: Drop,
+        /// Guest segments outside the receive window.
+        drop_out_of_window: Drop,
+        /// Guest SYNs that found the flow table (the guest's share of it) full.
+        drop_table_full: Drop,
+        /// Connections on forwarded ports refused: the inbound budget, or one remote
+        /// address's share of it, was spent.
+        drop_inbound_budget: Drop,
+        /// Guest SYNs to the pod's own loopback or unspecified address (refused with a RST).
+        drop_loopback: Drop,
+        /// Guest segments for no known connection.
+        drop_no_connection: Drop,
+        /// Times a connection had to wait for guest RX buffers.
+        rx_stalls: Count,
+    }
 }
 
 /// The TCP connections and listeners.

@@ -174,22 +174,7 @@ pub fn eth_ip_header(
 /// one's complement sum, IPv6's 32-bit length and next header fold to the same words as
 /// IPv4's for lengths under 64 KiB.
 pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Checksum {
-    let mut c = Checksum::new();
-    match same_family(src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            c.add(&s.octets());
-            c.add(&d.octets());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            c.add(&s.octets());
-            c.add(&d.octets());
-        }
-        _ => {}
-    }
-    c.add_u16(u16::from(proto));
-    c.add_u16((len >> 16) as u16);
-    c.add_u16(len as u16);
-    c
+    Checksum::pseudo_header(src, dst, proto, len)
 }
 
 /// A UDP header whose checksum covers `frame[payload_offset..payload_offset + payload_len]`.

@@ -360,7 +360,7 @@ fn idle_flows_expire() {
     assert_eq!(flows(&sw), 1);
     sw.expire_idle_at(start + secs(200), &mut rx);
     assert_eq!(flows(&sw), 0, "the UDP flow expired");
-    assert_eq!(count(&counters(&sw), "flows_expired"), 2);
+    assert_eq!(count(&counters(&sw), "nat_flows_expired"), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,12 +414,14 @@ fn udp_replies_only_from_the_peer_the_guest_addressed() {
     server.send_to(b"answer", flow_addr).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut got = Vec::new();
-    while count(&counters(&sw), "udp_in") + count(&counters(&sw), "udp_drop_unsolicited") < 2 {
+    while count(&counters(&sw), "nat_udp_in") + count(&counters(&sw), "nat_udp_drop_unsolicited")
+        < 2
+    {
         assert!(std::time::Instant::now() < deadline, "{}", sw.status());
         got.extend(settle(&mut sw));
     }
     got.extend(settle(&mut sw));
     let payloads: Vec<_> = got.iter().map(|f| f[14 + 20 + 8..].to_vec()).collect();
     assert_eq!(payloads, vec![b"answer".to_vec()]);
-    assert_eq!(count(&counters(&sw), "udp_drop_unsolicited"), 1);
+    assert_eq!(count(&counters(&sw), "nat_udp_drop_unsolicited"), 1);
 }

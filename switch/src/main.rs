@@ -13,9 +13,6 @@ mod config;
 mod harden_tests;
 #[cfg(test)]
 mod ipv6_tests;
-mod link6;
-#[cfg(test)]
-mod link6_tests;
 mod podnet;
 #[cfg(test)]
 mod scale_tests;

@@ -1497,7 +1497,7 @@ fn connection_churn_leaves_nothing_behind() {
     assert_eq!(count(&c, "tcp_rst_to_guest"), per_mode as u64);
     assert_eq!(count(&c, "tcp_bytes_from_guest"), req_bytes as u64);
     assert_eq!(count(&c, "tcp_bytes_to_guest"), reply_bytes as u64);
-    assert_eq!(count(&c, "flows_opened"), 0, "no UDP or ICMP flows");
+    assert_eq!(count(&c, "nat_flows_opened"), 0, "no UDP or ICMP flows");
     assert_eq!(h.guest.stats.anomalies, 0, "{:?}", h.guest.stats);
     assert!(
         wrong.is_empty(),

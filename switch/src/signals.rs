@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use podwire_frame::CounterSet;
 use podwire_vhost::DeviceCounters;
 
 use crate::switch::Switch;

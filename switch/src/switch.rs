@@ -7,13 +7,11 @@
 //! For each frame from the guest it copies at most [`HEADER_COPY`] bytes of headers to the
 //! stack, checks them, and then:
 //!
-//! - **ARP** requests for any address but the guest's own get the gateway's MAC; probes (sender
-//!   0.0.0.0) and announcements are never answered, so the guest's duplicate address detection
-//!   never sees a conflict.
-//! - **DHCPv4** (UDP to port 67) goes to the `podwire-dhcp` responder; its reply is framed here.
+//! - **ARP** and **DHCPv4** (UDP to port 67) go to `podwire_link::Link4`, which answers in whole
+//!   frames (the gateway's MAC for every address but the guest's; the DHCPv4 reply framed).
 //! - **IPv6 control traffic** (neighbor discovery, router solicitations, DHCPv6, pings to the
-//!   gateway's link-local address) goes to [`Link6`], which answers in whole frames; it also
-//!   sends the periodic router advertisements, from the NAT's timer tick.
+//!   gateway's link-local address) goes to `podwire_link::Link6`, which answers in whole frames;
+//!   it also sends the periodic router advertisements, from the NAT's timer tick.
 //! - **UDP, TCP, ICMP and ICMPv6 echo** go to the NAT, with the frame still in guest memory.
 //! - Anything else (unknown EtherTypes, fragments, IPv6 extension headers, bad checksums,
 //!   multicast, a family the guest was not given) is dropped and counted, and each reason is
@@ -27,66 +25,71 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server, ReplyDest};
+use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server};
 use podwire_frame::{
-    log_limited, nonzero_summary, warn_once, Counter, NetHandler, RxSink, SgList, TxOffload,
+    log_limited, summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
 };
-use podwire_nat::wire::{self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN};
+use podwire_link::v4::DHCP_SERVER_PORT;
+use podwire_link::{Link4, Link4Config, Link6, Link6Config};
+use podwire_nat::wire::{Endpoints, IpInfo, ETH_LEN, IPV4_LEN, IPV6_LEN};
 use podwire_nat::{AddrMap, MapRule, Nat, NatConfig};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet,
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
-use crate::link6::{Link6, Link6Config, OUT_BUFFER_LEN};
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
 pub const HEADER_COPY: usize = ETH_LEN + 60 + 20;
-/// Largest DHCP message podwire reads or writes (RFC 2131 asks for 576 at least).
-const DHCP_MAX: usize = 1500;
 /// Largest IPv6 control packet (NDP, DHCPv6) podwire reads; longer ones are dropped by [`Link6`].
 const CONTROL6_MAX: usize = 1500;
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
+/// Largest DHCPv4 datagram (UDP header and message) podwire reads.
+const DHCP4_MAX: usize = 8 + podwire_link::v4::DHCP_MAX;
 
-#[derive(Debug, Default)]
-pub struct SwitchCounters {
-    pub arp_replies: Counter,
-    pub arp_ignored: Counter,
-    pub dhcp_replies: Counter,
-    pub dhcp_errors: Counter,
-    pub control6_replies: Counter,
-    pub drop_short: Counter,
-    pub drop_unknown_ethertype: Counter,
-    /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
-    pub drop_family_off: Counter,
-    pub drop_bad_ipv4_header: Counter,
-    pub drop_bad_ipv4_checksum: Counter,
-    pub drop_bad_ipv6_header: Counter,
-    pub drop_ipv6_extension: Counter,
-    /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
-    pub drop_ipv6_source: Counter,
-    pub drop_control6: Counter,
-    pub drop_fragment: Counter,
-    pub drop_multicast_broadcast: Counter,
-    pub drop_other_protocol: Counter,
-    pub drop_rx_full: Counter,
-    /// Frames from a source MAC other than the guest's (anti-spoofing).
-    pub drop_spoofed_mac: Counter,
-    /// IPv4 packets and ARP from an address the guest was not given.
-    pub drop_spoofed_ipv4: Counter,
-    /// IPv6 packets from outside the guest's prefix.
-    pub drop_spoofed_ipv6: Counter,
-}
-
-/// The guest's IPv4 side.
-struct Side4 {
-    guest_ip: Ipv4Addr,
-    gateway_ip: Ipv4Addr,
-    prefix_len: u8,
-    dhcp: Dhcpv4Server,
+podwire_frame::counters! {
+    /// What the switch did with guest frames before handing them on.
+    pub struct SwitchCounters {
+        /// IPv4 control replies (ARP, DHCPv4) delivered to the guest.
+        control4_replies: Count,
+        /// IPv6 control replies (NDP, RA, DHCPv6, echo) delivered to the guest.
+        control6_replies: Count,
+        /// Frames shorter than their Ethernet or IP header.
+        drop_short: Drop,
+        /// Frames of an EtherType podwire does not serve.
+        drop_unknown_ethertype: Drop,
+        /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
+        drop_family_off: Drop,
+        /// IPv4 headers that are not valid.
+        drop_bad_ipv4_header: Drop,
+        /// IPv4 headers with a bad checksum.
+        drop_bad_ipv4_checksum: Drop,
+        /// IPv6 headers that are not valid.
+        drop_bad_ipv6_header: Drop,
+        /// IPv6 packets to the world with extension headers.
+        drop_ipv6_extension: Drop,
+        /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
+        drop_ipv6_source: Drop,
+        /// IPv4 control packets (ARP, DHCPv4) the link control plane did not answer for a
+        /// reason that is not routine (see `podwire_link::Link4Drop`).
+        drop_control4: Drop,
+        /// IPv6 control packets the link control plane did not answer.
+        drop_control6: Drop,
+        /// IPv4 fragments.
+        drop_fragment: Drop,
+        /// Packets to multicast or broadcast addresses podwire does not serve.
+        drop_multicast_broadcast: Drop,
+        /// IP protocols other than TCP, UDP and ICMP.
+        drop_other_protocol: Drop,
+        /// Replies not delivered because the guest had no RX buffers.
+        drop_rx_full: Drop,
+        /// Frames from a source MAC other than the guest's (anti-spoofing).
+        drop_spoofed_mac: Drop,
+        /// IPv4 packets and ARP from an address the guest was not given.
+        drop_spoofed_ipv4: Drop,
+        /// IPv6 packets from outside the guest's prefix.
+        drop_spoofed_ipv6: Drop,
+    }
 }
 
 /// The guest's IPv6 side.
@@ -112,7 +115,7 @@ impl Side6 {
 pub struct Switch {
     guest_mac: Option<[u8; 6]>,
     pinned_mac: Option<[u8; 6]>,
-    v4: Option<Side4>,
+    v4: Option<Link4>,
     v6: Option<Side6>,
     /// Anti-spoofing off (`--allow-guest-sources`).
     allow_sources: bool,
@@ -245,11 +248,8 @@ impl Switch {
             map: AddrMap::new(map_rules(config)),
             ..NatConfig::default()
         })?;
-        let v4 = config.addressing.map(|a| Side4 {
-            guest_ip: a.guest,
-            gateway_ip: a.gateway,
-            prefix_len: a.prefix_len,
-            dhcp: Dhcpv4Server::new(Dhcpv4Config {
+        let v4 = config.addressing.map(|a| {
+            let dhcp = Dhcpv4Server::new(Dhcpv4Config {
                 server_ip: a.gateway,
                 guest_ip: a.guest,
                 prefix_len: a.prefix_len,
@@ -260,7 +260,15 @@ impl Switch {
                 mtu: Some(config.mtu),
                 lease_secs: config.lease_secs,
                 hostname: config.hostname.clone(),
-            }),
+            });
+            let link = Link4Config {
+                gateway_mac: GATEWAY_MAC,
+                gateway_ip: a.gateway,
+                guest_ip: a.guest,
+                prefix_len: a.prefix_len,
+                allow_other_sources: config.allow_guest_sources,
+            };
+            Link4::new(link, dhcp)
         });
         let search6 = match &config.resolver.domain {
             Some(d) if config.resolver.search.is_empty() => vec![d.clone()],
@@ -301,6 +309,11 @@ impl Switch {
     }
 
     #[cfg(test)]
+    pub fn link4_counters(&self) -> &podwire_link::Link4Counters {
+        &self.v4.as_ref().expect("IPv4 configured").counters
+    }
+
+    #[cfg(test)]
     pub fn nat_mut(&mut self) -> &mut Nat {
         &mut self.nat
     }
@@ -313,7 +326,7 @@ impl Switch {
             guest_ip: self
                 .v4
                 .as_ref()
-                .map_or(Ipv4Addr::UNSPECIFIED, |v4| v4.guest_ip),
+                .map_or(Ipv4Addr::UNSPECIFIED, |v4| v4.guest_ip()),
             guest_ip6: self
                 .v6
                 .as_ref()
@@ -346,66 +359,45 @@ impl Switch {
         false
     }
 
+    /// ARP: answered by [`Link4`], which also learns the guest's address from it.
     fn handle_arp(&mut self, arp: &[u8], rx: &mut dyn RxSink) {
         let Some(v4) = self.v4.as_mut() else {
             self.counters.drop_family_off.inc();
             return;
         };
-        let Ok(repr) = ArpRepr::parse(&ArpPacket::new_unchecked(arp)) else {
-            self.counters.arp_ignored.inc();
-            return;
-        };
-        let ArpRepr::EthernetIpv4 {
-            operation,
-            source_hardware_addr,
-            source_protocol_addr: sender_ip,
-            target_protocol_addr: target_ip,
-            ..
-        } = repr
-        else {
-            self.counters.arp_ignored.inc();
-            return;
-        };
-        if !sender_ip.is_unspecified() && sender_ip != v4.guest_ip {
-            if !self.allow_sources {
+        let before = v4.guest_ip();
+        let mut out = [0u8; podwire_link::v4::ARP_FRAME_LEN];
+        let result = v4.handle_arp(arp, &mut out).map(Some);
+        if v4.guest_ip() != before {
+            log_limited!(info, "guest uses address {}", v4.guest_ip());
+        }
+        self.deliver_control4(result, &out, rx);
+    }
+
+    /// Delivers what [`Link4`] answered, or counts and logs why it did not.
+    fn deliver_control4(
+        &self,
+        result: Result<Option<usize>, podwire_link::Link4Drop>,
+        out: &[u8],
+        rx: &mut dyn RxSink,
+    ) {
+        match result {
+            Ok(Some(len)) => {
+                self.counters.control4_replies.inc();
+                self.deliver(rx, &out[..len.min(out.len())]);
+            }
+            Ok(None) => {}
+            Err(podwire_link::Link4Drop::SpoofedSender(ip)) => {
                 self.counters.drop_spoofed_ipv4.inc();
-                log_limited!(
-                    warn,
-                    "ignored ARP from {sender_ip}: not the guest's address"
-                );
-                return;
+                log_limited!(warn, "ignored ARP from {ip}: not the guest's address");
             }
-            if v4.in_subnet(sender_ip) {
-                log_limited!(info, "guest uses address {sender_ip}");
-                v4.guest_ip = sender_ip;
+            // Link4 counts each reason itself; ARP it does not answer is not news.
+            Err(e) if e.is_routine() => {}
+            Err(e) => {
+                self.counters.drop_control4.inc();
+                warn_once!("dropped an IPv4 control packet from the guest: {e}");
             }
         }
-        let answer = operation == ArpOperation::Request
-            && !sender_ip.is_unspecified()
-            && target_ip != sender_ip
-            && target_ip != v4.guest_ip;
-        if !answer {
-            self.counters.arp_ignored.inc();
-            return;
-        }
-        let reply = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Reply,
-            source_hardware_addr: EthernetAddress(GATEWAY_MAC),
-            source_protocol_addr: target_ip,
-            target_hardware_addr: source_hardware_addr,
-            target_protocol_addr: sender_ip,
-        };
-        let mut frame = [0u8; ETH_LEN + 28];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress(GATEWAY_MAC),
-            dst_addr: source_hardware_addr,
-            ethertype: EthernetProtocol::Arp,
-        }
-        .emit(&mut eth);
-        reply.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH_LEN..]));
-        self.deliver(rx, &frame);
-        self.counters.arp_replies.inc();
     }
 
     /// Copies a frame podwire built itself into the guest's RX ring.
@@ -481,7 +473,7 @@ impl Switch {
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
         };
-        if src != v4.guest_ip && !self.allow_sources {
+        if src != v4.guest_ip() && !self.allow_sources {
             self.counters.drop_spoofed_ipv4.inc();
             log_limited!(
                 warn,
@@ -612,7 +604,7 @@ impl Switch {
         };
         let mut packet = [0u8; CONTROL6_MAX];
         let n = frame.read(ETH_LEN, &mut packet[..packet_len.min(CONTROL6_MAX)]);
-        let mut out = [0u8; OUT_BUFFER_LEN];
+        let mut out = [0u8; podwire_link::v6::OUT_BUFFER_LEN];
         let guest_mac = frame_src_mac(frame);
         match v6.link.handle(
             guest_mac,
@@ -641,75 +633,35 @@ impl Switch {
         let Some(v6) = self.v6.as_mut() else {
             return;
         };
-        let mut out = [0u8; OUT_BUFFER_LEN];
+        let mut out = [0u8; podwire_link::v6::OUT_BUFFER_LEN];
         if let Some(len) = v6.link.periodic(guest_mac, Instant::now(), &mut out) {
             self.deliver(rx, &out[..len.min(out.len())]);
         }
     }
 
+    /// DHCPv4: the UDP datagram copied out and handed to [`Link4`], which frames the reply.
     fn handle_dhcp(&mut self, frame: &SgList<'_>, info: &IpInfo, rx: &mut dyn RxSink) {
+        let reply_mac = self.endpoints().guest_mac;
         let Some(v4) = self.v4.as_mut() else {
             return;
         };
-        let mut udp = [0u8; 8];
-        frame.read(info.l4_offset, &mut udp);
-        let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-        if udp_len < 8 || udp_len > info.l4_len {
-            self.counters.dhcp_errors.inc();
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
-        }
-        if udp[6..8] != [0, 0] && !info.partial_csum {
-            let mut sum = wire::pseudo_header(info.src, info.dst, 17, udp_len);
-            frame.checksum(info.l4_offset, udp_len, &mut sum);
-            if sum.fold() != 0xffff {
-                self.counters.dhcp_errors.inc();
-                warn_once!("dropped a DHCP message with a bad UDP checksum");
-                return;
-            }
-        }
-        let mut request = [0u8; DHCP_MAX];
-        let n = frame.read(
-            info.l4_offset + 8,
-            &mut request[..(udp_len - 8).min(DHCP_MAX)],
-        );
-        // The chaddr check inside the responder compares against the frame's real sender.
-        let client_mac = frame_src_mac(frame);
-        let mut reply = [0u8; DHCP_MAX];
-        let answer = match v4.dhcp.handle(client_mac, &request[..n], &mut reply) {
-            Ok(Some(answer)) => answer,
-            Ok(None) => return,
-            Err(e) => {
-                self.counters.dhcp_errors.inc();
-                warn_once!("dropped a DHCP message: {e}");
-                return;
-            }
         };
-        let dst = IpAddr::V4(match answer.dest {
-            ReplyDest::Broadcast => Ipv4Addr::BROADCAST,
-            ReplyDest::Unicast(ip) => ip,
-        });
-        let src = IpAddr::V4(v4.gateway_ip);
-        let payload = &reply[..answer.len.min(DHCP_MAX)];
-        let ep = self.endpoints();
-        let offset = wire::udp_payload_offset(false);
-        let pushed = rx.push(offset + payload.len(), &mut |buf| {
-            if !buf.write(offset, payload) {
-                return None;
-            }
-            let headers = wire::udp_frame_headers(
-                &ep,
-                (src, DHCP_SERVER_PORT),
-                (dst, DHCP_CLIENT_PORT),
-                payload.len(),
-                0,
-                L4Csum::Full(buf),
-            );
-            headers.write_to(buf).then_some(offset + payload.len())
-        });
-        match pushed {
-            Ok(()) => self.counters.dhcp_replies.inc(),
-            Err(_) => self.counters.drop_rx_full.inc(),
-        }
+        let mut udp = [0u8; DHCP4_MAX];
+        let n = frame.read(info.l4_offset, &mut udp[..info.l4_len.min(DHCP4_MAX)]);
+        let mut out = [0u8; podwire_link::v4::OUT_BUFFER_LEN];
+        // The chaddr check inside the responder compares against the frame's real sender.
+        let result = v4.handle_dhcp(
+            frame_src_mac(frame),
+            reply_mac,
+            src,
+            dst,
+            &udp[..n],
+            info.partial_csum,
+            &mut out,
+        );
+        self.deliver_control4(result, &out, rx);
     }
 
     /// The guest's identity, flows and leases, then every non-zero counter: one log line.
@@ -718,12 +670,12 @@ impl Switch {
             .guest_mac
             .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string());
         let ip = self.v4.as_ref().map_or("none".to_string(), |v4| {
-            let lease = if v4.dhcp.lease().is_some() {
+            let lease = if v4.dhcp().lease().is_some() {
                 "bound"
             } else {
                 "none"
             };
-            format!("{} lease={lease}", v4.guest_ip)
+            format!("{} lease={lease}", v4.guest_ip())
         });
         let ip6 = self.v6.as_ref().map_or("none".to_string(), |v6| {
             let lease = if v6.link.lease_bound() {
@@ -748,76 +700,19 @@ impl Switch {
 
     /// A one-line summary of every non-zero counter, for logs.
     pub fn summary(&self) -> String {
-        let c = &self.counters;
-        let n = &self.nat.counters;
-        let t = &self.nat.tcp.counters;
-        let mut pairs = vec![
-            ("arp_replies", c.arp_replies.get()),
-            ("dhcp_replies", c.dhcp_replies.get()),
-            ("dhcp_errors", c.dhcp_errors.get()),
-            ("control6_replies", c.control6_replies.get()),
-            ("udp_out", n.udp_out.get()),
-            ("udp_in", n.udp_in.get()),
-            ("udp_coalesced", n.udp_coalesced.get()),
-            ("udp_send_calls", n.udp_send_calls.get()),
-            ("udp_recv_calls", n.udp_recv_calls.get()),
-            ("icmp_out", n.icmp_out.get()),
-            ("icmp_in", n.icmp_in.get()),
-            ("flows_opened", n.flows_opened.get()),
-            ("flows_expired", n.flows_expired.get()),
-            ("drop_short", c.drop_short.get()),
-            ("drop_unknown_ethertype", c.drop_unknown_ethertype.get()),
-            ("drop_family_off", c.drop_family_off.get()),
-            ("drop_bad_ipv4_header", c.drop_bad_ipv4_header.get()),
-            ("drop_bad_ipv4_checksum", c.drop_bad_ipv4_checksum.get()),
-            ("drop_bad_ipv6_header", c.drop_bad_ipv6_header.get()),
-            ("drop_ipv6_extension", c.drop_ipv6_extension.get()),
-            ("drop_ipv6_source", c.drop_ipv6_source.get()),
-            ("drop_control6", c.drop_control6.get()),
-            ("drop_fragment", c.drop_fragment.get()),
-            ("drop_multicast_broadcast", c.drop_multicast_broadcast.get()),
-            ("drop_other_protocol", c.drop_other_protocol.get()),
-            ("drop_rx_full", c.drop_rx_full.get()),
-            ("drop_spoofed_mac", c.drop_spoofed_mac.get()),
-            ("drop_spoofed_ipv4", c.drop_spoofed_ipv4.get()),
-            ("drop_spoofed_ipv6", c.drop_spoofed_ipv6.get()),
-            ("nat_drop_truncated", n.drop_truncated.get()),
-            ("nat_drop_bad_checksum", n.drop_bad_checksum.get()),
-            ("nat_drop_table_full", n.drop_table_full.get()),
-            ("nat_drop_socket", n.drop_socket.get()),
-            ("nat_drop_unsupported_icmp", n.drop_unsupported_icmp.get()),
-            (
-                "nat_drop_ping_not_permitted",
-                n.drop_ping_not_permitted.get(),
-            ),
-            ("nat_drop_send_failed", n.drop_send_failed.get()),
-            ("nat_drop_loopback", n.drop_loopback.get()),
-            ("nat_drop_datagram_budget", n.drop_datagram_budget.get()),
-            ("udp_drop_unsolicited", n.udp_drop_unsolicited.get()),
-            ("nat_drop_too_big_for_guest", n.drop_too_big_for_guest.get()),
-            ("tcp_opened_by_guest", t.opened_by_guest.get()),
-            ("tcp_opened_from_pod", t.opened_from_pod.get()),
-            ("tcp_closed", t.closed.get()),
-            ("tcp_connect_failed", t.connect_failed.get()),
-            ("tcp_rst_from_guest", t.rst_from_guest.get()),
-            ("tcp_rst_to_guest", t.rst_to_guest.get()),
-            ("tcp_retransmits", t.retransmits.get()),
-            ("tcp_bytes_from_guest", t.bytes_from_guest.get()),
-            ("tcp_bytes_to_guest", t.bytes_to_guest.get()),
-            ("tcp_short_writes", t.short_writes.get()),
-            ("tcp_drop_bad_checksum", t.drop_bad_checksum.get()),
-            ("tcp_drop_truncated", t.drop_truncated.get()),
-            ("tcp_drop_out_of_window", t.drop_out_of_window.get()),
-            ("tcp_drop_table_full", t.drop_table_full.get()),
-            ("tcp_drop_inbound_budget", t.drop_inbound_budget.get()),
-            ("tcp_drop_no_connection", t.drop_no_connection.get()),
-            ("tcp_drop_loopback", t.drop_loopback.get()),
-            ("tcp_rx_stalls", t.rx_stalls.get()),
+        let mut sets: Vec<(&str, &dyn CounterSet)> = vec![
+            ("", &self.counters),
+            ("nat_", &self.nat.counters),
+            ("tcp_", &self.nat.tcp.counters),
         ];
-        if let Some(v6) = &self.v6 {
-            pairs.extend(v6.link.summary_pairs());
+        if let Some(v4) = &self.v4 {
+            sets.push(("", &v4.counters));
+            sets.push(("dhcpv4_", v4.dhcp().counters()));
         }
-        nonzero_summary(&pairs)
+        if let Some(v6) = &self.v6 {
+            sets.extend(v6.link.counter_sets());
+        }
+        summary_of(&sets)
     }
 }
 
@@ -851,24 +746,6 @@ fn ipv6_link(
         a.prefix_len
     );
     Ok(link)
-}
-
-impl Side4 {
-    fn mask(&self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0)
-    }
-
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.guest_ip) & self.mask()
-    }
-
-    fn is_broadcast_or_multicast(&self, ip: Ipv4Addr) -> bool {
-        ip.is_broadcast()
-            || ip.is_multicast()
-            || (self.in_subnet(ip) && u32::from(ip) | self.mask() == u32::MAX)
-    }
 }
 
 fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {

@@ -219,7 +219,7 @@ fn arp_for_the_gateway_and_any_other_address_is_answered_with_the_gateway_mac() 
         assert_eq!(source_protocol_addr, target);
         assert_eq!(target_protocol_addr, GUEST_IP);
     }
-    assert_eq!(sw.counters.arp_replies.get(), 3);
+    assert_eq!(sw.link4_counters().arp_replies.get(), 3);
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn arp_probes_announcements_and_the_guests_own_address_are_never_answered() {
     assert!(send(&mut sw, &arp_request(GUEST_IP, GUEST_IP))
         .frames
         .is_empty());
-    assert_eq!(sw.counters.arp_ignored.get(), 3);
+    assert_eq!(sw.link4_counters().arp_ignored.get(), 3);
 }
 
 #[test]

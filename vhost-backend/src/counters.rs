@@ -1,65 +1,47 @@
-//! Counters kept by the virtio-net device itself (the [`Counter`] type and the log-once macro
-//! live in `podwire-frame`, shared with the NAT).
+//! Counters kept by the virtio-net device itself, declared with `podwire_frame::counters!` (the
+//! [`Counter`](podwire_frame::Counter) type and the log-once macro live in `podwire-frame`,
+//! shared with the NAT).
 
-use podwire_frame::{nonzero_summary, Counter};
-
-/// Counters kept by the virtio-net device itself.
-#[derive(Debug, Default)]
-pub struct DeviceCounters {
-    pub tx_frames: Counter,
-    pub tx_bytes: Counter,
-    pub rx_frames: Counter,
-    pub rx_bytes: Counter,
-    /// Guest interrupts raised (used-buffer notifications).
-    pub interrupts: Counter,
-    /// TX chains dropped because a descriptor pointed outside guest memory.
-    pub tx_bad_address: Counter,
-    /// TX chains dropped because a descriptor was device-writable.
-    pub tx_bad_direction: Counter,
-    /// TX chains dropped for having more segments than podwire handles.
-    pub tx_too_many_segments: Counter,
-    /// TX chains dropped for being longer than the largest frame.
-    pub tx_too_long: Counter,
-    /// TX chains that loop, point outside the descriptor table or cannot be read.
-    pub tx_broken_chain: Counter,
-    /// TX chains shorter than the virtio-net header.
-    pub tx_too_short: Counter,
-    /// RX chains returned unused because they were malformed.
-    pub rx_bad_chain: Counter,
-    /// Frames not delivered because the guest had posted no (or too few) RX buffers.
-    pub rx_no_buffers: Counter,
-    /// Frontends refused because one was already connected.
-    pub refused_frontends: Counter,
-    /// Frontends served so far.
-    pub sessions: Counter,
-}
-
-impl DeviceCounters {
-    /// Every non-zero counter, for logs and status dumps.
-    pub fn summary(&self) -> String {
-        nonzero_summary(&[
-            ("tx_frames", self.tx_frames.get()),
-            ("tx_bytes", self.tx_bytes.get()),
-            ("rx_frames", self.rx_frames.get()),
-            ("rx_bytes", self.rx_bytes.get()),
-            ("interrupts", self.interrupts.get()),
-            ("tx_bad_address", self.tx_bad_address.get()),
-            ("tx_bad_direction", self.tx_bad_direction.get()),
-            ("tx_too_many_segments", self.tx_too_many_segments.get()),
-            ("tx_too_long", self.tx_too_long.get()),
-            ("tx_broken_chain", self.tx_broken_chain.get()),
-            ("tx_too_short", self.tx_too_short.get()),
-            ("rx_bad_chain", self.rx_bad_chain.get()),
-            ("rx_no_buffers", self.rx_no_buffers.get()),
-            ("refused_frontends", self.refused_frontends.get()),
-            ("sessions", self.sessions.get()),
-        ])
+podwire_frame::counters! {
+    /// Counters kept by the virtio-net device itself.
+    pub struct DeviceCounters {
+        /// Frames the guest sent.
+        tx_frames: Count,
+        /// Bytes the guest sent.
+        tx_bytes: Bytes,
+        /// Frames delivered to the guest.
+        rx_frames: Count,
+        /// Bytes delivered to the guest.
+        rx_bytes: Bytes,
+        /// Guest interrupts raised (used-buffer notifications).
+        interrupts: Count,
+        /// TX chains dropped because a descriptor pointed outside guest memory.
+        tx_bad_address: Drop,
+        /// TX chains dropped because a descriptor was device-writable.
+        tx_bad_direction: Drop,
+        /// TX chains dropped for having more segments than podwire handles.
+        tx_too_many_segments: Drop,
+        /// TX chains dropped for being longer than the largest frame.
+        tx_too_long: Drop,
+        /// TX chains that loop, point outside the descriptor table or cannot be read.
+        tx_broken_chain: Drop,
+        /// TX chains shorter than the virtio-net header.
+        tx_too_short: Drop,
+        /// RX chains returned unused because they were malformed.
+        rx_bad_chain: Drop,
+        /// Frames not delivered because the guest had posted no (or too few) RX buffers.
+        rx_no_buffers: Drop,
+        /// Frontends refused because one was already connected.
+        refused_frontends: Count,
+        /// Frontends served so far.
+        sessions: Count,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podwire_frame::CounterSet;
 
     #[test]
     fn summary_lists_only_nonzero_counters() {

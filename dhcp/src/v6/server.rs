@@ -15,65 +15,77 @@ use crate::v6::wire::{
 /// size that always suffices.
 pub const MAX_DHCPV6_REPLY: usize = 1280 - 40 - 8;
 
-/// Event counters. Every datagram bumps `received` and then exactly one
-/// of `malformed`, a per-type counter (`solicits` ..
-/// `information_requests`), `ignored_relay` or `ignored_unsupported_type`.
-/// Every datagram that gets no reply is accounted for by `malformed`,
-/// `ignored` or `output_too_small`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dhcpv6Counters {
-    pub received: u64,
-    pub solicits: u64,
-    pub requests: u64,
-    pub confirms: u64,
-    pub renews: u64,
-    pub rebinds: u64,
-    pub releases: u64,
-    /// The guest found the address in use (duplicate address detection
-    /// failed). On this link that points at a bug in whatever answers
-    /// neighbour solicitations for the guest: worth an alert.
-    pub declines: u64,
-    pub information_requests: u64,
-    pub advertises: u64,
-    pub replies: u64,
-    /// SOLICITs answered directly with a REPLY; also counted in
-    /// `solicits` and `replies`.
-    pub rapid_commits: u64,
-    /// CONFIRMs answered NotOnLink; also counted in `confirms`.
-    pub not_on_link: u64,
-    /// Addresses a client asked to keep (REQUEST, RENEW, REBIND) that are
-    /// not the guest address; each was returned with zero lifetimes. A
-    /// stale lease from another boot or host, or a changed configuration.
-    pub foreign_addresses: u64,
-    /// Datagrams rejected with an error other than `OutputTooSmall`.
-    pub malformed: u64,
-    /// Well-formed messages that got no reply; the sum of the
-    /// `ignored_*` counters except `ignored_relay` and
-    /// `ignored_unsupported_type`, which are counted on their own.
-    pub ignored: u64,
-    /// A Server Identifier that is not ours: the guest is talking to
-    /// another server, which on this link means it is confused.
-    pub ignored_other_server: u64,
-    /// REQUEST, RENEW, RELEASE or DECLINE without a Server Identifier.
-    pub ignored_missing_server_id: u64,
-    /// A message other than INFORMATION-REQUEST without a Client
-    /// Identifier.
-    pub ignored_missing_client_id: u64,
-    /// INFORMATION-REQUEST carrying an IA option (RFC 8415 16.12).
-    pub ignored_ia_in_information_request: u64,
-    /// CONFIRM listing no addresses (RFC 8415 18.3.3: no reply).
-    pub ignored_confirm_without_addresses: u64,
-    /// RELAY-FORW and RELAY-REPL: there is no relay on this link. Not
-    /// parsed, so not in `malformed` even if garbage.
-    pub ignored_relay: u64,
-    /// Message types a client does not send to a server (ADVERTISE,
-    /// REPLY, RECONFIGURE, and anything unknown). Not parsed.
-    pub ignored_unsupported_type: u64,
-    /// Optional options (DNS, domain list, extra IAs, zero-lifetime
-    /// addresses) left out of replies for lack of room.
-    pub options_omitted: u64,
-    /// Replies dropped because `out` could not hold their mandatory part.
-    pub output_too_small: u64,
+podwire_frame::counters! {
+    /// Event counters. Every datagram bumps `received` and then exactly one
+    /// of `malformed`, a per-type counter (`solicits` ..
+    /// `information_requests`), `ignored_relay` or `ignored_unsupported_type`.
+    /// Every datagram that gets no reply is accounted for by `malformed`,
+    /// `ignored` or `output_too_small`.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct Dhcpv6Counters: u64 {
+        /// Datagrams handed to the server.
+        received: Count,
+        /// SOLICITs received.
+        solicits: Count,
+        /// REQUESTs received.
+        requests: Count,
+        /// CONFIRMs received.
+        confirms: Count,
+        /// RENEWs received.
+        renews: Count,
+        /// REBINDs received.
+        rebinds: Count,
+        /// RELEASEs received.
+        releases: Count,
+        /// The guest found the address in use (duplicate address detection
+        /// failed). On this link that points at a bug in whatever answers
+        /// neighbour solicitations for the guest: worth an alert.
+        declines: Count,
+        /// INFORMATION-REQUESTs received.
+        information_requests: Count,
+        /// ADVERTISEs sent.
+        advertises: Count,
+        /// REPLYs sent.
+        replies: Count,
+        /// SOLICITs answered directly with a REPLY; also counted in
+        /// `solicits` and `replies`.
+        rapid_commits: Count,
+        /// CONFIRMs answered NotOnLink; also counted in `confirms`.
+        not_on_link: Count,
+        /// Addresses a client asked to keep (REQUEST, RENEW, REBIND) that are
+        /// not the guest address; each was returned with zero lifetimes. A
+        /// stale lease from another boot or host, or a changed configuration.
+        foreign_addresses: Count,
+        /// Datagrams rejected with an error other than `OutputTooSmall`.
+        malformed: Drop,
+        /// Well-formed messages that got no reply; the sum of the
+        /// `ignored_*` counters except `ignored_relay` and
+        /// `ignored_unsupported_type`, which are counted on their own.
+        ignored: Count,
+        /// A Server Identifier that is not ours: the guest is talking to
+        /// another server, which on this link means it is confused.
+        ignored_other_server: Drop,
+        /// REQUEST, RENEW, RELEASE or DECLINE without a Server Identifier.
+        ignored_missing_server_id: Drop,
+        /// A message other than INFORMATION-REQUEST without a Client
+        /// Identifier.
+        ignored_missing_client_id: Drop,
+        /// INFORMATION-REQUEST carrying an IA option (RFC 8415 16.12).
+        ignored_ia_in_information_request: Drop,
+        /// CONFIRM listing no addresses (RFC 8415 18.3.3: no reply).
+        ignored_confirm_without_addresses: Drop,
+        /// RELAY-FORW and RELAY-REPL: there is no relay on this link. Not
+        /// parsed, so not in `malformed` even if garbage.
+        ignored_relay: Drop,
+        /// Message types a client does not send to a server (ADVERTISE,
+        /// REPLY, RECONFIGURE, and anything unknown). Not parsed.
+        ignored_unsupported_type: Drop,
+        /// Optional options (DNS, domain list, extra IAs, zero-lifetime
+        /// addresses) left out of replies for lack of room.
+        options_omitted: Count,
+        /// Replies dropped because `out` could not hold their mandatory part.
+        output_too_small: Drop,
+    }
 }
 
 /// Who the guest address was last given to. Observability only: the

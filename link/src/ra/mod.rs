@@ -19,7 +19,7 @@
 //!   it on any other length, and sending it would only mislead someone
 //!   reading a capture.
 //! * **Whether to run DHCPv6.** M asks for addresses from DHCPv6 (the
-//!   [`crate::Dhcpv6Server`]), O for other configuration only.
+//!   `podwire_dhcp::Dhcpv6Server`), O for other configuration only.
 //! * **The MTU** and **DNS servers and search domains** (RDNSS and
 //!   DNSSL), the latter so a guest without a DHCPv6 client still resolves
 //!   names. Their lifetime is 3 × [`RaConfig::max_interval_secs`], the
@@ -48,9 +48,11 @@
 
 use std::net::Ipv6Addr;
 
-use crate::buf::Writer;
-use crate::error::{RaConfigError, RaError, RsError};
-use crate::names;
+use podwire_dhcp::buf::Writer;
+use podwire_dhcp::names;
+
+mod error;
+pub use error::{RaConfigError, RaError, RsError};
 
 /// ff02::1, the destination of unsolicited advertisements and of answers
 /// to solicitations from the unspecified address.
@@ -260,27 +262,7 @@ pub fn router_link_local(mac: [u8; 6]) -> Ipv6Addr {
 /// the result there; to verify one, pass the message as received: it is
 /// valid if the result is 0.
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let word = match *pair {
-                [hi, lo] => u16::from_be_bytes([hi, lo]),
-                [hi] => u16::from_be_bytes([hi, 0]),
-                _ => 0,
-            };
-            sum += u64::from(word);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    // Upper-layer packet length as 32 bits, three zero bytes, next header.
-    add(&(message.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, ICMPV6_NEXT_HEADER]);
-    add(message);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    podwire_frame::Checksum::of_l4(src.into(), dst.into(), ICMPV6_NEXT_HEADER, message)
 }
 
 /// Length of the complete advertisement for `cfg`, with every option that
@@ -509,6 +491,26 @@ pub fn parse_router_solicitation(
     }
     if icmpv6_checksum(src, dst, icmpv6) != 0 {
         return Err(RsError::BadChecksum);
+    }
+    if src.is_unspecified() && source_mac.is_some() {
+        return Err(RsError::LinkLayerFromUnspecified);
+    }
+    Ok(RouterSolicitation { source_mac })
+}
+
+/// The checks of RFC 4861 6.1.1 that need the IPv6 header but not the checksum, for a caller
+/// that verified (or, for a guest that left it to the device, skipped) the checksum already:
+/// the structure of [`is_router_solicitation`], hop limit 255, and no source link-layer address
+/// option from the unspecified address. [`parse_router_solicitation`] is this plus the
+/// checksum.
+pub fn check_router_solicitation(
+    icmpv6: &[u8],
+    src: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<RouterSolicitation, RsError> {
+    let source_mac = solicitation_options(icmpv6)?;
+    if hop_limit != ND_HOP_LIMIT {
+        return Err(RsError::HopLimit(hop_limit));
     }
     if src.is_unspecified() && source_mac.is_some() {
         return Err(RsError::LinkLayerFromUnspecified);

@@ -23,7 +23,7 @@
 //!   DHCPv6 address is always the guest's. The table is small and fixed ([`MAX_GUEST_ADDRESSES`],
 //!   most recently seen first) so a guest cycling through source addresses costs nothing but
 //!   the oldest entries.
-//! - **Router advertisements** (built by `podwire_dhcp::router_advertisement`) make the gateway
+//! - **Router advertisements** (built by [`crate::ra::router_advertisement`]) make the gateway
 //!   link-local address the default router and carry M and O (addresses and DNS from DHCPv6),
 //!   the prefix (on-link; autonomous only for a /64, since SLAAC needs 64-bit interface
 //!   identifiers), the MTU, RDNSS and DNSSL. A solicitation gets one unicast to its source, or
@@ -57,14 +57,21 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use podwire_dhcp::{
-    duid_ll, icmpv6_checksum, is_router_solicitation, router_advertisement, router_link_local,
-    Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, RaConfig, RaConfigError, ALL_NODES,
-    DHCPV6_SERVER_PORT, ICMPV6_NEXT_HEADER, MAX_DHCPV6_REPLY, ND_HOP_LIMIT,
+    duid_ll, Dhcpv6Config, Dhcpv6ConfigError, Dhcpv6Error, Dhcpv6Server, DHCPV6_SERVER_PORT,
+    MAX_DHCPV6_REPLY,
 };
-use podwire_frame::Counter;
+use podwire_frame::CounterSet;
+
+use crate::ra::{
+    check_router_solicitation, icmpv6_checksum, router_advertisement, router_link_local, RaConfig,
+    RaConfigError, RsError, ALL_NODES, ICMPV6_NEXT_HEADER, ND_HOP_LIMIT,
+};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv6Packet,
-    Ipv6Repr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Message, Icmpv6Packet,
+    Icmpv6Repr, IpProtocol, Ipv6ExtHeader, Ipv6Packet, Ipv6Repr,
+    NdiscNeighborFlags as NeighborFlags, NdiscRepr, UdpPacket, ETHERNET_HEADER_LEN,
+    IPV6_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// Offset of the IPv6 payload in a reply frame.
@@ -113,7 +120,6 @@ mod proto {
 /// ICMPv6 types (RFC 4443, 2710, 3810, 4861).
 mod icmp {
     pub const ECHO_REQUEST: u8 = 128;
-    pub const ECHO_REPLY: u8 = 129;
     /// The first informational type that is not an echo: everything from here on is about
     /// the link (MLD, ND, router renumbering, node information, ...), never for the NAT.
     pub const FIRST_LINK_TYPE: u8 = 130;
@@ -130,15 +136,8 @@ mod icmp {
 
 /// ND option types (RFC 4861 4.6).
 const OPT_SOURCE_LL: u8 = 1;
-const OPT_TARGET_LL: u8 = 2;
-/// NA flags (RFC 4861 4.4).
-const NA_ROUTER: u8 = 0x80;
-const NA_SOLICITED: u8 = 0x40;
-const NA_OVERRIDE: u8 = 0x20;
 /// Type, code, checksum, reserved/flags, target.
 const NS_NA_LEN: usize = 24;
-/// Type, code, checksum, reserved.
-const RS_LEN: usize = 8;
 /// Type, code, checksum, identifier, sequence.
 const ECHO_LEN: usize = 8;
 /// NA with one target link-layer address option.
@@ -222,51 +221,106 @@ impl Link6Config {
     }
 }
 
-/// Why [`Link6::handle`] sent nothing back. Each has a counter in [`Link6Counters`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Link6Drop {
-    #[error("packet shorter than its headers or its payload length")]
-    Truncated,
-    #[error("not an IPv6 header")]
-    BadHeader,
-    #[error("source address {0} is not usable here")]
-    BadSource(Ipv6Addr),
-    #[error("frame source {0:02x?} is not a unicast MAC")]
-    BadGuestMac([u8; 6]),
-    #[error("fragment, misplaced hop-by-hop header or too many extension headers")]
-    ExtensionHeaders,
-    #[error("neighbour discovery with hop limit {0}, not 255")]
-    BadHopLimit(u8),
-    #[error("bad ICMPv6 or UDP checksum")]
-    BadChecksum,
-    #[error("malformed neighbour discovery message")]
-    BadNd,
-    #[error("malformed echo request")]
-    BadEcho,
-    #[error("UDP length does not fit the packet")]
-    BadUdp,
-    #[error("solicitation for the guest's own address {0}")]
-    NsForGuest(Ipv6Addr),
-    #[error("solicitation for {0}, a link-local address nobody has")]
-    NsForUnknownLinkLocal(Ipv6Addr),
-    #[error("the guest claims the gateway's address {0}")]
-    ClaimsGateway(Ipv6Addr),
-    #[error("router advertisement or redirect from the guest")]
-    RouterMessage,
-    #[error("MLD message")]
-    Mld,
-    #[error("multicast podwire does not serve")]
-    Multicast,
-    #[error("ICMPv6 type {0} is not served")]
-    IcmpIgnored(u8),
-    #[error("not addressed to anything podwire serves")]
-    NotForUs,
-    #[error("router solicitation over the rate limit")]
-    RsRateLimited,
-    #[error("DHCPv6: {0}")]
-    Dhcp(Dhcpv6Error),
-    #[error("reply does not fit the output buffer")]
-    OutputTooSmall,
+podwire_frame::counters! {
+    /// What happened to the guest's IPv6 control traffic. `received` counts every
+    /// [`Link6::handle`] call; each ends in one reply counter, one of `dad_probes`,
+    /// `advertisements_seen`, `rs_deferred` or `dhcp_ignored`, or one [`Link6Drop`] counter.
+    pub struct Link6Counters {
+        /// Calls to handle: IPv6 control packets from the guest.
+        received: Count,
+        /// Neighbour advertisements sent (answers to solicitations).
+        na_sent: Count,
+        /// Router advertisements sent in answer to a solicitation.
+        ra_solicited: Count,
+        /// Periodic (unsolicited) router advertisements sent.
+        ra_unsolicited: Count,
+        /// Unsolicited advertisements that did not fit the caller's buffer.
+        ra_unsolicited_failed: Count,
+        /// Solicitations from `::` answered by the next periodic advertisement because a
+        /// multicast one went out less than 3 s before.
+        rs_deferred: Count,
+        /// DHCPv6 replies sent.
+        dhcp_replies: Count,
+        /// Well-formed DHCPv6 messages the server chose not to answer (see its counters).
+        dhcp_ignored: Count,
+        /// Echo replies sent for the gateway's addresses.
+        echo_replies: Count,
+        /// Duplicate address detection probes seen (never answered; the target is learned).
+        dad_probes: Count,
+        /// Neighbour advertisements from the guest (never answered; the target is learned).
+        advertisements_seen: Count,
+        /// Addresses added to the guest's table.
+        addresses_learned: Count,
+        /// Addresses pushed out of the guest's table by newer ones.
+        addresses_evicted: Count,
+    }
+    /// Why [`Link6::handle`] sent nothing back; each bumps the counter after `=>`.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum Link6Drop {
+        /// Packets shorter than their headers or their payload length.
+        #[error("packet shorter than its headers or its payload length")]
+        Truncated => drop_truncated,
+        /// Packets whose IPv6 header is not valid.
+        #[error("not an IPv6 header")]
+        BadHeader => drop_bad_header,
+        /// Packets from a source address not usable here.
+        #[error("source address {0} is not usable here")]
+        BadSource(Ipv6Addr) => drop_bad_source,
+        /// Frames whose source is not a unicast MAC.
+        #[error("frame source {0:02x?} is not a unicast MAC")]
+        BadGuestMac([u8; 6]) => drop_bad_guest_mac,
+        /// Fragments, misplaced hop-by-hop headers or too many extension headers.
+        #[error("fragment, misplaced hop-by-hop header or too many extension headers")]
+        ExtensionHeaders => drop_extension_headers,
+        /// Neighbour discovery with a hop limit other than 255.
+        #[error("neighbour discovery with hop limit {0}, not 255")]
+        BadHopLimit(u8) => drop_bad_hop_limit,
+        /// Bad ICMPv6 or UDP checksums.
+        #[error("bad ICMPv6 or UDP checksum")]
+        BadChecksum => drop_bad_checksum,
+        /// Malformed neighbour discovery messages.
+        #[error("malformed neighbour discovery message")]
+        BadNd => drop_bad_nd,
+        /// Malformed echo requests.
+        #[error("malformed echo request")]
+        BadEcho => drop_bad_echo,
+        /// UDP lengths that do not fit the packet.
+        #[error("UDP length does not fit the packet")]
+        BadUdp => drop_bad_udp,
+        /// Solicitations for the guest's own address.
+        #[error("solicitation for the guest's own address {0}")]
+        NsForGuest(Ipv6Addr) => drop_ns_for_guest,
+        /// Solicitations for a link-local address nobody has.
+        #[error("solicitation for {0}, a link-local address nobody has")]
+        NsForUnknownLinkLocal(Ipv6Addr) => drop_ns_unknown_link_local,
+        /// Guest messages claiming the gateway's address.
+        #[error("the guest claims the gateway's address {0}")]
+        ClaimsGateway(Ipv6Addr) => drop_claims_gateway,
+        /// Router advertisements or redirects from the guest.
+        #[error("router advertisement or redirect from the guest")]
+        RouterMessage => drop_router_message,
+        /// MLD messages (ignored).
+        #[error("MLD message")]
+        Mld => mld_ignored,
+        /// Multicast podwire does not serve (ignored).
+        #[error("multicast podwire does not serve")]
+        Multicast => multicast_ignored,
+        /// ICMPv6 types that are not served.
+        #[error("ICMPv6 type {0} is not served")]
+        IcmpIgnored(u8) => drop_icmp_other,
+        /// Packets not addressed to anything podwire serves.
+        #[error("not addressed to anything podwire serves")]
+        NotForUs => drop_not_for_us,
+        /// Router solicitations over the rate limit.
+        #[error("router solicitation over the rate limit")]
+        RsRateLimited => drop_rs_rate_limited,
+        /// Malformed DHCPv6 messages.
+        #[error("DHCPv6: {0}")]
+        Dhcp(Dhcpv6Error) => drop_dhcp_malformed,
+        /// Replies that did not fit the caller's buffer.
+        #[error("reply does not fit the output buffer")]
+        OutputTooSmall => drop_output_too_small,
+    }
 }
 
 impl Link6Drop {
@@ -284,84 +338,6 @@ impl Link6Drop {
                 | Link6Drop::NotForUs
                 | Link6Drop::RsRateLimited
         )
-    }
-}
-
-/// What happened to the guest's IPv6 control traffic. `received` counts every
-/// [`Link6::handle`] call; each ends in one reply counter, one of `dad_probes`,
-/// `advertisements_seen`, `rs_deferred` or `dhcp_ignored`, or one `drop_*` counter.
-#[derive(Debug, Default)]
-pub struct Link6Counters {
-    pub received: Counter,
-    /// Neighbour advertisements sent (answers to solicitations).
-    pub na_sent: Counter,
-    pub ra_solicited: Counter,
-    pub ra_unsolicited: Counter,
-    /// Unsolicited advertisements that did not fit the caller's buffer.
-    pub ra_unsolicited_failed: Counter,
-    /// Solicitations from `::` answered by the next periodic advertisement because a
-    /// multicast one went out less than 3 s before.
-    pub rs_deferred: Counter,
-    pub dhcp_replies: Counter,
-    /// Well-formed DHCPv6 messages the server chose not to answer (see its counters).
-    pub dhcp_ignored: Counter,
-    pub echo_replies: Counter,
-    /// Duplicate address detection probes seen (never answered; the target is learned).
-    pub dad_probes: Counter,
-    /// Neighbour advertisements from the guest (never answered; the target is learned).
-    pub advertisements_seen: Counter,
-    /// Addresses added to the guest's table, and the ones that pushed out.
-    pub addresses_learned: Counter,
-    pub addresses_evicted: Counter,
-    pub drop_truncated: Counter,
-    pub drop_bad_header: Counter,
-    pub drop_bad_source: Counter,
-    pub drop_bad_guest_mac: Counter,
-    pub drop_extension_headers: Counter,
-    pub drop_bad_hop_limit: Counter,
-    pub drop_bad_checksum: Counter,
-    pub drop_bad_nd: Counter,
-    pub drop_bad_echo: Counter,
-    pub drop_bad_udp: Counter,
-    pub drop_ns_for_guest: Counter,
-    pub drop_ns_unknown_link_local: Counter,
-    pub drop_claims_gateway: Counter,
-    pub drop_router_message: Counter,
-    pub mld_ignored: Counter,
-    pub multicast_ignored: Counter,
-    pub drop_icmp_other: Counter,
-    pub drop_not_for_us: Counter,
-    pub drop_rs_rate_limited: Counter,
-    pub drop_dhcp_malformed: Counter,
-    /// Replies that did not fit the caller's buffer.
-    pub drop_output_too_small: Counter,
-}
-
-impl Link6Counters {
-    fn of(&self, drop: &Link6Drop) -> &Counter {
-        match drop {
-            Link6Drop::Truncated => &self.drop_truncated,
-            Link6Drop::BadHeader => &self.drop_bad_header,
-            Link6Drop::BadSource(_) => &self.drop_bad_source,
-            Link6Drop::BadGuestMac(_) => &self.drop_bad_guest_mac,
-            Link6Drop::ExtensionHeaders => &self.drop_extension_headers,
-            Link6Drop::BadHopLimit(_) => &self.drop_bad_hop_limit,
-            Link6Drop::BadChecksum => &self.drop_bad_checksum,
-            Link6Drop::BadNd => &self.drop_bad_nd,
-            Link6Drop::BadEcho => &self.drop_bad_echo,
-            Link6Drop::BadUdp => &self.drop_bad_udp,
-            Link6Drop::NsForGuest(_) => &self.drop_ns_for_guest,
-            Link6Drop::NsForUnknownLinkLocal(_) => &self.drop_ns_unknown_link_local,
-            Link6Drop::ClaimsGateway(_) => &self.drop_claims_gateway,
-            Link6Drop::RouterMessage => &self.drop_router_message,
-            Link6Drop::Mld => &self.mld_ignored,
-            Link6Drop::Multicast => &self.multicast_ignored,
-            Link6Drop::IcmpIgnored(_) => &self.drop_icmp_other,
-            Link6Drop::NotForUs => &self.drop_not_for_us,
-            Link6Drop::RsRateLimited => &self.drop_rs_rate_limited,
-            Link6Drop::Dhcp(_) => &self.drop_dhcp_malformed,
-            Link6Drop::OutputTooSmall => &self.drop_output_too_small,
-        }
     }
 }
 
@@ -514,15 +490,14 @@ fn upper_layer(packet: &[u8], first: u8) -> Result<(u8, usize), Link6Drop> {
                 if next == proto::HOP_BY_HOP && offset != IPV6_HEADER_LEN {
                     return Err(Link6Drop::ExtensionHeaders);
                 }
-                let Some(&[following, units]) = packet.get(offset..offset + 2) else {
-                    return Err(Link6Drop::Truncated);
-                };
+                // The view checks that the whole header is inside the packet.
+                let ext = packet
+                    .get(offset..)
+                    .and_then(|rest| Ipv6ExtHeader::new_checked(rest).ok())
+                    .ok_or(Link6Drop::Truncated)?;
                 // Hdr Ext Len counts 8-byte units after the first 8.
-                offset += (usize::from(units) + 1) * 8;
-                if offset > packet.len() {
-                    return Err(Link6Drop::Truncated);
-                }
-                next = following;
+                offset += (usize::from(ext.header_len()) + 1) * 8;
+                next = u8::from(ext.next_header());
             }
             proto::FRAGMENT => return Err(Link6Drop::ExtensionHeaders),
             upper => return Ok((upper, offset)),
@@ -545,18 +520,10 @@ fn is_unicast_mac(mac: [u8; 6]) -> bool {
     mac[0] & 1 == 0 && mac != [0; 6]
 }
 
-fn addr_at(bytes: &[u8], offset: usize) -> Option<Ipv6Addr> {
-    let octets: [u8; 16] = bytes.get(offset..offset + 16)?.try_into().ok()?;
-    Some(Ipv6Addr::from(octets))
-}
-
 /// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200 8.1): 0 for a
 /// valid received message; to fill one in, compute with the field zeroed and store the result.
 fn l4_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
-    let mut sum =
-        podwire_nat::wire::pseudo_header(src.into(), dst.into(), next_header, message.len());
-    sum.add(message);
-    sum.finish()
+    podwire_frame::Checksum::of_l4(src.into(), dst.into(), next_header, message)
 }
 
 /// Walks ND options (RFC 4861 4.6): each non-empty and inside the message. Returns whether a
@@ -694,7 +661,7 @@ impl Link6 {
         self.counters.received.inc();
         let result = self.dispatch(guest_mac, packet, partial_csum, now, out);
         if let Err(drop) = &result {
-            self.counters.of(drop).inc();
+            drop.counter(&self.counters).inc();
         }
         result
     }
@@ -804,7 +771,8 @@ impl Link6 {
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
         let source_ll = Self::nd_common(h, msg, NS_NA_LEN)?;
-        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
+        // nd_common checked the fixed part is there.
+        let target = Icmpv6Packet::new_unchecked(msg).target_addr();
         if target.is_multicast() || target.is_unspecified() || target.is_loopback() {
             return Err(Link6Drop::BadNd);
         }
@@ -834,19 +802,18 @@ impl Link6 {
         let frame = out
             .get_mut(..L4_OFFSET + NA_REPLY_LEN)
             .ok_or(Link6Drop::OutputTooSmall)?;
-        let na = &mut frame[L4_OFFSET..];
-        na[0] = icmp::NA;
-        na[1] = 0;
-        na[2..4].fill(0);
-        na[4] = NA_ROUTER | NA_SOLICITED | NA_OVERRIDE;
-        na[5..8].fill(0);
-        na[8..24].copy_from_slice(&target.octets());
-        na[24] = OPT_TARGET_LL;
-        na[25] = 1;
-        na[26..32].copy_from_slice(&self.cfg.gateway_mac);
+        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags: NeighborFlags::ROUTER | NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
+            target_addr: target,
+            lladdr: Some(EthernetAddress(self.cfg.gateway_mac).into()),
+        });
         // Sent from the target itself, as its owner would; the guest checks only the target.
-        let checksum = icmpv6_checksum(target, h.src, na);
-        na[2..4].copy_from_slice(&checksum.to_be_bytes());
+        na.emit(
+            &target,
+            &h.src,
+            &mut Icmpv6Packet::new_unchecked(&mut frame[L4_OFFSET..]),
+            &ChecksumCapabilities::default(),
+        );
         write_headers(
             frame,
             guest_mac,
@@ -867,8 +834,10 @@ impl Link6 {
         msg: &[u8],
     ) -> Result<Option<usize>, Link6Drop> {
         Self::nd_common(h, msg, NS_NA_LEN)?;
-        let target = addr_at(msg, 8).ok_or(Link6Drop::BadNd)?;
-        let solicited = msg.get(4).is_some_and(|flags| flags & NA_SOLICITED != 0);
+        // nd_common checked the fixed part is there.
+        let na = Icmpv6Packet::new_unchecked(msg);
+        let target = na.target_addr();
+        let solicited = na.neighbor_flags().contains(NeighborFlags::SOLICITED);
         // RFC 4861 7.1.2: no multicast target, and no S flag when sent to a group.
         if target.is_multicast() || (h.dst.is_multicast() && solicited) {
             return Err(Link6Drop::BadNd);
@@ -890,11 +859,12 @@ impl Link6 {
         now: Instant,
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
-        let source_ll = Self::nd_common(h, msg, RS_LEN)?;
-        // RFC 4861 6.1.1: no link-layer address from the unspecified address.
-        if !is_router_solicitation(msg) || (h.src.is_unspecified() && source_ll) {
-            return Err(Link6Drop::BadNd);
-        }
+        // One validator for solicitations (RFC 4861 6.1.1), shared with anyone parsing them;
+        // the checksum was verified with every ICMPv6 message above.
+        check_router_solicitation(msg, h.src, h.hop_limit).map_err(|e| match e {
+            RsError::HopLimit(hops) => Link6Drop::BadHopLimit(hops),
+            _ => Link6Drop::BadNd,
+        })?;
         self.learn(h.src);
         if h.src.is_unspecified() {
             // The answer goes to all nodes, so RFC 4861 6.2.6's spacing applies: too soon
@@ -989,10 +959,10 @@ impl Link6 {
             .ok_or(Link6Drop::OutputTooSmall)?;
         let reply = &mut frame[L4_OFFSET..];
         reply.copy_from_slice(msg);
-        reply[0] = icmp::ECHO_REPLY;
-        reply[2..4].fill(0);
-        let checksum = icmpv6_checksum(self.gateway_ll, h.src, reply);
-        reply[2..4].copy_from_slice(&checksum.to_be_bytes());
+        // Same identifier, sequence and data: only the type and the checksum change.
+        let mut reply = Icmpv6Packet::new_unchecked(reply);
+        reply.set_msg_type(Icmpv6Message::EchoReply);
+        reply.fill_checksum(&self.gateway_ll, &h.src);
         write_headers(
             frame,
             guest_mac,
@@ -1015,26 +985,26 @@ impl Link6 {
         partial_csum: bool,
         out: &mut [u8],
     ) -> Result<Option<usize>, Link6Drop> {
-        let Some(&[sp_hi, sp_lo, dp_hi, dp_lo, len_hi, len_lo, ck_hi, ck_lo]) =
-            l4.get(..UDP_HEADER_LEN)
-        else {
+        if l4.len() < UDP_HEADER_LEN {
             return Err(Link6Drop::Truncated);
-        };
-        if u16::from_be_bytes([dp_hi, dp_lo]) != DHCPV6_SERVER_PORT {
+        }
+        // The fixed header is there; its length field is checked below.
+        let request = UdpPacket::new_unchecked(l4);
+        if request.dst_port() != DHCPV6_SERVER_PORT {
             return Err(if h.dst.is_multicast() {
                 Link6Drop::Multicast
             } else {
                 Link6Drop::NotForUs
             });
         }
-        let udp_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+        let udp_len = usize::from(request.len());
         let datagram = l4.get(..udp_len).ok_or(Link6Drop::BadUdp)?;
         if udp_len < UDP_HEADER_LEN {
             return Err(Link6Drop::BadUdp);
         }
         // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
         if !partial_csum
-            && ([ck_hi, ck_lo] == [0, 0] || l4_checksum(h.src, h.dst, proto::UDP, datagram) != 0)
+            && (request.checksum() == 0 || l4_checksum(h.src, h.dst, proto::UDP, datagram) != 0)
         {
             return Err(Link6Drop::BadChecksum);
         }
@@ -1043,6 +1013,7 @@ impl Link6 {
             return Err(Link6Drop::BadSource(h.src));
         }
         self.learn(h.src);
+        let client_port = request.src_port();
 
         let payload_at = L4_OFFSET + UDP_HEADER_LEN;
         let room = out.get_mut(payload_at..).ok_or(Link6Drop::OutputTooSmall)?;
@@ -1063,19 +1034,14 @@ impl Link6 {
         let frame = out
             .get_mut(..L4_OFFSET + udp_total)
             .ok_or(Link6Drop::OutputTooSmall)?;
-        let udp = &mut frame[L4_OFFSET..];
-        udp[0..2].copy_from_slice(&DHCPV6_SERVER_PORT.to_be_bytes());
+        let mut udp = UdpPacket::new_unchecked(&mut frame[L4_OFFSET..]);
+        udp.set_src_port(DHCPV6_SERVER_PORT);
         // RFC 8415 relies on clients listening on 546; answering the source port also
         // serves a client that sent from elsewhere.
-        udp[2..4].copy_from_slice(&[sp_hi, sp_lo]);
-        udp[4..6].copy_from_slice(&(udp_total as u16).to_be_bytes());
-        udp[6..8].fill(0);
-        let checksum = match l4_checksum(self.gateway_ll, h.src, proto::UDP, udp) {
-            // Zero means "no checksum" on the wire; its one's complement twin is sent instead.
-            0 => 0xffff,
-            sum => sum,
-        };
-        udp[6..8].copy_from_slice(&checksum.to_be_bytes());
+        udp.set_dst_port(client_port);
+        udp.set_len(udp_total as u16);
+        // A computed zero goes out as all ones: zero means "no checksum".
+        udp.fill_checksum(&self.gateway_ll.into(), &h.src.into());
         write_headers(
             frame,
             guest_mac,
@@ -1158,64 +1124,13 @@ impl Link6 {
         self.dhcp.binding().is_some()
     }
 
-    #[cfg(test)]
     pub fn dhcp_counters(&self) -> &podwire_dhcp::Dhcpv6Counters {
         self.dhcp.counters()
     }
 
-    /// Every counter (and the DHCPv6 ones worth watching), named for a status line; zeros
-    /// included, for `podwire_frame::nonzero_summary` to filter.
-    pub fn summary_pairs(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counters;
-        let d = self.dhcp.counters();
-        vec![
-            ("ipv6_control_received", c.received.get()),
-            ("ipv6_na_sent", c.na_sent.get()),
-            ("ipv6_ra_solicited", c.ra_solicited.get()),
-            ("ipv6_ra_unsolicited", c.ra_unsolicited.get()),
-            ("ipv6_ra_unsolicited_failed", c.ra_unsolicited_failed.get()),
-            ("ipv6_rs_deferred", c.rs_deferred.get()),
-            ("ipv6_dhcp_replies", c.dhcp_replies.get()),
-            ("ipv6_dhcp_ignored", c.dhcp_ignored.get()),
-            ("ipv6_echo_replies", c.echo_replies.get()),
-            ("ipv6_dad_probes", c.dad_probes.get()),
-            ("ipv6_advertisements_seen", c.advertisements_seen.get()),
-            ("ipv6_addresses_learned", c.addresses_learned.get()),
-            ("ipv6_addresses_evicted", c.addresses_evicted.get()),
-            ("ipv6_drop_truncated", c.drop_truncated.get()),
-            ("ipv6_drop_bad_header", c.drop_bad_header.get()),
-            ("ipv6_drop_bad_source", c.drop_bad_source.get()),
-            ("ipv6_drop_bad_guest_mac", c.drop_bad_guest_mac.get()),
-            (
-                "ipv6_drop_extension_headers",
-                c.drop_extension_headers.get(),
-            ),
-            ("ipv6_drop_bad_hop_limit", c.drop_bad_hop_limit.get()),
-            ("ipv6_drop_bad_checksum", c.drop_bad_checksum.get()),
-            ("ipv6_drop_bad_nd", c.drop_bad_nd.get()),
-            ("ipv6_drop_bad_echo", c.drop_bad_echo.get()),
-            ("ipv6_drop_bad_udp", c.drop_bad_udp.get()),
-            ("ipv6_drop_ns_for_guest", c.drop_ns_for_guest.get()),
-            (
-                "ipv6_drop_ns_unknown_link_local",
-                c.drop_ns_unknown_link_local.get(),
-            ),
-            ("ipv6_drop_claims_gateway", c.drop_claims_gateway.get()),
-            ("ipv6_drop_router_message", c.drop_router_message.get()),
-            ("ipv6_mld_ignored", c.mld_ignored.get()),
-            ("ipv6_multicast_ignored", c.multicast_ignored.get()),
-            ("ipv6_drop_icmp_other", c.drop_icmp_other.get()),
-            ("ipv6_drop_not_for_us", c.drop_not_for_us.get()),
-            ("ipv6_drop_rs_rate_limited", c.drop_rs_rate_limited.get()),
-            ("ipv6_drop_dhcp_malformed", c.drop_dhcp_malformed.get()),
-            ("ipv6_drop_output_too_small", c.drop_output_too_small.get()),
-            ("dhcpv6_advertises", d.advertises),
-            ("dhcpv6_replies", d.replies),
-            ("dhcpv6_rapid_commits", d.rapid_commits),
-            ("dhcpv6_declines", d.declines),
-            ("dhcpv6_not_on_link", d.not_on_link),
-            ("dhcpv6_ignored", d.ignored),
-            ("dhcpv6_options_omitted", d.options_omitted),
-        ]
+    /// The link's counter sets with their prefixes in the summary line: its own, and the
+    /// DHCPv6 server's.
+    pub fn counter_sets(&self) -> [(&'static str, &dyn CounterSet); 2] {
+        [("ipv6_", &self.counters), ("dhcpv6_", self.dhcp.counters())]
     }
 }

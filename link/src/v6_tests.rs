@@ -4,7 +4,8 @@
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
-use podwire_dhcp::{duid_ll, router_link_local, ALL_DHCP_RELAY_AGENTS_AND_SERVERS};
+use crate::ra::{icmpv6_checksum, router_link_local};
+use podwire_dhcp::{duid_ll, ALL_DHCP_RELAY_AGENTS_AND_SERVERS};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
@@ -12,7 +13,7 @@ use smoltcp::wire::{
     NdiscPrefixInfoFlags, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, UdpPacket, UdpRepr,
 };
 
-use crate::link6::*;
+use crate::v6::*;
 
 const GATEWAY_MAC: [u8; 6] = [0x02, 0x70, 0x77, 0x00, 0x00, 0x01];
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -239,27 +240,21 @@ fn reply(l: &mut Link6, packet: &[u8]) -> Vec<u8> {
 
 /// Every `handle` call ends in exactly one reply, "taken in" or drop counter.
 fn assert_accounted(l: &Link6) {
-    let pairs = l.summary_pairs();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|p| p.1)
-            .unwrap_or(0)
-    };
+    let (_, own) = l.counter_sets()[0];
+    let samples = own.samples();
     let not_outcomes = [
-        "ipv6_control_received",
-        "ipv6_ra_unsolicited",
-        "ipv6_ra_unsolicited_failed",
-        "ipv6_addresses_learned",
-        "ipv6_addresses_evicted",
+        "received",
+        "ra_unsolicited",
+        "ra_unsolicited_failed",
+        "addresses_learned",
+        "addresses_evicted",
     ];
-    let outcomes: u64 = pairs
+    let outcomes: u64 = samples
         .iter()
-        .filter(|(n, _)| n.starts_with("ipv6_") && !not_outcomes.contains(n))
-        .map(|p| p.1)
+        .filter(|(d, _)| !not_outcomes.contains(&d.name))
+        .map(|s| s.1)
         .sum();
-    assert_eq!(outcomes, get("ipv6_control_received"), "{pairs:?}");
+    assert_eq!(outcomes, own.value_of("received").unwrap(), "{samples:?}");
 }
 
 fn assert_na(frame: &[u8], target: Ipv6Addr, to: Ipv6Addr) {
@@ -429,7 +424,7 @@ fn patch_icmp(packet: &mut [u8], edit: impl FnOnce(&mut [u8])) {
     let msg = &mut packet[40..];
     edit(msg);
     msg[2..4].fill(0);
-    let sum = podwire_dhcp::icmpv6_checksum(src, dst, msg);
+    let sum = icmpv6_checksum(src, dst, msg);
     msg[2..4].copy_from_slice(&sum.to_be_bytes());
 }
 
@@ -970,7 +965,7 @@ fn mld_report() -> Vec<u8> {
     let mut payload = vec![58, 0, 5, 2, 0, 0, 1, 0]; // HBH: next ICMPv6, router alert, PadN
     let mut msg = vec![143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0];
     msg.extend_from_slice(&solicited_node(guest_ll()).octets());
-    let sum = podwire_dhcp::icmpv6_checksum(guest_ll(), addr("ff02::16"), &msg);
+    let sum = icmpv6_checksum(guest_ll(), addr("ff02::16"), &msg);
     msg[2..4].copy_from_slice(&sum.to_be_bytes());
     payload.extend(msg);
     ipv6(
@@ -1130,11 +1125,19 @@ fn link6_config_validation() {
 #[test]
 fn link6_summary_names_are_unique() {
     let l = link();
-    let pairs = l.summary_pairs();
-    let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();
+    let mut names: Vec<String> = l
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), pairs.len());
+    assert_eq!(names.len(), all);
 }
 
 /// xorshift64*: reproducible garbage without a dependency.
