@@ -115,9 +115,10 @@ impl Datagram {
     }
 }
 
-/// What a flow holds, by kind.
+/// What a flow holds, by kind. A datagram flow's peer list is boxed (one allocation when the
+/// flow opens) so that every entry, and the table, stays the size of a TCP connection's.
 pub enum FlowData {
-    Datagram(Datagram),
+    Datagram(Box<Datagram>),
     Tcp(Conn),
 }
 
@@ -463,7 +464,7 @@ mod tests {
         let mut port = 0;
         let mut open = |t: &mut FlowTable, origin| {
             port += 1;
-            let d = FlowData::Datagram(Datagram::new(udp_fd()));
+            let d = FlowData::Datagram(Box::new(Datagram::new(udp_fd())));
             t.insert(r, key(port), origin, d, Interest::READABLE)
         };
         // One source: its cap, then refused; others fill the inbound budget.

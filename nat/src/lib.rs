@@ -572,7 +572,7 @@ impl Nat {
 
     /// Opens a datagram flow (see [`FlowTable::insert`]).
     fn insert(&mut self, key: FlowKey, origin: Origin, fd: OwnedFd) -> Result<usize, NatDrop> {
-        let data = FlowData::Datagram(Datagram::new(fd));
+        let data = FlowData::Datagram(Box::new(Datagram::new(fd)));
         let registry = self.poll.registry();
         match self
             .flows
