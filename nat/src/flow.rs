@@ -111,7 +111,7 @@ impl Datagram {
 
     /// Whether `from` is an endpoint the guest sent to from this port.
     pub fn expects(&self, from: std::net::SocketAddr) -> bool {
-        self.peers.iter().any(|p| *p == Some(from))
+        self.peers.contains(&Some(from))
     }
 }
 

@@ -246,7 +246,6 @@ impl Switch {
             guest_mtu: usize::from(config.mtu),
             pod_mtu: config.uplink.mtu as usize,
             map: AddrMap::new(map_rules(config)),
-            ..NatConfig::default()
         })?;
         let v4 = config.addressing.map(|a| {
             let dhcp = Dhcpv4Server::new(Dhcpv4Config {

@@ -994,7 +994,7 @@ fn repeated_syns_with_a_full_ring_owe_one_syn_ack() {
         &[],
     );
     rig.sink.budget = Some(0);
-    assert_eq!(rig.tx(&[syn.clone()]), []);
+    assert_eq!(rig.tx(std::slice::from_ref(&syn)), []);
     // The pod's connect completes; the SYN-ACK finds no buffer and is owed.
     let deadline = Instant::now() + TIMEOUT;
     while rig.sink.refused == 0 {
@@ -1003,7 +1003,7 @@ fn repeated_syns_with_a_full_ring_owe_one_syn_ack() {
         rig.poll();
     }
     for _ in 0..1000 {
-        assert_eq!(rig.tx(&[syn.clone()]), []);
+        assert_eq!(rig.tx(std::slice::from_ref(&syn)), []);
     }
     assert_eq!(rig.sw.nat_mut().tcp.owed_syns(), 1);
     rig.sink.budget = None;
