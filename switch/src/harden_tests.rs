@@ -142,6 +142,8 @@ fn from_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
 /// however many there are, they log a bounded number of lines.
 #[test]
 fn frames_from_another_source_mac_are_dropped_and_logged_rate_limited() {
+    // The scale tests count the process's descriptors: never alongside them.
+    let _serial = serial();
     let mut sw = Switch::new(&config()).unwrap();
     let lines = log_lines(|| {
         send(&mut sw, &crate::tests::arp_request(GUEST_IP, GW_IP));
@@ -171,6 +173,8 @@ fn frames_from_another_source_mac_are_dropped_and_logged_rate_limited() {
 /// before; the log stays bounded all the same.
 #[test]
 fn allow_guest_sources_relearns_but_logs_rate_limited() {
+    // The scale tests count the process's descriptors: never alongside them.
+    let _serial = serial();
     let mut sw = Switch::new(&crate::config::Config {
         allow_guest_sources: true,
         ..config()
@@ -192,6 +196,8 @@ fn allow_guest_sources_relearns_but_logs_rate_limited() {
 /// excepted); ARP from such a sender does not change the guest's address.
 #[test]
 fn ipv4_from_an_address_the_guest_was_not_given_is_dropped() {
+    // The scale tests count the process's descriptors: never alongside them.
+    let _serial = serial();
     let mut sw = Switch::new(&config()).unwrap();
     let other = Ipv4Addr::new(10, 0, 2, 77);
     send(&mut sw, &crate::tests::arp_request(other, GW_IP));
@@ -219,6 +225,8 @@ fn ipv4_from_an_address_the_guest_was_not_given_is_dropped() {
 /// its prefix (SLAAC, privacy addresses) is fine.
 #[test]
 fn ipv6_from_outside_the_guests_prefix_is_dropped() {
+    // The scale tests count the process's descriptors: never alongside them.
+    let _serial = serial();
     use crate::ipv6_tests::{dual_stack, udp6, GUEST6};
     let mut sw = Switch::new(&dual_stack()).unwrap();
     let far: std::net::Ipv6Addr = "fd00:198:18:1::1".parse().unwrap();
