@@ -200,6 +200,16 @@ struct Recorder {
     fills: Vec<u16>,
     /// Guest memory and the RX used-index address, to take that reading.
     probe: (Mem, GuestAddress),
+    /// A guest that never stops sending: every frame seen posts another.
+    repost: Option<Repost>,
+}
+
+/// Plays a guest vCPU that posts a TX chain (`head` again) for every frame the device takes.
+struct Repost {
+    avail: u64,
+    size: u16,
+    idx: u16,
+    head: u16,
 }
 
 impl NetHandler for Recorder {
@@ -207,6 +217,15 @@ impl NetHandler for Recorder {
         let mut bytes = vec![0u8; frame.len()];
         assert_eq!(frame.read(0, &mut bytes), frame.len());
         self.seen.push(bytes);
+        if let Some(r) = self.repost.as_mut() {
+            let mem = &self.probe.0;
+            let slot = u64::from(r.idx % r.size);
+            mem.write_obj(r.head.to_le(), GuestAddress(r.avail + 4 + 2 * slot))
+                .unwrap();
+            r.idx = r.idx.wrapping_add(1);
+            mem.write_obj(r.idx.to_le(), GuestAddress(r.avail + 2))
+                .unwrap();
+        }
     }
 
     fn guest_frame_with(&mut self, frame: &SgList<'_>, tx: TxOffload, rx: &mut dyn RxSink) {
@@ -301,6 +320,7 @@ impl Rig {
             results: Vec::new(),
             fills: Vec::new(),
             probe: (mem.clone(), GuestAddress(rx.used + 2)),
+            repost: None,
         }));
         let counters = Arc::new(DeviceCounters::default());
         let mut dev = NetDevice::new(
@@ -1423,4 +1443,27 @@ fn rx_zero_length_descriptors_count_against_the_limit() {
     assert!(rig.results()[0].is_err());
     assert_eq!(rig.rx.used_elem(&rig.mem, 0), (u32::from(head), 0));
     assert_eq!(rig.counters.rx_bad_chain.get(), 1);
+}
+
+/// (h5) A guest that posts a new TX frame for every one the device takes keeps a pass busy
+/// forever unless the pass has a budget: it takes two rings' worth, then returns (and kicks
+/// itself, so the rest is not stranded).
+#[test]
+fn tx_pass_ends_although_the_guest_keeps_posting() {
+    let mut rig = Rig::with_sizes(FEATURES, 16, 16);
+    let head = rig.post_tx(&frame(60, 11));
+    let (avail, size, idx) = (rig.tx.avail, rig.tx.size, rig.tx.avail_idx);
+    rig.handler.lock().unwrap().repost = Some(Repost {
+        avail,
+        size,
+        idx,
+        head,
+    });
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    let seen = rig.seen().len();
+    assert_eq!(
+        seen,
+        2 * usize::from(size),
+        "one pass takes two rings' worth"
+    );
 }
