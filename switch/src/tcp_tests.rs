@@ -1037,3 +1037,42 @@ fn sigterm_resets_the_connections_peers() {
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     assert_eq!(flows(&rig.sw), 0);
 }
+
+/// An established connection expires after two idle hours, one half-closed by the guest after
+/// a minute; the pod side sees a reset either way. Activity (a segment) restarts the clock.
+#[test]
+fn idle_established_and_half_closed_connections_expire() {
+    let mut rig = Rig::new();
+    let (mut open, _) = rig.connect(48001, plain(1460), 65535);
+    let (mut closing, _) = rig.connect(48002, plain(1460), 65535);
+    let fin = closing.fin(&[]);
+    rig.tx(&[fin]);
+    let t0 = Instant::now();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    rig.sw
+        .expire_idle_at(t0 + Duration::from_secs(30), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 2, "nothing idle long enough yet");
+    rig.sw
+        .expire_idle_at(t0 + Duration::from_secs(120), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 1, "the half-closed one expired");
+    rig.sw
+        .expire_idle_at(t0 + hours(2) - Duration::from_secs(60), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 1);
+    rig.sw.expire_idle_at(t0 + hours(3), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 0, "the established one expired");
+    // The established one's peer sees a reset (the half-closed one's saw the guest's FIN).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut buf = [0u8; 16];
+    let err = loop {
+        match open.pod.read(&mut buf) {
+            Ok(n) => panic!("read {n} bytes, not a reset"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wait_fd(open.pod.as_raw_fd(), "reset", deadline)
+            }
+            Err(e) => break e.kind(),
+        }
+    };
+    assert_eq!(err, ErrorKind::ConnectionReset);
+    drop(closing);
+    assert_eq!(rig.counter("nat_flows_expired"), 2);
+}
