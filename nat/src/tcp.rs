@@ -572,14 +572,17 @@ impl TcpTable {
     }
 
     fn remove(&mut self, flows: &mut FlowTable, registry: &Registry, slot: usize) {
-        if flows.tcp(slot).is_none() {
+        let Some(syn_owed) = flows.tcp(slot).map(|c| c.syn_owed) else {
             return;
-        }
+        };
         if flows.remove(registry, slot).is_some() {
             // A failure queued for this connection must not reset the next one in its slot,
-            // nor its gathered payload go to that one's socket.
+            // nor its gathered payload go to that one's socket. (`failed` lives for one pass;
+            // `owed_syns` holds this slot only if flagged, so closing stays O(1) otherwise.)
             self.failed.retain(|&s| s != slot);
-            self.owed_syns.retain(|&s| s != slot);
+            if syn_owed {
+                self.owed_syns.retain(|&s| s != slot);
+            }
             if self.gather.slot == Some(slot) {
                 self.gather.slot = None;
                 self.gather.clear();
