@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use podwire_perf::far;
 use podwire_perf::netns::{PodTopology, FAR_HOST, POD_ADDR};
-use podwire_perf::{guest, overlay, util, GuestImage, Podwire, PodwireConfig, Qemu, QemuConfig};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{guest, util, Podwire, Qemu};
 
 /// Deadline of one step.
 const T: Duration = Duration::from_secs(120);
@@ -85,23 +86,15 @@ fn flows_binary() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The guest image with podwire-flows in it.
-fn image_with_flows(dir: &Path) -> Result<GuestImage> {
-    let mut image = guest::image()?;
-    let initrd = dir.join("initrd-flows");
-    let flows = flows_binary()?;
-    overlay::initrd_with(&image.initrd, &[(GUEST_FLOWS, &flows)], &initrd)?;
-    image.initrd = initrd;
-    Ok(image)
-}
-
-/// Boots a guest on podwire's socket and gets it a lease.
-fn boot(image: &GuestImage, pw: &Podwire, name: &str) -> Result<Qemu> {
-    let mut vm = Qemu::boot(&QemuConfig::new(image).name(name).vhost_user(pw.socket()))?;
-    let c = vm.console();
-    c.run_ok("ip link set eth0 up", T)?;
-    guest::udhcpc(c, "eth0", 10, T)?;
-    Ok(vm)
+/// Boots a guest called `name` on podwire's socket, with podwire-flows in it if `flows`, and
+/// gets it a lease (the shared rig's steps).
+fn boot(pw: &Podwire, name: &str, flows: Option<&Path>, work: &Path) -> Result<Qemu> {
+    let files = flows.map(|f| [(GUEST_FLOWS, f)]);
+    let spec = GuestSpec {
+        files: files.as_ref().map_or(&[][..], |f| &f[..]),
+        ..GuestSpec::new(name)
+    };
+    Ok(rig::boot_on(pw.socket(), &spec, work)?.0)
 }
 
 /// podwire's status line, fresh: SIGUSR1, then the line it logs.
@@ -206,12 +199,9 @@ fn soak(secs: u64) -> Result<String> {
     let file = dir.join("file");
     let md5 = far::random_file(&file, 8)?;
     let _files = far::start_file_server(&topo.far, FAR_HOST.into(), FILE_PORT, &file)?;
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     // UDP flows of the spray close soon after it, so the end state can be compared.
-    cfg.extra_args = vec!["--udp-timeout".into(), "5".into()];
-    let mut pw = Podwire::spawn(Some(&topo.pod), &cfg)?;
-    let image = image_with_flows(dir.path())?;
-    let mut vm = boot(&image, &pw, "soak")?;
+    let mut pw = rig::podwire_in(&topo, &dir, None, &["--udp-timeout", "5"])?;
+    let mut vm = boot(&pw, "soak", Some(&flows), dir.path())?;
     let c = vm.console();
     ensure!(
         guest::download_md5(c, FAR_HOST.into(), FILE_PORT, T)? == md5,
@@ -295,12 +285,14 @@ fn reconnect(cycles: u64) -> Result<String> {
     let file = dir.join("file");
     let md5 = far::random_file(&file, 64)?;
     let _files = far::start_file_server(&topo.far, FAR_HOST.into(), FILE_PORT, &file)?;
-    let mut pw = Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("vhost.sock")))?;
-    let image = guest::image()?;
+    let mut pw = rig::podwire_in(&topo, &dir, None, &[])?;
+    // A status round trip first: podwire has finished starting (all its threads and
+    // descriptors are there) once it answers.
+    status(&mut pw)?;
     let base = Footprint::of(&pw);
     println!("reconnect: baseline {base:?}; {cycles} cycles");
     for i in 0..cycles {
-        let mut vm = boot(&image, &pw, &format!("reconnect-{i}"))?;
+        let mut vm = boot(&pw, &format!("reconnect-{i}"), None, dir.path())?;
         vm.console().run_ok(
             &format!("socat -u TCP4:{FAR_HOST}:{FILE_PORT} - > /dev/null &"),
             T,
@@ -314,7 +306,7 @@ fn reconnect(cycles: u64) -> Result<String> {
         let now = back_to_baseline(&mut pw, base, &format!("cycle {i}"))?;
         println!("reconnect: cycle {i}: {now:?}");
     }
-    let mut vm = boot(&image, &pw, "reconnect-last")?;
+    let mut vm = boot(&pw, "reconnect-last", None, dir.path())?;
     let got = guest::download_md5(vm.console(), FAR_HOST.into(), FILE_PORT, T)?;
     ensure!(got == md5, "the last guest's download corrupted");
     drop(vm);
@@ -337,17 +329,10 @@ fn flood(attempts: u64) -> Result<String> {
         "flows-serve",
         &[&flows_s, "serve", &format!("{FAR_HOST}:{FLOWS_PORT}")],
     )?;
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     // A small table, so that the flood meets the inbound budget.
-    cfg.extra_args = vec![
-        "-t".into(),
-        FORWARD_PORT.to_string(),
-        "--max-flows".into(),
-        "4096".into(),
-    ];
-    let mut pw = Podwire::spawn(Some(&topo.pod), &cfg)?;
-    let image = image_with_flows(dir.path())?;
-    let mut vm = boot(&image, &pw, "flood")?;
+    let forward = FORWARD_PORT.to_string();
+    let mut pw = rig::podwire_in(&topo, &dir, None, &["-t", &forward, "--max-flows", "4096"])?;
+    let mut vm = boot(&pw, "flood", Some(&flows), dir.path())?;
     let base = Footprint::of(&pw);
     let c = vm.console();
     c.run_ok(
