@@ -281,6 +281,14 @@ impl FlowTable {
         self.now = self.now.max(now);
     }
 
+    /// Every flow with its slot, in slot order (for operators and the idle sweep's peers).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| e.as_ref().map(|e| (slot, e)))
+    }
+
     pub fn lookup(&self, key: &FlowKey) -> Option<usize> {
         self.index.get(key).copied()
     }

@@ -41,6 +41,7 @@
 //! a guest packet to a loopback or unspecified address is dropped and counted.
 
 pub mod flow;
+mod inspect;
 pub mod ports;
 pub mod sock;
 pub mod tcp;
@@ -62,6 +63,7 @@ use podwire_frame::{
 use smoltcp::wire::IpProtocol;
 
 use crate::flow::{Datagram, Entry, FlowData, FlowKey, FlowLimits, FlowTable, Origin, Refused};
+pub use crate::inspect::{FlowCounts, FlowInfo, FlowProto};
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
 /// ICMPv6's protocol number.

@@ -57,6 +57,8 @@ use crate::wire::{
 };
 use crate::{sock, AddrMap};
 
+mod inspect;
+
 /// mio tokens of forwarded-port listeners start here; below are the flows (token = slot).
 pub const LISTEN_BASE: usize = 1 << 41;
 /// Silence after which the pod side of a connection sends keepalive probes.
@@ -172,6 +174,9 @@ pub struct Conn {
     syn_seq: u32,
     /// On [`TcpTable::owed_syns`]: the list holds each connection at most once.
     syn_owed: bool,
+    /// For operators (`podwire flows`): when it was opened, and whether from the pod.
+    opened: Instant,
+    from_pod: bool,
 }
 
 impl Conn {
@@ -207,6 +212,8 @@ impl Conn {
             rto_deadline: None,
             syn_seq: 0,
             syn_owed: false,
+            opened: Instant::now(),
+            from_pod: state == State::SynSent,
         }
     }
 
@@ -315,7 +322,8 @@ podwire_frame::counters! {
 
 /// The TCP connections and listeners.
 pub struct TcpTable {
-    listeners: Vec<Listener>,
+    /// Indexed by token; a removed forward leaves `None` (reused by the next one).
+    listeners: Vec<Option<Listener>>,
     acks: Vec<usize>,
     /// Connections holding back an ACK (see [`DELACK`]).
     delayed: Vec<usize>,
@@ -519,9 +527,18 @@ impl TcpTable {
         if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let token = Token(LISTEN_BASE + self.listeners.len());
+        let index = self
+            .listeners
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.listeners.len());
+        let token = Token(LISTEN_BASE + index);
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
-        self.listeners.push(Listener { fd, guest_port });
+        let listener = Some(Listener { fd, guest_port });
+        match self.listeners.get_mut(index) {
+            Some(slot) => *slot = listener,
+            None => self.listeners.push(listener),
+        }
         Ok(())
     }
 
@@ -1295,7 +1312,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.listeners.get(index).and_then(Option::as_ref) else {
                 return;
             };
             let guest_port = listener.guest_port;
