@@ -9,6 +9,8 @@ use std::process::Command;
 
 pub mod kernel_path;
 pub mod latency;
+pub mod passt;
+pub mod pingpong;
 pub mod pktgen;
 pub mod plot;
 pub mod testpmd;

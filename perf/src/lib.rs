@@ -10,6 +10,8 @@
 //!   "Pod" topology (pod 198.18.0.2/24 via 198.18.0.1, far host 198.18.1.1).
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
+//! - [`frontend`]: a vhost-user frontend of our own (memfd memory, split rings, smoltcp as the
+//!   guest stack) for request/response latency without a VM.
 //!
 //! Logs of every spawned process and every guest console go to
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
@@ -18,6 +20,7 @@
 pub mod bench;
 pub mod console;
 pub mod far;
+pub mod frontend;
 pub mod guest;
 pub mod netns;
 pub mod overlay;
