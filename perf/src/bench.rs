@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
+pub mod breakdown;
 pub mod kernel_path;
 pub mod latency;
 pub mod passt;

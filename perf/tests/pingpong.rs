@@ -31,6 +31,7 @@ fn plan(paths: Vec<Via>, passt_bin: Option<PathBuf>) -> Plan {
         self_bin: PathBuf::from(env!("CARGO_BIN_EXE_podwire-pingpong")),
         podwire_args: Vec::new(),
         podwire_env: Vec::new(),
+        breakdown: false,
     }
 }
 

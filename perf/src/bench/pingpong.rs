@@ -16,6 +16,7 @@
 //! median over the rounds of each figure; "added" is a backend's figure minus direct's.
 
 use crate::bench;
+use crate::bench::breakdown::{self, Breakdown, SyscallTrace};
 use crate::frontend::pingpong::{GuestStack, Proto, RrStats};
 use crate::frontend::{Features, NetDriver};
 use crate::netns::{PodTopology, Proto as SsProto, FAR_HOST};
@@ -69,6 +70,9 @@ pub struct Plan {
     pub podwire_args: Vec<String>,
     /// Environment for podwire.
     pub podwire_env: Vec<(String, String)>,
+    /// Trace the backend's and the frontend's syscalls and cut each transaction into segments
+    /// ([`super::breakdown`]); costs about a µs per traced call, so not for the headline figures.
+    pub breakdown: bool,
 }
 
 /// One path's turn in one round.
@@ -82,6 +86,7 @@ pub struct Turn {
     pub backend_cpu_us_per_transaction: Option<f64>,
     pub negotiated: Vec<Features>,
     pub driver: Option<crate::frontend::net::DriverStats>,
+    pub breakdown: Option<Breakdown>,
 }
 
 /// The median over the rounds of one path's figures, and what it adds to direct's.
@@ -202,6 +207,18 @@ pub fn summary_table(summary: &[Summary]) -> String {
     s
 }
 
+/// The breakdowns of the turns that have one, as a Markdown table (one column per turn).
+pub fn breakdown_table(turns: &[Turn]) -> Option<String> {
+    let cols: Vec<(String, &Breakdown)> = turns
+        .iter()
+        .filter_map(|t| {
+            let b = t.breakdown.as_ref()?;
+            Some((format!("{} {:?} r{}", t.path.name(), t.proto, t.round), b))
+        })
+        .collect();
+    (!cols.is_empty()).then(|| breakdown::table(&cols))
+}
+
 /// Runs the plan in a fresh topology.
 pub fn run(plan: &Plan) -> Result<Report> {
     util::require_root()?;
@@ -282,6 +299,7 @@ fn direct_turn(plan: &Plan, topo: &PodTopology, server: SocketAddrV4) -> Result<
             backend_cpu_us_per_transaction: None,
             negotiated: Vec::new(),
             driver: None,
+            breakdown: None,
         })
         .collect())
 }
@@ -334,11 +352,39 @@ fn guest_turns(
     let negotiated = driver.negotiated();
     let mut stack = GuestStack::new(driver);
     stack.dhcp(Duration::from_secs(20))?;
+    let kick_fd = stack.phy.driver.tx_kick_fd();
     let mut turns = Vec::new();
     for &proto in &plan.protos {
         let cpu0 = bench::cpu_seconds(backend_pid).ok();
+        let trace = if plan.breakdown {
+            let mut tids = breakdown::threads(backend_pid);
+            // SAFETY: gettid has no preconditions.
+            let me = unsafe { libc::gettid() } as u32;
+            tids.push(me);
+            Some((SyscallTrace::start(&tids)?, tids, me))
+        } else {
+            None
+        };
         let stats = stack.rr(proto, server, plan.warmup, plan.count)?;
         let cpu1 = bench::cpu_seconds(backend_pid).ok();
+        let breakdown = match trace {
+            Some((trace, tids, me)) => {
+                let (events, overrun) = trace.stop()?;
+                let fds = breakdown::fd_kinds(backend_pid);
+                let backend_tids = tids.into_iter().filter(|&t| t != me).collect();
+                Some(breakdown::analyze(
+                    &events,
+                    &breakdown::Sides {
+                        backend_tids: &backend_tids,
+                        backend_fds: &fds,
+                        frontend_tid: me,
+                        kick_fd: kick_fd as i64,
+                    },
+                    overrun,
+                ))
+            }
+            None => None,
+        };
         let total = plan.warmup + plan.count;
         turns.push(Turn {
             round: 0,
@@ -350,6 +396,7 @@ fn guest_turns(
             stats,
             negotiated: negotiated.clone(),
             driver: Some(stack.phy.driver.stats),
+            breakdown,
         });
     }
     Ok(turns)
@@ -369,6 +416,7 @@ mod tests {
             backend_cpu_us_per_transaction: None,
             negotiated: Vec::new(),
             driver: None,
+            breakdown: None,
         }
     }
 

@@ -103,6 +103,10 @@ struct RunArgs {
     /// An extra podwire argument (repeatable).
     #[arg(long = "podwire-arg", allow_hyphen_values = true)]
     podwire_args: Vec<String>,
+    /// Trace the backends' and the frontend's syscalls (ftrace) and print where each
+    /// transaction's microseconds go; adds about a µs per traced call.
+    #[arg(long)]
+    breakdown: bool,
     /// Also write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -174,6 +178,7 @@ fn run(a: RunArgs) -> Result<()> {
         self_bin: std::env::current_exe()?,
         podwire_args: a.podwire_args,
         podwire_env: Vec::new(),
+        breakdown: a.breakdown,
     };
     let report = pingpong::run(&plan)?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -182,5 +187,8 @@ fn run(a: RunArgs) -> Result<()> {
     }
     println!("{json}");
     eprintln!("\n{}", pingpong::summary_table(&report.summary));
+    if let Some(t) = pingpong::breakdown_table(&report.turns) {
+        eprintln!("\n{t}");
+    }
     Ok(())
 }

@@ -97,6 +97,10 @@ pub struct DriverStats {
     pub kicks_suppressed: u64,
     /// Waits that ended with an interrupt (call eventfd readable).
     pub interrupts: u64,
+    /// Waits that slept (poll on the call eventfds).
+    pub sleeps: u64,
+    /// Waits that returned at once because used elements were already there.
+    pub waits_skipped: u64,
     /// RX frames that did not fit or were malformed.
     pub rx_errors: u64,
 }
@@ -230,6 +234,11 @@ impl NetDriver {
         })
     }
 
+    /// The TX kick eventfd's number (the frontend's "request sent" mark in a syscall trace).
+    pub fn tx_kick_fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.tx.kick)
+    }
+
     /// The negotiated virtio-net features (without the vhost-user protocol bit).
     pub fn negotiated(&self) -> Vec<Features> {
         Features::in_mask(self.features)
@@ -238,11 +247,16 @@ impl NetDriver {
     /// Waits up to `timeout` for an interrupt on either ring (returns at once if used elements
     /// are already waiting); returns whether there is something to look at.
     pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
+        // completed TX descriptors are taken back here, or they would count as "something
+        // waiting" forever and the driver would spin instead of sleeping
+        self.reclaim_tx()?;
         let rx_pending = self.rx.ring.enable_interrupts(&self.mem)?;
         let tx_pending = self.tx.ring.enable_interrupts(&self.mem)?;
         if rx_pending || tx_pending {
+            self.stats.waits_skipped += 1;
             return Ok(true);
         }
+        self.stats.sleeps += 1;
         let mut fds = [
             libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&self.rx.call),
