@@ -85,6 +85,7 @@ pub struct Turn {
     /// The backend's CPU time over the turn (all protocols), µs per transaction.
     pub backend_cpu_us_per_transaction: Option<f64>,
     pub negotiated: Vec<Features>,
+    /// The frontend's counters over this turn (warm-up included).
     pub driver: Option<crate::frontend::net::DriverStats>,
     pub breakdown: Option<Breakdown>,
 }
@@ -356,6 +357,7 @@ fn guest_turns(
     let mut turns = Vec::new();
     for &proto in &plan.protos {
         let cpu0 = bench::cpu_seconds(backend_pid).ok();
+        let counted0 = stack.phy.driver.stats;
         let trace = if plan.breakdown {
             let mut tids = breakdown::threads(backend_pid);
             // SAFETY: gettid has no preconditions.
@@ -395,7 +397,7 @@ fn guest_turns(
                 .map(|(a, b)| (b - a) * 1e6 / total.max(1) as f64),
             stats,
             negotiated: negotiated.clone(),
-            driver: Some(stack.phy.driver.stats),
+            driver: Some(stack.phy.driver.stats.since(&counted0)),
             breakdown,
         });
     }

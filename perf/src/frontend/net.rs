@@ -105,6 +105,23 @@ pub struct DriverStats {
     pub rx_errors: u64,
 }
 
+impl DriverStats {
+    /// What was counted since `earlier`.
+    pub fn since(&self, earlier: &DriverStats) -> DriverStats {
+        DriverStats {
+            tx_frames: self.tx_frames - earlier.tx_frames,
+            rx_frames: self.rx_frames - earlier.rx_frames,
+            tx_ring_full: self.tx_ring_full - earlier.tx_ring_full,
+            kicks: self.kicks - earlier.kicks,
+            kicks_suppressed: self.kicks_suppressed - earlier.kicks_suppressed,
+            interrupts: self.interrupts - earlier.interrupts,
+            sleeps: self.sleeps - earlier.sleeps,
+            waits_skipped: self.waits_skipped - earlier.waits_skipped,
+            rx_errors: self.rx_errors - earlier.rx_errors,
+        }
+    }
+}
+
 /// The device: the connection, the memory, two rings and their eventfds.
 pub struct NetDriver {
     // kept open: closing the socket ends the backend's session
