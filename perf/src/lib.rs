@@ -12,6 +12,8 @@
 //! - [`podwire`]: finding and running the podwire binary.
 //! - [`frontend`]: a vhost-user frontend of our own (memfd memory, split rings, smoltcp as the
 //!   guest stack) for request/response latency without a VM.
+//! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
+//!   pod, shared by the end-to-end tests and the benchmark.
 //!
 //! Logs of every spawned process and every guest console go to
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
@@ -26,6 +28,7 @@ pub mod netns;
 pub mod overlay;
 pub mod podwire;
 pub mod qemu;
+pub mod rig;
 pub mod util;
 
 pub use console::{CmdOutput, Console};

@@ -680,3 +680,22 @@ fn datagrams_from_the_pod_arrive_many_per_receive_call() {
         assert_eq!(payload, vec![b'a' + i as u8; 3], "in order");
     }
 }
+
+#[test]
+fn counter_names_are_unique_across_the_status_line() {
+    let sw = Switch::new(&config()).unwrap();
+    let mut names: Vec<String> = sw
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
+    assert!(all > 50, "{all} counters");
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a name appears twice");
+}

@@ -50,10 +50,8 @@ use podwire_perf::bench::plot::{self, Chart, Group};
 use podwire_perf::bench::testpmd::{self, Testpmd};
 use podwire_perf::bench::{self, latency, MemStatus};
 use podwire_perf::netns::{PodTopology, TopologyOptions, FAR_HOST, POD_ADDR};
-use podwire_perf::{
-    far, guest, overlay, qemu, util, GuestImage, Netns, Nic, Podwire, PodwireConfig, Proc, Qemu,
-    QemuConfig,
-};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{far, qemu, util, GuestImage, Netns, Nic, Podwire, PodwireConfig, Proc, Qemu};
 
 /// Timeout of a console step (DHCP, reading a file).
 pub(crate) const T: Duration = Duration::from_secs(60);
@@ -95,12 +93,12 @@ fn main() -> Result<()> {
     let podwire_bin = release_podwire()?;
     let rr_bin = sibling_binary("podwire-rr")?;
     let work = util::TempDir::new("bench")?;
-    let mut image = guest::image().context("building the test guest")?;
+    let spec = GuestSpec {
+        files: &[(GUEST_RR, rr_bin.as_path())],
+        ..GuestSpec::new("bench")
+    };
+    let image = rig::image(&spec, work.path()).context("the guest with podwire-rr")?;
     let machine = Machine::probe(&image, &podwire_bin);
-    let initrd = work.join("initramfs-rr.gz");
-    overlay::initrd_with(&image.initrd, &[(GUEST_RR, rr_bin.as_path())], &initrd)
-        .context("adding podwire-rr to the guest's initramfs")?;
-    image.initrd = initrd;
     println!(
         "podwire-bench: {} s per run; sections {}; {}",
         args.seconds,

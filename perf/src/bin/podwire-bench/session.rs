@@ -124,10 +124,13 @@ pub(crate) fn guest_session(
             Backend::Passt => "passt",
         }
     );
-    let mut qcfg = QemuConfig::new(env.image).name(&name);
-    if mtu != 1500 {
-        qcfg = qcfg.nic_prop(&format!("host_mtu={mtu}"));
-    }
+    let mtu_prop = format!("host_mtu={mtu}");
+    let nic_props = [mtu_prop.as_str()];
+    let spec = GuestSpec {
+        nic_props: if mtu != 1500 { &nic_props } else { &[] },
+        ..GuestSpec::new(&name)
+    };
+    let mut qcfg = rig::qemu_config(env.image, &spec);
     let mut podwire = None;
     let mut _kpath = None;
     match backend {
@@ -151,10 +154,9 @@ pub(crate) fn guest_session(
                 .in_netns(&topo.pod);
         }
     }
-    let mut vm = Qemu::spawn(&qcfg).context("starting QEMU")?;
-    let boot = vm
-        .wait_ready(qcfg.boot_timeout)
-        .context("booting the guest")?;
+    let (mut vm, lease) = rig::start(&qcfg, true)?;
+    let lease = lease.context("no lease")?;
+    let boot = vm.boot_time().unwrap_or_default();
     results.boots.push((backend, mtu, boot.as_secs_f64()));
     let qemu_pid = vm.pid();
     match bench::comm(qemu_pid) {
@@ -162,8 +164,6 @@ pub(crate) fn guest_session(
         other => bail!("pid {qemu_pid} is {other:?}, not QEMU"),
     }
     let c = vm.console();
-    c.run_ok("ip link set eth0 up", T)?;
-    let lease = guest::udhcpc(c, "eth0", 10, T).context("DHCP in the guest")?;
     let guest_mtu: u32 = c
         .run_ok("cat /sys/class/net/eth0/mtu", T)?
         .trim()
