@@ -107,3 +107,38 @@ fn passt() {
     let report = pingpong::run(&plan(vec![Via::Passt], Some(bin))).unwrap();
     check(&report, Via::Passt);
 }
+
+/// `--breakdown`: the syscall trace of podwire and the frontend is cut into segments for most
+/// UDP transactions, and the segments add up to no more than the whole.
+#[test]
+fn breakdown_of_podwire() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut p = plan(vec![Via::Podwire], None);
+    p.protos = vec![Proto::Udp];
+    p.breakdown = true;
+    let report = pingpong::run(&p).unwrap();
+    let t = &report.turns[0];
+    let b = t.breakdown.as_ref().expect("a breakdown");
+    assert!(
+        b.transactions as u64 > COUNT / 2,
+        "only {} of {} transactions parsed ({} skipped)",
+        b.transactions,
+        COUNT,
+        b.skipped
+    );
+    let mean = |s: &str| b.segments[s].1;
+    let parts: f64 = podwire_perf::bench::breakdown::SEGMENTS
+        .iter()
+        .filter(|s| **s != "total")
+        .map(|s| mean(s))
+        .sum();
+    assert!(
+        (parts - mean("total")).abs() < 1.0,
+        "{parts} vs {}",
+        mean("total")
+    );
+    assert!(pingpong::breakdown_table(&report.turns).is_some());
+}
