@@ -20,6 +20,8 @@ mod control;
 mod control_tests;
 mod daemon;
 #[cfg(test)]
+mod harden_tests;
+#[cfg(test)]
 mod ipv6_tests;
 mod mailbox;
 mod metrics;
