@@ -30,6 +30,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -43,9 +44,10 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -75,9 +77,18 @@ const MIN_FRAME_LEN: usize = 60;
 /// Most chains one RX frame may span.
 const MAX_RX_CHAINS: usize = MAX_SEGS;
 
-type Mem = GuestMemoryMmap<()>;
-type MemAtomic = GuestMemoryAtomic<Mem>;
-type Vring = VringMutex<MemAtomic>;
+type Mem<B> = GuestMemoryMmap<B>;
+type MemAtomic<B> = GuestMemoryAtomic<Mem<B>>;
+type Vring<B> = VringMutex<MemAtomic<B>>;
+/// What the rings lock: one ring's state over guest memory with dirty bitmap `B`.
+type RingState<B> = vhost_user_backend::VringState<MemAtomic<B>>;
+
+/// The dirty bitmap kept over guest memory. In podwire it is vhost-user-backend's
+/// [`BitmapMmapRegion`], which sets bits in the log the frontend hands over with SET_LOG_BASE
+/// (and does nothing before that); tests use vm-memory's `AtomicBitmap` to read back what was
+/// marked.
+pub trait LogBitmap: Bitmap + Send + Sync + 'static {}
+impl<T: Bitmap + Send + Sync + 'static> LogBitmap for T {}
 
 /// Segmentation of a frame to the guest (GUEST_TSO4/6).
 #[derive(Debug, Clone, Copy)]
@@ -99,17 +110,17 @@ pub struct NetConfig {
 
 /// The vhost-user backend for one frontend connection. Make a new one per connection: the
 /// library never drains a used exit event.
-pub struct NetDevice<H: NetHandler> {
+pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     handler: Arc<Mutex<H>>,
     counters: Arc<DeviceCounters>,
     config: NetConfig,
-    mem: Option<MemAtomic>,
+    mem: Option<MemAtomic<B>>,
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
 }
 
-impl<H: NetHandler> NetDevice<H> {
+impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
     pub fn new(
         handler: Arc<Mutex<H>>,
         counters: Arc<DeviceCounters>,
@@ -135,6 +146,11 @@ impl<H: NetHandler> NetDevice<H> {
         self.acked_features & (1u64 << bit) != 0
     }
 
+    /// The frontend turned dirty logging on (it migrates the guest).
+    fn logging(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0
+    }
+
     fn hdr_len(&self) -> usize {
         if self.has(VIRTIO_F_VERSION_1) || self.has(VIRTIO_NET_F_MRG_RXBUF) {
             VNET_HDR_LEN
@@ -143,7 +159,7 @@ impl<H: NetHandler> NetDevice<H> {
         }
     }
 
-    fn process(&mut self, device_event: u16, vrings: &[Vring]) {
+    fn process(&mut self, device_event: u16, vrings: &[Vring<B>]) {
         let (Some(mem_atomic), Some(rx_vring), Some(tx_vring)) = (
             self.mem.as_ref(),
             vrings.get(RX_QUEUE),
@@ -167,6 +183,7 @@ impl<H: NetHandler> NetDevice<H> {
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
+            logging: self.logging(),
         };
         match device_event as usize {
             TX_QUEUE => {
@@ -188,9 +205,9 @@ impl<H: NetHandler> NetDevice<H> {
     }
 }
 
-impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
-    type Bitmap = ();
-    type Vring = Vring;
+impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
+    type Bitmap = B;
+    type Vring = Vring<B>;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -222,6 +239,9 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             // UDP frames of many datagrams go out with one sendmsg and UDP_SEGMENT: the
             // kernel splits them (or hands them to the NIC whole).
             | (1 << VIRTIO_NET_F_HOST_USO)
+            // Dirty logging for live migration: while the frontend has it on, every guest page
+            // the device writes is marked in the log (see `mark_dirty`).
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -236,7 +256,11 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         // Only what the vhost crate implements for us end to end: any other message it answers
         // by closing the connection. QEMU ignores CONFIG for virtio-net (and says so once);
         // DPDK's virtio-user reads the MAC through it. One queue pair, so no MQ.
-        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG
+        // LOG_SHMFD: the log arrives as shared memory (SET_LOG_BASE), which vhost-user-backend
+        // maps and installs as each region's bitmap.
+        VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -255,7 +279,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         cfg[start..end].to_vec()
     }
 
-    fn update_memory(&mut self, mem: MemAtomic) -> std::io::Result<()> {
+    fn update_memory(&mut self, mem: MemAtomic<B>) -> std::io::Result<()> {
         self.mem = Some(mem);
         Ok(())
     }
@@ -268,7 +292,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         &mut self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[Vring],
+        vrings: &[Vring<B>],
         _thread_id: usize,
     ) -> std::io::Result<()> {
         // Never return an error: the library would end the worker thread, and with it the NIC.
@@ -295,6 +319,10 @@ fn feature_names(features: u64) -> String {
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
         (VIRTIO_NET_F_MTU, "MTU"),
+        (
+            VhostUserVirtioFeatures::LOG_ALL.bits().trailing_zeros(),
+            "LOG_ALL",
+        ),
     ];
     names
         .iter()
@@ -333,9 +361,9 @@ enum ChainError {
 }
 
 /// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
-fn map_chain<'m>(
-    mut chain: DescriptorChain<&'m Mem>,
-    mem: &'m Mem,
+fn map_chain<'m, B: LogBitmap>(
+    mut chain: DescriptorChain<&'m Mem<B>>,
+    mem: &'m Mem<B>,
     writable: bool,
     max_len: usize,
     sg: &mut SgList<'m>,
@@ -389,7 +417,7 @@ fn map_chain<'m>(
 /// Whether the driver's avail index is at most one ring ahead of ours. virtio-queue pops nothing
 /// from a ring where it is not (the driver is broken) while `enable_notification` keeps reporting
 /// more work: without this check a pass would never end.
-fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
+fn avail_idx_sane<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
     let sane = q
         .avail_idx(mem, Ordering::Acquire)
         .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size());
@@ -402,7 +430,13 @@ fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
 }
 
 /// Writes one used element without publishing it.
-fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> bool {
+fn write_used<B: LogBitmap>(
+    mem: &Mem<B>,
+    q: &Queue,
+    pos: Wrapping<u16>,
+    head: u16,
+    len: u32,
+) -> bool {
     let size = q.size();
     if size == 0 {
         return false;
@@ -417,7 +451,7 @@ fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> 
 }
 
 /// Makes used entries up to `next_used` visible to the guest.
-fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
+fn publish_used<B: LogBitmap>(mem: &Mem<B>, q: &mut Queue, next_used: Wrapping<u16>) {
     q.set_next_used(next_used.0);
     if let Some(idx_addr) = GuestAddress(q.used_ring()).checked_add(2) {
         // Release: the entries written above are visible before the index that announces them.
@@ -426,8 +460,8 @@ fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
 }
 
 /// Whether the guest wants an interrupt for used entries `old..new` (virtio 1.2, 2.7.10).
-fn guest_wants_interrupt(
-    mem: &Mem,
+fn guest_wants_interrupt<B: LogBitmap>(
+    mem: &Mem<B>,
     q: &Queue,
     event_idx: bool,
     old: Wrapping<u16>,
@@ -456,6 +490,43 @@ fn guest_wants_interrupt(
     }
 }
 
+/// Marks the first `len` bytes of `segs` dirty in guest memory's log, when `logging`.
+///
+/// RX data reaches guest memory through raw host pointers (recvmsg into an [`SgList`]), which
+/// vm-memory cannot see, so the device marks it itself. Two marks per buffer, and why the order
+/// is safe: the frontend syncs the log concurrently — it takes and clears the bits, then copies
+/// those pages — so a mark only protects writes made BEFORE it. The buffers are therefore
+/// marked whole before they are lent (nothing is written into a page that is not yet marked)
+/// and what was written is marked again after the write and before the used index that hands
+/// it to the guest is published. A sync that clears the first mark before the data lands is
+/// followed by the second one; the final sync happens after GET_VRING_BASE stopped the ring,
+/// which waits for this pass (it holds the ring lock), so no write can follow it unmarked. The
+/// used ring itself is written through vm-memory, which marks it after each write.
+fn mark_dirty<B: LogBitmap>(mem: &Mem<B>, logging: bool, segs: &[libc::iovec], mut len: usize) {
+    if !logging {
+        return;
+    }
+    for seg in segs {
+        if len == 0 {
+            break;
+        }
+        let n = seg.iov_len.min(len);
+        len -= n;
+        // Each segment lies inside one region: `map_chain` splits at region boundaries.
+        let ptr = seg.iov_base as usize;
+        for region in mem.iter() {
+            let Ok(base) = region.get_host_address(MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let offset = ptr.wrapping_sub(base as usize);
+            if (offset as u64) < region.len() {
+                region.bitmap().mark_dirty(offset, n);
+                break;
+            }
+        }
+    }
+}
+
 fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     let which = if rx { "RX" } else { "TX" };
     if rx {
@@ -473,9 +544,9 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
 
-struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a Mem,
+    mem: &'a Mem<B>,
     hdr_len: usize,
     /// The guest negotiated CSUM: its frames may carry partial checksums.
     csum: bool,
@@ -485,9 +556,9 @@ struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
 }
 
-impl<G> TxRing<'_, G>
+impl<B: LogBitmap, G> TxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
         let mem = self.mem;
@@ -545,9 +616,9 @@ where
     }
 }
 
-struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct RxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a GuestMemoryLoadGuard<Mem>,
+    mem: &'a GuestMemoryLoadGuard<Mem<B>>,
     hdr_len: usize,
     mergeable: bool,
     /// The guest negotiated GUEST_CSUM: frames to it may carry partial checksums.
@@ -560,11 +631,13 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
     published_from: Option<Wrapping<u16>>,
+    /// Dirty logging is on: every byte written into an RX buffer is marked (see `mark_dirty`).
+    logging: bool,
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn finish(self) {
         let Some(start) = self.published_from else {
@@ -581,15 +654,15 @@ where
     /// Marks the RX ring empty: ask for a kick when the guest adds buffers. Returns true if some
     /// arrived in the meantime.
     fn rearm(&mut self) -> bool {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         matches!(q.enable_notification(mem), Ok(true)) && avail_idx_sane(mem, q)
     }
 }
 
-impl<G> RxSink for RxRing<'_, G>
+impl<B: LogBitmap, G> RxSink for RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn push(
         &mut self,
@@ -649,9 +722,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn takes(&self, kind: GsoKind) -> bool {
         match kind {
@@ -667,7 +740,7 @@ where
         gso: Option<Gso>,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         // A started but disabled ring (SET_VRING_ENABLE 0) must not be given new RX frames.
         let q = self.vring.get_queue();
         if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
@@ -725,6 +798,7 @@ where
                 let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
             }
             frame.advance(self.hdr_len);
+            mark_dirty(mem, self.logging, sg.segments(), sg.len());
             fill(&mut frame).map(|len| {
                 let len = len.min(frame.len());
                 if len < MIN_FRAME_LEN {
@@ -777,6 +851,7 @@ where
         }
         hdr[10..12].copy_from_slice(&(used_chains as u16).to_le_bytes());
         sg.write(0, &hdr[..self.hdr_len]);
+        mark_dirty(mem, self.logging, sg.segments(), total);
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
@@ -803,9 +878,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     /// [`RxSink::push_batch`]: one descriptor chain per frame, so that every frame's buffers are
     /// used whole and the frames not filled are the ring's tail, which can be rewound. A chain
@@ -818,7 +893,7 @@ where
         csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue();
         if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
             return Err(RxError::NotReady);
@@ -858,7 +933,9 @@ where
         }
         hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
         for frame in &mut frames[..n] {
+            mark_dirty(mem, self.logging, frame.segments(), frame.len());
             frame.write(0, &hdr[..self.hdr_len]);
+            mark_dirty(mem, self.logging, frame.segments(), self.hdr_len);
             frame.advance(self.hdr_len);
         }
         let mut lens = [0usize; RX_BATCH];
@@ -880,6 +957,7 @@ where
                 frame.write(len, &pad[..MIN_FRAME_LEN - len]);
                 len = MIN_FRAME_LEN;
             }
+            mark_dirty(mem, self.logging, frame.segments(), len);
             let total = if len == 0 {
                 0
             } else {
@@ -899,7 +977,7 @@ where
 
     /// Gives chains back with nothing written, when they cannot be rewound.
     fn return_unused(&mut self, chains: &[(u16, u32)]) {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
