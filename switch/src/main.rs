@@ -15,6 +15,7 @@ mod podnet;
 #[cfg(test)]
 mod scale_tests;
 mod signals;
+mod state;
 mod switch;
 #[cfg(test)]
 mod tcp_tests;

@@ -29,7 +29,10 @@ use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -61,6 +64,7 @@ use podwire_frame::{
 };
 
 use crate::counters::DeviceCounters;
+use crate::transfer::StateTransfer;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -118,6 +122,8 @@ pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
+    /// Live migration's device-state transfer in progress, if any.
+    transfer: StateTransfer,
 }
 
 impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
@@ -134,6 +140,7 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
             acked_features: 0,
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            transfer: StateTransfer::default(),
         })
     }
 
@@ -261,6 +268,8 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
         VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::LOG_SHMFD
+            // The handler's state travels in QEMU's migration stream (see transfer.rs).
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -286,6 +295,21 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> std::io::Result<Option<std::fs::File>> {
+        self.transfer
+            .start(&self.handler, direction, phase, file)
+            .map(|()| None)
+    }
+
+    fn check_device_state(&self) -> std::io::Result<()> {
+        self.transfer.check(&self.handler)
     }
 
     fn handle_event(

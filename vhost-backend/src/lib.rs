@@ -15,12 +15,14 @@
 //! - [`relay`]: a filter on the control channel that smooths over a QEMU/vhost-crate
 //!   ordering mismatch.
 //! - [`server`]: the socket, one frontend at a time, reconnects, refusal of a second frontend.
+//! - [`transfer`]: live migration's device-state transfer (SET_DEVICE_STATE_FD).
 //! - [`counters`]: the device's own per-reason drop counters.
 
 pub mod counters;
 pub mod device;
 pub mod relay;
 pub mod server;
+pub mod transfer;
 
 pub use counters::DeviceCounters;
 pub use device::{NetConfig, NetDevice};
