@@ -567,6 +567,17 @@ impl TcpTable {
     }
 
     /// One TCP segment from the guest.
+    /// Every connection as the guest knows it, for live migration: where a destination
+    /// podwire cannot take the sockets over, it resets these towards the guest at once.
+    pub fn guest_view(&self) -> impl Iterator<Item = GuestConn> + '_ {
+        self.conns.iter().flatten().map(|c| GuestConn {
+            guest: SocketAddr::new(c.key.guest_ip, c.key.guest_port),
+            remote: SocketAddr::new(c.key.remote_ip, c.key.remote_port),
+            seq_to_guest: c.snd_nxt,
+            ack_from_guest: c.rcv_nxt,
+        })
+    }
+
     pub fn guest_segment(
         &mut self,
         registry: &Registry,
@@ -1611,6 +1622,40 @@ fn send_control(
     let len = l3_len + tcp_len;
     rx.push(len, &mut |buf| buf.write(0, &frame[..len]).then_some(len))
         .is_ok()
+}
+
+/// One guest TCP connection as the guest sees it (see [`TcpTable::guest_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestConn {
+    pub guest: SocketAddr,
+    pub remote: SocketAddr,
+    /// The next sequence number the guest expects.
+    pub seq_to_guest: u32,
+    /// The next sequence number expected from the guest.
+    pub ack_from_guest: u32,
+}
+
+/// Resets a connection the guest believes in but podwire does not have (after a migration
+/// to a pod that could not take its socket over). A guest whose idea of the sequence differs
+/// answers with a challenge ACK, which meets the no-connection RST with its exact number.
+/// Returns false when the guest had no RX buffer for it.
+pub fn reset_guest_conn(rx: &mut dyn RxSink, ep: &Endpoints, conn: &GuestConn) -> bool {
+    let key = ConnKey {
+        guest_ip: conn.guest.ip(),
+        guest_port: conn.guest.port(),
+        remote_ip: conn.remote.ip(),
+        remote_port: conn.remote.port(),
+    };
+    send_control(
+        rx,
+        ep,
+        key,
+        conn.seq_to_guest,
+        conn.ack_from_guest,
+        TCP_RST | TCP_ACK,
+        0,
+        &[],
+    )
 }
 
 /// Answers a guest SYN with RST|ACK (RFC 9293 3.10.7.1: acknowledging the SYN).

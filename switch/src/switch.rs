@@ -38,7 +38,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
-use crate::state::{Binding6, ForwardRepr, Lease4, State4, State6, StateRepr};
+use crate::state::{Binding6, ForwardRepr, Lease4, State4, State6, StateRepr, TcpRepr};
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
@@ -114,6 +114,9 @@ pub struct Switch {
     nat: Nat,
     /// The forwarded pod ports, as the command line gave them (compared on migration).
     forwards: Vec<ForwardRepr>,
+    /// After a migration: the guest's TCP connections this podwire could not take over, to
+    /// reset towards the guest as soon as it has RX buffers (rather than let them hang).
+    pending_resets: Vec<TcpRepr>,
     pub counters: SwitchCounters,
 }
 
@@ -293,6 +296,7 @@ impl Switch {
             v6,
             nat,
             forwards,
+            pending_resets: Vec::new(),
             counters: SwitchCounters::default(),
         })
     }
@@ -582,6 +586,19 @@ impl Switch {
         }
     }
 
+    /// Resets migrated TCP connections towards the guest, keeping those its ring had no room for.
+    fn send_pending_resets(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.pending_resets.retain(|t| {
+            let conn = podwire_nat::tcp::GuestConn {
+                guest: t.guest,
+                remote: t.remote,
+                seq_to_guest: t.seq_to_guest,
+                ack_from_guest: t.ack_from_guest,
+            };
+            !podwire_nat::tcp::reset_guest_conn(rx, ep, &conn)
+        });
+    }
+
     /// Periodic router advertisements.
     fn send_periodic(&mut self, rx: &mut dyn RxSink) {
         let guest_mac = self.guest_mac;
@@ -653,7 +670,17 @@ impl Switch {
                 }),
             }),
             forwards: self.forwards.clone(),
-            tcp: Vec::new(),
+            tcp: self
+                .nat
+                .tcp
+                .guest_view()
+                .map(|c| TcpRepr {
+                    guest: c.guest,
+                    remote: c.remote,
+                    seq_to_guest: c.seq_to_guest,
+                    ack_from_guest: c.ack_from_guest,
+                })
+                .collect(),
         }
     }
 
@@ -709,8 +736,11 @@ impl Switch {
             });
             v6.link.restore(&s6.seen, binding);
         }
+        // The sockets stayed with the source podwire: reset the guest's side at once.
+        self.pending_resets = state.tcp;
         tracing::info!(
-            "migration: took over the guest (MAC {}, IPv4 {}, IPv6 {})",
+            "migration: took over the guest (MAC {}, IPv4 {}, IPv6 {}); resetting {} TCP \
+             connections it had",
             self.guest_mac
                 .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string()),
             self.v4
@@ -719,6 +749,7 @@ impl Switch {
             self.v6
                 .as_ref()
                 .map_or("none".to_string(), |v| v.guest_ip.to_string()),
+            self.pending_resets.len(),
         );
         Ok(())
     }
@@ -847,6 +878,9 @@ impl NetHandler for Switch {
 
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         let ep = self.endpoints();
+        if !self.pending_resets.is_empty() {
+            self.send_pending_resets(rx, &ep);
+        }
         self.nat.poll(rx, &ep);
         self.send_periodic(rx);
     }
