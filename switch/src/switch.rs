@@ -588,6 +588,7 @@ impl Switch {
 
     /// Resets migrated TCP connections towards the guest, keeping those its ring had no room for.
     fn send_pending_resets(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let before = self.pending_resets.len();
         self.pending_resets.retain(|t| {
             let conn = podwire_nat::tcp::GuestConn {
                 guest: t.guest,
@@ -597,6 +598,10 @@ impl Switch {
             };
             !podwire_nat::tcp::reset_guest_conn(rx, ep, &conn)
         });
+        let sent = before - self.pending_resets.len();
+        if sent > 0 {
+            tracing::info!("migration: reset {sent} TCP connections the guest had on the source");
+        }
     }
 
     /// Periodic router advertisements.

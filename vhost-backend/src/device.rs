@@ -26,6 +26,7 @@
 //! this path panics or allocates.
 
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +125,9 @@ pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     exit: (EventConsumer, EventNotifier),
     /// Live migration's device-state transfer in progress, if any.
     transfer: StateTransfer,
+    /// Each ring's call fd when it was last seen running, `None` if it was not (see
+    /// `kick_restarted_rings`).
+    running: [Option<RawFd>; NUM_QUEUES],
 }
 
 impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
@@ -141,6 +145,7 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
             transfer: StateTransfer::default(),
+            running: [None; NUM_QUEUES],
         })
     }
 
@@ -166,7 +171,37 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
         }
     }
 
+    /// Interrupts the guest once for every ring that (re)started since the last pass.
+    ///
+    /// A ring that starts with used entries already in it — on the destination of a live
+    /// migration, or on the source when a migration failed — may owe the guest an interrupt:
+    /// the source published them and wrote the call eventfd, but QEMU injects that interrupt
+    /// from its main loop, which the migration stopped, and does not carry it over. With
+    /// EVENT_IDX the driver would then wait for an interrupt that never comes (it re-arms
+    /// `used_event` only when it runs), and the device would fill the RX ring and stall. One
+    /// spurious interrupt is harmless: the driver looks, finds what is there, and re-arms.
+    /// A new call fd on a running ring gets one too: an interrupt sent before it was set went
+    /// nowhere.
+    fn kick_restarted_rings(&mut self, vrings: &[Vring<B>]) {
+        for (i, (running, vring)) in self.running.iter_mut().zip(vrings).enumerate() {
+            let now = {
+                let state = vring.get_ref();
+                let call = state.get_call().as_ref().map(|c| c.as_raw_fd());
+                (state.is_enabled() && state.get_queue().ready() && call.is_some())
+                    .then_some(call.unwrap_or(-1))
+            };
+            if now.is_some() && now != *running {
+                tracing::debug!("ring {i} started: interrupting the guest once");
+                let _ = vring.signal_used_queue();
+            }
+            *running = now;
+        }
+    }
+
     fn process(&mut self, device_event: u16, vrings: &[Vring<B>]) {
+        if self.mem.is_some() {
+            self.kick_restarted_rings(vrings);
+        }
         let (Some(mem_atomic), Some(rx_vring), Some(tx_vring)) = (
             self.mem.as_ref(),
             vrings.get(RX_QUEUE),

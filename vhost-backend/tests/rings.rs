@@ -294,6 +294,8 @@ struct Rig {
     /// The call eventfds of RX and TX: readable when the guest was interrupted.
     calls: [EventFd; 2],
     next_buf: u64,
+    /// The interrupts the rings' start gave (see `rings_interrupt_once_when_they_start`).
+    start_calls: [u64; 2],
 }
 
 impl Rig {
@@ -369,7 +371,7 @@ impl Rig {
             v.set_queue_ready(true);
             v.set_enabled(true);
         }
-        Rig {
+        let mut rig = Rig {
             mem,
             dev,
             handler,
@@ -379,7 +381,13 @@ impl Rig {
             tx,
             calls,
             next_buf: BUF_BASE,
-        }
+            start_calls: [0; 2],
+        };
+        // The first pass after the rings start interrupts the guest once per ring; the tests
+        // below count from after it.
+        rig.event(HANDLER_EVENT);
+        rig.start_calls = [rig.calls(RX), rig.calls(TX)];
+        rig
     }
 
     /// Carves a buffer out of guest memory, filled with `fill`.
@@ -1516,4 +1524,17 @@ fn rx_without_log_all_marks_no_data_page_and_migration_features_are_offered() {
     rig.event(RX);
     assert_eq!(rig.results(), vec![Ok(())]);
     assert!(!dirty(&rig.mem, addr));
+}
+
+/// A ring that starts (after a migration, on the destination) may hold used entries whose
+/// interrupt the stopped VM lost: the device interrupts once per ring as it starts, and not
+/// again on later passes with nothing new.
+#[test]
+fn rings_interrupt_once_when_they_start() {
+    let mut rig = Rig::new(FEATURES | EVENT_IDX);
+    assert_eq!(rig.start_calls, [1, 1]);
+    rig.event(HANDLER_EVENT);
+    rig.event(RX);
+    assert_eq!((rig.calls(RX), rig.calls(TX)), (0, 0));
+    assert_counts(&rig, &[]);
 }
