@@ -302,6 +302,19 @@ impl Qmp {
     }
 }
 
+impl Qmp {
+    /// Turns a migration capability on or off (`migrate-set-capabilities`). "return-path",
+    /// on both sides, lets the source learn that the destination failed to load the state
+    /// (and resume the guest) instead of reporting the migration completed.
+    pub fn set_migration_capability(&mut self, capability: &str, on: bool) -> Result<()> {
+        self.execute(
+            "migrate-set-capabilities",
+            serde_json::json!({"capabilities": [{"capability": capability, "state": on}]}),
+        )?;
+        Ok(())
+    }
+}
+
 /// What `query-migrate` said when a migration ended.
 #[derive(Debug, Clone)]
 pub struct MigrationResult {

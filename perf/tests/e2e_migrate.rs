@@ -65,6 +65,81 @@ fn guest_config(name: &str, pw: &Podwire, qmp: std::path::PathBuf) -> QemuConfig
         .qmp(qmp)
 }
 
+/// Boots the source guest on `pw` and takes a lease.
+fn boot_source(pw: &Podwire, dir: &util::TempDir) -> (Qemu, guest::Lease) {
+    let mut src = Qemu::boot(&guest_config("mig-src", pw, dir.join("a.qmp"))).unwrap();
+    let c = src.console();
+    c.run_ok("ip link set eth0 up", T).unwrap();
+    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(lease.ip(), Some(POD_ADDR.to_string().as_str()), "{lease:?}");
+    (src, lease)
+}
+
+/// Starts the destination QEMU on `pw`, waiting for the migration on `dir`/mig.sock.
+fn spawn_destination(pw: &Podwire, dir: &util::TempDir) -> (Qemu, Qmp) {
+    let dst_cfg = guest_config("mig-dst", pw, dir.join("b.qmp"))
+        .incoming(&format!("unix:{}", dir.join("mig.sock").display()));
+    let dst = Qemu::spawn(&dst_cfg).unwrap();
+    let mut qmp = Qmp::connect(&dir.join("b.qmp"), T).unwrap();
+    qmp.set_migration_capability("return-path", true).unwrap();
+    util::wait_until("the destination to listen", T, || {
+        Ok(dir.join("mig.sock").exists())
+    })
+    .unwrap();
+    (dst, qmp)
+}
+
+/// A destination podwire that cannot take the guest over (here: pinned to another MAC)
+/// refuses the state at CHECK_DEVICE_STATE; QEMU fails the migration and the source guest
+/// goes on, on its podwire, as before.
+#[test]
+fn refused_state_fails_the_migration_and_the_source_keeps_serving() {
+    let topo = PodTopology::create().unwrap();
+    let dir = util::TempDir::new("e2e-migrate-refused").unwrap();
+    let mut pw_src =
+        Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("a.sock"))).unwrap();
+    let mut dst_cfg = PodwireConfig::new(dir.join("b.sock"));
+    dst_cfg.mac = Some("52:54:00:00:00:99".into());
+    let mut pw_dst = Podwire::spawn(Some(&topo.pod), &dst_cfg).unwrap();
+    let (mut src, _lease) = boot_source(&pw_src, &dir);
+    let (mut dst, _qmp_dst) = spawn_destination(&pw_dst, &dir);
+    let mut qmp_src = Qmp::connect(&dir.join("a.qmp"), T).unwrap();
+    qmp_src
+        .set_migration_capability("return-path", true)
+        .unwrap();
+
+    let result = migrate(
+        &mut qmp_src,
+        &format!("unix:{}", dir.join("mig.sock").display()),
+        T,
+    )
+    .unwrap();
+    assert_eq!(result.status, "failed", "{}", result.info);
+    let log = pw_dst.log();
+    assert!(
+        log.contains("refused the migrated device state") && log.contains("pinned to"),
+        "{log}"
+    );
+    util::wait_until("the destination QEMU to give up", T, || {
+        Ok(!dst.is_running())
+    })
+    .unwrap();
+    assert!(dst.stderr().contains("Back-end failed") || !dst.stderr().is_empty());
+    util::wait_until("the source to run again", T, || {
+        let s = qmp_src.execute("query-status", serde_json::json!({}))?;
+        Ok(s["status"] == "running")
+    })
+    .unwrap();
+    let ping = src
+        .console()
+        .run_ok(&format!("ping -c 3 -W 5 {FAR_HOST}"), T)
+        .unwrap();
+    assert!(ping.contains("3 packets received"), "{ping}");
+    pw_src.ensure_running().unwrap();
+    pw_dst.ensure_running().unwrap();
+    src.poweroff(T).unwrap();
+}
+
 #[test]
 fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
     let topo = PodTopology::create().unwrap();
@@ -83,11 +158,8 @@ fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
     let mut pw_dst =
         Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("b.sock"))).unwrap();
 
-    let mut src = Qemu::boot(&guest_config("mig-src", &pw_src, dir.join("a.qmp"))).unwrap();
+    let (mut src, lease) = boot_source(&pw_src, &dir);
     let c = src.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(lease.ip(), Some(POD_ADDR.to_string().as_str()), "{lease:?}");
     // An idle TCP connection that must not survive the move unnoticed, and pings every 100 ms.
     c.run_ok(
         &format!(
@@ -108,15 +180,11 @@ fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
     })
     .unwrap();
 
-    let dst_cfg = guest_config("mig-dst", &pw_dst, dir.join("b.qmp"))
-        .incoming(&format!("unix:{}", dir.join("mig.sock").display()));
-    let mut dst = Qemu::spawn(&dst_cfg).unwrap();
+    let (mut dst, mut qmp_dst) = spawn_destination(&pw_dst, &dir);
     let mut qmp_src = Qmp::connect(&dir.join("a.qmp"), T).unwrap();
-    let mut qmp_dst = Qmp::connect(&dir.join("b.qmp"), T).unwrap();
-    util::wait_until("the destination to listen", T, || {
-        Ok(dir.join("mig.sock").exists())
-    })
-    .unwrap();
+    qmp_src
+        .set_migration_capability("return-path", true)
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_pings(server.pid(), stop.clone());
