@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use smoltcp::wire::{TcpOption, TcpPacket};
+
 use podwire_frame::{warn_once, Checksum, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
@@ -54,6 +56,8 @@ use crate::wire::{
     TCP_LEN, TCP_PSH, TCP_RST, TCP_SYN,
 };
 use crate::{sock, AddrMap};
+
+mod inspect;
 
 /// mio tokens of TCP connections start here; listeners start at [`LISTEN_BASE`].
 pub const CONN_BASE: usize = 1 << 40;
@@ -156,6 +160,9 @@ struct Conn {
     rto_deadline: Option<Instant>,
     /// The guest's SYN, for an ICMP error about it.
     syn_seq: u32,
+    /// For operators (`podwire flows`): when it was opened, and whether from the pod.
+    opened: Instant,
+    from_pod: bool,
 }
 
 impl Conn {
@@ -190,6 +197,8 @@ impl Conn {
             rto: INITIAL_RTO,
             rto_deadline: None,
             syn_seq: 0,
+            opened: Instant::now(),
+            from_pod: state == State::SynSent,
         }
     }
 
@@ -287,7 +296,8 @@ pub struct TcpTable {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     index: HashMap<ConnKey, usize>,
-    listeners: Vec<Listener>,
+    /// Indexed by token; a removed forward leaves `None` (reused by the next one).
+    listeners: Vec<Option<Listener>>,
     acks: Vec<usize>,
     /// Connections holding back an ACK (see [`DELACK`]).
     delayed: Vec<usize>,
@@ -385,7 +395,7 @@ fn parse_segment(ip: &IpInfo, frame: &SgList<'_>) -> Result<Segment, &'static st
     if ip.l4_len < TCP_LEN || frame.read(ip.l4_offset, &mut hdr[..TCP_LEN]) < TCP_LEN {
         return Err("truncated");
     }
-    let hdr_len = usize::from(hdr[12] >> 4) * 4;
+    let hdr_len = usize::from(TcpPacket::new_unchecked(&hdr[..TCP_LEN]).header_len());
     if hdr_len < TCP_LEN || hdr_len > ip.l4_len {
         return Err("truncated");
     }
@@ -397,35 +407,38 @@ fn parse_segment(ip: &IpInfo, frame: &SgList<'_>) -> Result<Segment, &'static st
     if !ip.partial_csum && sum.fold() != 0xffff {
         return Err("checksum");
     }
+    // The whole header (options included) is on the stack: smoltcp's view reads it.
+    let view = TcpPacket::new_unchecked(&hdr[..hdr_len]);
     let mut seg = Segment {
-        sport: u16::from_be_bytes([hdr[0], hdr[1]]),
-        dport: u16::from_be_bytes([hdr[2], hdr[3]]),
-        seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
-        ack: u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
-        flags: hdr[13],
-        window: u16::from_be_bytes([hdr[14], hdr[15]]),
+        sport: view.src_port(),
+        dport: view.dst_port(),
+        seq: view.seq_number().0 as u32,
+        ack: view.ack_number().0 as u32,
+        flags: wire::tcp_flags(&view),
+        window: view.window_len(),
         mss: None,
         wscale: None,
         payload_offset: ip.l4_offset + hdr_len,
         payload_len: ip.l4_len - hdr_len,
     };
-    let mut opts = &hdr[TCP_LEN..hdr_len];
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1).unwrap_or(&0));
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                match (kind, len) {
-                    (2, 4) => seg.mss = Some(u16::from_be_bytes([opts[2], opts[3]])),
-                    (3, 3) => seg.wscale = Some(opts[2].min(14)),
+    let mut opts = view.options();
+    while !opts.is_empty() {
+        match TcpOption::parse(opts) {
+            Ok((_, TcpOption::EndOfList)) => break,
+            Ok((rest, option)) => {
+                match option {
+                    TcpOption::MaxSegmentSize(mss) => seg.mss = Some(mss),
+                    TcpOption::WindowScale(shift) => seg.wscale = Some(shift.min(14)),
                     _ => {}
                 }
-                opts = &opts[len..];
+                opts = rest;
             }
+            // An option smoltcp rejects (an MSS or window scale of the wrong length) is
+            // skipped if its length is sound, as any unknown option; otherwise parsing ends.
+            Err(_) => match opts.get(1).map(|&len| usize::from(len)) {
+                Some(len) if len >= 2 && len <= opts.len() => opts = &opts[len..],
+                _ => break,
+            },
         }
     }
     Ok(seg)
@@ -486,9 +499,18 @@ impl TcpTable {
         if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let token = Token(LISTEN_BASE + self.listeners.len());
+        let index = self
+            .listeners
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.listeners.len());
+        let token = Token(LISTEN_BASE + index);
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
-        self.listeners.push(Listener { fd, guest_port });
+        let listener = Some(Listener { fd, guest_port });
+        match self.listeners.get_mut(index) {
+            Some(slot) => *slot = listener,
+            None => self.listeners.push(listener),
+        }
         Ok(())
     }
 
@@ -1210,7 +1232,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.listeners.get(index).and_then(Option::as_ref) else {
                 return;
             };
             let guest_port = listener.guest_port;

@@ -8,9 +8,16 @@
 //! NAT's sockets wake the same loop, so frames and socket data are handled by one thread with
 //! no queues in between. See `docs/architecture.md`.
 
+mod capture;
 mod config;
+mod control;
+#[cfg(test)]
+mod control_tests;
 #[cfg(test)]
 mod ipv6_tests;
+mod mailbox;
+mod metrics;
+mod ops;
 mod podnet;
 #[cfg(test)]
 mod scale_tests;
@@ -94,8 +101,18 @@ fn describe_guest(c: &Config) -> String {
 
 fn run(cli: Cli) -> Result<(), String> {
     raise_fd_limit();
+    let ops_options = ops::Options::from_cli(&cli);
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
     tracing::info!(
+        event = "start",
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %config.socket.display(),
+        interface = %config.uplink.name,
+        uplink = %describe_uplink(&config.uplink),
+        mtu = config.mtu,
+        guest = %describe_guest(&config),
+        tcp_forwards = config.tcp_forwards.len(),
+        udp_forwards = config.udp_forwards.len(),
         "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
         describe_uplink(&config.uplink),
@@ -110,7 +127,13 @@ fn run(cli: Cli) -> Result<(), String> {
             .unwrap_or([0x52, 0x54, 0x00, 0x70, 0x77, 0x02]),
         mtu: config.mtu,
     };
-    let switch = Arc::new(Mutex::new(switch));
+    let capture = ops_options.capture().map_err(|e| format!("--pcap: {e}"))?;
+    let mailbox = Arc::new(mailbox::Mailbox::default());
+    let switch = Arc::new(Mutex::new(capture::Capturing::new(
+        switch,
+        capture.clone(),
+        mailbox.clone(),
+    )));
     let device = Arc::new(DeviceCounters::default());
     let server = Server::bind(
         &config.socket,
@@ -124,6 +147,15 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
     }
     let mut leftovers = vec![config.socket.clone()];
+    leftovers.extend(ops::start(
+        &ops_options,
+        &config,
+        &switch,
+        &device,
+        server.session(),
+        capture,
+        mailbox,
+    )?);
     leftovers.extend(config.pid_file.clone());
     signals::spawn_handler(switch, device, leftovers)
         .map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -138,20 +170,31 @@ fn main() -> ExitCode {
         eprintln!("podwire: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| control::client::COMMANDS.contains(&a))
+    {
+        return control::client::run(args);
+    }
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
     };
     let level = if cli.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if cli.log_format == "json" {
+        ops::init_json_logs(filter);
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -241,6 +241,11 @@ fn arp_probes_announcements_and_the_guests_own_address_are_never_answered() {
 #[test]
 fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut sw = Switch::new(&config()).unwrap();
+    assert_offer(&send(&mut sw, &dhcp_discover()));
+}
+
+/// A broadcast DHCPDISCOVER from the guest, built with smoltcp.
+fn dhcp_discover() -> Vec<u8> {
     let repr = DhcpRepr {
         message_type: DhcpMessageType::Discover,
         transaction_id: 0x1234_5678,
@@ -267,12 +272,15 @@ fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut dhcp = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
         .unwrap();
-    let frame = ipv4_udp(
+    ipv4_udp(
         (Ipv4Addr::UNSPECIFIED, 68),
         (Ipv4Addr::BROADCAST, 67),
         &dhcp,
-    );
-    let rx = send(&mut sw, &frame);
+    )
+}
+
+/// `rx` holds exactly one frame: a DHCPOFFER of the guest address from the gateway.
+fn assert_offer(rx: &Captured) {
     assert_eq!(rx.frames.len(), 1);
     let (src, dst, sport, dport, payload) = parse_udp_reply(&rx.frames[0]);
     assert_eq!(
@@ -368,6 +376,12 @@ fn garbage_frames_never_panic() {
         ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
     ];
     send_mutations(&mut sw, &templates, 3000, 0x9e37_79b9_7f4a_7c15);
+    // Still serving afterwards: ARP for the gateway and DHCP get their answers.
+    let rx = send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+    assert_eq!(rx.frames.len(), 1, "an ARP reply");
+    let f = EthernetFrame::new_checked(&rx.frames[0][..]).unwrap();
+    assert_eq!(f.ethertype(), EthernetProtocol::Arp);
+    assert_offer(&send(&mut sw, &dhcp_discover()));
 }
 
 /// Sends `count` frames made from `templates`, each truncated at a random length and with up
@@ -746,4 +760,23 @@ fn migrated_state_carries_the_guest_mac_address_and_lease_and_garbage_changes_no
     let mut other = Switch::new(&v6_only).unwrap();
     let e = other.load_state(&source.save_state().unwrap()).unwrap_err();
     assert!(e.to_string().contains("IPv4"), "{e}");
+}
+
+#[test]
+fn counter_names_are_unique_across_the_status_line() {
+    let sw = Switch::new(&config()).unwrap();
+    let mut names: Vec<String> = sw
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
+    assert!(all > 50, "{all} counters");
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a name appears twice");
 }
