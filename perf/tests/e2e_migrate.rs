@@ -140,6 +140,61 @@ fn refused_state_fails_the_migration_and_the_source_keeps_serving() {
     src.poweroff(T).unwrap();
 }
 
+/// A migration cancelled half-way (slowed down so that it is still copying memory) leaves the
+/// source guest on its podwire, serving as before: dirty logging comes and goes with it.
+#[test]
+fn cancelled_migration_leaves_the_source_serving() {
+    let topo = PodTopology::create().unwrap();
+    let dir = util::TempDir::new("e2e-migrate-cancel").unwrap();
+    let mut pw_src =
+        Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("a.sock"))).unwrap();
+    let pw_dst = Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("b.sock"))).unwrap();
+    let (mut src, _lease) = boot_source(&pw_src, &dir);
+    let (_dst, _qmp_dst) = spawn_destination(&pw_dst, &dir);
+    let mut qmp = Qmp::connect(&dir.join("a.qmp"), T).unwrap();
+    qmp.set_migration_capability("return-path", true).unwrap();
+    // 1 MiB/s: the 100+ MiB the guest has touched take minutes.
+    qmp.execute(
+        "migrate-set-parameters",
+        serde_json::json!({"max-bandwidth": 1 << 20}),
+    )
+    .unwrap();
+    let uri = format!("unix:{}", dir.join("mig.sock").display());
+    qmp.execute("migrate", serde_json::json!({"uri": uri}))
+        .unwrap();
+    util::wait_until("memory to be on its way", T, || {
+        let q = qmp.execute("query-migrate", serde_json::json!({}))?;
+        Ok(q["status"] == "active" && q["ram"]["transferred"].as_u64().unwrap_or(0) > 0)
+    })
+    .unwrap();
+    assert!(
+        pw_src.log().contains("LOG_ALL"),
+        "dirty logging on while copying"
+    );
+    qmp.execute("migrate_cancel", serde_json::json!({}))
+        .unwrap();
+    util::wait_until("the migration to be cancelled", T, || {
+        let q = qmp.execute("query-migrate", serde_json::json!({}))?;
+        Ok(q["status"] == "cancelled")
+    })
+    .unwrap();
+    let status = qmp.execute("query-status", serde_json::json!({})).unwrap();
+    assert_eq!(status["status"], "running");
+    util::wait_until("dirty logging to be off again", T, || {
+        let log = pw_src.log();
+        let last = log.lines().rev().find(|l| l.contains("guest negotiated"));
+        Ok(last.is_some_and(|l| !l.contains("LOG_ALL")))
+    })
+    .unwrap();
+    let ping = src
+        .console()
+        .run_ok(&format!("ping -c 3 -W 5 {FAR_HOST}"), T)
+        .unwrap();
+    assert!(ping.contains("3 packets received"), "{ping}");
+    pw_src.ensure_running().unwrap();
+    src.poweroff(T).unwrap();
+}
+
 #[test]
 fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
     let topo = PodTopology::create().unwrap();
