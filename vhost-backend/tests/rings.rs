@@ -208,6 +208,8 @@ struct Recorder {
     probe: (Mem, GuestAddress),
     /// Runs first in every `fill` (single or batch), with the lent buffers.
     on_fill: Option<Box<dyn FnMut(&[&SgList<'_>]) + Send>>,
+    /// States taken over through `load_state`.
+    loaded: usize,
 }
 
 impl NetHandler for Recorder {
@@ -278,7 +280,23 @@ impl NetHandler for Recorder {
     fn host_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, podwire_vhost::StateError> {
+        Ok(RECORDER_STATE.to_vec())
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), podwire_vhost::StateError> {
+        if state != RECORDER_STATE {
+            return Err(format!("not the recorder's state ({} bytes)", state.len()).into());
+        }
+        self.loaded += 1;
+        Ok(())
+    }
 }
+
+/// What the test handler saves, and the only state it loads. Longer than a pipe's buffer, so
+/// that a transfer done on the vhost-user thread itself would block for ever.
+const RECORDER_STATE: &[u8] = &[0x5a; 100_000];
 
 // ---------------------------------------------------------------------------------------------
 // A device wired to two rings, as vhost-user-backend would wire it.
@@ -325,6 +343,7 @@ impl Rig {
             fills: Vec::new(),
             probe: (mem.clone(), GuestAddress(rx.used + 2)),
             on_fill: None,
+            loaded: 0,
         }));
         let counters = Arc::new(DeviceCounters::default());
         let mut dev = NetDevice::new(
@@ -1537,4 +1556,67 @@ fn rings_interrupt_once_when_they_start() {
     rig.event(RX);
     assert_eq!((rig.calls(RX), rig.calls(TX)), (0, 0));
     assert_counts(&rig, &[]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device-state transfer (SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE).
+
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// Save: the handler's state comes out of the pipe whole (more than a pipe holds, so the
+/// device must not write it on the calling thread), then CHECK succeeds. Load: the same bytes
+/// are taken over at CHECK; garbage is refused there with the handler's reason, and a CHECK
+/// with no transfer is an error.
+#[test]
+fn device_state_saves_through_a_pipe_and_loads_or_refuses_at_check() {
+    use std::io::{Read, Write};
+    use vhost::vhost_user::message::{VhostTransferStateDirection as Dir, VhostTransferStatePhase};
+    let mut rig = Rig::new(FEATURES);
+    let stopped = VhostTransferStatePhase::STOPPED;
+    assert!(rig
+        .dev
+        .protocol_features()
+        .contains(vhost::vhost_user::message::VhostUserProtocolFeatures::DEVICE_STATE));
+
+    let (mut r, w) = pipe();
+    assert!(rig
+        .dev
+        .set_device_state_fd(Dir::SAVE, stopped, w)
+        .unwrap()
+        .is_none());
+    let mut saved = Vec::new();
+    r.read_to_end(&mut saved).unwrap();
+    assert_eq!(saved, RECORDER_STATE);
+    rig.dev.check_device_state().unwrap();
+
+    for (bytes, ok) in [(RECORDER_STATE, true), (&b"garbage"[..], false)] {
+        let (r, mut w) = pipe();
+        assert!(rig
+            .dev
+            .set_device_state_fd(Dir::LOAD, stopped, r)
+            .unwrap()
+            .is_none());
+        let writer = std::thread::spawn({
+            let bytes = bytes.to_vec();
+            move || w.write_all(&bytes)
+        });
+        let checked = rig.dev.check_device_state();
+        writer.join().unwrap().unwrap();
+        match (ok, checked) {
+            (true, Ok(())) => {}
+            (false, Err(e)) => assert!(e.to_string().contains("not the recorder's state"), "{e}"),
+            (_, other) => panic!("load of {} bytes: {other:?}", bytes.len()),
+        }
+    }
+    assert_eq!(rig.handler.lock().unwrap().loaded, 1);
+    assert!(
+        rig.dev.check_device_state().is_err(),
+        "CHECK without a transfer"
+    );
 }
