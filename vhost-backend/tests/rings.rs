@@ -184,6 +184,9 @@ struct Outgoing {
     frame: Vec<u8>,
 }
 
+/// A check run inside `fill` with the buffers lent.
+type OnFill = Box<dyn FnMut(&[&SgList<'_>]) + Send>;
+
 struct Recorder {
     fd: EventFd,
     /// Frames from `guest_frame`, copied out.
@@ -207,7 +210,7 @@ struct Recorder {
     /// Guest memory and the RX used-index address, to take that reading.
     probe: (Mem, GuestAddress),
     /// Runs first in every `fill` (single or batch), with the lent buffers.
-    on_fill: Option<Box<dyn FnMut(&[&SgList<'_>]) + Send>>,
+    on_fill: Option<OnFill>,
     /// States taken over through `load_state`.
     loaded: usize,
 }
