@@ -27,6 +27,7 @@ pub mod sink;
 
 pub use counters::{
     nonzero_summary, summary_of, Counter, CounterDesc, CounterKind, CounterSet, CounterValue,
+    RateLimit,
 };
 pub use sg::{Checksum, SgError, SgList, MAX_SEGS};
 pub use sink::{

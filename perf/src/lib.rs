@@ -10,6 +10,8 @@
 //!   "Pod" topology (pod 198.18.0.2/24 via 198.18.0.1, far host 198.18.1.1).
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
+//! - [`frontend`]: a vhost-user frontend of our own (memfd memory, split rings, smoltcp as the
+//!   guest stack) for request/response latency without a VM.
 //! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
 //!   pod, shared by the end-to-end tests and the benchmark.
 //!
@@ -20,6 +22,7 @@
 pub mod bench;
 pub mod console;
 pub mod far;
+pub mod frontend;
 pub mod guest;
 pub mod netns;
 pub mod overlay;

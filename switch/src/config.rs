@@ -69,11 +69,14 @@ pub struct Cli {
     /// Do not map the gateway address to the pod's loopback
     #[arg(long)]
     pub no_map_gw: bool,
+    /// Accept frames from any source MAC and IP address, not only those the guest was given
+    #[arg(long)]
+    pub allow_guest_sources: bool,
     /// Where the pod's resolver configuration is read from
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Most concurrent flows of each kind (TCP connections; UDP ports and ping sessions); more
-    /// are refused
+    /// Most concurrent flows of every kind (TCP connections, UDP ports, ping sessions): a
+    /// quarter for connections to forwarded ports, the rest for the guest's; more are refused
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_flows: u32,
     /// Seconds a UDP flow may stay idle before it is closed
@@ -224,6 +227,8 @@ pub struct Config {
     pub mtu: u16,
     pub pid_file: Option<PathBuf>,
     pub map_gateway: bool,
+    /// Turn anti-spoofing off: the guest may use any source MAC and address.
+    pub allow_guest_sources: bool,
     pub resolver: Resolver,
     pub max_flows: usize,
     pub udp_idle: Duration,
@@ -316,6 +321,7 @@ impl Config {
             mtu,
             pid_file: cli.pid,
             map_gateway: !cli.no_map_gw,
+            allow_guest_sources: cli.allow_guest_sources,
             resolver: podnet::resolver(&cli.resolv_conf),
             max_flows: cli.max_flows as usize,
             udp_idle: Duration::from_secs(cli.udp_timeout),

@@ -14,6 +14,8 @@ mod control;
 #[cfg(test)]
 mod control_tests;
 #[cfg(test)]
+mod harden_tests;
+#[cfg(test)]
 mod ipv6_tests;
 mod mailbox;
 mod metrics;

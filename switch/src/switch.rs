@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server};
 use podwire_frame::{
-    summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
+    log_limited, summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
 };
 use podwire_link::v4::DHCP_SERVER_PORT;
 use podwire_link::{Link4, Link4Config, Link6, Link6Config};
@@ -86,6 +86,12 @@ podwire_frame::counters! {
         drop_other_protocol: Drop,
         /// Replies not delivered because the guest had no RX buffers.
         drop_rx_full: Drop,
+        /// Frames from a source MAC other than the guest's (anti-spoofing).
+        drop_spoofed_mac: Drop,
+        /// IPv4 packets and ARP from an address the guest was not given.
+        drop_spoofed_ipv4: Drop,
+        /// IPv6 packets from outside the guest's prefix.
+        drop_spoofed_ipv6: Drop,
     }
 }
 
@@ -95,6 +101,8 @@ struct Side6 {
     /// source the guest used.
     guest_ip: Ipv6Addr,
     handed_out: Ipv6Addr,
+    /// The guest's prefix: sources in it (SLAAC, privacy addresses) are its own.
+    prefix_len: u8,
     link: Link6,
 }
 
@@ -107,12 +115,22 @@ pub enum MigrationRefused {
     Mac(EthernetAddress, EthernetAddress),
 }
 
+impl Side6 {
+    fn owns(&self, src: Ipv6Addr) -> bool {
+        let bits = u32::from(self.prefix_len.min(128));
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        u128::from(src) & mask == u128::from(self.handed_out) & mask
+    }
+}
+
 /// What podwire serves to the guest.
 pub struct Switch {
     guest_mac: Option<[u8; 6]>,
     pinned_mac: Option<[u8; 6]>,
     v4: Option<Link4>,
     v6: Option<Side6>,
+    /// Anti-spoofing off (`--allow-guest-sources`).
+    allow_sources: bool,
     nat: Nat,
     /// The forwarded pod ports, as the command line gave them (compared on migration).
     forwards: Vec<ForwardRepr>,
@@ -253,11 +271,13 @@ impl Switch {
         let dns = dns_plan(config);
         let nat = Nat::new(NatConfig {
             max_flows: config.max_flows,
-            udp_idle: config.udp_idle,
+            timeouts: podwire_nat::flow::Timeouts {
+                udp: config.udp_idle,
+                ..Default::default()
+            },
             guest_mtu: usize::from(config.mtu),
             pod_mtu: config.uplink.mtu as usize,
             map: AddrMap::new(map_rules(config)),
-            ..NatConfig::default()
         })?;
         let v4 = config.addressing.map(|a| {
             let dhcp = Dhcpv4Server::new(Dhcpv4Config {
@@ -277,6 +297,7 @@ impl Switch {
                 gateway_ip: a.gateway,
                 guest_ip: a.guest,
                 prefix_len: a.prefix_len,
+                allow_other_sources: config.allow_guest_sources,
             };
             Link4::new(link, dhcp)
         });
@@ -288,6 +309,7 @@ impl Switch {
             Some(a) => Some(Side6 {
                 guest_ip: a.guest,
                 handed_out: a.guest,
+                prefix_len: a.prefix_len,
                 link: ipv6_link(a, dns.v6.clone(), search6, config)?,
             }),
             None => None,
@@ -311,6 +333,7 @@ impl Switch {
             pinned_mac: config.guest_mac,
             v4,
             v6,
+            allow_sources: config.allow_guest_sources,
             nat,
             forwards,
             pending_resets: Vec::new(),
@@ -321,6 +344,13 @@ impl Switch {
     #[cfg(test)]
     pub fn nat_counters(&self) -> &podwire_nat::NatCounters {
         &self.nat.counters
+    }
+
+    /// Runs the idle sweep as if the time were `now` (tests drive the timeouts this way).
+    #[cfg(test)]
+    pub fn expire_idle_at(&mut self, now: Instant, rx: &mut dyn RxSink) {
+        let ep = self.endpoints();
+        self.nat.expire_idle(now, rx, &ep);
     }
 
     #[cfg(test)]
@@ -349,12 +379,29 @@ impl Switch {
         }
     }
 
-    fn learn_mac(&mut self, src: [u8; 6]) {
+    /// Takes the first unicast source MAC as the guest's (unless `--mac` pinned it); false for a
+    /// frame from any other source, which is then dropped (anti-spoofing). With
+    /// `--allow-guest-sources` the guest may change its MAC at will.
+    fn check_mac(&mut self, src: [u8; 6]) -> bool {
         let unicast = src[0] & 1 == 0 && src != [0; 6];
-        if self.pinned_mac.is_none() && unicast && self.guest_mac != Some(src) {
-            tracing::info!("guest MAC is {}", EthernetAddress(src));
-            self.guest_mac = Some(src);
+        if self.guest_mac == Some(src) {
+            return true;
         }
+        let learn = unicast
+            && self.pinned_mac.is_none()
+            && (self.guest_mac.is_none() || self.allow_sources);
+        if learn {
+            log_limited!(info, "guest MAC is {}", EthernetAddress(src));
+            self.guest_mac = Some(src);
+            return true;
+        }
+        self.counters.drop_spoofed_mac.inc();
+        log_limited!(
+            warn,
+            "dropped a guest frame from source MAC {}: not the guest's",
+            EthernetAddress(src)
+        );
+        false
     }
 
     /// ARP: answered by [`Link4`], which also learns the guest's address from it.
@@ -367,7 +414,7 @@ impl Switch {
         let mut out = [0u8; podwire_link::v4::ARP_FRAME_LEN];
         let result = v4.handle_arp(arp, &mut out).map(Some);
         if v4.guest_ip() != before {
-            tracing::info!("guest uses address {}", v4.guest_ip());
+            log_limited!(info, "guest uses address {}", v4.guest_ip());
         }
         self.deliver_control4(result, &out, rx);
     }
@@ -385,6 +432,10 @@ impl Switch {
                 self.deliver(rx, &out[..len.min(out.len())]);
             }
             Ok(None) => {}
+            Err(podwire_link::Link4Drop::SpoofedSender(ip)) => {
+                self.counters.drop_spoofed_ipv4.inc();
+                log_limited!(warn, "ignored ARP from {ip}: not the guest's address");
+            }
             // Link4 counts each reason itself; ARP it does not answer is not news.
             Err(e) if e.is_routine() => {}
             Err(e) => {
@@ -464,9 +515,17 @@ impl Switch {
         if proto == IpProtocol::Udp && dport == Some(DHCP_SERVER_PORT) {
             return self.handle_dhcp(frame, &info, rx);
         }
-        let IpAddr::V4(dst) = info.dst else {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
         };
+        if src != v4.guest_ip() && !self.allow_sources {
+            self.counters.drop_spoofed_ipv4.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv4 from {src}: not the guest's address"
+            );
+            return;
+        }
         if v4.is_broadcast_or_multicast(dst) {
             self.counters.drop_multicast_broadcast.inc();
             return;
@@ -549,10 +608,20 @@ impl Switch {
             warn_once!("dropped a guest IPv6 packet from {src}: no way back to that source");
             return;
         }
+        // The pod's own addresses are never a guest's, allowed sources or not.
+        let own = self.v6.as_ref().is_some_and(|v6| v6.owns(src));
+        if podwire_nat::is_host_local(src.into()) || !(own || self.allow_sources) {
+            c.drop_spoofed_ipv6.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv6 from {src}: outside the guest's prefix"
+            );
+            return;
+        }
         if let Some(v6) = self.v6.as_mut() {
-            // Logged once per address: a guest may alternate between several sources.
+            // A guest may alternate between several sources: logged rate-limited.
             if v6.link.learn_source(src) {
-                tracing::info!("guest uses IPv6 address {src}");
+                log_limited!(info, "guest uses IPv6 address {src}");
             }
             v6.guest_ip = src;
         }
@@ -712,8 +781,7 @@ impl Switch {
             forwards: self.forwards.clone(),
             tcp: self
                 .nat
-                .tcp
-                .guest_view()
+                .tcp_guest_view()
                 .map(|c| TcpRepr {
                     guest: c.guest,
                     remote: c.remote,
@@ -910,7 +978,9 @@ impl NetHandler for Switch {
             return;
         }
         let eth = EthernetFrame::new_unchecked(&hdr[..n]);
-        self.learn_mac(eth.src_addr().0);
+        if !self.check_mac(eth.src_addr().0) {
+            return;
+        }
         match eth.ethertype() {
             EthernetProtocol::Arp => {
                 let mut arp = [0u8; 28];

@@ -49,6 +49,7 @@ pub(crate) fn config() -> Config {
         mtu: 1500,
         pid_file: None,
         map_gateway: true,
+        allow_guest_sources: false,
         resolver: Resolver {
             nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
             search: vec!["podwire.test".into()],
@@ -385,8 +386,12 @@ fn garbage_frames_never_panic() {
 }
 
 /// Sends `count` frames made from `templates`, each truncated at a random length and with up
-/// to seven random bytes overwritten (a xorshift generator from `seed`: reproducible).
+/// to seven random bytes overwritten (a xorshift generator from `seed`: reproducible), after one
+/// unmangled first frame.
 pub(crate) fn send_mutations(sw: &mut Switch, templates: &[Vec<u8>], count: usize, seed: u64) {
+    // The guest speaks first, unmangled: its MAC is the one learned (anti-spoofing then drops
+    // the mangled source MACs, as it would a spoofer's).
+    send(sw, &templates[0]);
     let mut seed = seed;
     let mut next = || {
         seed ^= seed << 13;

@@ -22,11 +22,18 @@
 //! driver's `VRING_AVAIL_F_NO_INTERRUPT` flag.
 //!
 //! Every malformed chain (address outside guest memory, wrong direction, too many segments, too
-//! long, too short) is returned to the guest with length 0, counted and logged once; nothing on
-//! this path panics or allocates.
+//! long, too short, indirect) is returned to the guest with length 0, counted and logged once;
+//! nothing on this path panics or allocates.
+//!
+//! **Bounded work.** No ring configuration keeps the worker from returning promptly: a ring is
+//! used only when its three parts lie inside guest memory (and its avail ring is not at address
+//! 0, which virtio-queue refuses to pop from while still reporting work); a chain is walked by
+//! podwire itself and visits at most `MAX_CHAIN_DESCS` descriptors, empty ones included, with
+//! no indirect tables (INDIRECT_DESC is not offered); a TX pass takes at most two rings' worth
+//! of chains before it yields and kicks itself; an RX push re-checks an empty ring once.
 
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +53,7 @@ use virtio_bindings::bindings::virtio_net::{
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
@@ -81,6 +88,8 @@ pub use crate::vnet::VNET_HDR_LEN;
 const MIN_FRAME_LEN: usize = 60;
 /// Most chains one RX frame may span.
 const MAX_RX_CHAINS: usize = MAX_SEGS;
+/// How many rings' worth of chains one TX pass takes before it yields to the other events.
+const TX_BUDGET_RINGS: usize = 2;
 
 type Mem<B> = GuestMemoryMmap<B>;
 type MemAtomic<B> = GuestMemoryAtomic<Mem<B>>;
@@ -300,13 +309,17 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
 
     fn acked_features(&mut self, features: u64) {
         if features != self.acked_features {
-            tracing::info!(
-                event = "frontend_features",
-                features = %feature_names(features),
-                features_hex = %format_args!("{features:#x}"),
-                "guest negotiated {}",
-                feature_names(features)
-            );
+            // The frontend may renegotiate at will: rate-limited.
+            static LIMIT: podwire_frame::RateLimit = podwire_frame::RateLimit::new();
+            if LIMIT.check().is_some() {
+                tracing::info!(
+                    event = "frontend_features",
+                    features = %feature_names(features),
+                    features_hex = %format_args!("{features:#x}"),
+                    "guest negotiated {}",
+                    feature_names(features)
+                );
+            }
         }
         self.acked_features = features;
         self.session.set_features(features);
@@ -443,60 +456,115 @@ enum ChainError {
     TooLong,
     /// A loop, a next index outside the table, or an unreadable descriptor.
     Broken,
+    /// An indirect descriptor: INDIRECT_DESC is never offered.
+    Indirect,
 }
 
-/// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
+/// Most descriptors one chain may have, empty ones included: the work one chain costs is
+/// bounded by this, not by the ring size or by lengths the guest chooses.
+pub const MAX_CHAIN_DESCS: usize = MAX_SEGS;
+
+/// Maps the chain starting at descriptor `head` into `sg`; `writable` is the direction every
+/// descriptor must have.
+///
+/// The walk is podwire's own rather than virtio-queue's `DescriptorChain`, which follows
+/// indirect tables (of up to 65,535 entries) whether or not INDIRECT_DESC was negotiated and
+/// bounds a chain only by the table size. Here a chain visits at most [`MAX_CHAIN_DESCS`]
+/// descriptors, an indirect descriptor is refused (the feature is never offered), and a loop is
+/// told from a long chain with a bitmap of the descriptors already visited.
 fn map_chain<'m, B: LogBitmap>(
-    mut chain: DescriptorChain<&'m Mem<B>>,
     mem: &'m Mem<B>,
+    q: &Queue,
+    head: u16,
     writable: bool,
     max_len: usize,
     sg: &mut SgList<'m>,
 ) -> Result<(), ChainError> {
-    // virtio-queue ends a chain silently when it loops (more descriptors than the ring has),
-    // names a descriptor outside the table, or cannot be read: in each case the last
-    // descriptor it yielded still says "next". An empty chain is broken too.
-    let mut cut_short = true;
-    let mut map_one = |desc: Descriptor| -> Result<(), ChainError> {
-        if desc.is_write_only() != writable {
-            return Err(ChainError::BadDirection);
+    let table = GuestAddress(q.desc_table());
+    let size = q.size();
+    let mut visited = [0u64; MAX_QUEUE_SIZE / 64];
+    let mut index = head;
+    // The first mapping error; the walk goes on (descriptors only, within the same bound) so
+    // that a loop or a dangling `next` is named for what it is.
+    let mut first_error = None;
+    for _ in 0..MAX_CHAIN_DESCS {
+        let slot = usize::from(index);
+        if index >= size || slot >= MAX_QUEUE_SIZE {
+            return Err(ChainError::Broken);
         }
-        let mut len = desc.len() as usize;
-        if sg.len().saturating_add(len) > max_len {
-            if !writable {
-                return Err(ChainError::TooLong);
-            }
-            // An RX buffer bigger than any frame is still a good buffer: lend what a frame
-            // can fill and leave the rest alone.
-            len = max_len - sg.len();
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        if visited[word] & bit != 0 {
+            return Err(ChainError::Broken);
         }
-        for slice in mem.get_slices(desc.addr(), len) {
-            let slice = slice.map_err(|_| ChainError::BadAddress)?;
-            // The pointer stays valid while `mem` (a snapshot of the memory map) is borrowed:
-            // GuestMemoryMmap regions are mapped for their whole lifetime (no Xen-style
-            // transient mappings here), so the guard is not needed beyond this point.
-            let ptr = slice.ptr_guard_mut().as_ptr();
-            // SAFETY: ptr..ptr+len is inside a region of `mem`, borrowed for 'm.
-            unsafe { sg.push_raw(ptr, slice.len()) }
-                .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
+        visited[word] |= bit;
+        let desc: Descriptor = table
+            .checked_add(16 * u64::from(index))
+            .and_then(|addr| mem.read_obj(addr).ok())
+            .ok_or(ChainError::Broken)?;
+        if desc.refers_to_indirect_table() {
+            return Err(ChainError::Indirect);
         }
-        Ok(())
-    };
-    while let Some(desc) = chain.next() {
-        cut_short = desc.has_next();
-        if let Err(e) = map_one(desc) {
-            // A loop walks a whole table's worth of descriptors, so it usually hits the segment
-            // or length limit before virtio-queue cuts it off: finish the walk (descriptors
-            // only, at most one lap of the table) to name it for what it is.
-            let broken = matches!(e, ChainError::TooManySegments | ChainError::TooLong)
-                && chain.last().map_or(cut_short, |d| d.has_next());
-            return Err(if broken { ChainError::Broken } else { e });
+        if first_error.is_none() {
+            first_error = map_descriptor(mem, desc, writable, max_len, sg).err();
         }
+        if !desc.has_next() {
+            return first_error.map_or(Ok(()), Err);
+        }
+        index = desc.next();
     }
-    if cut_short {
-        return Err(ChainError::Broken);
+    Err(first_error.unwrap_or(ChainError::TooManySegments))
+}
+
+/// Appends one descriptor's buffer to `sg`.
+fn map_descriptor<'m, B: LogBitmap>(
+    mem: &'m Mem<B>,
+    desc: Descriptor,
+    writable: bool,
+    max_len: usize,
+    sg: &mut SgList<'m>,
+) -> Result<(), ChainError> {
+    if desc.is_write_only() != writable {
+        return Err(ChainError::BadDirection);
+    }
+    let mut len = desc.len() as usize;
+    if sg.len().saturating_add(len) > max_len {
+        if !writable {
+            return Err(ChainError::TooLong);
+        }
+        // An RX buffer bigger than any frame is still a good buffer: lend what a frame can fill
+        // and leave the rest alone.
+        len = max_len - sg.len();
+    }
+    for slice in mem.get_slices(desc.addr(), len) {
+        let slice = slice.map_err(|_| ChainError::BadAddress)?;
+        // The pointer stays valid while `mem` (a snapshot of the memory map) is borrowed:
+        // GuestMemoryMmap regions are mapped for their whole lifetime (no Xen-style transient
+        // mappings here), so the guard is not needed beyond this point.
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: ptr..ptr+len is inside a region of `mem`, borrowed for 'm.
+        unsafe { sg.push_raw(ptr, slice.len()) }
+            .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
     }
     Ok(())
+}
+
+/// Whether a ring can be used at all: ready, of a size the device accepts, and with its
+/// descriptor table, avail ring (with `used_event`) and used ring (with `avail_event`) inside
+/// guest memory. virtio-queue pops nothing from a ring whose avail ring is at guest address 0
+/// while `enable_notification` still reports work, so that address is refused as well.
+fn ring_usable<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
+    let size = u64::from(q.size());
+    let usable = q.ready()
+        && size != 0
+        && size <= MAX_QUEUE_SIZE as u64
+        && q.avail_ring() != 0
+        && mem.check_range(GuestAddress(q.desc_table()), (16 * size) as usize)
+        && mem.check_range(GuestAddress(q.avail_ring()), (6 + 2 * size) as usize)
+        && mem.check_range(GuestAddress(q.used_ring()), (6 + 8 * size) as usize);
+    if !usable {
+        warn_once!("guest configured a ring outside its memory or at address 0; not using it");
+    }
+    usable
 }
 
 /// Whether the driver's avail index is at most one ring ahead of ours. virtio-queue pops nothing
@@ -624,7 +692,7 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
         ChainError::BadDirection => counters.tx_bad_direction.inc(),
         ChainError::TooManySegments => counters.tx_too_many_segments.inc(),
         ChainError::TooLong => counters.tx_too_long.inc(),
-        ChainError::Broken => counters.tx_broken_chain.inc(),
+        ChainError::Broken | ChainError::Indirect => counters.tx_broken_chain.inc(),
     }
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
@@ -647,35 +715,23 @@ where
 {
     fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
         let mem = self.mem;
+        if !ring_usable(mem, self.vring.get_queue()) {
+            return;
+        }
         let start = Wrapping(self.vring.get_queue().next_used());
         let mut used = start;
+        // A guest that keeps posting could hold this thread (and the ring locks that vhost-user
+        // requests need) for as long as it likes: after this many chains the pass yields, and
+        // a kick of its own brings the worker back once the other events have had their turn.
+        let mut budget = TX_BUDGET_RINGS * usize::from(self.vring.get_queue().size());
         loop {
-            while let Some(chain) = self.vring.get_queue_mut().pop_descriptor_chain(mem) {
+            while budget > 0 {
+                let Some(chain) = self.vring.get_queue_mut().pop_descriptor_chain(mem) else {
+                    break;
+                };
+                budget -= 1;
                 let head = chain.head_index();
-                let mut sg = SgList::new();
-                match map_chain(chain, mem, false, MAX_FRAME_LEN + self.hdr_len, &mut sg) {
-                    Ok(()) if sg.len() < self.hdr_len + 14 => {
-                        self.counters.tx_too_short.inc();
-                        warn_once!("guest sent a frame shorter than an Ethernet header");
-                    }
-                    Ok(()) => {
-                        let mut bytes = [0u8; VNET_HDR_LEN];
-                        sg.read(0, &mut bytes[..self.hdr_len]);
-                        let hdr = VnetHdr::parse(&bytes);
-                        let tx = TxOffload {
-                            partial_csum: self.csum && hdr.csum.is_some(),
-                            udp_segment: (self.uso
-                                && u32::from(hdr.gso_type) == VIRTIO_NET_HDR_GSO_UDP_L4
-                                && hdr.gso_size > 0)
-                                .then_some(hdr.gso_size),
-                        };
-                        sg.advance(self.hdr_len);
-                        self.counters.tx_frames.inc();
-                        self.counters.tx_bytes.add(sg.len() as u64);
-                        handler.guest_frame_with(&sg, tx, rx);
-                    }
-                    Err(e) => count_chain_error(self.counters, e, false),
-                }
+                self.forward(head, handler, rx);
                 let q = self.vring.get_queue();
                 if write_used(mem, q, used, head, 0) {
                     used += Wrapping(1);
@@ -685,9 +741,14 @@ where
             // buffers, so the handler may still be holding pointers into them.
             handler.tx_batch_done(rx);
             publish_used(mem, self.vring.get_queue_mut(), used);
+            if budget == 0 {
+                self.kick_self();
+                break;
+            }
             // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
+            // Every lap pops at least one chain or ends, so this loop ends within the budget.
             match self.vring.get_queue_mut().enable_notification(mem) {
-                Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => continue,
+                Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => budget -= 1,
                 _ => break,
             }
         }
@@ -696,6 +757,56 @@ where
             self.counters.interrupts.inc();
             let _ = self.vring.signal_used_queue();
         }
+    }
+
+    /// Maps one chain and hands its frame to the handler (or counts why not).
+    fn forward<H: NetHandler>(&mut self, head: u16, handler: &mut H, rx: &mut dyn RxSink) {
+        let mut sg = SgList::new();
+        let q = self.vring.get_queue();
+        match map_chain(
+            self.mem,
+            q,
+            head,
+            false,
+            MAX_FRAME_LEN + self.hdr_len,
+            &mut sg,
+        ) {
+            Ok(()) if sg.len() < self.hdr_len + 14 => {
+                self.counters.tx_too_short.inc();
+                warn_once!("guest sent a frame shorter than an Ethernet header");
+            }
+            Ok(()) => {
+                let mut bytes = [0u8; VNET_HDR_LEN];
+                sg.read(0, &mut bytes[..self.hdr_len]);
+                let hdr = VnetHdr::parse(&bytes);
+                let tx = TxOffload {
+                    partial_csum: self.csum && hdr.csum.is_some(),
+                    udp_segment: (self.uso
+                        && u32::from(hdr.gso_type) == VIRTIO_NET_HDR_GSO_UDP_L4
+                        && hdr.gso_size > 0)
+                        .then_some(hdr.gso_size),
+                };
+                sg.advance(self.hdr_len);
+                self.counters.tx_frames.inc();
+                self.counters.tx_bytes.add(sg.len() as u64);
+                handler.guest_frame_with(&sg, tx, rx);
+            }
+            Err(e) => count_chain_error(self.counters, e, false),
+        }
+    }
+
+    /// Wakes the worker again for this ring, as a guest kick would.
+    fn kick_self(&self) {
+        let Some(kick) = self.vring.get_kick().as_ref() else {
+            return;
+        };
+        let Ok(dup) = kick.try_clone() else {
+            return;
+        };
+        // SAFETY: `dup` is a fresh duplicate of the kick eventfd, owned by nobody else; the
+        // notifier takes it over and closes it when dropped.
+        let notifier = unsafe { EventNotifier::from_raw_fd(dup.into_raw_fd()) };
+        let _ = notifier.notify();
     }
 }
 
@@ -826,7 +937,7 @@ where
         let mem: &Mem<B> = self.mem;
         // A started but disabled ring (SET_VRING_ENABLE 0) must not be given new RX frames.
         let q = self.vring.get_queue();
-        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
+        if !self.vring.is_enabled() || !ring_usable(mem, q) {
             return Err(RxError::NotReady);
         }
         let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
@@ -835,16 +946,23 @@ where
         let mut nchains = 0;
         let mut sg = SgList::new();
         let mut poisoned = false;
+        // Buffers posted while notifications were off are looked for once; a second empty pop
+        // ends the frame (it never ends otherwise if the ring claims chains it cannot yield).
+        let mut rearmed = false;
         while sg.len() < need && nchains < MAX_RX_CHAINS {
             let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
                 Some(c) => c,
-                None if self.rearm() => continue,
+                None if !rearmed && self.rearm() => {
+                    rearmed = true;
+                    continue;
+                }
                 None => break,
             };
             let head = chain.head_index();
             let before = sg.len();
             let mut one = SgList::new();
-            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut one);
+            let q = self.vring.get_queue();
+            let mapped = map_chain(mem, q, head, true, MAX_FRAME_LEN + self.hdr_len, &mut one);
             let appended = mapped.and_then(|()| {
                 one.segments().iter().try_for_each(|s| {
                     // SAFETY: the segment comes from `mem`, which outlives `sg`.
@@ -976,22 +1094,27 @@ where
     ) -> Result<usize, RxError> {
         let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue();
-        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
+        if !self.vring.is_enabled() || !ring_usable(mem, q) {
             return Err(RxError::NotReady);
         }
         let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
         let mut heads = [0u16; RX_BATCH];
         let mut frames: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
         let mut n = 0;
+        let mut rearmed = false;
         while n < count {
             let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
                 Some(c) => c,
-                None if n == 0 && self.rearm() => continue,
+                None if n == 0 && !rearmed && self.rearm() => {
+                    rearmed = true;
+                    continue;
+                }
                 None => break,
             };
             let head = chain.head_index();
             let mut sg = SgList::new();
-            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
+            let q = self.vring.get_queue();
+            let mapped = map_chain(mem, q, head, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
             if mapped.is_err() || sg.len() < need {
                 let q = self.vring.get_queue_mut();
                 q.set_next_avail(q.next_avail().wrapping_sub(1));

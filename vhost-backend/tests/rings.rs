@@ -213,6 +213,16 @@ struct Recorder {
     on_fill: Option<OnFill>,
     /// States taken over through `load_state`.
     loaded: usize,
+    /// A guest that never stops sending: every frame seen posts another.
+    repost: Option<Repost>,
+}
+
+/// Plays a guest vCPU that posts a TX chain (`head` again) for every frame the device takes.
+struct Repost {
+    avail: u64,
+    size: u16,
+    idx: u16,
+    head: u16,
 }
 
 impl NetHandler for Recorder {
@@ -220,6 +230,15 @@ impl NetHandler for Recorder {
         let mut bytes = vec![0u8; frame.len()];
         assert_eq!(frame.read(0, &mut bytes), frame.len());
         self.seen.push(bytes);
+        if let Some(r) = self.repost.as_mut() {
+            let mem = &self.probe.0;
+            let slot = u64::from(r.idx % r.size);
+            mem.write_obj(r.head.to_le(), GuestAddress(r.avail + 4 + 2 * slot))
+                .unwrap();
+            r.idx = r.idx.wrapping_add(1);
+            mem.write_obj(r.idx.to_le(), GuestAddress(r.avail + 2))
+                .unwrap();
+        }
     }
 
     fn guest_frame_with(&mut self, frame: &SgList<'_>, tx: TxOffload, rx: &mut dyn RxSink) {
@@ -347,6 +366,7 @@ impl Rig {
             probe: (mem.clone(), GuestAddress(rx.used + 2)),
             on_fill: None,
             loaded: 0,
+            repost: None,
         }));
         let counters = Arc::new(DeviceCounters::default());
         let mut dev = NetDevice::new(
@@ -1621,5 +1641,132 @@ fn device_state_saves_through_a_pipe_and_loads_or_refuses_at_check() {
     assert!(
         rig.dev.check_device_state().is_err(),
         "CHECK without a transfer"
+    );
+}
+
+// Ring and chain configurations chosen to cost the worker as much as possible.
+
+const INDIRECT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+
+/// Moves a ring's avail ring to guest address 0 and makes its index there claim one chain:
+/// virtio-queue refuses to pop from such a ring while `enable_notification` sees work.
+fn avail_ring_at_zero(rig: &mut Rig, queue: u16) {
+    let ring = if queue == RX { &rig.rx } else { &rig.tx };
+    let (desc, used) = (ring.desc, ring.used);
+    rig.vrings[queue as usize]
+        .set_queue_info(desc, 0, used)
+        .unwrap();
+    rig.mem.write_obj(1u16.to_le(), GuestAddress(2)).unwrap();
+}
+
+/// (h1a) An avail ring at guest address 0 does not keep the TX pass looping.
+#[test]
+fn tx_avail_ring_at_address_zero_does_not_hang() {
+    let mut rig = Rig::new(FEATURES);
+    avail_ring_at_zero(&mut rig, TX);
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    assert!(rig.seen().is_empty());
+}
+
+/// (h1b) The same on RX, where the handler is pushing a frame.
+#[test]
+fn rx_avail_ring_at_address_zero_does_not_hang() {
+    let mut rig = Rig::new(FEATURES);
+    avail_ring_at_zero(&mut rig, RX);
+    rig.queue_rx(100, frame(100, 61));
+    let rig = returns_promptly(rig, |rig| rig.event(RX));
+    assert!(rig.results()[0].is_err());
+}
+
+/// (h1c) A used ring outside guest memory: the ring is not used at all (nothing to write the
+/// used entries to), and the worker returns.
+#[test]
+fn tx_used_ring_outside_memory_is_not_used() {
+    let mut rig = Rig::new(FEATURES);
+    let (desc, avail) = (rig.tx.desc, rig.tx.avail);
+    rig.vrings[TX as usize]
+        .set_queue_info(desc, avail, OUTSIDE)
+        .unwrap();
+    rig.post_tx(&frame(60, 62));
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    assert!(
+        rig.seen().is_empty(),
+        "a ring that cannot be completed is not consumed"
+    );
+}
+
+/// (h2) INDIRECT_DESC is not offered, so an indirect descriptor is a broken chain, not a table
+/// to follow.
+#[test]
+fn tx_indirect_descriptor_refused() {
+    let mut rig = Rig::new(FEATURES);
+    assert_tx_dropped(&mut rig, "tx_broken_chain", |rig| {
+        let hdr = rig.data(&[0u8; HDR]);
+        let body = rig.data(&frame(60, 9));
+        // A two-entry indirect table holding a perfectly good frame.
+        let mut table = Vec::new();
+        for (i, (addr, len)) in [(hdr, HDR as u32), (body, 60u32)].into_iter().enumerate() {
+            table.extend_from_slice(&addr.to_le_bytes());
+            table.extend_from_slice(&len.to_le_bytes());
+            let flags = if i == 0 { NEXT } else { 0 };
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&1u16.to_le_bytes());
+        }
+        let table = rig.data(&table);
+        vec![rig.post_tx_chain(&[(table, 32, INDIRECT)])]
+    });
+}
+
+/// (h3) Zero-length descriptors count against the per-chain limit like any other: a chain of
+/// MAX_SEGS + 1 descriptors, most of them empty, is too many segments.
+#[test]
+fn tx_zero_length_descriptors_count_against_the_limit() {
+    let mut rig = Rig::new(FEATURES);
+    assert_tx_dropped(&mut rig, "tx_too_many_segments", |rig| {
+        let hdr = rig.data(&[0u8; HDR]);
+        let body = rig.data(&frame(60, 10));
+        let mut descs = vec![(hdr, HDR as u32, 0)];
+        descs.extend((0..MAX_SEGS).map(|_| (body, 0, 0)));
+        descs.push((body, 60, 0));
+        vec![rig.post_tx_chain(&descs)]
+    });
+}
+
+/// (h4) The same on RX: a chain of empty writable descriptors is not a buffer.
+#[test]
+fn rx_zero_length_descriptors_count_against_the_limit() {
+    let mut rig = Rig::new(FEATURES);
+    let addr = rig.buf(2048, 0xAA);
+    let mut descs: Vec<_> = (0..MAX_SEGS).map(|_| (addr, 0, WRITE)).collect();
+    descs.push((addr, 2048, WRITE));
+    let head = rig.rx.chain(&rig.mem, &descs);
+    rig.rx.post(&rig.mem, head);
+    rig.queue_rx(100, frame(100, 63));
+    rig.event(RX);
+    assert!(rig.results()[0].is_err());
+    assert_eq!(rig.rx.used_elem(&rig.mem, 0), (u32::from(head), 0));
+    assert_eq!(rig.counters.rx_bad_chain.get(), 1);
+}
+
+/// (h5) A guest that posts a new TX frame for every one the device takes keeps a pass busy
+/// forever unless the pass has a budget: it takes two rings' worth, then returns (and kicks
+/// itself, so the rest is not stranded).
+#[test]
+fn tx_pass_ends_although_the_guest_keeps_posting() {
+    let mut rig = Rig::with_sizes(FEATURES, 16, 16);
+    let head = rig.post_tx(&frame(60, 11));
+    let (avail, size, idx) = (rig.tx.avail, rig.tx.size, rig.tx.avail_idx);
+    rig.handler.lock().unwrap().repost = Some(Repost {
+        avail,
+        size,
+        idx,
+        head,
+    });
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    let seen = rig.seen().len();
+    assert_eq!(
+        seen,
+        2 * usize::from(size),
+        "one pass takes two rings' worth"
     );
 }
