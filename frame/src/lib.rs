@@ -31,6 +31,6 @@ pub use counters::{
 };
 pub use sg::{Checksum, SgError, SgList, MAX_SEGS};
 pub use sink::{
-    one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, TxOffload, MAX_FRAME_LEN,
-    RX_BATCH,
+    one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, StateError, TxOffload,
+    MAX_FRAME_LEN, RX_BATCH,
 };

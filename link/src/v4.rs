@@ -309,6 +309,14 @@ impl Link4 {
         packet.fill_checksum(&IpAddress::Ipv4(self.cfg.gateway_ip), &IpAddress::Ipv4(to));
     }
 
+    /// Live migration: the address the guest used and the lease it held on the source.
+    pub fn restore(&mut self, guest_ip: Ipv4Addr, lease: Option<podwire_dhcp::LeaseInfo>) {
+        self.guest_ip = guest_ip;
+        if let Some(lease) = lease {
+            self.dhcp.restore_lease(lease);
+        }
+    }
+
     /// Forgets what this guest taught the link (a new frontend may be another guest).
     pub fn forget(&mut self) {
         self.guest_ip = self.cfg.guest_ip;

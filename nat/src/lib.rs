@@ -296,6 +296,15 @@ impl Nat {
     }
 
     /// Readable when [`Nat::poll`] has work.
+    /// Every guest TCP connection as the guest knows it, for live migration: where a
+    /// destination podwire cannot take the sockets over, it resets these towards the guest.
+    pub fn tcp_guest_view(&self) -> impl Iterator<Item = tcp::GuestConn> + '_ {
+        self.flows.iter().filter_map(|(_, e)| match &e.data {
+            FlowData::Tcp(conn) => Some(conn.guest_view()),
+            FlowData::Datagram(_) => None,
+        })
+    }
+
     pub fn poll_fd(&self) -> RawFd {
         self.poll.as_raw_fd()
     }

@@ -1745,6 +1745,52 @@ fn send_control(
         .is_ok()
 }
 
+impl Conn {
+    /// The connection as the guest knows it (for live migration).
+    pub fn guest_view(&self) -> GuestConn {
+        GuestConn {
+            guest: SocketAddr::new(self.key.guest_ip, self.key.guest_port),
+            remote: SocketAddr::new(self.key.remote_ip, self.key.remote_port),
+            seq_to_guest: self.snd_nxt,
+            ack_from_guest: self.rcv_nxt,
+        }
+    }
+}
+
+/// One guest TCP connection as the guest sees it (see [`crate::Nat::tcp_guest_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestConn {
+    pub guest: SocketAddr,
+    pub remote: SocketAddr,
+    /// The next sequence number the guest expects.
+    pub seq_to_guest: u32,
+    /// The next sequence number expected from the guest.
+    pub ack_from_guest: u32,
+}
+
+/// Resets a connection the guest believes in but podwire does not have (after a migration
+/// to a pod that could not take its socket over). A guest whose idea of the sequence differs
+/// answers with a challenge ACK, which meets the no-connection RST with its exact number.
+/// Returns false when the guest had no RX buffer for it.
+pub fn reset_guest_conn(rx: &mut dyn RxSink, ep: &Endpoints, conn: &GuestConn) -> bool {
+    let key = ConnKey {
+        guest_ip: conn.guest.ip(),
+        guest_port: conn.guest.port(),
+        remote_ip: conn.remote.ip(),
+        remote_port: conn.remote.port(),
+    };
+    send_control(
+        rx,
+        ep,
+        key,
+        conn.seq_to_guest,
+        conn.ack_from_guest,
+        TCP_RST | TCP_ACK,
+        0,
+        &[],
+    )
+}
+
 /// Answers a guest SYN with RST|ACK (RFC 9293 3.10.7.1: acknowledging the SYN).
 fn reset_syn(rx: &mut dyn RxSink, ep: &Endpoints, key: ConnKey, syn_seq: u32) {
     let ack = syn_seq.wrapping_add(1);

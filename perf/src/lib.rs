@@ -37,4 +37,4 @@ pub use console::{CmdOutput, Console};
 pub use guest::{GuestImage, Lease};
 pub use netns::{Netns, PodTopology, Proc};
 pub use podwire::{podwire_path, Podwire, PodwireConfig};
-pub use qemu::{Nic, Qemu, QemuConfig};
+pub use qemu::{migrate, MigrationResult, Nic, Qemu, QemuConfig, Qmp};

@@ -30,6 +30,7 @@ mod podnet;
 #[cfg(test)]
 mod scale_tests;
 mod signals;
+mod state;
 mod switch;
 #[cfg(test)]
 mod tcp_tests;

@@ -38,6 +38,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
+use crate::state::{Binding6, ForwardRepr, Lease4, State4, State6, StateRepr, TcpRepr};
 
 pub mod inspect;
 
@@ -105,6 +106,15 @@ struct Side6 {
     link: Link6,
 }
 
+/// Why a destination podwire refused a well-formed migrated state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationRefused {
+    #[error("the guest had {0} on the source but this podwire serves none")]
+    Family(&'static str),
+    #[error("the guest's MAC was {0} on the source but this podwire is pinned to {1}")]
+    Mac(EthernetAddress, EthernetAddress),
+}
+
 impl Side6 {
     fn owns(&self, src: Ipv6Addr) -> bool {
         let bits = u32::from(self.prefix_len.min(128));
@@ -122,6 +132,11 @@ pub struct Switch {
     /// Anti-spoofing off (`--allow-guest-sources`).
     allow_sources: bool,
     nat: Nat,
+    /// The forwarded pod ports, as the command line gave them (compared on migration).
+    forwards: Vec<ForwardRepr>,
+    /// After a migration: the guest's TCP connections this podwire could not take over, to
+    /// reset towards the guest as soon as it has RX buffers (rather than let them hang).
+    pending_resets: Vec<TcpRepr>,
     pub counters: SwitchCounters,
 }
 
@@ -302,6 +317,18 @@ impl Switch {
         };
         let mut nat = nat;
         open_forwards(&mut nat, config)?;
+        let mut forwards: Vec<ForwardRepr> =
+            [(&config.tcp_forwards, false), (&config.udp_forwards, true)]
+                .into_iter()
+                .flat_map(|(list, udp)| {
+                    list.iter().map(move |f| ForwardRepr {
+                        udp,
+                        host_port: f.forward.host_port,
+                        guest_port: f.forward.guest_port,
+                    })
+                })
+                .collect();
+        forwards.sort();
         Ok(Switch {
             guest_mac: config.guest_mac,
             pinned_mac: config.guest_mac,
@@ -309,6 +336,8 @@ impl Switch {
             v6,
             allow_sources: config.allow_guest_sources,
             nat,
+            forwards,
+            pending_resets: Vec::new(),
             counters: SwitchCounters::default(),
         })
     }
@@ -644,6 +673,24 @@ impl Switch {
         }
     }
 
+    /// Resets migrated TCP connections towards the guest, keeping those its ring had no room for.
+    fn send_pending_resets(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let before = self.pending_resets.len();
+        self.pending_resets.retain(|t| {
+            let conn = podwire_nat::tcp::GuestConn {
+                guest: t.guest,
+                remote: t.remote,
+                seq_to_guest: t.seq_to_guest,
+                ack_from_guest: t.ack_from_guest,
+            };
+            !podwire_nat::tcp::reset_guest_conn(rx, ep, &conn)
+        });
+        let sent = before - self.pending_resets.len();
+        if sent > 0 {
+            tracing::info!("migration: reset {sent} TCP connections the guest had on the source");
+        }
+    }
+
     /// Periodic router advertisements.
     fn send_periodic(&mut self, rx: &mut dyn RxSink) {
         let guest_mac = self.guest_mac;
@@ -697,6 +744,123 @@ impl Switch {
             );
         }
         self.deliver_control4(result, &out, rx);
+    }
+
+    /// Live migration, source: what the destination needs to go on serving this guest.
+    pub fn to_state(&self) -> StateRepr {
+        let now = Instant::now();
+        let ago = |t: Instant| {
+            now.saturating_duration_since(t)
+                .as_secs()
+                .min(u64::from(u32::MAX)) as u32
+        };
+        StateRepr {
+            guest_mac: self.guest_mac,
+            v4: self.v4.as_ref().map(|v4| State4 {
+                guest_ip: v4.guest_ip(),
+                lease: v4.dhcp().lease_at(now).map(|l| Lease4 {
+                    mac: l.mac,
+                    ip: l.ip,
+                    bound_secs_ago: ago(l.bound_at),
+                    renewed_secs_ago: ago(l.renewed_at),
+                    lease_secs: l.lease_secs,
+                    client_id: l.client_id,
+                    hostname: l.hostname,
+                }),
+            }),
+            v6: self.v6.as_ref().map(|v6| State6 {
+                guest_ip: v6.guest_ip,
+                handed_out: v6.handed_out,
+                // The table lists the most recent first; oldest first restores the same order.
+                seen: v6.link.guest_addresses().iter().rev().copied().collect(),
+                binding: v6.link.dhcp_binding().map(|b| Binding6 {
+                    duid: b.client_duid.clone(),
+                    iaid: b.iaid,
+                    addr: b.addr,
+                }),
+            }),
+            forwards: self.forwards.clone(),
+            tcp: self
+                .nat
+                .tcp_guest_view()
+                .map(|c| TcpRepr {
+                    guest: c.guest,
+                    remote: c.remote,
+                    seq_to_guest: c.seq_to_guest,
+                    ack_from_guest: c.ack_from_guest,
+                })
+                .collect(),
+        }
+    }
+
+    /// Live migration, destination: takes over a source's state. Everything is checked
+    /// against this podwire's own configuration first; on a refusal nothing has changed.
+    pub fn apply_state(&mut self, state: StateRepr) -> Result<(), MigrationRefused> {
+        use MigrationRefused as R;
+        if state.v4.is_some() && self.v4.is_none() {
+            return Err(R::Family("IPv4"));
+        }
+        if state.v6.is_some() && self.v6.is_none() {
+            return Err(R::Family("IPv6"));
+        }
+        if let (Some(pinned), Some(mac)) = (self.pinned_mac, state.guest_mac) {
+            if pinned != mac {
+                return Err(R::Mac(EthernetAddress(mac), EthernetAddress(pinned)));
+            }
+        }
+        if state.forwards != self.forwards {
+            tracing::warn!(
+                "migration: the source forwarded other pod ports ({:?}) than this podwire \
+                 ({:?}); serving this podwire's",
+                state.forwards,
+                self.forwards
+            );
+        }
+        let now = Instant::now();
+        let back = |secs: u32| {
+            now.checked_sub(std::time::Duration::from_secs(u64::from(secs)))
+                .unwrap_or(now)
+        };
+        if let Some(mac) = state.guest_mac {
+            self.guest_mac = Some(mac);
+        }
+        if let (Some(v4), Some(s4)) = (self.v4.as_mut(), state.v4) {
+            let lease = s4.lease.map(|l| podwire_dhcp::LeaseInfo {
+                mac: l.mac,
+                ip: l.ip,
+                bound_at: back(l.bound_secs_ago),
+                renewed_at: back(l.renewed_secs_ago),
+                lease_secs: l.lease_secs,
+                client_id: l.client_id,
+                hostname: l.hostname,
+            });
+            v4.restore(s4.guest_ip, lease);
+        }
+        if let (Some(v6), Some(s6)) = (self.v6.as_mut(), state.v6) {
+            v6.guest_ip = s6.guest_ip;
+            let binding = s6.binding.map(|b| podwire_dhcp::Dhcpv6Binding {
+                client_duid: b.duid,
+                iaid: b.iaid,
+                addr: b.addr,
+            });
+            v6.link.restore(&s6.seen, binding);
+        }
+        // The sockets stayed with the source podwire: reset the guest's side at once.
+        self.pending_resets = state.tcp;
+        tracing::info!(
+            "migration: took over the guest (MAC {}, IPv4 {}, IPv6 {}); resetting {} TCP \
+             connections it had",
+            self.guest_mac
+                .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string()),
+            self.v4
+                .as_ref()
+                .map_or("none".to_string(), |v| v.guest_ip().to_string()),
+            self.v6
+                .as_ref()
+                .map_or("none".to_string(), |v| v.guest_ip.to_string()),
+            self.pending_resets.len(),
+        );
+        Ok(())
     }
 
     /// The guest's identity, flows and leases, then every non-zero counter: one log line.
@@ -838,6 +1002,9 @@ impl NetHandler for Switch {
 
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         let ep = self.endpoints();
+        if !self.pending_resets.is_empty() {
+            self.send_pending_resets(rx, &ep);
+        }
         self.nat.poll(rx, &ep);
         self.send_periodic(rx);
     }
@@ -849,6 +1016,16 @@ impl NetHandler for Switch {
 
     fn host_fd(&self) -> RawFd {
         self.nat.poll_fd()
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, podwire_frame::StateError> {
+        Ok(self.to_state().emit())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), podwire_frame::StateError> {
+        let state = StateRepr::parse(bytes)?;
+        self.apply_state(state)?;
+        Ok(())
     }
 
     fn link_changed(&mut self, up: bool) {

@@ -976,6 +976,40 @@ fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
     assert_eq!(out[0].ack, g.snd_nxt);
 }
 
+/// After a migration the destination has none of the guest's sockets: each connection the
+/// state lists is reset towards the guest, once, with the sequence numbers the guest expects
+/// (so it is accepted at once rather than answered with a challenge ACK).
+#[test]
+fn migrated_connections_are_reset_towards_the_guest_once() {
+    use crate::state::{State4, StateRepr, TcpRepr as ConnRepr};
+    let mut sw = Switch::new(&config()).unwrap();
+    let state = StateRepr {
+        guest_mac: Some(GUEST_MAC),
+        v4: Some(State4 {
+            guest_ip: GUEST_IP,
+            lease: None,
+        }),
+        tcp: vec![ConnRepr {
+            guest: (GUEST_IP, 40000).into(),
+            remote: (GW_IP, 7000).into(),
+            seq_to_guest: 1000,
+            ack_from_guest: 2000,
+        }],
+        ..StateRepr::default()
+    };
+    sw.load_state(&state.emit()).unwrap();
+    let mut rx = crate::tests::Captured::default();
+    sw.poll_host(&mut rx);
+    let segs: Vec<Seg> = rx.frames.iter().map(|f| parse(f)).collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let rst = &segs[0];
+    assert_eq!((rst.sport, rst.dport), (7000, 40000));
+    assert_eq!((rst.flags, rst.seq, rst.ack), (0x04 | ACK, 1000, 2000));
+    let mut again = crate::tests::Captured::default();
+    sw.poll_host(&mut again);
+    assert!(again.frames.is_empty(), "reset twice");
+}
+
 /// A guest repeating its SYN while its RX ring is full owes one SYN-ACK, not one per repeat:
 /// the list of owed handshakes is bounded by the connections, whatever the guest sends.
 #[test]

@@ -33,11 +33,15 @@
 //! of chains before it yields and kicks itself; an RX push re-checks an empty ring once.
 
 use std::num::Wrapping;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -50,9 +54,10 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -67,6 +72,7 @@ use podwire_frame::{
 
 use crate::counters::DeviceCounters;
 use crate::session::SessionInfo;
+use crate::transfer::StateTransfer;
 use crate::vnet::{config_space, VnetHdr};
 
 pub const RX_QUEUE: usize = 0;
@@ -85,9 +91,18 @@ const MAX_RX_CHAINS: usize = MAX_SEGS;
 /// How many rings' worth of chains one TX pass takes before it yields to the other events.
 const TX_BUDGET_RINGS: usize = 2;
 
-type Mem = GuestMemoryMmap<()>;
-type MemAtomic = GuestMemoryAtomic<Mem>;
-type Vring = VringMutex<MemAtomic>;
+type Mem<B> = GuestMemoryMmap<B>;
+type MemAtomic<B> = GuestMemoryAtomic<Mem<B>>;
+type Vring<B> = VringMutex<MemAtomic<B>>;
+/// What the rings lock: one ring's state over guest memory with dirty bitmap `B`.
+type RingState<B> = vhost_user_backend::VringState<MemAtomic<B>>;
+
+/// The dirty bitmap kept over guest memory. In podwire it is vhost-user-backend's
+/// [`BitmapMmapRegion`], which sets bits in the log the frontend hands over with SET_LOG_BASE
+/// (and does nothing before that); tests use vm-memory's `AtomicBitmap` to read back what was
+/// marked.
+pub trait LogBitmap: Bitmap + Send + Sync + 'static {}
+impl<T: Bitmap + Send + Sync + 'static> LogBitmap for T {}
 
 /// Segmentation of a frame to the guest (GUEST_TSO4/6).
 #[derive(Debug, Clone, Copy)]
@@ -109,20 +124,25 @@ pub struct NetConfig {
 
 /// The vhost-user backend for one frontend connection. Make a new one per connection: the
 /// library never drains a used exit event.
-pub struct NetDevice<H: NetHandler> {
+pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     handler: Arc<Mutex<H>>,
     counters: Arc<DeviceCounters>,
     config: NetConfig,
-    mem: Option<MemAtomic>,
+    mem: Option<MemAtomic<B>>,
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
+    /// Live migration's device-state transfer in progress, if any.
+    transfer: StateTransfer,
+    /// Each ring's call fd when it was last seen running, `None` if it was not (see
+    /// `kick_restarted_rings`).
+    running: [Option<RawFd>; NUM_QUEUES],
     /// Published for the control socket and metrics (see `session.rs`).
     session: Arc<SessionInfo>,
     rings_published: bool,
 }
 
-impl<H: NetHandler> NetDevice<H> {
+impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
     pub fn new(
         handler: Arc<Mutex<H>>,
         counters: Arc<DeviceCounters>,
@@ -136,6 +156,8 @@ impl<H: NetHandler> NetDevice<H> {
             acked_features: 0,
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            transfer: StateTransfer::default(),
+            running: [None; NUM_QUEUES],
             session: Arc::default(),
             rings_published: false,
         })
@@ -156,6 +178,11 @@ impl<H: NetHandler> NetDevice<H> {
         self.acked_features & (1u64 << bit) != 0
     }
 
+    /// The frontend turned dirty logging on (it migrates the guest).
+    fn logging(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0
+    }
+
     fn hdr_len(&self) -> usize {
         if self.has(VIRTIO_F_VERSION_1) || self.has(VIRTIO_NET_F_MRG_RXBUF) {
             VNET_HDR_LEN
@@ -164,7 +191,37 @@ impl<H: NetHandler> NetDevice<H> {
         }
     }
 
-    fn process(&mut self, device_event: u16, vrings: &[Vring]) {
+    /// Interrupts the guest once for every ring that (re)started since the last pass.
+    ///
+    /// A ring that starts with used entries already in it — on the destination of a live
+    /// migration, or on the source when a migration failed — may owe the guest an interrupt:
+    /// the source published them and wrote the call eventfd, but QEMU injects that interrupt
+    /// from its main loop, which the migration stopped, and does not carry it over. With
+    /// EVENT_IDX the driver would then wait for an interrupt that never comes (it re-arms
+    /// `used_event` only when it runs), and the device would fill the RX ring and stall. One
+    /// spurious interrupt is harmless: the driver looks, finds what is there, and re-arms.
+    /// A new call fd on a running ring gets one too: an interrupt sent before it was set went
+    /// nowhere.
+    fn kick_restarted_rings(&mut self, vrings: &[Vring<B>]) {
+        for (i, (running, vring)) in self.running.iter_mut().zip(vrings).enumerate() {
+            let now = {
+                let state = vring.get_ref();
+                let call = state.get_call().as_ref().map(|c| c.as_raw_fd());
+                (state.is_enabled() && state.get_queue().ready() && call.is_some())
+                    .then_some(call.unwrap_or(-1))
+            };
+            if now.is_some() && now != *running {
+                tracing::debug!("ring {i} started: interrupting the guest once");
+                let _ = vring.signal_used_queue();
+            }
+            *running = now;
+        }
+    }
+
+    fn process(&mut self, device_event: u16, vrings: &[Vring<B>]) {
+        if self.mem.is_some() {
+            self.kick_restarted_rings(vrings);
+        }
         let (Some(mem_atomic), Some(rx_vring), Some(tx_vring)) = (
             self.mem.as_ref(),
             vrings.get(RX_QUEUE),
@@ -188,6 +245,7 @@ impl<H: NetHandler> NetDevice<H> {
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
+            logging: self.logging(),
         };
         match device_event as usize {
             TX_QUEUE => {
@@ -209,9 +267,9 @@ impl<H: NetHandler> NetDevice<H> {
     }
 }
 
-impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
-    type Bitmap = ();
-    type Vring = Vring;
+impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
+    type Bitmap = B;
+    type Vring = Vring<B>;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -243,6 +301,9 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             // UDP frames of many datagrams go out with one sendmsg and UDP_SEGMENT: the
             // kernel splits them (or hands them to the NIC whole).
             | (1 << VIRTIO_NET_F_HOST_USO)
+            // Dirty logging for live migration: while the frontend has it on, every guest page
+            // the device writes is marked in the log (see `mark_dirty`).
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -268,7 +329,13 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         // Only what the vhost crate implements for us end to end: any other message it answers
         // by closing the connection. QEMU ignores CONFIG for virtio-net (and says so once);
         // DPDK's virtio-user reads the MAC through it. One queue pair, so no MQ.
-        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG
+        // LOG_SHMFD: the log arrives as shared memory (SET_LOG_BASE), which vhost-user-backend
+        // maps and installs as each region's bitmap.
+        VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            // The handler's state travels in QEMU's migration stream (see transfer.rs).
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -282,7 +349,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         cfg[start..end].to_vec()
     }
 
-    fn update_memory(&mut self, mem: MemAtomic) -> std::io::Result<()> {
+    fn update_memory(&mut self, mem: MemAtomic<B>) -> std::io::Result<()> {
         self.mem = Some(mem);
         Ok(())
     }
@@ -291,11 +358,26 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
     }
 
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> std::io::Result<Option<std::fs::File>> {
+        self.transfer
+            .start(&self.handler, direction, phase, file)
+            .map(|()| None)
+    }
+
+    fn check_device_state(&self) -> std::io::Result<()> {
+        self.transfer.check(&self.handler)
+    }
+
     fn handle_event(
         &mut self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[Vring],
+        vrings: &[Vring<B>],
         _thread_id: usize,
     ) -> std::io::Result<()> {
         if usize::from(device_event) < NUM_QUEUES {
@@ -335,6 +417,10 @@ pub fn feature_names(features: u64) -> String {
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
         (VIRTIO_NET_F_MTU, "MTU"),
+        (
+            VhostUserVirtioFeatures::LOG_ALL.bits().trailing_zeros(),
+            "LOG_ALL",
+        ),
     ];
     names
         .iter()
@@ -386,8 +472,8 @@ pub const MAX_CHAIN_DESCS: usize = MAX_SEGS;
 /// bounds a chain only by the table size. Here a chain visits at most [`MAX_CHAIN_DESCS`]
 /// descriptors, an indirect descriptor is refused (the feature is never offered), and a loop is
 /// told from a long chain with a bitmap of the descriptors already visited.
-fn map_chain<'m>(
-    mem: &'m Mem,
+fn map_chain<'m, B: LogBitmap>(
+    mem: &'m Mem<B>,
     q: &Queue,
     head: u16,
     writable: bool,
@@ -430,8 +516,8 @@ fn map_chain<'m>(
 }
 
 /// Appends one descriptor's buffer to `sg`.
-fn map_descriptor<'m>(
-    mem: &'m Mem,
+fn map_descriptor<'m, B: LogBitmap>(
+    mem: &'m Mem<B>,
     desc: Descriptor,
     writable: bool,
     max_len: usize,
@@ -466,7 +552,7 @@ fn map_descriptor<'m>(
 /// descriptor table, avail ring (with `used_event`) and used ring (with `avail_event`) inside
 /// guest memory. virtio-queue pops nothing from a ring whose avail ring is at guest address 0
 /// while `enable_notification` still reports work, so that address is refused as well.
-fn ring_usable(mem: &Mem, q: &Queue) -> bool {
+fn ring_usable<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
     let size = u64::from(q.size());
     let usable = q.ready()
         && size != 0
@@ -484,7 +570,7 @@ fn ring_usable(mem: &Mem, q: &Queue) -> bool {
 /// Whether the driver's avail index is at most one ring ahead of ours. virtio-queue pops nothing
 /// from a ring where it is not (the driver is broken) while `enable_notification` keeps reporting
 /// more work: without this check a pass would never end.
-fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
+fn avail_idx_sane<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
     let sane = q
         .avail_idx(mem, Ordering::Acquire)
         .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size());
@@ -497,7 +583,13 @@ fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
 }
 
 /// Writes one used element without publishing it.
-fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> bool {
+fn write_used<B: LogBitmap>(
+    mem: &Mem<B>,
+    q: &Queue,
+    pos: Wrapping<u16>,
+    head: u16,
+    len: u32,
+) -> bool {
     let size = q.size();
     if size == 0 {
         return false;
@@ -512,7 +604,7 @@ fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> 
 }
 
 /// Makes used entries up to `next_used` visible to the guest.
-fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
+fn publish_used<B: LogBitmap>(mem: &Mem<B>, q: &mut Queue, next_used: Wrapping<u16>) {
     q.set_next_used(next_used.0);
     if let Some(idx_addr) = GuestAddress(q.used_ring()).checked_add(2) {
         // Release: the entries written above are visible before the index that announces them.
@@ -521,8 +613,8 @@ fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
 }
 
 /// Whether the guest wants an interrupt for used entries `old..new` (virtio 1.2, 2.7.10).
-fn guest_wants_interrupt(
-    mem: &Mem,
+fn guest_wants_interrupt<B: LogBitmap>(
+    mem: &Mem<B>,
     q: &Queue,
     event_idx: bool,
     old: Wrapping<u16>,
@@ -551,6 +643,43 @@ fn guest_wants_interrupt(
     }
 }
 
+/// Marks the first `len` bytes of `segs` dirty in guest memory's log, when `logging`.
+///
+/// RX data reaches guest memory through raw host pointers (recvmsg into an [`SgList`]), which
+/// vm-memory cannot see, so the device marks it itself. Two marks per buffer, and why the order
+/// is safe: the frontend syncs the log concurrently — it takes and clears the bits, then copies
+/// those pages — so a mark only protects writes made BEFORE it. The buffers are therefore
+/// marked whole before they are lent (nothing is written into a page that is not yet marked)
+/// and what was written is marked again after the write and before the used index that hands
+/// it to the guest is published. A sync that clears the first mark before the data lands is
+/// followed by the second one; the final sync happens after GET_VRING_BASE stopped the ring,
+/// which waits for this pass (it holds the ring lock), so no write can follow it unmarked. The
+/// used ring itself is written through vm-memory, which marks it after each write.
+fn mark_dirty<B: LogBitmap>(mem: &Mem<B>, logging: bool, segs: &[libc::iovec], mut len: usize) {
+    if !logging {
+        return;
+    }
+    for seg in segs {
+        if len == 0 {
+            break;
+        }
+        let n = seg.iov_len.min(len);
+        len -= n;
+        // Each segment lies inside one region: `map_chain` splits at region boundaries.
+        let ptr = seg.iov_base as usize;
+        for region in mem.iter() {
+            let Ok(base) = region.get_host_address(MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let offset = ptr.wrapping_sub(base as usize);
+            if (offset as u64) < region.len() {
+                region.bitmap().mark_dirty(offset, n);
+                break;
+            }
+        }
+    }
+}
+
 fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     let which = if rx { "RX" } else { "TX" };
     if rx {
@@ -568,9 +697,9 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
 
-struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a Mem,
+    mem: &'a Mem<B>,
     hdr_len: usize,
     /// The guest negotiated CSUM: its frames may carry partial checksums.
     csum: bool,
@@ -580,9 +709,9 @@ struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
 }
 
-impl<G> TxRing<'_, G>
+impl<B: LogBitmap, G> TxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
         let mem = self.mem;
@@ -681,9 +810,9 @@ where
     }
 }
 
-struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct RxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a GuestMemoryLoadGuard<Mem>,
+    mem: &'a GuestMemoryLoadGuard<Mem<B>>,
     hdr_len: usize,
     mergeable: bool,
     /// The guest negotiated GUEST_CSUM: frames to it may carry partial checksums.
@@ -696,11 +825,13 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
     published_from: Option<Wrapping<u16>>,
+    /// Dirty logging is on: every byte written into an RX buffer is marked (see `mark_dirty`).
+    logging: bool,
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn finish(self) {
         let Some(start) = self.published_from else {
@@ -717,15 +848,15 @@ where
     /// Marks the RX ring empty: ask for a kick when the guest adds buffers. Returns true if some
     /// arrived in the meantime.
     fn rearm(&mut self) -> bool {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         matches!(q.enable_notification(mem), Ok(true)) && avail_idx_sane(mem, q)
     }
 }
 
-impl<G> RxSink for RxRing<'_, G>
+impl<B: LogBitmap, G> RxSink for RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn push(
         &mut self,
@@ -785,9 +916,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn takes(&self, kind: GsoKind) -> bool {
         match kind {
@@ -803,7 +934,7 @@ where
         gso: Option<Gso>,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         // A started but disabled ring (SET_VRING_ENABLE 0) must not be given new RX frames.
         let q = self.vring.get_queue();
         if !self.vring.is_enabled() || !ring_usable(mem, q) {
@@ -868,6 +999,7 @@ where
                 let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
             }
             frame.advance(self.hdr_len);
+            mark_dirty(mem, self.logging, sg.segments(), sg.len());
             fill(&mut frame).map(|len| {
                 let len = len.min(frame.len());
                 if len < MIN_FRAME_LEN {
@@ -918,6 +1050,7 @@ where
             hdr.gso_size = g.mss;
         }
         sg.write(0, &hdr.emit()[..self.hdr_len]);
+        mark_dirty(mem, self.logging, sg.segments(), total);
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
@@ -944,9 +1077,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     /// [`RxSink::push_batch`]: one descriptor chain per frame, so that every frame's buffers are
     /// used whole and the frames not filled are the ring's tail, which can be rewound. A chain
@@ -959,7 +1092,7 @@ where
         csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue();
         if !self.vring.is_enabled() || !ring_usable(mem, q) {
             return Err(RxError::NotReady);
@@ -1003,7 +1136,9 @@ where
         }
         .emit();
         for frame in &mut frames[..n] {
+            mark_dirty(mem, self.logging, frame.segments(), frame.len());
             frame.write(0, &hdr[..self.hdr_len]);
+            mark_dirty(mem, self.logging, frame.segments(), self.hdr_len);
             frame.advance(self.hdr_len);
         }
         let mut lens = [0usize; RX_BATCH];
@@ -1025,6 +1160,7 @@ where
                 frame.write(len, &pad[..MIN_FRAME_LEN - len]);
                 len = MIN_FRAME_LEN;
             }
+            mark_dirty(mem, self.logging, frame.segments(), len);
             let total = if len == 0 {
                 0
             } else {
@@ -1044,7 +1180,7 @@ where
 
     /// Gives chains back with nothing written, when they cannot be rewound.
     fn return_unused(&mut self, chains: &[(u16, u32)]) {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
