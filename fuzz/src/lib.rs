@@ -29,8 +29,15 @@ mod config;
 #[path = "../../switch/src/podnet.rs"]
 mod podnet;
 #[allow(dead_code, unused_imports)]
-#[path = "../../switch/src/switch.rs"]
-mod switch;
+#[path = "../../switch/src/state.rs"]
+mod state;
+/// `switch.rs` has a submodule in `switch/`: an inline module gives it its directory.
+#[allow(dead_code, unused_imports)]
+#[path = "../../switch/src"]
+mod switch_src {
+    pub mod switch;
+}
+use switch_src::switch;
 
 pub mod device;
 pub mod net;

@@ -42,6 +42,7 @@ fn dhcpv4_config() -> Dhcpv4Config {
         mtu: Some(1500),
         lease_secs: 3600,
         hostname: Some("vm1".into()),
+        extra: Default::default(),
     }
 }
 
@@ -152,6 +153,8 @@ pub fn switch_config() -> Config {
         lease_secs: 3600,
         tcp_forwards: Vec::new(),
         udp_forwards: Vec::new(),
+        allow_guest_sources: false,
+        dhcp_extra: Default::default(),
         runas: None,
         sandbox: true,
         frontend_uid: None,
