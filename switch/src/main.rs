@@ -212,6 +212,12 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         runas: config.runas.clone(),
         disabled: !config.sandbox,
         own_files: leftovers.clone(),
+        written_files: process
+            .log_file
+            .iter()
+            .chain(ops_options.pcap.iter())
+            .cloned()
+            .collect(),
     })
     .map_err(|e| e.to_string())?;
     signals::spawn_handler(switch, device, leftovers.clone())

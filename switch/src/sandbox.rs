@@ -133,6 +133,15 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
     ("clock_nanosleep", libc::SYS_clock_nanosleep),
     ("nanosleep", libc::SYS_nanosleep),
     ("getrandom", libc::SYS_getrandom),
+    // Files written after start-up: --pcap (switched on at run time, rotated by rename) and
+    // --log-file (capped). Landlock limits them to those files' directories.
+    ("openat", libc::SYS_openat),
+    ("rename", libc::SYS_rename),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
     // Process: removing the socket and pid file on SIGTERM.
     ("unlink", libc::SYS_unlink),
     ("unlinkat", libc::SYS_unlinkat),
@@ -149,6 +158,9 @@ pub struct SandboxOptions {
     pub disabled: bool,
     /// Files made at start-up, handed to the new user and removable at exit.
     pub own_files: Vec<PathBuf>,
+    /// Files podwire (re)creates after start-up (`--pcap`, `--log-file`): their directories
+    /// stay writable under Landlock.
+    pub written_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +213,7 @@ pub fn enter(opts: &SandboxOptions) -> Result<(), SandboxError> {
     // Best effort: a kernel without Landlock, or a container runtime's own seccomp profile
     // refusing its system calls, leaves the file system to the seccomp filter (which allows no
     // open at all) and the user's permissions.
-    match restrict_files(&opts.own_files) {
+    match restrict_files(&opts.own_files, &opts.written_files) {
         Ok(RulesetStatus::FullyEnforced) => tracing::debug!("landlock: fully enforced"),
         Ok(RulesetStatus::PartiallyEnforced) => {
             tracing::info!("landlock: partly enforced (an older kernel's Landlock ABI)")
@@ -454,11 +466,25 @@ fn prctl(
 
 /// Landlock: every file-system access is handled (denied) except removing files in the
 /// directories of the start-up files.
-fn restrict_files(own_files: &[PathBuf]) -> Result<RulesetStatus, SandboxError> {
+fn restrict_files(
+    own_files: &[PathBuf],
+    written_files: &[PathBuf],
+) -> Result<RulesetStatus, SandboxError> {
     let abi = ABI::V6;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))?
         .create()?;
+    let write = AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::RemoveFile | AccessFs::Truncate;
+    for dir in written_files.iter().filter_map(|f| f.parent()) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(fd) = PathFd::new(dir) {
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, write))?;
+        }
+    }
     for dir in own_files.iter().filter_map(|f| f.parent()) {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")

@@ -84,6 +84,7 @@ fn child_entry() {
         runas: None,
         disabled: false,
         own_files: vec![own.clone()],
+        written_files: Vec::new(),
     })
     .unwrap();
     let code = match action.as_str() {
