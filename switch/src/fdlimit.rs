@@ -91,8 +91,10 @@ pub fn plan(
     })
 }
 
-/// Applies [`plan`] to this process; returns the flow limit to use (warning once if lowered).
-pub fn ensure(max_flows: usize, listeners: usize) -> Result<usize, FdLimitError> {
+/// Applies [`plan`] to this process; returns the flow limit to use and, if it was lowered,
+/// the one line to log (the caller logs it once start-up has succeeded, so that a start-up
+/// failure stays one line).
+pub fn ensure(max_flows: usize, listeners: usize) -> Result<(usize, Option<String>), FdLimitError> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -134,17 +136,17 @@ pub fn ensure(max_flows: usize, listeners: usize) -> Result<usize, FdLimitError>
     Ok(report(p, max_flows, listeners))
 }
 
-fn report(p: Plan, asked: usize, listeners: usize) -> usize {
-    if p.max_flows < asked {
-        tracing::warn!(
+fn report(p: Plan, asked: usize, listeners: usize) -> (usize, Option<String>) {
+    let line = (p.max_flows < asked).then(|| {
+        format!(
             "RLIMIT_NOFILE allows {} open files: --max-flows lowered from {asked} to {} \
              (raise the hard limit to {} to keep {asked})",
             p.hard,
             p.max_flows,
             needed(asked, listeners)
-        );
-    }
-    p.max_flows
+        )
+    });
+    (p.max_flows, line)
 }
 
 /// Whether this process holds CAP_SYS_RESOURCE (root, usually).
@@ -227,7 +229,7 @@ mod tests {
     /// The real process: afterwards the soft limit covers what the returned flow limit needs.
     #[test]
     fn ensure_leaves_room_for_the_flows_it_admits() {
-        let flows = ensure(1000, 4).unwrap();
+        let (flows, _) = ensure(1000, 4).unwrap();
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,

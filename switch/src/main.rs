@@ -134,7 +134,9 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
     let ops_options = ops::Options::from_cli(&cli);
     let mut config = Config::resolve(cli).map_err(|e| e.to_string())?;
     let listeners = config.tcp_forwards.len() + config.udp_forwards.len();
-    config.max_flows = fdlimit::ensure(config.max_flows, listeners).map_err(|e| e.to_string())?;
+    let (max_flows, fd_warning) =
+        fdlimit::ensure(config.max_flows, listeners).map_err(|e| e.to_string())?;
+    config.max_flows = max_flows;
     tracing::info!(
         event = "start",
         version = env!("CARGO_PKG_VERSION"),
@@ -206,8 +208,17 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         mailbox,
     )?);
     leftovers.extend(config.pid_file.clone());
-    // After everything start-up opens (the ops threads' sockets and files included), before
-    // the first guest byte and before the signal thread (see sandbox.rs).
+    if let Some(line) = fd_warning {
+        tracing::warn!("{line}");
+    }
+    if let Some(ready) = ready {
+        ready
+            .notify()
+            .map_err(|e| format!("cannot detach from the caller: {e}"))?;
+    }
+    // After everything start-up opens (the ops threads' sockets and files included, the
+    // caller detached from), before the first guest byte and before the signal thread (see
+    // sandbox.rs).
     sandbox::enter(&sandbox::SandboxOptions {
         runas: config.runas.clone(),
         disabled: !config.sandbox,
@@ -223,11 +234,6 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
     signals::spawn_handler(switch, device, leftovers.clone())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());
-    if let Some(ready) = ready {
-        ready
-            .notify()
-            .map_err(|e| format!("cannot detach from the caller: {e}"))?;
-    }
     let served = server.serve(process.one_off);
     for path in &leftovers {
         let _ = std::fs::remove_file(path);

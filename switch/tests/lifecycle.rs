@@ -15,6 +15,10 @@ impl Dir {
         let dir = std::env::temp_dir().join(format!("podwire-life-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // Run as root, podwire serves as `nobody` (its sandbox): the directory of its socket and
+        // pid file must let that user remove them, as a deployment's would.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
         Dir(dir)
     }
     fn path(&self, name: &str) -> PathBuf {
