@@ -8,6 +8,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed";
 
 # nftables, gnuplot-nox, dpdk-dev (dpdk-testpmd): the benchmark suite (perf/README.md).
 # isc-dhcp-client: dhclient is put into the guest as a second DHCPv6 client (e2e_ipv6).
+# protobuf-compiler: protoc, for the KubeVirt sidecar's gRPC code (kubevirt/build.rs).
 # QEMU comes from bookworm-backports (DEVELOPERS.md): a newer vhost-user frontend.
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/podwire-backports.sources <<'SRC'
@@ -21,7 +22,8 @@ SRC
 fi
 
 for p in iproute2 busybox-static iperf3 socat dhcpcd-base dnsmasq-base cpio gzip kmod \
-         procps iputils-ping isc-dhcp-client nftables gnuplot-nox dpdk-dev; do
+         procps iputils-ping isc-dhcp-client nftables gnuplot-nox dpdk-dev \
+         protobuf-compiler; do
   have "$p" || need_pkgs+=("$p")
 done
 qemu_ok=1
