@@ -12,57 +12,80 @@ const MAX_LABEL: usize = 63;
 /// A compression pointer has 14 bits of offset.
 const MAX_POINTER_TARGET: usize = 0x3fff;
 
-/// Splits a presentation-format name into labels, enforcing RFC 1035 limits.
-///
-/// A single trailing dot is accepted because operators copy names from
-/// resolv.conf and zone files, where it is common.
+/// A domain name as configured, validated: podwire's name format in smoltcp's `Repr` shape.
+/// [`DomainName::parse`] enforces the RFC 1035 limits on the presentation form (a single
+/// trailing dot is accepted, because operators copy names from resolv.conf and zone files,
+/// where it is common); [`DomainName::buffer_len`] and [`DomainName::emit`] give the
+/// uncompressed RFC 1035 3.1 wire form (length-prefixed labels, then the root label).
+/// Nothing allocates. podwire never reads names off the wire, so there is no view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainName<'a> {
+    /// The name without its trailing dot.
+    body: &'a str,
+    wire_len: usize,
+}
+
+impl<'a> DomainName<'a> {
+    pub fn parse(name: &'a str) -> Result<DomainName<'a>, &'static str> {
+        let body = name.strip_suffix('.').unwrap_or(name);
+        if body.is_empty() {
+            return Err("empty name");
+        }
+        // The terminating root label.
+        let mut wire_len = 1usize;
+        for label in body.split('.') {
+            if label.is_empty() {
+                return Err("empty label");
+            }
+            if label.len() > MAX_LABEL {
+                return Err("label longer than 63 bytes");
+            }
+            wire_len += 1 + label.len();
+        }
+        if wire_len > MAX_WIRE_NAME {
+            return Err("name longer than 255 bytes on the wire");
+        }
+        Ok(DomainName { body, wire_len })
+    }
+
+    pub fn labels(&self) -> impl Iterator<Item = &'a str> {
+        self.body.split('.')
+    }
+
+    /// Uncompressed wire length, length bytes and root label included.
+    pub fn buffer_len(&self) -> usize {
+        self.wire_len
+    }
+
+    /// Feeds the uncompressed wire form to `put`.
+    pub fn emit(&self, mut put: impl FnMut(&[u8])) {
+        for label in self.labels() {
+            // parse() capped labels at 63 bytes, so this cannot truncate.
+            put(&[label.len() as u8]);
+            put(label.as_bytes());
+        }
+        put(&[0]);
+    }
+}
+
+/// Splits a presentation-format name into labels, enforcing RFC 1035 limits
+/// ([`DomainName::parse`]).
 pub fn split_labels(name: &str) -> Result<Vec<&str>, &'static str> {
-    wire_len(name)?;
-    Ok(body(name).split('.').collect())
+    Ok(DomainName::parse(name)?.labels().collect())
 }
 
-/// The name without its optional trailing dot.
-fn body(name: &str) -> &str {
-    name.strip_suffix('.').unwrap_or(name)
-}
-
-/// Validates a name as [`split_labels`] does, without allocating, and
-/// returns its uncompressed wire length (length bytes and root label
-/// included).
+/// Validates a name as [`DomainName::parse`] does and returns its
+/// uncompressed wire length (length bytes and root label included).
 pub fn wire_len(name: &str) -> Result<usize, &'static str> {
-    let body = body(name);
-    if body.is_empty() {
-        return Err("empty name");
-    }
-    // The terminating root label.
-    let mut wire_len = 1usize;
-    for label in body.split('.') {
-        if label.is_empty() {
-            return Err("empty label");
-        }
-        if label.len() > MAX_LABEL {
-            return Err("label longer than 63 bytes");
-        }
-        wire_len += 1 + label.len();
-    }
-    if wire_len > MAX_WIRE_NAME {
-        return Err("name longer than 255 bytes on the wire");
-    }
-    Ok(wire_len)
+    DomainName::parse(name).map(|n| n.buffer_len())
 }
 
 /// Feeds the uncompressed RFC 1035 3.1 encoding of a valid name to `put`
-/// (length-prefixed labels, then the zero root label) and returns its
-/// length; an invalid name feeds nothing.
-pub fn write_uncompressed(name: &str, mut put: impl FnMut(&[u8])) -> Result<usize, &'static str> {
-    let len = wire_len(name)?;
-    for label in body(name).split('.') {
-        // wire_len capped labels at 63 bytes, so this cannot truncate.
-        put(&[label.len() as u8]);
-        put(label.as_bytes());
-    }
-    put(&[0]);
-    Ok(len)
+/// and returns its length; an invalid name feeds nothing.
+pub fn write_uncompressed(name: &str, put: impl FnMut(&[u8])) -> Result<usize, &'static str> {
+    let name = DomainName::parse(name)?;
+    name.emit(put);
+    Ok(name.buffer_len())
 }
 
 /// Encodes names back to back without compression, as DHCPv6 option 24

@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use smoltcp::wire::DhcpPacket;
+
 use crate::error::DhcpError;
 
 /// Fixed BOOTP header (RFC 951 / RFC 2131 section 2) plus the magic cookie.
@@ -33,6 +35,7 @@ pub(crate) mod opt {
     pub const HOSTNAME: u8 = 12;
     pub const DOMAIN_NAME: u8 = 15;
     pub const MTU: u8 = 26;
+    pub const NTP_SERVERS: u8 = 42;
     pub const REQUESTED_IP: u8 = 50;
     pub const LEASE_TIME: u8 = 51;
     pub const MESSAGE_TYPE: u8 = 53;
@@ -43,8 +46,11 @@ pub(crate) mod opt {
     pub const RENEWAL_TIME: u8 = 58;
     pub const REBINDING_TIME: u8 = 59;
     pub const CLIENT_ID: u8 = 61;
+    pub const TFTP_SERVER: u8 = 66;
+    pub const BOOT_FILE: u8 = 67;
     /// RFC 4039.
     pub const RAPID_COMMIT: u8 = 80;
+    pub const CLIENT_FQDN: u8 = 81;
     /// RFC 3397.
     pub const DOMAIN_SEARCH: u8 = 119;
     /// RFC 3442.
@@ -136,32 +142,36 @@ impl<'a> Request<'a> {
     /// which is concatenated (RFC 3396). Option overload (52) is not
     /// followed: `sname`/`file` are never read.
     pub fn parse(payload: &'a [u8]) -> Result<Self, DhcpError> {
-        let truncated = DhcpError::Truncated { len: payload.len() };
-        let (head, mut rest) = payload
-            .split_at_checked(OPTIONS_START)
-            .ok_or(truncated.clone())?;
-        let h: &[u8; OPTIONS_START] = head.try_into().map_err(|_| truncated)?;
+        // The fixed BOOTP header through smoltcp's view (which checks it is all there, magic
+        // cookie included). Two fields are read from the bytes: `chaddr` whole (the view
+        // returns only an Ethernet address, and the reply echoes all 16 bytes) and `flags` raw
+        // (the view keeps only the broadcast bit; the reply echoes them as sent).
+        let packet = DhcpPacket::new_checked(payload)
+            .map_err(|_| DhcpError::Truncated { len: payload.len() })?;
+        let (h, mut rest) = payload.split_at(OPTIONS_START);
 
-        if h[0] != BOOTREQUEST {
-            return Err(DhcpError::NotBootRequest(h[0]));
+        let op = u8::from(packet.opcode());
+        if op != BOOTREQUEST {
+            return Err(DhcpError::NotBootRequest(op));
         }
-        if h[1] != HTYPE_ETHERNET || h[2] != HLEN_ETHERNET {
+        let htype = u16::from(packet.hardware_type()) as u8;
+        if htype != HTYPE_ETHERNET || packet.hardware_len() != HLEN_ETHERNET {
             return Err(DhcpError::NotEthernet {
-                htype: h[1],
-                hlen: h[2],
+                htype,
+                hlen: packet.hardware_len(),
             });
         }
-        let cookie = [h[236], h[237], h[238], h[239]];
-        if cookie != MAGIC_COOKIE {
-            return Err(DhcpError::BadMagicCookie(u32::from_be_bytes(cookie)));
+        let cookie = packet.magic_number();
+        if cookie != u32::from_be_bytes(MAGIC_COOKIE) {
+            return Err(DhcpError::BadMagicCookie(cookie));
         }
 
         let mut req = Request {
             msg_type: 0,
-            xid: [h[4], h[5], h[6], h[7]],
+            xid: packet.transaction_id().to_be_bytes(),
             flags: [h[10], h[11]],
-            ciaddr: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-            giaddr: [h[24], h[25], h[26], h[27]],
+            ciaddr: packet.client_ip(),
+            giaddr: packet.relay_agent_ip().octets(),
             chaddr: [0; 16],
             requested_ip: None,
             server_id: None,

@@ -8,11 +8,14 @@
 //!
 //! - [`sg`]: a frame in guest memory as a fixed-capacity list of host `iovec`s ([`SgList`]),
 //!   with bounded reads and writes of header bytes and Internet checksums over any range
-//!   ([`Checksum`]) — so payload goes to and from sockets with no copy of podwire's own.
+//!   ([`Checksum`], podwire's one checksum, with the pseudo-header of TCP, UDP and ICMPv6) —
+//!   so payload goes to and from sockets with no copy of podwire's own.
 //! - [`sink`]: [`NetHandler`] (frames from the guest, "produce frames", end of a TX pass, link
 //!   up/down) and [`RxSink`] (guest buffers lent to the dataplane, with the offloads the guest
 //!   negotiated: [`PartialCsum`], [`GsoKind`]; [`TxOffload`] for what the guest's header said).
-//! - [`counters`]: lock-free event counters and the log-once macro used on every drop path.
+//! - [`counters`](mod@counters): counter sets declared once ([`counters!`], each counter's name, help and kind,
+//!   drop-reason enums with their counters), listed through [`CounterSet`] for the status line
+//!   and metrics; lock-free [`Counter`]s and the log-once macro used on every drop path.
 //!
 //! Nothing here knows a ring, a descriptor, vhost-user or vm-memory: `cargo tree -p
 //! podwire-nat` shows none of those crates.

@@ -28,6 +28,7 @@ fn link() -> Link4 {
         mtu: Some(1500),
         lease_secs: 3600,
         hostname: None,
+        extra: Default::default(),
     });
     Link4::new(
         Link4Config {

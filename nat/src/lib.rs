@@ -58,9 +58,8 @@ use smoltcp::wire::IpProtocol;
 
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
-/// ICMPv6's protocol number, and its echo request type.
+/// ICMPv6's protocol number.
 const ICMPV6: u8 = 58;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
 /// The one-shot timer of held-back TCP ACKs ([`tcp::DELACK`]).
@@ -363,10 +362,12 @@ impl Nat {
         if ip.l4_len < UDP_LEN || frame.read(ip.l4_offset, &mut hdr) < UDP_LEN {
             return Err(NatDrop::Truncated);
         }
-        let sport = u16::from_be_bytes([hdr[0], hdr[1]]);
-        let dport = u16::from_be_bytes([hdr[2], hdr[3]]);
-        let udp_len = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
-        let csum = u16::from_be_bytes([hdr[6], hdr[7]]);
+        let wire::UdpHeader {
+            src_port: sport,
+            dst_port: dport,
+            len: udp_len,
+            checksum: csum,
+        } = wire::UdpHeader::parse(&hdr);
         if udp_len < UDP_LEN || udp_len > ip.l4_len {
             return Err(NatDrop::Truncated);
         }
@@ -469,11 +470,11 @@ impl Nat {
                 return Err(NatDrop::BadChecksum);
             }
         }
-        let echo_request = if ip.is_v6() { ICMPV6_ECHO_REQUEST } else { 8 };
-        if hdr[0] != echo_request || hdr[1] != 0 {
+        let echo = wire::EchoHeader::parse(&hdr, ip.is_v6());
+        if !echo.is_request {
             return Err(NatDrop::UnsupportedIcmp);
         }
-        let guest_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+        let guest_id = echo.ident;
         let key = FlowKey::Icmp {
             guest_ip: ip.src,
             guest_id,
@@ -864,20 +865,18 @@ impl Nat {
                 }
                 let src = self.config.map.inbound(got.from);
                 // Give the guest back its own identifier, with a checksum to match.
-                let kernel_id = u16::from_be_bytes([hdr[4], hdr[5]]);
-                hdr[4..6].copy_from_slice(&guest_id.to_be_bytes());
+                let kernel = wire::EchoHeader::parse(&hdr, v6);
                 let csum = if v6 {
                     // The pseudo-header holds the addresses the guest sees: sum it all anew.
-                    hdr[2..4].fill(0);
+                    wire::EchoHeader::set_ident_and_checksum(&mut hdr, guest_id, 0);
                     let mut sum = wire::pseudo_header(src.ip(), guest_ip, ICMPV6, got.len);
                     sum.add(&hdr);
                     frame.checksum(offset + ICMP_LEN, got.len - ICMP_LEN, &mut sum);
                     sum.finish()
                 } else {
-                    let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
-                    wire::adjust_checksum(csum, kernel_id, guest_id)
+                    wire::adjust_checksum(kernel.checksum, kernel.ident, guest_id)
                 };
-                hdr[2..4].copy_from_slice(&csum.to_be_bytes());
+                wire::EchoHeader::set_ident_and_checksum(&mut hdr, guest_id, csum);
                 let l3 = wire::eth_ip_header(ep, src.ip(), guest_ip, proto, got.len, ident);
                 frame.write(0, l3.bytes()) && frame.write(offset, &hdr)
             },

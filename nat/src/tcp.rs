@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use smoltcp::wire::{TcpOption, TcpPacket};
+
 use podwire_frame::{warn_once, Checksum, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
@@ -385,7 +387,7 @@ fn parse_segment(ip: &IpInfo, frame: &SgList<'_>) -> Result<Segment, &'static st
     if ip.l4_len < TCP_LEN || frame.read(ip.l4_offset, &mut hdr[..TCP_LEN]) < TCP_LEN {
         return Err("truncated");
     }
-    let hdr_len = usize::from(hdr[12] >> 4) * 4;
+    let hdr_len = usize::from(TcpPacket::new_unchecked(&hdr[..TCP_LEN]).header_len());
     if hdr_len < TCP_LEN || hdr_len > ip.l4_len {
         return Err("truncated");
     }
@@ -397,35 +399,38 @@ fn parse_segment(ip: &IpInfo, frame: &SgList<'_>) -> Result<Segment, &'static st
     if !ip.partial_csum && sum.fold() != 0xffff {
         return Err("checksum");
     }
+    // The whole header (options included) is on the stack: smoltcp's view reads it.
+    let view = TcpPacket::new_unchecked(&hdr[..hdr_len]);
     let mut seg = Segment {
-        sport: u16::from_be_bytes([hdr[0], hdr[1]]),
-        dport: u16::from_be_bytes([hdr[2], hdr[3]]),
-        seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
-        ack: u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
-        flags: hdr[13],
-        window: u16::from_be_bytes([hdr[14], hdr[15]]),
+        sport: view.src_port(),
+        dport: view.dst_port(),
+        seq: view.seq_number().0 as u32,
+        ack: view.ack_number().0 as u32,
+        flags: wire::tcp_flags(&view),
+        window: view.window_len(),
         mss: None,
         wscale: None,
         payload_offset: ip.l4_offset + hdr_len,
         payload_len: ip.l4_len - hdr_len,
     };
-    let mut opts = &hdr[TCP_LEN..hdr_len];
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1).unwrap_or(&0));
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                match (kind, len) {
-                    (2, 4) => seg.mss = Some(u16::from_be_bytes([opts[2], opts[3]])),
-                    (3, 3) => seg.wscale = Some(opts[2].min(14)),
+    let mut opts = view.options();
+    while !opts.is_empty() {
+        match TcpOption::parse(opts) {
+            Ok((_, TcpOption::EndOfList)) => break,
+            Ok((rest, option)) => {
+                match option {
+                    TcpOption::MaxSegmentSize(mss) => seg.mss = Some(mss),
+                    TcpOption::WindowScale(shift) => seg.wscale = Some(shift.min(14)),
                     _ => {}
                 }
-                opts = &opts[len..];
+                opts = rest;
             }
+            // An option smoltcp rejects (an MSS or window scale of the wrong length) is
+            // skipped if its length is sound, as any unknown option; otherwise parsing ends.
+            Err(_) => match opts.get(1).map(|&len| usize::from(len)) {
+                Some(len) if len >= 2 && len <= opts.len() => opts = &opts[len..],
+                _ => break,
+            },
         }
     }
     Ok(seg)

@@ -4,15 +4,18 @@
 //! kernel put it there), so only the Ethernet, IP and L4 headers are written here, on the
 //! stack, and copied in front of it. IPv4 and IPv6 frames differ only in the IP header (20 or
 //! 40 bytes), so every offset is a function of the family; the Ethernet and IP headers are
-//! emitted with smoltcp's wire types; L4 checksums are summed over the payload where it lies.
+//! emitted with smoltcp's wire types, the UDP, TCP and echo headers read and written through
+//! smoltcp's views over the header bytes copied to the stack; L4 checksums are summed (with
+//! `podwire_frame::Checksum`) over the payload where it lies in guest memory.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use podwire_frame::{Checksum, PartialCsum, SgList};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet,
+    Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
+    TcpSeqNumber, UdpPacket,
 };
 
 pub const ETH_LEN: usize = 14;
@@ -187,10 +190,14 @@ pub fn udp_header(
 ) -> [u8; UDP_LEN] {
     let udp_len = UDP_LEN + payload_len;
     let mut hdr = [0u8; UDP_LEN];
-    hdr[0..2].copy_from_slice(&src.1.to_be_bytes());
-    hdr[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    hdr[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    let mut view = UdpPacket::new_unchecked(&mut hdr);
+    view.set_src_port(src.1);
+    view.set_dst_port(dst.1);
+    view.set_len(udp_len as u16);
+    view.set_checksum(0);
     let mut sum = pseudo_header(src.0, dst.0, 17, udp_len);
+    // The payload is in guest memory, where smoltcp cannot sum it: the header is summed here
+    // and the payload where it lies.
     let field = match csum {
         L4Csum::Partial => sum.fold(),
         L4Csum::Full(frame) => {
@@ -204,7 +211,7 @@ pub fn udp_header(
             }
         }
     };
-    hdr[6..8].copy_from_slice(&field.to_be_bytes());
+    UdpPacket::new_unchecked(&mut hdr).set_checksum(field);
     hdr
 }
 
@@ -298,14 +305,15 @@ pub fn tcp_header(
     let opt_len = seg.options.len().min(40) & !3;
     let hdr_len = TCP_LEN + opt_len;
     out[..hdr_len].fill(0);
-    out[0..2].copy_from_slice(&seg.src.1.to_be_bytes());
-    out[2..4].copy_from_slice(&seg.dst.1.to_be_bytes());
-    out[4..8].copy_from_slice(&seg.seq.to_be_bytes());
-    out[8..12].copy_from_slice(&seg.ack.to_be_bytes());
-    out[12] = ((hdr_len / 4) as u8) << 4;
-    out[13] = seg.flags;
-    out[14..16].copy_from_slice(&seg.window.to_be_bytes());
-    out[TCP_LEN..hdr_len].copy_from_slice(&seg.options[..opt_len]);
+    let mut view = TcpPacket::new_unchecked(&mut out[..hdr_len]);
+    view.set_src_port(seg.src.1);
+    view.set_dst_port(seg.dst.1);
+    view.set_seq_number(TcpSeqNumber(seg.seq as i32));
+    view.set_ack_number(TcpSeqNumber(seg.ack as i32));
+    view.set_header_len(hdr_len as u8);
+    set_tcp_flags(&mut view, seg.flags);
+    view.set_window_len(seg.window);
+    view.options_mut().copy_from_slice(&seg.options[..opt_len]);
     let mut sum = pseudo_header(seg.src.0, seg.dst.0, 6, hdr_len + payload_len);
     let field = match csum {
         L4Csum::Partial => sum.fold(),
@@ -315,8 +323,100 @@ pub fn tcp_header(
             sum.finish()
         }
     };
-    out[16..18].copy_from_slice(&field.to_be_bytes());
+    TcpPacket::new_unchecked(&mut out[..hdr_len]).set_checksum(field);
     hdr_len
+}
+
+/// Sets the eight flag bits of a TCP header (`TCP_FIN` .. CWR) from their wire byte.
+fn set_tcp_flags<T: AsRef<[u8]> + AsMut<[u8]>>(view: &mut TcpPacket<T>, flags: u8) {
+    view.clear_flags();
+    view.set_fin(flags & TCP_FIN != 0);
+    view.set_syn(flags & TCP_SYN != 0);
+    view.set_rst(flags & TCP_RST != 0);
+    view.set_psh(flags & TCP_PSH != 0);
+    view.set_ack(flags & TCP_ACK != 0);
+    view.set_urg(flags & 0x20 != 0);
+    view.set_ece(flags & 0x40 != 0);
+    view.set_cwr(flags & 0x80 != 0);
+}
+
+/// The eight flag bits of a TCP header as their wire byte (`TCP_FIN` .. CWR).
+pub fn tcp_flags<T: AsRef<[u8]>>(view: &TcpPacket<T>) -> u8 {
+    [
+        (view.fin(), TCP_FIN),
+        (view.syn(), TCP_SYN),
+        (view.rst(), TCP_RST),
+        (view.psh(), TCP_PSH),
+        (view.ack(), TCP_ACK),
+        (view.urg(), 0x20),
+        (view.ece(), 0x40),
+        (view.cwr(), 0x80),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |acc, (_, bit)| acc | bit)
+}
+
+/// The fixed UDP header fields of a guest datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpHeader {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The length field: header and payload.
+    pub len: usize,
+    pub checksum: u16,
+}
+
+impl UdpHeader {
+    /// Reads the fixed header through smoltcp's view; the length field is the caller's to
+    /// check against the packet.
+    pub fn parse(hdr: &[u8; UDP_LEN]) -> UdpHeader {
+        let view = UdpPacket::new_unchecked(&hdr[..]);
+        UdpHeader {
+            src_port: view.src_port(),
+            dst_port: view.dst_port(),
+            len: usize::from(view.len()),
+            checksum: view.checksum(),
+        }
+    }
+}
+
+/// The fields of an ICMP or ICMPv6 echo header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoHeader {
+    /// Whether the message is an echo request (type 8 or 128, code 0).
+    pub is_request: bool,
+    pub ident: u16,
+    pub checksum: u16,
+}
+
+impl EchoHeader {
+    /// Reads an ICMP (`v6` false) or ICMPv6 echo header through smoltcp's views.
+    pub fn parse(hdr: &[u8; ICMP_LEN], v6: bool) -> EchoHeader {
+        if v6 {
+            let view = Icmpv6Packet::new_unchecked(&hdr[..]);
+            EchoHeader {
+                is_request: view.msg_type() == Icmpv6Message::EchoRequest && view.msg_code() == 0,
+                ident: view.echo_ident(),
+                checksum: view.checksum(),
+            }
+        } else {
+            let view = Icmpv4Packet::new_unchecked(&hdr[..]);
+            EchoHeader {
+                is_request: view.msg_type() == Icmpv4Message::EchoRequest && view.msg_code() == 0,
+                ident: view.echo_ident(),
+                checksum: view.checksum(),
+            }
+        }
+    }
+
+    /// Writes `ident` and `checksum` into an echo header of either family.
+    pub fn set_ident_and_checksum(hdr: &mut [u8; ICMP_LEN], ident: u16, checksum: u16) {
+        // Both families put the identifier at bytes 4..6 and the checksum at 2..4.
+        let mut view = Icmpv4Packet::new_unchecked(&mut hdr[..]);
+        view.set_echo_ident(ident);
+        view.set_checksum(checksum);
+    }
 }
 
 /// Rewrites a 16-bit field covered by a checksum, updating the checksum (RFC 1624, eqn. 3).
@@ -405,6 +505,58 @@ mod tests {
         let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
         assert!(udp.verify_checksum(&src.into(), &dst.into()));
         assert_eq!(udp.payload(), b"hello");
+    }
+
+    #[test]
+    fn tcp_headers_round_trip_through_smoltcp() {
+        let seg = TcpSegment {
+            src: (IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), 443),
+            dst: (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 40000),
+            seq: 0xfedc_ba98,
+            ack: 7,
+            flags: TCP_SYN | TCP_ACK | 0x80,
+            window: 65535,
+            options: &[2, 4, 0x05, 0xb4],
+        };
+        let mut out = [0u8; 60];
+        let len = tcp_header(&seg, L4Csum::Partial, 0, 0, &mut out);
+        assert_eq!(len, 24);
+        let view = TcpPacket::new_checked(&out[..len]).unwrap();
+        assert_eq!((view.src_port(), view.dst_port()), (443, 40000));
+        assert_eq!(view.seq_number().0 as u32, 0xfedc_ba98);
+        assert_eq!(view.ack_number().0, 7);
+        assert!(view.syn() && view.ack() && view.cwr() && !view.fin());
+        assert_eq!(tcp_flags(&view), seg.flags);
+        assert_eq!(view.options(), &[2, 4, 0x05, 0xb4]);
+        assert_eq!(view.header_len(), 24);
+    }
+
+    #[test]
+    fn udp_and_echo_headers_parse_through_smoltcp_views() {
+        let udp = [0x12, 0x34, 0, 53, 0, 20, 0xab, 0xcd];
+        assert_eq!(
+            UdpHeader::parse(&udp),
+            UdpHeader {
+                src_port: 0x1234,
+                dst_port: 53,
+                len: 20,
+                checksum: 0xabcd
+            }
+        );
+        let mut echo4 = [8, 0, 0x11, 0x22, 0xbe, 0xef, 0, 1];
+        let e = EchoHeader::parse(&echo4, false);
+        assert!(e.is_request);
+        assert_eq!((e.ident, e.checksum), (0xbeef, 0x1122));
+        assert!(
+            !EchoHeader::parse(&echo4, true).is_request,
+            "type 8 is not ICMPv6 echo"
+        );
+        let echo6 = [128, 0, 0, 0, 0, 9, 0, 1];
+        assert!(EchoHeader::parse(&echo6, true).is_request);
+        let bad_code = [128, 1, 0, 0, 0, 9, 0, 1];
+        assert!(!EchoHeader::parse(&bad_code, true).is_request);
+        EchoHeader::set_ident_and_checksum(&mut echo4, 0x0102, 0x0304);
+        assert_eq!(echo4, [8, 0, 3, 4, 1, 2, 0, 1]);
     }
 
     #[test]

@@ -185,140 +185,70 @@ pub struct IperfResult {
     pub guest_iperf_cpu_percent: Option<f64>,
 }
 
-/// Byte range of the JSON value (object, array, string or scalar) that
-/// starts at or after `from` in `s`.
-fn json_value_span(s: &str, from: usize) -> Option<(usize, usize)> {
-    let b = s.as_bytes();
-    let mut i = from;
-    while i < b.len() && (b[i] as char).is_ascii_whitespace() {
-        i += 1;
-    }
-    let start = i;
-    match *b.get(i)? {
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut in_str = false;
-            while i < b.len() {
-                let c = b[i];
-                if in_str {
-                    if c == b'\\' {
-                        i += 1;
-                    } else if c == b'"' {
-                        in_str = false;
-                    }
-                } else {
-                    match c {
-                        b'"' => in_str = true,
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Some((start, i + 1));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                i += 1;
-            }
-            None
-        }
-        b'"' => {
-            i += 1;
-            while i < b.len() {
-                match b[i] {
-                    b'\\' => i += 1,
-                    b'"' => return Some((start, i + 1)),
-                    _ => {}
-                }
-                i += 1;
-            }
-            None
-        }
-        _ => {
-            while i < b.len() && !matches!(b[i], b',' | b'}' | b']') {
-                i += 1;
-            }
-            Some((start, i))
-        }
-    }
+/// The parts of iperf3's `--json` report the benchmark reads; serde ignores the rest.
+#[derive(Debug, serde::Deserialize)]
+struct IperfReport {
+    error: Option<String>,
+    end: Option<IperfEnd>,
 }
 
-/// The value of member `key` of the JSON object `obj` (the object's text,
-/// braces included), looking only at the object's own members, not at
-/// nested ones.
-pub fn json_member<'a>(obj: &'a str, key: &str) -> Option<&'a str> {
-    let b = obj.as_bytes();
-    let mut i = obj.find('{')? + 1;
-    loop {
-        // at a member (or the end)
-        while i < b.len() && (b[i] as char).is_ascii_whitespace() || b.get(i) == Some(&b',') {
-            i += 1;
-        }
-        if b.get(i)? != &b'"' {
-            return None;
-        }
-        let (ks, ke) = json_value_span(obj, i)?;
-        let name = &obj[ks + 1..ke - 1];
-        let colon = ke + obj[ke..].find(':')?;
-        let (vs, ve) = json_value_span(obj, colon + 1)?;
-        if name == key {
-            return Some(obj[vs..ve].trim());
-        }
-        i = ve;
-    }
+#[derive(Debug, serde::Deserialize)]
+struct IperfEnd {
+    sum_received: Option<IperfSum>,
+    sum_sent: Option<IperfSum>,
+    cpu_utilization_percent: Option<IperfCpu>,
 }
 
-/// Follows `path` (member names) from the top-level object of `json`.
-pub fn json_path<'a>(json: &'a str, path: &[&str]) -> Option<&'a str> {
-    let start = json.find('{')?;
-    let (s, e) = json_value_span(json, start)?;
-    let mut v = &json[s..e];
-    for key in path {
-        v = json_member(v, key)?;
-    }
-    Some(v)
+#[derive(Debug, serde::Deserialize)]
+struct IperfSum {
+    bytes: Option<f64>,
+    bits_per_second: Option<f64>,
+    seconds: Option<f64>,
+    retransmits: Option<f64>,
 }
 
-/// A JSON string's contents (only `\"`, `\\`, `\n` and `\t` unescaped).
-fn json_str(v: &str) -> Option<String> {
-    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
-    Some(
-        inner
-            .replace("\\n", " ")
-            .replace("\\t", " ")
-            .replace("\\\"", "\"")
-            .replace("\\\\", "\\"),
-    )
+#[derive(Debug, serde::Deserialize)]
+struct IperfCpu {
+    host_total: Option<f64>,
 }
 
-/// Reads an iperf3 `--json` report. An `"error"` member, or a report without
+/// Reads an iperf3 `--json` report (anything before its first `{`, such as a shell line, and
+/// after its closing brace is skipped). An `"error"` member, or a report without
 /// `end.sum_received`, is an error (with iperf3's own message).
 pub fn parse_iperf3_json(json: &str) -> Result<IperfResult> {
-    if json.find('{').is_none() {
+    let Some(start) = json.find('{') else {
         bail!(
             "iperf3 printed no JSON: {}",
             crate::util::tail(json.trim(), 300)
         );
-    }
-    if let Some(err) = json_path(json, &["error"]) {
+    };
+    let report: IperfReport = serde_json::Deserializer::from_str(&json[start..])
+        .into_iter()
+        .next()
+        .context("iperf3 printed no JSON")?
+        .context("iperf3's JSON report does not parse")?;
+    if let Some(err) = report.error {
         bail!(
             "iperf3: {}",
-            json_str(err).unwrap_or_else(|| err.to_string())
+            err.split_whitespace().collect::<Vec<_>>().join(" ")
         );
     }
-    let num = |path: &[&str]| -> Option<f64> { json_path(json, path)?.parse::<f64>().ok() };
-    let bytes = num(&["end", "sum_received", "bytes"])
+    let end = report.end.context("iperf3's report has no end")?;
+    let received = end
+        .sum_received
+        .context("iperf3's report has no end.sum_received")?;
+    let bytes = received
+        .bytes
         .context("iperf3's report has no end.sum_received.bytes")?;
-    let bps = num(&["end", "sum_received", "bits_per_second"])
+    let bps = received
+        .bits_per_second
         .context("iperf3's report has no end.sum_received.bits_per_second")?;
-    let seconds = num(&["end", "sum_received", "seconds"]).unwrap_or(0.0);
     Ok(IperfResult {
         bytes: bytes as u64,
         bits_per_second: bps,
-        seconds,
-        retransmits: num(&["end", "sum_sent", "retransmits"]).map(|r| r as u64),
-        guest_iperf_cpu_percent: num(&["end", "cpu_utilization_percent", "host_total"]),
+        seconds: received.seconds.unwrap_or(0.0),
+        retransmits: end.sum_sent.and_then(|s| s.retransmits).map(|r| r as u64),
+        guest_iperf_cpu_percent: end.cpu_utilization_percent.and_then(|c| c.host_total),
     })
 }
 
@@ -503,16 +433,6 @@ mod tests {
             .to_string()
             .contains("no JSON"));
         assert!(parse_iperf3_json(r#"{"end": {}}"#).is_err());
-    }
-
-    #[test]
-    fn json_members_are_not_confused_by_nesting_or_strings() {
-        let j = r#"{"a": {"bytes": 1}, "s": "x}\"{", "bytes": 2, "arr": [{"bytes": 3}]}"#;
-        assert_eq!(json_path(j, &["bytes"]), Some("2"));
-        assert_eq!(json_path(j, &["a", "bytes"]), Some("1"));
-        assert_eq!(json_path(j, &["s"]), Some(r#""x}\"{""#));
-        assert_eq!(json_path(j, &["nope"]), None);
-        assert_eq!(json_path(j, &["arr"]), Some(r#"[{"bytes": 3}]"#));
     }
 
     #[test]

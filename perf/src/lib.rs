@@ -10,6 +10,9 @@
 //!   "Pod" topology (pod 198.18.0.2/24 via 198.18.0.1, far host 198.18.1.1).
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
+//! - [`libvirt`]: a private libvirtd in the pod namespace with podwire as its `passt`.
+//! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
+//!   pod, shared by the end-to-end tests and the benchmark.
 //!
 //! Logs of every spawned process and every guest console go to
 //! `target/podwire-perf/logs`. Set `PODWIRE_PERF_CONSOLE=1` to see guest
@@ -19,10 +22,12 @@ pub mod bench;
 pub mod console;
 pub mod far;
 pub mod guest;
+pub mod libvirt;
 pub mod netns;
 pub mod overlay;
 pub mod podwire;
 pub mod qemu;
+pub mod rig;
 pub mod util;
 
 pub use console::{CmdOutput, Console};

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use podwire_perf::far;
 use podwire_perf::netns::{PodTopology, Proto, FAR_HOST};
-use podwire_perf::{guest, overlay, util, Console, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{util, Console, Podwire, Proc, Qemu};
 
 /// Deadline of one step.
 const T: Duration = Duration::from_secs(90);
@@ -59,17 +60,14 @@ impl Rig {
             .spawn("flows-serve", &[FLOWS, "serve", &addr])
             .unwrap();
         far::wait_service(&topo.far, &mut server, Proto::Tcp, FAR_HOST, PORT).unwrap();
-        let pw =
-            Podwire::spawn(Some(&topo.pod), &PodwireConfig::new(dir.join("vhost.sock"))).unwrap();
-        let mut image = guest::image().unwrap();
-        let initrd = dir.join("initrd-flows");
-        overlay::initrd_with(&image.initrd, &[(GUEST_FLOWS, Path::new(FLOWS))], &initrd).unwrap();
-        image.initrd = initrd;
-        let mut vm =
-            Qemu::boot(&QemuConfig::new(&image).name(name).vhost_user(pw.socket())).unwrap();
+        let pw = rig::podwire_in(&topo, &dir, None, &[]).unwrap();
+        let spec = GuestSpec {
+            files: &[(GUEST_FLOWS, Path::new(FLOWS))],
+            ..GuestSpec::new(name)
+        };
+        let (mut vm, _) =
+            rig::boot_on(pw.socket(), &spec, dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
         let c = vm.console();
-        c.run_ok("ip link set eth0 up", T).unwrap();
-        guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
         // The guest's default TIME-WAIT table (2048 with 512 MiB) overflows here; a socket
         // that does not fit is forgotten at once and answers a late FIN with a RST. Room for
         // every connection keeps each close a plain FIN exchange.

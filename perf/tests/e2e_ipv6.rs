@@ -15,7 +15,8 @@ use podwire_perf::netns::{
     Netns, PodTopology, Proto, FAR_HOST, FAR_HOST6, POD_ADDR, POD_ADDR6, POD_GATEWAY6, POD_PREFIX,
     POD_PREFIX6,
 };
-use podwire_perf::{far, guest, overlay, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{far, guest, util, Podwire, Proc, Qemu};
 
 const T: Duration = Duration::from_secs(120);
 const GUEST6: &str = "fd10:0:2::2";
@@ -36,22 +37,20 @@ fn peer6(out: &str, tag: &str) -> std::net::Ipv6Addr {
 }
 
 fn podwire(topo: &PodTopology, dir: &util::TempDir, extra: &[&str]) -> Podwire {
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
-    cfg.guest_cidr = Some("198.19.6.0/24".into());
-    cfg.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    Podwire::spawn(Some(&topo.pod), &cfg).unwrap()
+    rig::podwire_in(topo, dir, Some("198.19.6.0/24"), extra).unwrap()
 }
 
-/// A guest on `pw`; `nic_props` for its virtio-net device (e.g. `csum=off`).
-fn boot(pw: &Podwire, name: &str, nic_props: &[&str]) -> Qemu {
-    let image = guest::image().unwrap();
-    let mut cfg = QemuConfig::new(&image).name(name).vhost_user(pw.socket());
-    for prop in nic_props {
-        cfg = cfg.nic_prop(prop);
-    }
-    let mut vm = Qemu::boot(&cfg).unwrap();
-    vm.console().run_ok("ip link set eth0 up", T).unwrap();
-    vm
+/// A guest on `pw`, link up but no DHCPv4 lease; `nic_props` for its virtio-net device (e.g.
+/// `csum=off`).
+fn boot(pw: &Podwire, name: &str, nic_props: &[&str], dir: &util::TempDir) -> Qemu {
+    let spec = GuestSpec {
+        nic_props,
+        lease: false,
+        ..GuestSpec::new(name)
+    };
+    rig::boot_on(pw.socket(), &spec, dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .0
 }
 
 /// dhcpcd in IPv6-only mode: router solicitation, then DHCPv6 as the RA's M flag asks; the
@@ -165,7 +164,7 @@ fn dual_stack_guest_gets_ipv6_by_ra_and_dhcpv6_and_uses_it() {
         )
         .unwrap();
     let mut pw = podwire(&topo, &dir, &["-t", "8086:80", "-u", "5356:53"]);
-    let mut vm = boot(&pw, "e2e-ipv6", &[]);
+    let mut vm = boot(&pw, "e2e-ipv6", &[], &dir);
     // IPv4 still works alongside.
     let lease = guest::udhcpc(vm.console(), "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lease.ip(), Some("198.19.6.2"), "{lease:?}");
@@ -266,7 +265,7 @@ fn ipv6_only_pod_in_pod_mode_serves_an_ipv6_only_guest_without_offloads() {
     let mut pw = podwire(&topo, &dir, &["--guest-cidr6", "pod"]);
     // Without checksum offloads (and so without TSO): podwire computes and verifies every
     // IPv6 checksum itself.
-    let mut vm = boot(&pw, "e2e-ipv6-only", &["csum=off", "guest_csum=off"]);
+    let mut vm = boot(&pw, "e2e-ipv6-only", &["csum=off", "guest_csum=off"], &dir);
     configure_ipv6(&mut vm, &POD_ADDR6.to_string());
     ping_udp_iperf6(&mut vm);
     // No IPv4 is offered: udhcpc gets no lease.
@@ -295,7 +294,7 @@ fn ipv4_only_pod_offers_no_ipv6() {
         .unwrap();
     let dir = util::TempDir::new("e2e-ipv4-only").unwrap();
     let mut pw = podwire(&topo, &dir, &[]);
-    let mut vm = boot(&pw, "e2e-ipv4-only", &[]);
+    let mut vm = boot(&pw, "e2e-ipv4-only", &[], &dir);
     let c = vm.console();
     let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lease.ip(), Some("198.19.6.2"), "{lease:?}");
@@ -342,27 +341,17 @@ fn isc_dhclient_gets_the_guests_ipv6_address_too() {
     let script = dir.join("dhclient-script");
     std::fs::write(&script, DHCLIENT_SCRIPT).unwrap();
     let pw = podwire(&topo, &dir, &[]);
-    let mut image = guest::image().unwrap();
-    let initrd = dir.join("initrd-dhclient");
-    overlay::initrd_with(
-        &image.initrd,
-        &[
+    let spec = GuestSpec {
+        files: &[
             ("/sbin/dhclient", dhclient),
             ("/sbin/dhclient-podwire", &script),
         ],
-        &initrd,
-    )
-    .unwrap();
-    image.initrd = initrd;
-    let mut vm = Qemu::boot(
-        &QemuConfig::new(&image)
-            .name("e2e-dhclient6")
-            .vhost_user(pw.socket()),
-    )
-    .unwrap();
+        lease: false,
+        ..GuestSpec::new("e2e-dhclient6")
+    };
+    let (mut vm, _) = rig::boot_on(pw.socket(), &spec, dir.path()).unwrap();
     let c = vm.console();
-    c.run_ok("ip link set eth0 up; mkdir -p /var/lib/dhcp /etc/dhcp", T)
-        .unwrap();
+    c.run_ok("mkdir -p /var/lib/dhcp /etc/dhcp", T).unwrap();
     // Wait for the link-local address to leave DAD: dhclient -6 needs it to bind.
     c.run_ok(
         "for i in $(seq 100); do ip -6 addr show dev eth0 | grep 'inet6 fe80' | grep -qv tentative && break; sleep 0.1; done",

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use podwire_perf::far;
 use podwire_perf::netns::{Netns, PodTopology, FAR_HOST, POD_ADDR, POD_GATEWAY, SEARCH_DOMAIN};
-use podwire_perf::{guest, util, Podwire, PodwireConfig, Proc, Qemu, QemuConfig};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{guest, util, Podwire, Proc, Qemu, QemuConfig};
 
 const T: Duration = Duration::from_secs(60);
 const LOOPBACK_PORT: u16 = 7000;
@@ -55,14 +56,13 @@ struct Expect {
 }
 
 /// Boots a guest on `pw`, takes a lease with udhcpc and checks every service through podwire.
-fn exercise_guest(pw: &Podwire, expect: &Expect, name: &str) -> Qemu {
-    let image = guest::image().unwrap();
-    let mut vm = Qemu::boot(&QemuConfig::new(&image).name(name).vhost_user(pw.socket())).unwrap();
+fn exercise_guest(pw: &Podwire, expect: &Expect, name: &str, dir: &util::TempDir) -> Qemu {
+    let (mut vm, lease) = rig::boot_on(pw.socket(), &GuestSpec::new(name), dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let c = vm.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
 
     // DHCP: the lease and everything it carries.
-    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
+    let lease = lease.unwrap();
     assert_eq!(lease.ip(), Some(expect.guest_ip.as_str()), "{lease:?}");
     assert_eq!(lease.prefix(), Some(expect.prefix), "{lease:?}");
     assert_eq!(lease.routers(), vec![expect.gateway.clone()], "{lease:?}");
@@ -119,10 +119,7 @@ fn exercise_guest(pw: &Podwire, expect: &Expect, name: &str) -> Qemu {
 }
 
 fn spawn_podwire(topo: &PodTopology, dir: &util::TempDir, guest_cidr: &str) -> Podwire {
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
-    cfg.guest_cidr = Some(guest_cidr.into());
-    cfg.extra_args = vec!["--hostname".into(), "vm-e2e".into()];
-    Podwire::spawn(Some(&topo.pod), &cfg).unwrap()
+    rig::podwire_in(topo, dir, Some(guest_cidr), &["--hostname", "vm-e2e"]).unwrap()
 }
 
 #[test]
@@ -138,7 +135,7 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
         prefix: 24,
         gateway: "198.19.2.1".into(),
     };
-    let mut vm = exercise_guest(&pw, &expect, "e2e-subnet");
+    let mut vm = exercise_guest(&pw, &expect, "e2e-subnet", &dir);
     pw.ensure_running().unwrap();
     vm.poweroff(T).unwrap();
 }
@@ -156,7 +153,7 @@ fn pod_mode_guest_gets_the_pods_address_and_dhcpcd_works_too() {
         prefix: 24,
         gateway: POD_GATEWAY.to_string(),
     };
-    let mut vm = exercise_guest(&pw, &expect, "e2e-pod");
+    let mut vm = exercise_guest(&pw, &expect, "e2e-pod", &dir);
 
     // Another distribution's client: dhcpcd (with its ARP probe of the offered address, which
     // podwire must not answer as a conflict).
@@ -206,16 +203,10 @@ fn a_resolver_on_the_pods_loopback_is_offered_as_the_gateway() {
         )
         .unwrap();
     let mut pw = spawn_podwire(&topo, &dir, "198.19.3.0/24");
-    let image = guest::image().unwrap();
-    let mut vm = Qemu::boot(
-        &QemuConfig::new(&image)
-            .name("e2e-lodns")
-            .vhost_user(pw.socket()),
-    )
-    .unwrap();
+    let (mut vm, lease) = rig::boot_on(pw.socket(), &GuestSpec::new("e2e-lodns"), dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let lease = lease.unwrap();
     let c = vm.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
         lease.dns(),
         vec!["198.19.3.1".to_string()],
@@ -233,14 +224,9 @@ fn second_frontend_is_refused_and_the_next_guest_is_served() {
     let dir = util::TempDir::new("e2e-life").unwrap();
     let _dns = far::start_dns(&topo.far).unwrap();
     let mut pw = spawn_podwire(&topo, &dir, "pod");
+    let (mut first, _) = rig::boot_on(pw.socket(), &GuestSpec::new("e2e-first"), dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let image = guest::image().unwrap();
-    let cfg = QemuConfig::new(&image)
-        .name("e2e-first")
-        .vhost_user(pw.socket());
-    let mut first = Qemu::boot(&cfg).unwrap();
-    let c = first.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
 
     // A second QEMU on the same socket is refused at once, not left hanging: its vhost-user
     // handshake fails (QEMU then keeps retrying, and is refused every time) and podwire says why.
@@ -276,15 +262,10 @@ fn second_frontend_is_refused_and_the_next_guest_is_served() {
     drop(first);
 
     // The next guest on the same socket gets its lease and its network.
-    let mut next = Qemu::boot(
-        &QemuConfig::new(&image)
-            .name("e2e-next")
-            .vhost_user(pw.socket()),
-    )
-    .unwrap();
+    let (mut next, lease) = rig::boot_on(pw.socket(), &GuestSpec::new("e2e-next"), dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let lease = lease.unwrap();
     let c = next.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lease.ip(), Some(POD_ADDR.to_string().as_str()));
     let ping = c.run_ok(&format!("ping -c 2 -W 5 {FAR_HOST}"), T).unwrap();
     assert!(ping.contains("2 packets received"), "{ping}");

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use podwire_perf::far;
 use podwire_perf::netns::{PodTopology, Proto, FAR_HOST};
-use podwire_perf::{guest, util, Podwire, PodwireConfig, Qemu, QemuConfig};
+use podwire_perf::rig::{self, GuestSpec};
+use podwire_perf::{guest, util, Podwire, PodwireConfig, Qemu};
 
 const T: Duration = Duration::from_secs(120);
 const FILE_PORT: u16 = 8000;
@@ -22,27 +23,19 @@ fn receiver_line(out: &str) -> &str {
 }
 
 /// podwire with `extra` arguments, and a guest whose virtio-net device has `nic_props` (e.g.
-/// `csum=off` to keep the checksum offloads from being negotiated).
+/// `csum=off` to keep the checksum offloads from being negotiated), leased.
 fn boot_with(
     topo: &PodTopology,
     dir: &util::TempDir,
     extra: &[&str],
     nic_props: &[&str],
 ) -> (Podwire, Qemu) {
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
-    cfg.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    let pw = Podwire::spawn(Some(&topo.pod), &cfg).unwrap();
-    let image = guest::image().unwrap();
-    let mut qcfg = QemuConfig::new(&image)
-        .name("e2e-tcp")
-        .vhost_user(pw.socket());
-    for prop in nic_props {
-        qcfg = qcfg.nic_prop(prop);
-    }
-    let mut vm = Qemu::boot(&qcfg).unwrap();
-    let c = vm.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
+    let pw = rig::podwire_in(topo, dir, None, extra).unwrap();
+    let spec = GuestSpec {
+        nic_props,
+        ..GuestSpec::new("e2e-tcp")
+    };
+    let (vm, _) = rig::boot_on(pw.socket(), &spec, dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
     (pw, vm)
 }
 
@@ -285,16 +278,15 @@ fn jumbo_mtu_65520_moves_64k_segments_both_ways() {
     let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
     cfg.mtu = Some(65520);
     let mut pw = Podwire::spawn(Some(&topo.pod), &cfg).unwrap();
-    let image = guest::image().unwrap();
-    let qcfg = QemuConfig::new(&image)
-        .name("e2e-jumbo")
-        .vhost_user(pw.socket())
-        .nic_prop("host_mtu=65520");
-    let mut vm = Qemu::boot(&qcfg).unwrap();
-    let c = vm.console();
-    c.run_ok("ip link set eth0 up", T).unwrap();
-    let lease = guest::udhcpc(c, "eth0", 10, T).unwrap_or_else(|e| panic!("{e:#}"));
+    let spec = GuestSpec {
+        nic_props: &["host_mtu=65520"],
+        ..GuestSpec::new("e2e-jumbo")
+    };
+    let (mut vm, lease) =
+        rig::boot_on(pw.socket(), &spec, dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let lease = lease.unwrap();
     assert_eq!(lease.mtu(), Some(65520));
+    let c = vm.console();
     let link = c.run_ok("ip link show eth0", T).unwrap();
     assert!(link.contains("mtu 65520"), "{link}");
     // A ping larger than 1500 bytes needs the big MTU on the guest's link.

@@ -364,6 +364,20 @@ fn ipv6_the_nat_cannot_answer_is_dropped_and_counted() {
     let _ = IpAddr::V6(far);
 }
 
+/// An ICMPv6 message from the guest with NDP's hop limit (255).
+fn ndp_frame(repr: smoltcp::wire::Icmpv6Repr, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut l4 = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &src,
+        &dst,
+        &mut smoltcp::wire::Icmpv6Packet::new_unchecked(&mut l4[..]),
+        &smoltcp::phy::ChecksumCapabilities::default(),
+    );
+    let mut f = ipv6(src, dst, IpProtocol::Icmpv6, &l4);
+    f[14 + 7] = 255;
+    f
+}
+
 #[test]
 fn router_solicitation_and_neighbor_solicitation_are_answered_through_the_switch() {
     use smoltcp::wire::{
@@ -374,18 +388,7 @@ fn router_solicitation_and_neighbor_solicitation_are_answered_through_the_switch
     let ll: Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
     let router_ll: Ipv6Addr = "fe80::70:77ff:fe00:1".parse().unwrap();
     let mac = RawHardwareAddress::from(EthernetAddress(tests::GUEST_MAC));
-    let icmp = |repr: Icmpv6Repr, src: Ipv6Addr, dst: Ipv6Addr| {
-        let mut l4 = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &src,
-            &dst,
-            &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
-            &smoltcp::phy::ChecksumCapabilities::default(),
-        );
-        let mut f = ipv6(src, dst, IpProtocol::Icmpv6, &l4);
-        f[14 + 7] = 255; // NDP's hop limit
-        f
-    };
+    let icmp = ndp_frame;
     let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
     let rs = icmp(
         Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { lladdr: Some(mac) }),
@@ -483,7 +486,20 @@ fn mangled_ipv6_frames_never_panic() {
         ),
     ];
     send_mutations(&mut sw, &templates, 5000, 0x2545_f491_4f6c_dd1d);
-    // Still serving afterwards.
+    // Still serving afterwards: the link control plane answers a neighbour solicitation...
+    use smoltcp::wire::{EthernetAddress, Icmpv6Repr, NdiscRepr};
+    let ns = ndp_frame(
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: GW6,
+            lladdr: Some(EthernetAddress(tests::GUEST_MAC).into()),
+        }),
+        GUEST6,
+        "ff02::1:ff00:1".parse().unwrap(),
+    );
+    let out = send(&mut sw, &ns);
+    assert_eq!(out.frames.len(), 1, "an NA");
+    assert_eq!(parse6(&out.frames[0]).3.first(), Some(&136));
+    // ...and the NAT forwards.
     let server = UdpSocket::bind("[::1]:0").unwrap();
     server.set_read_timeout(Some(TIMEOUT)).unwrap();
     let port = server.local_addr().unwrap().port();

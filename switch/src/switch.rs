@@ -239,6 +239,7 @@ impl Switch {
                 mtu: Some(config.mtu),
                 lease_secs: config.lease_secs,
                 hostname: config.hostname.clone(),
+                extra: config.dhcp_extra.clone(),
             });
             let link = Link4Config {
                 gateway_mac: GATEWAY_MAC,
@@ -630,7 +631,14 @@ impl Switch {
 
     /// A one-line summary of every non-zero counter, for logs.
     pub fn summary(&self) -> String {
-        let mut sets: Vec<(&str, &dyn CounterSet)> = vec![
+        summary_of(&self.counter_sets())
+    }
+
+    /// Every counter set of the dataplane with the prefix its names take in the status line
+    /// (the device's are the device's): for the summary, a status command or metrics, through
+    /// [`CounterSet`].
+    pub fn counter_sets(&self) -> Vec<(&'static str, &dyn CounterSet)> {
+        let mut sets: Vec<(&'static str, &dyn CounterSet)> = vec![
             ("", &self.counters),
             ("nat_", &self.nat.counters),
             ("tcp_", &self.nat.tcp.counters),
@@ -642,7 +650,7 @@ impl Switch {
         if let Some(v6) = &self.v6 {
             sets.extend(v6.link.counter_sets());
         }
-        summary_of(&sets)
+        sets
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) fn config() -> Config {
         hostname: Some("vm1".into()),
         mtu: 1500,
         pid_file: None,
+        runas: None,
+        dhcp_extra: Default::default(),
         map_gateway: true,
         resolver: Resolver {
             nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
@@ -241,6 +243,11 @@ fn arp_probes_announcements_and_the_guests_own_address_are_never_answered() {
 #[test]
 fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut sw = Switch::new(&config()).unwrap();
+    assert_offer(&send(&mut sw, &dhcp_discover()));
+}
+
+/// A broadcast DHCPDISCOVER from the guest, built with smoltcp.
+fn dhcp_discover() -> Vec<u8> {
     let repr = DhcpRepr {
         message_type: DhcpMessageType::Discover,
         transaction_id: 0x1234_5678,
@@ -267,12 +274,15 @@ fn dhcp_discover_gets_an_offer_from_the_gateway() {
     let mut dhcp = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
         .unwrap();
-    let frame = ipv4_udp(
+    ipv4_udp(
         (Ipv4Addr::UNSPECIFIED, 68),
         (Ipv4Addr::BROADCAST, 67),
         &dhcp,
-    );
-    let rx = send(&mut sw, &frame);
+    )
+}
+
+/// `rx` holds exactly one frame: a DHCPOFFER of the guest address from the gateway.
+fn assert_offer(rx: &Captured) {
     assert_eq!(rx.frames.len(), 1);
     let (src, dst, sport, dport, payload) = parse_udp_reply(&rx.frames[0]);
     assert_eq!(
@@ -368,6 +378,12 @@ fn garbage_frames_never_panic() {
         ipv4_udp((GUEST_IP, 5000), (GW_IP, 9), b"payload"),
     ];
     send_mutations(&mut sw, &templates, 3000, 0x9e37_79b9_7f4a_7c15);
+    // Still serving afterwards: ARP for the gateway and DHCP get their answers.
+    let rx = send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+    assert_eq!(rx.frames.len(), 1, "an ARP reply");
+    let f = EthernetFrame::new_checked(&rx.frames[0][..]).unwrap();
+    assert_eq!(f.ethertype(), EthernetProtocol::Arp);
+    assert_offer(&send(&mut sw, &dhcp_discover()));
 }
 
 /// Sends `count` frames made from `templates`, each truncated at a random length and with up
@@ -665,4 +681,100 @@ fn datagrams_from_the_pod_arrive_many_per_receive_call() {
         assert_eq!((src, dst, sport, dport), (GW_IP, GUEST_IP, port, 40100));
         assert_eq!(payload, vec![b'a' + i as u8; 3], "in order");
     }
+}
+
+/// The value of DHCP option `code` in a BOOTP payload, walking the options after the cookie.
+fn dhcp_option(payload: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i < payload.len() {
+        match payload[i] {
+            0 => i += 1,
+            255 => return None,
+            c => {
+                let len = usize::from(*payload.get(i + 1)?);
+                let value = payload.get(i + 2..i + 2 + len)?;
+                if c == code {
+                    return Some(value.to_vec());
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn dhcp_offer_carries_the_configured_extra_options() {
+    let mut cfg = config();
+    cfg.dhcp_extra = podwire_dhcp::ExtraOptions {
+        ntp: vec![Ipv4Addr::new(198, 18, 1, 5)],
+        tftp_server: Some("tftp.podwire.test".into()),
+        boot_file: Some("pxelinux.0".into()),
+        fqdn: None,
+        private: vec![(240, b"extra.options.kubevirt.io".to_vec())],
+    };
+    let mut sw = Switch::new(&cfg).unwrap();
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 7,
+        secs: 0,
+        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 42, 66, 67, 240]),
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let frame = ipv4_udp(
+        (Ipv4Addr::UNSPECIFIED, 68),
+        (Ipv4Addr::BROADCAST, 67),
+        &dhcp,
+    );
+    let rx = send(&mut sw, &frame);
+    assert_eq!(rx.frames.len(), 1);
+    let (.., payload) = parse_udp_reply(&rx.frames[0]);
+    assert_eq!(dhcp_option(&payload, 42), Some(vec![198, 18, 1, 5]));
+    assert_eq!(
+        dhcp_option(&payload, 66),
+        Some(b"tftp.podwire.test".to_vec())
+    );
+    assert_eq!(dhcp_option(&payload, 67), Some(b"pxelinux.0".to_vec()));
+    assert_eq!(
+        dhcp_option(&payload, 240),
+        Some(b"extra.options.kubevirt.io".to_vec())
+    );
+}
+
+#[test]
+fn counter_names_are_unique_across_the_status_line() {
+    let sw = Switch::new(&config()).unwrap();
+    let mut names: Vec<String> = sw
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
+    assert!(all > 50, "{all} counters");
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a name appears twice");
 }

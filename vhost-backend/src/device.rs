@@ -36,9 +36,8 @@ use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
@@ -59,6 +58,7 @@ use podwire_frame::{
 };
 
 use crate::counters::DeviceCounters;
+use crate::vnet::{config_space, VnetHdr};
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -68,8 +68,7 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Event id of the handler's fd in the worker's epoll set: ids 0..NUM_QUEUES are the rings and
 /// NUM_QUEUES is the library's exit event.
 pub const HANDLER_EVENT: u16 = NUM_QUEUES as u16 + 1;
-/// The virtio-net header with VERSION_1 or MRG_RXBUF (`virtio_net_hdr_v1`).
-pub const VNET_HDR_LEN: usize = 12;
+pub use crate::vnet::VNET_HDR_LEN;
 /// Frames shorter than this are padded on the way to the guest: some drivers expect it.
 const MIN_FRAME_LEN: usize = 60;
 /// Most chains one RX frame may span.
@@ -244,12 +243,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
-        let mut cfg = [0u8; 12];
-        cfg[..6].copy_from_slice(&self.config.mac);
-        cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
-        cfg[10..12].copy_from_slice(&self.config.mtu.to_le_bytes());
+        let cfg = config_space(self.config.mac, self.config.mtu);
         let start = (offset as usize).min(cfg.len());
         let end = start.saturating_add(size as usize).min(cfg.len());
         cfg[start..end].to_vec()
@@ -503,17 +497,15 @@ where
                         warn_once!("guest sent a frame shorter than an Ethernet header");
                     }
                     Ok(()) => {
-                        let mut hdr = [0u8; 6];
-                        sg.read(0, &mut hdr);
-                        let gso_type = u32::from(hdr[1]) & !VIRTIO_NET_HDR_GSO_ECN;
-                        let gso_size = u16::from_le_bytes([hdr[4], hdr[5]]);
+                        let mut bytes = [0u8; VNET_HDR_LEN];
+                        sg.read(0, &mut bytes[..self.hdr_len]);
+                        let hdr = VnetHdr::parse(&bytes);
                         let tx = TxOffload {
-                            partial_csum: self.csum
-                                && u32::from(hdr[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                            partial_csum: self.csum && hdr.csum.is_some(),
                             udp_segment: (self.uso
-                                && gso_type == VIRTIO_NET_HDR_GSO_UDP_L4
-                                && gso_size > 0)
-                                .then_some(gso_size),
+                                && u32::from(hdr.gso_type) == VIRTIO_NET_HDR_GSO_UDP_L4
+                                && hdr.gso_size > 0)
+                                .then_some(hdr.gso_size),
                         };
                         sg.advance(self.hdr_len);
                         self.counters.tx_frames.inc();
@@ -761,22 +753,20 @@ where
             left -= left.min(cap as usize);
             used_chains += 1;
         }
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        if let Some(c) = csum {
-            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-            hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
-            hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
-        }
+        let mut hdr = VnetHdr {
+            csum,
+            num_buffers: used_chains as u16,
+            ..VnetHdr::default()
+        };
         if let Some(g) = gso {
-            hdr[1] = match g.kind {
+            hdr.gso_type = match g.kind {
                 GsoKind::Tcpv4 => VIRTIO_NET_HDR_GSO_TCPV4,
                 GsoKind::Tcpv6 => VIRTIO_NET_HDR_GSO_TCPV6,
             } as u8;
-            hdr[2..4].copy_from_slice(&g.hdr_len.to_le_bytes());
-            hdr[4..6].copy_from_slice(&g.mss.to_le_bytes());
+            hdr.hdr_len = g.hdr_len;
+            hdr.gso_size = g.mss;
         }
-        hdr[10..12].copy_from_slice(&(used_chains as u16).to_le_bytes());
-        sg.write(0, &hdr[..self.hdr_len]);
+        sg.write(0, &hdr.emit()[..self.hdr_len]);
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
@@ -850,13 +840,12 @@ where
             return one_of_batch(fill, |one| self.push_frame(max_len, csum, None, one));
         }
         // Every frame is one whole chain: its virtio-net header is known before the data.
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        if let Some(c) = csum {
-            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-            hdr[6..8].copy_from_slice(&c.start.to_le_bytes());
-            hdr[8..10].copy_from_slice(&c.offset.to_le_bytes());
+        let hdr = VnetHdr {
+            csum,
+            num_buffers: 1,
+            ..VnetHdr::default()
         }
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+        .emit();
         for frame in &mut frames[..n] {
             frame.write(0, &hdr[..self.hdr_len]);
             frame.advance(self.hdr_len);

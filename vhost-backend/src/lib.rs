@@ -16,11 +16,13 @@
 //!   ordering mismatch.
 //! - [`server`]: the socket, one frontend at a time, reconnects, refusal of a second frontend.
 //! - [`counters`]: the device's own per-reason drop counters.
+//! - [`vnet`]: the virtio-net header and config space over virtio-bindings' types.
 
 pub mod counters;
 pub mod device;
 pub mod relay;
 pub mod server;
+pub mod vnet;
 
 pub use counters::DeviceCounters;
 pub use device::{NetConfig, NetDevice};

@@ -7,7 +7,7 @@ use crate::error::{Dhcpv6ConfigError, Dhcpv6Error};
 use crate::v6::config::{compile, Compiled, Dhcpv6Config};
 use crate::v6::wire::{
     begin_option, end_option, msg, opt, put_iaaddr, put_option, put_status, status, Ia, IaKind,
-    Request,
+    Packet, Request, HEADER_LEN,
 };
 
 /// Largest reply written: the IPv6 minimum MTU less the IPv6 and UDP
@@ -393,8 +393,11 @@ impl Dhcpv6Server {
             }
         };
 
-        w.u8(reply_type);
-        w.put(&req.xid);
+        let mut header = [0u8; HEADER_LEN];
+        let mut view = Packet::new_unchecked(&mut header[..]);
+        view.set_msg_type(reply_type);
+        view.set_transaction_id(req.xid);
+        w.put(&header);
         put_option(&mut w, opt::SERVER_ID, &c.server_duid);
         if let Some(id) = req.client_id {
             put_option(&mut w, opt::CLIENT_ID, id);

@@ -1,6 +1,8 @@
-//! DHCPv6 wire format (RFC 8415 sections 8 and 21): a validating parser
-//! for client messages and option helpers for the reply writer. Neither
-//! allocates.
+//! DHCPv6 wire format (RFC 8415 sections 8 and 21), in smoltcp's shape: a
+//! view over a message's bytes ([`Packet`]: message type, transaction id,
+//! the options as a bounds-checked iterator), the validated representation
+//! of a client message ([`Request::parse`]), and option helpers for the
+//! reply writer. None of them allocates.
 
 use std::net::Ipv6Addr;
 
@@ -176,7 +178,58 @@ impl<'a> Ia<'a> {
     }
 }
 
-/// A validated client message. Borrows from the datagram.
+/// A view over a DHCPv6 client or server message (not a relay message,
+/// whose header differs): the fixed header and the options after it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without a length check (for a buffer known to
+    /// hold the fixed header).
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
+    /// A view of `buffer`, which must hold at least the fixed header.
+    pub fn new_checked(buffer: T) -> Result<Self, Dhcpv6Error> {
+        let len = buffer.as_ref().len();
+        if len < HEADER_LEN {
+            return Err(Dhcpv6Error::Truncated { len });
+        }
+        Ok(Packet { buffer })
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        self.buffer.as_ref()[0]
+    }
+
+    pub fn transaction_id(&self) -> [u8; 3] {
+        let b = self.buffer.as_ref();
+        [b[1], b[2], b[3]]
+    }
+}
+
+impl<'a> Packet<&'a [u8]> {
+    /// The message's options, each checked against what is left of it.
+    pub fn options(&self) -> Options<'a> {
+        Options::new(&self.buffer[HEADER_LEN..], HEADER_LEN)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub fn set_msg_type(&mut self, value: u8) {
+        self.buffer.as_mut()[0] = value;
+    }
+
+    pub fn set_transaction_id(&mut self, value: [u8; 3]) {
+        self.buffer.as_mut()[1..HEADER_LEN].copy_from_slice(&value);
+    }
+}
+
+/// A validated client message (the representation of a [`Packet`] from a
+/// client). Borrows from the datagram.
 pub(crate) struct Request<'a> {
     pub msg_type: u8,
     pub xid: [u8; 3],
@@ -243,16 +296,10 @@ impl<'a> Request<'a> {
     /// repeat, since which one counts would be a guess. Unknown options
     /// are skipped.
     pub fn parse(payload: &'a [u8]) -> Result<Self, Dhcpv6Error> {
-        let (head, options) = payload
-            .split_at_checked(HEADER_LEN)
-            .ok_or(Dhcpv6Error::Truncated { len: payload.len() })?;
-        let (msg_type, xid) = match *head {
-            [t, a, b, c] => (t, [a, b, c]),
-            _ => return Err(Dhcpv6Error::Truncated { len: payload.len() }),
-        };
+        let packet = Packet::new_checked(payload)?;
         let mut req = Request {
-            msg_type,
-            xid,
+            msg_type: packet.msg_type(),
+            xid: packet.transaction_id(),
             client_id: None,
             server_id: None,
             rapid_commit: false,
@@ -260,7 +307,7 @@ impl<'a> Request<'a> {
             ia_na_count: 0,
             oro_dns: false,
             oro_domains: false,
-            options: Options::new(options, HEADER_LEN),
+            options: packet.options(),
         };
         for option in req.options.clone() {
             let option = option?;
@@ -357,4 +404,43 @@ pub(crate) fn put_iaaddr(w: &mut Writer<'_>, addr: Ipv6Addr, preferred: u32, val
     w.put(&addr.octets());
     w.u32(preferred);
     w.u32(valid);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packet_view_reads_and_writes_the_header_and_walks_options() {
+        assert_eq!(
+            Packet::new_checked(&[1u8, 2, 3][..]).unwrap_err(),
+            Dhcpv6Error::Truncated { len: 3 }
+        );
+        let msg = [
+            msg::SOLICIT,
+            0xab,
+            0xcd,
+            0xef,
+            0,
+            14,
+            0,
+            0,
+            0,
+            6,
+            0,
+            2,
+            0,
+            23,
+        ];
+        let p = Packet::new_checked(&msg[..]).unwrap();
+        assert_eq!(p.msg_type(), msg::SOLICIT);
+        assert_eq!(p.transaction_id(), [0xab, 0xcd, 0xef]);
+        let codes: Vec<u16> = p.options().map(|o| o.unwrap().code).collect();
+        assert_eq!(codes, [opt::RAPID_COMMIT, opt::ORO]);
+        let mut header = [0u8; HEADER_LEN];
+        let mut w = Packet::new_unchecked(&mut header[..]);
+        w.set_msg_type(msg::REPLY);
+        w.set_transaction_id([1, 2, 3]);
+        assert_eq!(header, [msg::REPLY, 1, 2, 3]);
+    }
 }

@@ -49,7 +49,12 @@
 use std::net::Ipv6Addr;
 
 use podwire_dhcp::buf::Writer;
-use podwire_dhcp::names;
+use podwire_dhcp::names::{self, DomainName};
+use smoltcp::time::Duration as SmolDuration;
+use smoltcp::wire::{
+    EthernetAddress, Icmpv6Packet, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
+    NdiscRouterFlags,
+};
 
 mod error;
 pub use error::{RaConfigError, RaError, RsError};
@@ -66,13 +71,10 @@ pub const ICMPV6_NEXT_HEADER: u8 = 58;
 pub const ND_HOP_LIMIT: u8 = 255;
 
 const TYPE_RS: u8 = 133;
-const TYPE_RA: u8 = 134;
 
 /// Option types (RFC 4861 4.6, RFC 8106 5).
 mod opt {
     pub const SOURCE_LL: u8 = 1;
-    pub const PREFIX: u8 = 3;
-    pub const MTU: u8 = 5;
     pub const RDNSS: u8 = 25;
     pub const DNSSL: u8 = 31;
 }
@@ -90,10 +92,6 @@ const DNS_OPTION_HEADER: usize = 8;
 /// AdvCurHopLimit: the value from the IANA assigned numbers (RFC 4861
 /// 6.2.1), what guests use anyway.
 const CUR_HOP_LIMIT: u8 = 64;
-const FLAG_MANAGED: u8 = 0x80;
-const FLAG_OTHER: u8 = 0x40;
-const FLAG_ON_LINK: u8 = 0x80;
-const FLAG_AUTONOMOUS: u8 = 0x40;
 
 const MAX_ROUTER_LIFETIME: u16 = 9000;
 const IPV6_MIN_MTU: u32 = 1280;
@@ -322,109 +320,199 @@ pub fn router_advertisement(
 /// Writes the advertisement with a zero checksum; returns where its
 /// mandatory part ends.
 fn emit(cfg: &RaConfig, w: &mut Writer<'_>) -> usize {
-    let mut flags = 0;
-    if cfg.managed {
-        flags |= FLAG_MANAGED;
-    }
-    if cfg.other {
-        flags |= FLAG_OTHER;
-    }
-    w.u8(TYPE_RA);
-    w.u8(0);
-    w.u16(0);
-    w.u8(CUR_HOP_LIMIT);
-    w.u8(flags);
-    w.u16(cfg.router_lifetime_secs.min(MAX_ROUTER_LIFETIME));
-    // Reachable time and retransmission timer: unspecified, so the
-    // guest keeps its defaults.
-    w.u32(0);
-    w.u32(0);
-
-    w.u8(opt::SOURCE_LL);
-    w.u8(1);
-    w.put(&cfg.router_mac);
-
-    if let Some(mtu) = cfg.mtu.filter(|&m| m >= IPV6_MIN_MTU) {
-        w.u8(opt::MTU);
-        w.u8(1);
-        w.u16(0);
-        w.u32(mtu);
-    }
-
-    if (1..=128).contains(&cfg.prefix_len) && prefix_problem(cfg.prefix, cfg.prefix_len).is_none() {
-        let mut flags = 0;
-        if cfg.on_link {
-            flags |= FLAG_ON_LINK;
-        }
-        if cfg.autonomous && cfg.prefix_len == 64 {
-            flags |= FLAG_AUTONOMOUS;
-        }
-        w.u8(opt::PREFIX);
-        w.u8(4);
-        w.u8(cfg.prefix_len);
-        w.u8(flags);
-        w.u32(cfg.valid_lifetime);
-        w.u32(cfg.preferred_lifetime.min(cfg.valid_lifetime));
-        w.u32(0);
-        w.put(&masked(cfg.prefix, cfg.prefix_len).octets());
-    }
+    // The header, source link-layer address, MTU and prefix options are smoltcp's
+    // (`NdiscRepr::RouterAdvert`), emitted on the stack and copied in; RDNSS and DNSSL, which
+    // smoltcp does not have, are podwire's own representations below.
+    let mut mandatory = [0u8; MAX_MANDATORY_LEN];
+    let len = mandatory_part(cfg, &mut mandatory);
+    w.put(&mandatory[..len]);
     let mandatory = w.pos();
 
     let lifetime = cfg.dns_lifetime();
-    let mut servers = cfg.dns.iter().copied().filter(|&a| usable_dns_server(a));
-    loop {
-        let mut chunk = servers.by_ref().take(MAX_RDNSS_SERVERS).peekable();
-        if chunk.peek().is_none() {
-            break;
-        }
+    let mut rest = &cfg.dns[..];
+    while rest.iter().any(|&a| usable_dns_server(a)) {
+        let take = RdnssRepr::servers_that_fit(rest);
+        let (these, after) = rest.split_at(take);
         w.optional(|w| {
-            let start = w.pos();
-            w.u8(opt::RDNSS);
-            w.u8(0);
-            w.u16(0);
-            w.u32(lifetime);
-            let mut count = 0;
-            for server in chunk {
-                w.put(&server.octets());
-                count += 1;
+            RdnssRepr {
+                lifetime,
+                servers: these,
             }
-            // At most 1 + 2 * 127 = 255.
-            w.patch_u8(start + 1, (1 + 2 * count) as u8);
+            .emit(w)
         });
+        rest = after;
     }
 
     // Names are packed greedily into as few options as their one-byte
     // length allows; a name is at most 255 bytes, so each option takes at
     // least one.
-    let mut domains = cfg
-        .search
-        .iter()
-        .filter_map(|name| names::wire_len(name).ok().map(|len| (name, len)))
-        .peekable();
-    while domains.peek().is_some() {
+    let mut rest = &cfg.search[..];
+    while rest.iter().any(|name| DomainName::parse(name).is_ok()) {
+        let take = DnsslRepr::names_that_fit(rest);
+        let (these, after) = rest.split_at(take);
         w.optional(|w| {
-            let start = w.pos();
-            w.u8(opt::DNSSL);
-            w.u8(0);
-            w.u16(0);
-            w.u32(lifetime);
-            let mut len = DNS_OPTION_HEADER;
-            while let Some(&(name, name_len)) = domains.peek() {
-                if len + name_len > MAX_OPTION_LEN {
-                    break;
-                }
-                domains.next();
-                len += name_len;
-                // wire_len() accepted the name, so this writes it.
-                let _ = names::write_uncompressed(name, |bytes| w.put(bytes));
+            DnsslRepr {
+                lifetime,
+                names: these,
             }
-            let padded = len.next_multiple_of(UNIT);
-            w.zeros(padded - len);
-            // At most MAX_OPTION_LEN / UNIT = 255.
-            w.patch_u8(start + 1, (padded / UNIT) as u8);
+            .emit(w)
         });
+        rest = after;
     }
     mandatory
+}
+
+/// Header (16), source link-layer address (8), MTU (8) and prefix information (32).
+const MAX_MANDATORY_LEN: usize = 64;
+
+/// Writes the advertisement's header and mandatory options with smoltcp into `buf` (checksum
+/// zero); returns their length.
+fn mandatory_part(cfg: &RaConfig, buf: &mut [u8; MAX_MANDATORY_LEN]) -> usize {
+    let mut flags = NdiscRouterFlags::empty();
+    flags.set(NdiscRouterFlags::MANAGED, cfg.managed);
+    flags.set(NdiscRouterFlags::OTHER, cfg.other);
+    let prefix_info = ((1..=128).contains(&cfg.prefix_len)
+        && prefix_problem(cfg.prefix, cfg.prefix_len).is_none())
+    .then(|| {
+        let mut flags = NdiscPrefixInfoFlags::empty();
+        flags.set(NdiscPrefixInfoFlags::ON_LINK, cfg.on_link);
+        flags.set(
+            NdiscPrefixInfoFlags::ADDRCONF,
+            cfg.autonomous && cfg.prefix_len == 64,
+        );
+        NdiscPrefixInformation {
+            prefix_len: cfg.prefix_len,
+            flags,
+            valid_lifetime: SmolDuration::from_secs(u64::from(cfg.valid_lifetime)),
+            preferred_lifetime: SmolDuration::from_secs(u64::from(
+                cfg.preferred_lifetime.min(cfg.valid_lifetime),
+            )),
+            prefix: masked(cfg.prefix, cfg.prefix_len),
+        }
+    });
+    let repr = NdiscRepr::RouterAdvert {
+        hop_limit: CUR_HOP_LIMIT,
+        flags,
+        router_lifetime: SmolDuration::from_secs(u64::from(
+            cfg.router_lifetime_secs.min(MAX_ROUTER_LIFETIME),
+        )),
+        // Reachable time and retransmission timer: unspecified, so the guest keeps its
+        // defaults.
+        reachable_time: SmolDuration::ZERO,
+        retrans_time: SmolDuration::ZERO,
+        lladdr: Some(EthernetAddress(cfg.router_mac).into()),
+        mtu: cfg.mtu.filter(|&m| m >= IPV6_MIN_MTU),
+        prefix_info,
+    };
+    let len = repr.buffer_len().min(MAX_MANDATORY_LEN);
+    repr.emit(&mut Icmpv6Packet::new_unchecked(&mut buf[..len]));
+    len
+}
+
+/// A Recursive DNS Server option (RFC 8106 5.1): podwire's own format, in smoltcp's `Repr`
+/// shape. Unusable addresses (unspecified, loopback, multicast) in `servers` are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdnssRepr<'a> {
+    pub lifetime: u32,
+    /// At most 127 usable ones (the length is one byte of 8-byte units): see
+    /// [`RdnssRepr::servers_that_fit`].
+    pub servers: &'a [Ipv6Addr],
+}
+
+impl RdnssRepr<'_> {
+    /// How many of `servers` one option takes: up to the 127th usable one.
+    pub fn servers_that_fit(servers: &[Ipv6Addr]) -> usize {
+        let mut usable = 0;
+        for (i, &a) in servers.iter().enumerate() {
+            if usable_dns_server(a) {
+                if usable == MAX_RDNSS_SERVERS {
+                    return i;
+                }
+                usable += 1;
+            }
+        }
+        servers.len()
+    }
+
+    fn usable(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.servers
+            .iter()
+            .copied()
+            .filter(|&a| usable_dns_server(a))
+            .take(MAX_RDNSS_SERVERS)
+    }
+
+    pub fn buffer_len(&self) -> usize {
+        DNS_OPTION_HEADER + 16 * self.usable().count()
+    }
+
+    pub fn emit(&self, w: &mut Writer<'_>) {
+        w.u8(opt::RDNSS);
+        // At most 1 + 2 * 127 = 255.
+        w.u8((1 + 2 * self.usable().count()) as u8);
+        w.u16(0);
+        w.u32(self.lifetime);
+        for server in self.usable() {
+            w.put(&server.octets());
+        }
+    }
+}
+
+/// A DNS Search List option (RFC 8106 5.2), names uncompressed and the option padded to
+/// 8 bytes: podwire's own format, in smoltcp's `Repr` shape. Names
+/// `podwire_dhcp::names::DomainName::parse` rejects are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsslRepr<'a> {
+    pub lifetime: u32,
+    /// Names that fit one option together: see [`DnsslRepr::names_that_fit`].
+    pub names: &'a [String],
+}
+
+impl DnsslRepr<'_> {
+    /// How many of `names` one option takes (at least one valid name: a name is at most 255
+    /// bytes and an option up to 2040).
+    pub fn names_that_fit(names: &[String]) -> usize {
+        let mut len = DNS_OPTION_HEADER;
+        for (i, name) in names.iter().enumerate() {
+            let Ok(name_len) = DomainName::parse(name).map(|n| n.buffer_len()) else {
+                continue;
+            };
+            if len + name_len > MAX_OPTION_LEN {
+                return i;
+            }
+            len += name_len;
+        }
+        names.len()
+    }
+
+    fn unpadded_len(&self) -> usize {
+        DNS_OPTION_HEADER
+            + self
+                .names
+                .iter()
+                .filter_map(|name| DomainName::parse(name).ok())
+                .map(|name| name.buffer_len())
+                .sum::<usize>()
+    }
+
+    pub fn buffer_len(&self) -> usize {
+        self.unpadded_len().next_multiple_of(UNIT)
+    }
+
+    pub fn emit(&self, w: &mut Writer<'_>) {
+        let len = self.unpadded_len();
+        let padded = len.next_multiple_of(UNIT);
+        w.u8(opt::DNSSL);
+        // At most MAX_OPTION_LEN / UNIT = 255 for names that fit.
+        w.u8((padded / UNIT).min(255) as u8);
+        w.u16(0);
+        w.u32(self.lifetime);
+        // Invalid names are skipped (and were not counted).
+        for name in self.names.iter().filter_map(|n| DomainName::parse(n).ok()) {
+            name.emit(|bytes| w.put(bytes));
+        }
+        w.zeros(padded - len);
+    }
 }
 
 fn is_link_local(addr: Ipv6Addr) -> bool {

@@ -5,6 +5,7 @@
 use std::net::Ipv6Addr;
 
 use super::*;
+use podwire_dhcp::buf::Writer;
 
 const MAC: [u8; 6] = [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55];
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -753,4 +754,43 @@ fn random_bytes_never_panic() {
         }
         let _ = cfg.validate();
     }
+}
+
+#[test]
+fn dns_option_reprs_emit_what_they_measure() {
+    let mut servers: Vec<Ipv6Addr> = (0..200u16)
+        .map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))
+        .collect();
+    servers[0] = Ipv6Addr::UNSPECIFIED;
+    // The first is unusable (::), so the first option takes 128 entries for 127 servers.
+    assert_eq!(RdnssRepr::servers_that_fit(&servers), 128);
+    let rdnss = RdnssRepr {
+        lifetime: 1800,
+        servers: &servers[..128],
+    };
+    let mut out = [0u8; 4096];
+    let mut w = Writer::new(&mut out, 4096);
+    rdnss.emit(&mut w);
+    assert_eq!(w.pos(), rdnss.buffer_len());
+    assert_eq!(rdnss.buffer_len(), 8 + 16 * 127);
+    assert_eq!(out[1], 255, "length in 8-byte units");
+
+    let names = [
+        "a.example".to_string(),
+        "bad..name".to_string(),
+        "b.example".to_string(),
+    ];
+    let dnssl = DnsslRepr {
+        lifetime: 1800,
+        names: &names,
+    };
+    assert_eq!(DnsslRepr::names_that_fit(&names), 3);
+    let mut out = [0u8; 64];
+    let mut w = Writer::new(&mut out, 64);
+    dnssl.emit(&mut w);
+    assert_eq!(w.pos(), dnssl.buffer_len());
+    // 8 + 11 + 11 = 30, padded to 32; the invalid name is left out.
+    assert_eq!(w.pos(), 32);
+    assert_eq!(out[1], 4);
+    assert_eq!(&out[8..19], b"\x01a\x07example\x00");
 }

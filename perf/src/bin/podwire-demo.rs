@@ -21,9 +21,18 @@ fn section(title: &str) {
     println!("\n=== {title}");
 }
 
+/// Serves a real guest with podwire and shows what it gets.
+#[derive(Debug, clap::Parser)]
+#[command(name = "podwire-demo")]
+struct Args {
+    /// Arguments passed to podwire as they are.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    podwire_args: Vec<String>,
+}
+
 fn main() -> Result<()> {
+    let extra = <Args as clap::Parser>::parse().podwire_args;
     util::require_root()?;
-    let extra: Vec<String> = std::env::args().skip(1).collect();
     let image = guest::image().context("building the test guest")?;
     let topo = PodTopology::create()?;
     let _dns = far::start_dns(&topo.far)?;

@@ -1,5 +1,5 @@
-//! podwire-flows: many TCP connections at once, for podwire's scale tests. std + libc only, so
-//! that the same binary runs on the host and in the test guest.
+//! podwire-flows: many TCP connections at once, for podwire's scale tests. Pure Rust (std, libc,
+//! clap), so that the same binary runs on the host and in the test guest.
 //!
 //! ```text
 //! podwire-flows serve ADDR:PORT                  echo server: echoes whatever each connection
@@ -33,47 +33,44 @@ const PING: usize = 8;
 
 type Result<T> = std::result::Result<T, String>;
 
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "podwire-flows",
+    about = "Many TCP connections at once, for scale tests"
+)]
+enum Cmd {
+    /// Echo server: echoes whatever each connection sends, never closes first; prints
+    /// `listening`.
+    Serve { addr: SocketAddrV4 },
+    /// Opens N connections, checks an echo on each, prints `established N`, then on a line
+    /// (or EOF) on stdin closes them all; prints `closed N`.
+    Hold {
+        addr: SocketAddrV4,
+        n: usize,
+        /// Close every second connection with a RST instead of a FIN.
+        #[arg(long)]
+        rst_half: bool,
+    },
+    /// N connect/echo/close cycles; prints `churned N`.
+    Churn {
+        addr: SocketAddrV4,
+        n: usize,
+        /// At most this many at a time.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+        parallel: u64,
+    },
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let r = match args.first().map(String::as_str) {
-        Some("serve") if args.len() == 2 => parse_addr(&args[1]).and_then(serve),
-        Some("hold") if args.len() >= 3 => parse_addr(&args[1]).and_then(|addr| {
-            let n = parse_num(&args[2])?;
-            let rst_half = match args.get(3).map(String::as_str) {
-                None => false,
-                Some("--rst-half") if args.len() == 4 => true,
-                Some(other) => return Err(format!("unexpected argument {other:?}")),
-            };
-            hold(addr, n, rst_half)
-        }),
-        Some("churn") if args.len() >= 3 => parse_addr(&args[1]).and_then(|addr| {
-            let n = parse_num(&args[2])?;
-            let parallel = match &args[3..] {
-                [] => 32,
-                [flag, p] if flag == "--parallel" => parse_num(p)?.max(1),
-                other => return Err(format!("unexpected arguments {other:?}")),
-            };
-            churn(addr, n, parallel)
-        }),
-        _ => Err(
-            "usage: podwire-flows serve ADDR:PORT | hold ADDR:PORT N [--rst-half] | \
-                  churn ADDR:PORT N [--parallel P]"
-                .to_string(),
-        ),
+    let r = match <Cmd as clap::Parser>::parse() {
+        Cmd::Serve { addr } => serve(addr),
+        Cmd::Hold { addr, n, rst_half } => hold(addr, n, rst_half),
+        Cmd::Churn { addr, n, parallel } => churn(addr, n, parallel as usize),
     };
     if let Err(e) = r {
         eprintln!("podwire-flows: {e}");
         std::process::exit(1);
     }
-}
-
-fn parse_addr(s: &str) -> Result<SocketAddrV4> {
-    s.parse()
-        .map_err(|_| format!("not an IPv4 ADDR:PORT: {s:?}"))
-}
-
-fn parse_num(s: &str) -> Result<usize> {
-    s.parse().map_err(|_| format!("not a number: {s:?}"))
 }
 
 // ------------------------------------------------------------------ serve ----

@@ -1,5 +1,5 @@
-//! podwire-rr: the benchmark's small network tools. std + libc only, so that the same binary
-//! runs on the host and in the test guest (put into its initramfs by `overlay::initrd_with`).
+//! podwire-rr: the benchmark's small network tools. Pure Rust (std, libc, clap), so that the
+//! same binary runs on the host and in the test guest (put into its initramfs by `overlay::initrd_with`).
 //!
 //! ```text
 //! podwire-rr serve ADDR:PORT              TCP request/response server: answers each SIZE-byte
@@ -23,43 +23,50 @@ use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, String>;
 
+#[derive(Debug, clap::Parser)]
+#[command(name = "podwire-rr", about = "The benchmark's small network tools")]
+enum Cmd {
+    /// TCP request/response server: answers each request with as many bytes; prints
+    /// `listening`.
+    Serve { addr: SocketAddrV4 },
+    /// One TCP connection of SIZE-byte requests and responses for SECONDS; prints
+    /// `transactions N seconds S rate R`.
+    Rr {
+        addr: SocketAddrV4,
+        seconds: u64,
+        #[arg(default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        size: u64,
+    },
+    /// UDP datagrams of SIZE payload bytes as fast as the socket takes them, for SECONDS;
+    /// prints `sent N errors E seconds S rate R`.
+    Flood {
+        addr: SocketAddrV4,
+        seconds: u64,
+        size: usize,
+        #[arg(default_value_t = 0)]
+        src_port: u16,
+    },
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let r = match args.first().map(String::as_str) {
-        Some("serve") if args.len() == 2 => addr(&args[1]).and_then(serve),
-        Some("rr") if (3..=4).contains(&args.len()) => (|| {
-            let size = match args.get(3) {
-                Some(s) => num(s)?,
-                None => 1,
-            };
-            rr(addr(&args[1])?, num(&args[2])? as u64, size.max(1))
-        })(),
-        Some("flood") if (4..=5).contains(&args.len()) => (|| {
-            let src = match args.get(4) {
-                Some(s) => num(s)? as u16,
-                None => 0,
-            };
-            flood(addr(&args[1])?, num(&args[2])? as u64, num(&args[3])?, src)
-        })(),
-        _ => Err(
-            "usage: podwire-rr serve ADDR:PORT | rr ADDR:PORT SECONDS [SIZE] | \
-                  flood ADDR:PORT SECONDS SIZE [SRCPORT]"
-                .to_string(),
-        ),
+    let r = match <Cmd as clap::Parser>::parse() {
+        Cmd::Serve { addr } => serve(addr),
+        Cmd::Rr {
+            addr,
+            seconds,
+            size,
+        } => rr(addr, seconds, size as usize),
+        Cmd::Flood {
+            addr,
+            seconds,
+            size,
+            src_port,
+        } => flood(addr, seconds, size, src_port),
     };
     if let Err(e) = r {
         eprintln!("podwire-rr: {e}");
         std::process::exit(1);
     }
-}
-
-fn addr(s: &str) -> Result<SocketAddrV4> {
-    s.parse()
-        .map_err(|_| format!("not an IPv4 ADDR:PORT: {s:?}"))
-}
-
-fn num(s: &str) -> Result<usize> {
-    s.parse().map_err(|_| format!("not a number: {s:?}"))
 }
 
 fn serve(at: SocketAddrV4) -> Result<()> {

@@ -1,0 +1,133 @@
+//! The command line (clap), and which tests each guest runs.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) seconds: u32,
+    pub(crate) quick: bool,
+    pub(crate) sections: Vec<String>,
+    pub(crate) backends: Vec<Backend>,
+    pub(crate) out: PathBuf,
+    pub(crate) plots: PathBuf,
+    pub(crate) quiet_wait: Duration,
+    /// the command line as given (for the report)
+    pub(crate) command: String,
+}
+
+pub(crate) const SECTIONS: [&str; 4] = ["tcp", "pktgen", "testpmd", "latency"];
+
+/// podwire's benchmark suite: podwire and the kernel path of KubeVirt's masquerade binding,
+/// measured side by side in one run (needs root).
+#[derive(Debug, clap::Parser)]
+#[command(name = "podwire-bench")]
+struct Cli {
+    /// Length of each timed run, in seconds [default: 10; 3 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    seconds: Option<u32>,
+    /// A short smoke run: 3 s runs, one TCP stream only.
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated subset of the sections to run.
+    #[arg(long = "only", value_name = "SECTIONS", value_delimiter = ',', value_parser = SECTIONS,
+          default_values = SECTIONS)]
+    sections: Vec<String>,
+    /// Comma-separated subset of the backends.
+    #[arg(long, value_delimiter = ',', value_enum, default_values = ["podwire", "kernel"])]
+    backends: Vec<Backend>,
+    /// Markdown file whose results block is replaced [default: docs/perf.md].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the PNG charts go [default: perf/ beside --out].
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Before each guest, wait up to this many seconds for other QEMU guests on the machine to
+    /// finish (0: do not wait).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    quiet_wait: u64,
+}
+
+pub(crate) fn parse_args() -> Result<Args> {
+    args_from(std::env::args_os())
+}
+
+/// [`Args`] from a command line (program name first).
+pub(crate) fn args_from(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<Args> {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let cli = <Cli as clap::Parser>::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
+    let abs = |p: PathBuf| -> Result<PathBuf> {
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir()?.join(p)
+        })
+    };
+    let out = abs(cli
+        .out
+        .unwrap_or_else(|| util::workspace_root().join("docs/perf.md")))?;
+    let plots = match cli.plots {
+        Some(p) => abs(p)?,
+        None => out
+            .parent()
+            .map(|d| d.join("perf"))
+            .unwrap_or_else(|| PathBuf::from("perf")),
+    };
+    Ok(Args {
+        seconds: cli.seconds.unwrap_or(if cli.quick { 3 } else { 10 }),
+        quick: cli.quick,
+        sections: cli.sections,
+        backends: cli.backends,
+        out,
+        plots,
+        quiet_wait: Duration::from_secs(cli.quiet_wait),
+        command: std::iter::once("target/release/podwire-bench".to_string())
+            .chain(
+                argv.iter()
+                    .skip(1)
+                    .map(|a| a.to_string_lossy().into_owned()),
+            )
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+impl Args {
+    pub(crate) fn has(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+
+    pub(crate) fn streams(&self) -> Vec<u32> {
+        if self.quick {
+            vec![1]
+        } else {
+            vec![1, 4]
+        }
+    }
+
+    /// The tests one guest of `mtu` runs.
+    pub(crate) fn guest_tests(&self, mtu: u32) -> Vec<Test> {
+        let mut v = Vec::new();
+        if self.has("tcp") {
+            for reverse in [false, true] {
+                for &streams in &self.streams() {
+                    v.push(Test::Tcp {
+                        reverse,
+                        mtu,
+                        streams,
+                    });
+                }
+            }
+        }
+        if mtu == 1500 {
+            if self.has("pktgen") {
+                v.extend([Test::Pktgen { size: 64 }, Test::Pktgen { size: 1400 }]);
+            }
+            if self.has("latency") {
+                v.extend([Test::Ping, Test::Rr]);
+            }
+        }
+        v
+    }
+}

@@ -1,0 +1,169 @@
+//! What is measured: backends, tests, the figures of one run, and all the results.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub(crate) enum Backend {
+    Podwire,
+    Kernel,
+}
+
+impl Backend {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Podwire => "podwire",
+            Backend::Kernel => "kernel path",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Test {
+    Tcp {
+        reverse: bool,
+        mtu: u32,
+        streams: u32,
+    },
+    Pktgen {
+        size: u32,
+    },
+    Ping,
+    Rr,
+    TxOnly {
+        size: u32,
+    },
+    RxOnly {
+        size: u32,
+    },
+}
+
+impl Test {
+    pub(crate) fn label(self) -> String {
+        match self {
+            Test::Tcp {
+                reverse,
+                mtu,
+                streams,
+            } => format!(
+                "TCP {}, MTU {mtu}, {streams} stream{}",
+                if reverse {
+                    "far → guest"
+                } else {
+                    "guest → far"
+                },
+                if streams == 1 { "" } else { "s" }
+            ),
+            Test::Pktgen { size } => format!("guest pktgen {size} B"),
+            Test::Ping => "ping RTT".into(),
+            Test::Rr => "TCP request/response".into(),
+            Test::TxOnly { size } => format!("testpmd txonly {size} B"),
+            Test::RxOnly { size } => format!("testpmd rxonly {size} B"),
+        }
+    }
+
+    pub(crate) fn short(self) -> String {
+        match self {
+            Test::Tcp {
+                reverse,
+                mtu,
+                streams,
+            } => format!(
+                "{} {mtu} ×{streams}",
+                if reverse {
+                    "far→guest"
+                } else {
+                    "guest→far"
+                }
+            ),
+            Test::Pktgen { size } | Test::TxOnly { size } | Test::RxOnly { size } => {
+                format!("{size} B")
+            }
+            Test::Ping => "ping".into(),
+            Test::Rr => "RR".into(),
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Figure {
+    /// the headline: Gbit/s, delivered pps, ms, trans/s
+    pub(crate) value: Option<f64>,
+    /// offered rate (pktgen / testpmd / flood sent pps)
+    pub(crate) offered: Option<f64>,
+    /// packets sent and received (pktgen, testpmd)
+    pub(crate) sent: Option<u64>,
+    pub(crate) received: Option<u64>,
+    pub(crate) bytes: Option<u64>,
+    pub(crate) wall_s: Option<f64>,
+    pub(crate) podwire_cpu_s: Option<f64>,
+    pub(crate) qemu_cpu_s: Option<f64>,
+    pub(crate) rest_cpu_s: Option<f64>,
+    pub(crate) retransmits: Option<u64>,
+    /// other QEMU processes on the machine at the start and the end of the window
+    pub(crate) other_qemus: Option<(usize, usize)>,
+    pub(crate) note: String,
+    pub(crate) error: Option<String>,
+}
+
+impl Figure {
+    pub(crate) fn failed(reason: String) -> Figure {
+        Figure {
+            error: Some(reason),
+            ..Figure::default()
+        }
+    }
+
+    pub(crate) fn ok_value(&self) -> Option<f64> {
+        if self.error.is_some() {
+            None
+        } else {
+            self.value
+        }
+    }
+
+    pub(crate) fn loss(&self) -> Option<f64> {
+        let (s, r) = (self.sent?, self.received?);
+        (s > 0).then(|| 1.0 - r as f64 / s as f64)
+    }
+
+    pub(crate) fn s_per_gb(&self, cpu: Option<f64>) -> Option<f64> {
+        bench::cpu_s_per_gb(cpu?, self.bytes?)
+    }
+
+    /// CPU microseconds per packet received at the far end (or by testpmd).
+    pub(crate) fn us_per_pkt(&self, cpu: Option<f64>) -> Option<f64> {
+        let (r, cpu) = (self.received?, cpu?);
+        (r > 0).then(|| cpu * 1e6 / r as f64)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Memory {
+    /// podwire's VmHWM before any frontend connected
+    pub(crate) no_guest: Option<MemStatus>,
+    /// right after the guest's DHCP
+    pub(crate) after_dhcp: Option<MemStatus>,
+    /// at the end of the session
+    pub(crate) end: Option<MemStatus>,
+}
+
+#[derive(Default)]
+pub(crate) struct Results {
+    pub(crate) figures: BTreeMap<(Backend, Test), Figure>,
+    /// podwire's memory per session (MTU, or 0 for testpmd)
+    pub(crate) memory: Vec<(u32, Memory)>,
+    /// boot time per (backend, MTU)
+    pub(crate) boots: Vec<(Backend, u32, f64)>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Results {
+    pub(crate) fn get(&self, b: Backend, t: Test) -> Option<&Figure> {
+        self.figures.get(&(b, t))
+    }
+
+    pub(crate) fn value(&self, b: Backend, t: Test) -> Option<f64> {
+        self.get(b, t).and_then(Figure::ok_value)
+    }
+}

@@ -1,0 +1,136 @@
+//! Unit tests of the benchmark's bookkeeping and report.
+
+use super::*;
+
+fn target(passt: Option<f64>, kernel: Option<f64>, lower_better: bool) -> Target {
+    Target {
+        what: "x".into(),
+        measured: Some(10.0),
+        passt,
+        kernel,
+        factor: if lower_better { 0.5 } else { 1.5 },
+        lower_better,
+        decimals: 0,
+    }
+}
+
+#[test]
+fn targets_use_the_better_reference() {
+    let t = target(Some(4.0), Some(8.0), false);
+    assert_eq!(t.reference(), Some(8.0));
+    assert_eq!(t.reference_src(), "kernel path");
+    assert_eq!(t.verdict(t.reference()), "not met"); // 10 < 12
+    assert_eq!(t.verdict(t.passt), "**met**"); // 10 >= 6
+    let t = target(Some(8.0), Some(4.0), false);
+    assert_eq!((t.reference(), t.reference_src()), (Some(8.0), "passt"));
+    let t = target(Some(30.0), None, true);
+    assert_eq!(t.reference_src(), "passt");
+    assert_eq!(t.verdict(t.reference()), "**met**"); // 10 <= 15
+    let mut t = target(None, None, false);
+    assert_eq!(t.verdict(t.reference()), "not measured");
+    t.kernel = Some(1.0);
+    assert_eq!(t.reference_src(), "kernel path");
+}
+
+#[test]
+fn numbers_get_thousands_separators() {
+    assert_eq!(fmt_num(Some(1234567.4), 0), "1,234,567");
+    assert_eq!(fmt_num(Some(999.0), 0), "999");
+    assert_eq!(fmt_num(Some(-1234.0), 0), "-1,234");
+    assert_eq!(fmt_num(Some(1.23456), 3), "1.235");
+    assert_eq!(fmt_num(None, 0), "–");
+    assert_eq!(reference::fmt((217_000.0, 229_000.0), 0), "217,000–229,000");
+    assert_eq!(reference::fmt((1.5, 1.5), 1), "1.5");
+}
+
+#[test]
+fn figures_derive_loss_and_cost() {
+    let f = Figure {
+        sent: Some(200),
+        received: Some(150),
+        podwire_cpu_s: Some(0.0003),
+        bytes: Some(2_000_000_000),
+        ..Figure::default()
+    };
+    assert_eq!(f.loss(), Some(0.25));
+    assert!((f.us_per_pkt(f.podwire_cpu_s).unwrap() - 2.0).abs() < 1e-9);
+    assert_eq!(f.s_per_gb(Some(1.0)), Some(0.5));
+    assert_eq!(Figure::failed("x".into()).ok_value(), None);
+}
+
+#[test]
+fn sessions_run_what_the_sections_ask() {
+    let mut a = Args {
+        seconds: 3,
+        quick: true,
+        sections: vec!["tcp".into(), "latency".into()],
+        backends: vec![Backend::Podwire],
+        out: "/d/perf.md".into(),
+        plots: "/d/perf".into(),
+        quiet_wait: Duration::ZERO,
+        command: String::new(),
+    };
+    assert_eq!(a.guest_tests(65520).len(), 2);
+    assert_eq!(
+        a.guest_tests(1500),
+        vec![
+            Test::Tcp {
+                reverse: false,
+                mtu: 1500,
+                streams: 1
+            },
+            Test::Tcp {
+                reverse: true,
+                mtu: 1500,
+                streams: 1
+            },
+            Test::Ping,
+            Test::Rr
+        ]
+    );
+    a.quick = false;
+    a.sections = vec!["pktgen".into()];
+    assert!(a.guest_tests(65520).is_empty());
+    assert_eq!(
+        a.guest_tests(1500),
+        vec![Test::Pktgen { size: 64 }, Test::Pktgen { size: 1400 }]
+    );
+}
+
+#[test]
+fn the_command_line_has_clap_defaults_and_checks() {
+    let a = args_from(["podwire-bench"]).unwrap();
+    assert_eq!((a.seconds, a.quick), (10, false));
+    assert_eq!(a.sections, SECTIONS);
+    assert_eq!(a.backends, [Backend::Podwire, Backend::Kernel]);
+    assert!(a.out.ends_with("docs/perf.md") && a.plots.ends_with("docs/perf"));
+    let a = args_from([
+        "podwire-bench",
+        "--quick",
+        "--only",
+        "tcp,latency",
+        "--backends",
+        "kernel",
+        "--quiet-wait",
+        "0",
+    ])
+    .unwrap();
+    assert_eq!(a.seconds, 3);
+    assert_eq!(a.sections, ["tcp", "latency"]);
+    assert_eq!(a.backends, [Backend::Kernel]);
+    assert_eq!(a.quiet_wait, Duration::ZERO);
+    assert!(a
+        .command
+        .ends_with("--quick --only tcp,latency --backends kernel --quiet-wait 0"));
+}
+
+#[test]
+fn the_reference_figures_are_data_that_parse() {
+    let r = reference::get();
+    assert_eq!(r.passt_tcp_tx_65520, (0.77, 0.83));
+    assert!(r.passt_rss_peak_mb > 0.0);
+    assert!(
+        reference::parse(r#"{"about": "x"}"#).is_err(),
+        "every figure is needed"
+    );
+}
