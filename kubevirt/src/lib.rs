@@ -9,6 +9,7 @@
 //! rewrites the domain's interface into a vhost-user one on podwire's socket ([`domain`]).
 //! [`sidecar`] puts these together; `src/main.rs` is its command line.
 
+pub mod client;
 pub mod domain;
 pub mod hook;
 pub mod launcher;

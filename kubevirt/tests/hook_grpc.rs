@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use podwire_kubevirt::launcher::{vmi_json, LauncherDomain, LauncherNic};
 use podwire_kubevirt::podwire::is_listening;
 use podwire_kubevirt::proto::{info, v1alpha2, v1alpha3};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -99,13 +97,7 @@ fn start_sidecar(tag: &str, mode: &str, extra: &[&str], env: &[(&str, &str)]) ->
 
 impl Sidecar {
     async fn channel(&self) -> Channel {
-        let path = self.hooks.join("podwire.sock");
-        Endpoint::try_from("http://hook.invalid")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
+        podwire_kubevirt::client::connect(&self.hooks.join("podwire.sock"))
             .await
             .expect("connect to the hook socket")
     }
