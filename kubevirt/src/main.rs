@@ -1,6 +1,6 @@
 //! `podwire-kubevirt-sidecar`: podwire's KubeVirt network binding plugin (see the library).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,8 +28,9 @@ struct Args {
     /// The hook socket's file name in the hooks directory
     #[arg(long, value_name = "NAME", default_value = "podwire.sock")]
     hook_socket: String,
-    /// The same directory as virt-launcher's container sees it [default: HOOKS_DIR/$CONTAINER_NAME
-    /// when KubeVirt sets CONTAINER_NAME, else --hooks-dir]
+    /// The same directory as virt-launcher's container sees it [default:
+    /// /var/run/kubevirt-hooks/$CONTAINER_NAME when KubeVirt sets CONTAINER_NAME and --hooks-dir
+    /// is the default, else --hooks-dir]
     #[arg(long, value_name = "DIR")]
     launcher_hooks_dir: Option<PathBuf>,
     /// The sidecar's container name (KubeVirt sets CONTAINER_NAME)
@@ -57,6 +58,21 @@ struct Args {
     debug: bool,
 }
 
+/// KubeVirt mounts the sidecar's subdirectory `<container>` of the shared hooks volume at
+/// HOOKS_DIR; virt-launcher sees the whole volume at HOOKS_DIR. With the hooks directory moved,
+/// nothing can be guessed: the same path is assumed on both sides.
+fn launcher_hooks_dir(args: &Args) -> PathBuf {
+    if let Some(dir) = &args.launcher_hooks_dir {
+        return dir.clone();
+    }
+    match args.container_name.as_deref().filter(|c| !c.is_empty()) {
+        Some(container) if args.hooks_dir == Path::new(HOOKS_DIR) => {
+            PathBuf::from(HOOKS_DIR).join(container)
+        }
+        _ => args.hooks_dir.clone(),
+    }
+}
+
 fn default_podwire() -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -75,12 +91,7 @@ fn main() -> ExitCode {
             tracing::Level::INFO
         })
         .init();
-    let launcher_hooks_dir = args.launcher_hooks_dir.clone().unwrap_or_else(|| {
-        match args.container_name.as_deref().filter(|c| !c.is_empty()) {
-            Some(container) => PathBuf::from(HOOKS_DIR).join(container),
-            None => args.hooks_dir.clone(),
-        }
-    });
+    let launcher_hooks_dir = launcher_hooks_dir(&args);
     let config = Config {
         hook_socket: args.hooks_dir.join(&args.hook_socket),
         binding: args.binding.clone(),
@@ -108,5 +119,31 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(argv: &[&str]) -> PathBuf {
+        let args = Args::try_parse_from([&["sidecar"], argv].concat()).unwrap();
+        launcher_hooks_dir(&args)
+    }
+
+    #[test]
+    fn virt_launcher_sees_the_sidecar_directory_under_the_container_name() {
+        assert_eq!(
+            dir(&["--container-name", "hook-sidecar-1"]),
+            Path::new("/var/run/kubevirt-hooks/hook-sidecar-1")
+        );
+        assert_eq!(
+            dir(&["--container-name", "hook-sidecar-1", "--hooks-dir", "/x"]),
+            Path::new("/x")
+        );
+        assert_eq!(
+            dir(&["--container-name", "c", "--launcher-hooks-dir", "/y"]),
+            Path::new("/y")
+        );
     }
 }

@@ -337,7 +337,10 @@ async fn the_domain_names_the_socket_as_virt_launcher_sees_it() {
     let s = start_sidecar(
         "paths",
         "listen",
-        &[],
+        &[
+            "--launcher-hooks-dir",
+            "/var/run/kubevirt-hooks/hook-sidecar-0",
+        ],
         &[("CONTAINER_NAME", "hook-sidecar-0")],
     );
     let vmi = vmi_json(

@@ -97,6 +97,9 @@ impl Sidecar {
                     sidecar_path().to_str().unwrap(),
                     "--hooks-dir",
                     hooks.to_str().unwrap(),
+                    // QEMU sees the directory where the sidecar does (no container mounts).
+                    "--launcher-hooks-dir",
+                    hooks.to_str().unwrap(),
                     "--podwire",
                     podwire.to_str().unwrap(),
                 ],
