@@ -15,8 +15,9 @@
 //! ROM setting, and, after virt-launcher's network setup, `<mtu>` and `<target>`. So:
 //! - an interface aliased `ua-<name>` is rewritten into `type="vhostuser"`: its `<source>` is
 //!   replaced by podwire's socket in client mode (podwire listens, QEMU connects), `mac`,
-//!   `model`, `address`, `boot`, `mtu`, `alias`, `acpi`, `rom` and `link` are kept verbatim, and
-//!   the tap-specific children (`target`, `driver`, ...) are dropped;
+//!   `model`, `address`, `boot`, `alias`, `acpi`, `rom` and `link` are kept verbatim, and the
+//!   tap-specific children (`target`, `driver`, ...) are dropped, and so is `<mtu>`, which
+//!   libvirt refuses on vhost-user: its size is handed to podwire ([`Plan::mtu`]) instead;
 //! - a missing one is added, built from the VMI interface the way the converter would build it.
 //!
 //! vhost-user needs guest memory podwire can map: `<memoryBacking>` gets `<source type="memfd">`
@@ -166,9 +167,11 @@ fn mtu_of(iface: Node, name: &str) -> Result<Option<u16>, DomainError> {
         .map_err(|_| DomainError::BadMtu(name.into(), size.into()))
 }
 
-/// Children of a rewritten interface that keep the guest's view of the NIC.
+/// Children of a rewritten interface that keep the guest's view of the NIC. Not `<mtu>`:
+/// libvirt (11.3) refuses it on a vhost-user interface ("Cannot set interface MTU on '(null)'"),
+/// so the MTU goes to podwire (`--mtu`), which offers it to the guest by DHCP.
 const KEPT: &[&str] = &[
-    "mac", "model", "address", "boot", "mtu", "alias", "acpi", "rom", "link",
+    "mac", "model", "address", "boot", "alias", "acpi", "rom", "link",
 ];
 
 fn rewrite_interface(xml: &str, iface: Node, nic: &NicSpec) -> Result<String, DomainError> {

@@ -155,7 +155,7 @@ const TAP_DEFAULT: &str = r#"<interface type="ethernet">
       <target dev="tap0" managed="no"></target>
       <model type="virtio-non-transitional"></model>
       <mac address="52:54:00:12:34:56"></mac>
-      <mtu size="1500"></mtu>
+      <mtu size="1400"></mtu>
       <alias name="ua-default"></alias>
       <rom enabled="no"></rom>
     </interface>"#;
@@ -211,7 +211,13 @@ fn far_reaches_forwarded_port(topo: &PodTopology, pod_port: u16) {
 }
 
 /// Boots, takes the lease the VMI asks for, reaches the far host by ping, UDP and TCP.
-fn guest_is_on_the_network(c: &mut Console, guest_ip: &str, gateway: &str, hostname: &str) {
+fn guest_is_on_the_network(
+    c: &mut Console,
+    guest_ip: &str,
+    gateway: &str,
+    hostname: &str,
+    mtu: Option<u32>,
+) {
     c.wait_for(podwire_perf::qemu::READY, Duration::from_secs(180))
         .unwrap();
     c.run_ok("ip link set eth0 up", T).unwrap();
@@ -219,6 +225,13 @@ fn guest_is_on_the_network(c: &mut Console, guest_ip: &str, gateway: &str, hostn
     assert_eq!(lease.ip(), Some(guest_ip), "from vmNetworkCIDR: {lease:?}");
     assert_eq!(lease.routers(), vec![gateway.to_string()], "{lease:?}");
     assert_eq!(lease.get("hostname"), Some(hostname), "{lease:?}");
+    if let Some(mtu) = mtu {
+        assert_eq!(
+            lease.mtu(),
+            Some(mtu),
+            "the domain's <mtu>, by DHCP: {lease:?}"
+        );
+    }
     let ping = c.run_ok(&format!("ping -c 2 -W 5 {FAR_HOST}"), T).unwrap();
     assert!(ping.contains("2 packets received"), "{ping}");
     let echo = c
@@ -263,7 +276,7 @@ fn a_masquerade_shaped_domain_rewritten_by_the_sidecar_runs_on_podwire() {
         .define_and_start(&rewritten)
         .unwrap_or_else(|e| panic!("{e:#}\n{rewritten}\nsidecar log:\n{}", sidecar.proc.log()));
     let mut c = s.daemon.console(name).unwrap();
-    guest_is_on_the_network(&mut c, "198.19.7.2", "198.19.7.1", "vm-masq");
+    guest_is_on_the_network(&mut c, "198.19.7.2", "198.19.7.1", "vm-masq", Some(1400));
     serve_peer_address(&mut c, 8080);
     far_reaches_forwarded_port(&s.topo, 8080);
 
