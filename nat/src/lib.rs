@@ -36,6 +36,7 @@
 //! Each table (datagram flows, TCP connections) has a hard size limit, beyond which new flows are
 //! refused and counted.
 
+mod inspect;
 pub mod ports;
 pub mod sock;
 pub mod tcp;
@@ -56,6 +57,7 @@ use podwire_frame::{
 };
 use smoltcp::wire::IpProtocol;
 
+pub use crate::inspect::{FlowCounts, FlowInfo, FlowProto};
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
 /// ICMPv6's protocol number.

@@ -57,6 +57,8 @@ use crate::wire::{
 };
 use crate::{sock, AddrMap};
 
+mod inspect;
+
 /// mio tokens of TCP connections start here; listeners start at [`LISTEN_BASE`].
 pub const CONN_BASE: usize = 1 << 40;
 pub const LISTEN_BASE: usize = 1 << 41;
@@ -158,6 +160,9 @@ struct Conn {
     rto_deadline: Option<Instant>,
     /// The guest's SYN, for an ICMP error about it.
     syn_seq: u32,
+    /// For operators (`podwire flows`): when it was opened, and whether from the pod.
+    opened: Instant,
+    from_pod: bool,
 }
 
 impl Conn {
@@ -192,6 +197,8 @@ impl Conn {
             rto: INITIAL_RTO,
             rto_deadline: None,
             syn_seq: 0,
+            opened: Instant::now(),
+            from_pod: state == State::SynSent,
         }
     }
 
@@ -289,7 +296,8 @@ pub struct TcpTable {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     index: HashMap<ConnKey, usize>,
-    listeners: Vec<Listener>,
+    /// Indexed by token; a removed forward leaves `None` (reused by the next one).
+    listeners: Vec<Option<Listener>>,
     acks: Vec<usize>,
     /// Connections holding back an ACK (see [`DELACK`]).
     delayed: Vec<usize>,
@@ -491,9 +499,18 @@ impl TcpTable {
         if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let token = Token(LISTEN_BASE + self.listeners.len());
+        let index = self
+            .listeners
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.listeners.len());
+        let token = Token(LISTEN_BASE + index);
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
-        self.listeners.push(Listener { fd, guest_port });
+        let listener = Some(Listener { fd, guest_port });
+        match self.listeners.get_mut(index) {
+            Some(slot) => *slot = listener,
+            None => self.listeners.push(listener),
+        }
         Ok(())
     }
 
@@ -1204,7 +1221,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.listeners.get(index).and_then(Option::as_ref) else {
                 return;
             };
             let guest_port = listener.guest_port;

@@ -122,14 +122,68 @@ fn spawn_podwire(topo: &PodTopology, dir: &util::TempDir, guest_cidr: &str) -> P
     rig::podwire_in(topo, dir, Some(guest_cidr), &["--hostname", "vm-e2e"]).unwrap()
 }
 
+/// `podwire ARGS...` (the client subcommands), run from the test: its output.
+fn podwire_cli(args: &[&str]) -> String {
+    let bin = podwire_perf::podwire::podwire_path().unwrap();
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "podwire {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// One metric's value from an OpenMetrics scrape.
+fn metric(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the scrape:\n{scrape}"))
+}
+
+const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// The pod's metrics endpoint, scraped over the pod's loopback.
+fn scrape(pod: &Netns) -> String {
+    pod.exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "10",
+        &format!("http://{METRICS_ADDR}/metrics"),
+    ])
+    .unwrap()
+}
+
 #[test]
 fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
     let topo = PodTopology::create().unwrap();
     let dir = util::TempDir::new("e2e-subnet").unwrap();
     let _dns = far::start_dns(&topo.far).unwrap();
     let _echo = far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT).unwrap();
+    let _tcp_echo = far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT).unwrap();
     let _files = start_loopback_file_server(&topo.pod, &dir);
-    let mut pw = spawn_podwire(&topo, &dir, "198.19.2.0/24");
+    // With the operator's tools on: capture, metrics, JSON logs (docs/operations.md).
+    let pcap = dir.join("guest.pcap");
+    let pcap_s = pcap.display().to_string();
+    let mut pw = rig::podwire_in(
+        &topo,
+        &dir,
+        Some("198.19.2.0/24"),
+        &[
+            "--hostname",
+            "vm-e2e",
+            "--pcap",
+            &pcap_s,
+            "--metrics",
+            METRICS_ADDR,
+            "--log-format",
+            "json",
+        ],
+    )
+    .unwrap();
     let expect = Expect {
         guest_ip: "198.19.2.2".into(),
         prefix: 24,
@@ -137,6 +191,142 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
     };
     let mut vm = exercise_guest(&pw, &expect, "e2e-subnet", &dir);
     pw.ensure_running().unwrap();
+
+    // Metrics move with the traffic: a TCP exchange of known size between two scrapes.
+    let before = scrape(&topo.pod);
+    let payload = "podwire-tcp-".repeat(100);
+    let echoed = vm
+        .console()
+        .run_ok(
+            &format!(
+                "echo {payload} | socat -t 3 -T 5 - TCP4:{FAR_HOST}:{}",
+                far::TCP_ECHO_PORT
+            ),
+            T,
+        )
+        .unwrap();
+    assert_eq!(echoed.trim(), payload);
+    let after = scrape(&topo.pod);
+    for (name, at_least) in [
+        ("podwire_device_tx_bytes_total", payload.len() as u64),
+        ("podwire_device_rx_bytes_total", payload.len() as u64),
+        ("podwire_tcp_opened_by_guest_total", 1),
+    ] {
+        let (b, a) = (metric(&before, name), metric(&after, name));
+        assert!(a >= b + at_least, "{name}: {b} -> {a}");
+    }
+    assert!(after.contains("podwire_frontend_connected 1"), "{after}");
+    eprintln!("{after}");
+
+    // podwire status: the lease, the frontend and what it negotiated.
+    let socket = pw.socket().display().to_string();
+    let status = podwire_cli(&["status", "--socket", &socket, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&status).unwrap());
+    let s = &status["status"];
+    assert_eq!(s["guest"]["ipv4"]["lease"]["address"], "198.19.2.2", "{s}");
+    assert_eq!(s["frontend"]["connected"], true, "{s}");
+    assert!(s["frontend"]["rx_ring_size"].as_u64() > Some(0), "{s}");
+    assert!(
+        s["frontend"]["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "MRG_RXBUF")),
+        "{s}"
+    );
+    eprintln!("{}", podwire_cli(&["status", "--socket", &socket]));
+
+    // A connection left open in the guest is listed by `podwire flows`, and stays up while
+    // forwards are added and removed at run time.
+    vm.console()
+        .run_ok(
+            &format!(
+                "((echo podwire-flows; sleep 60) | socat -T 90 - TCP4:{FAR_HOST}:{} >/dev/null 2>&1 &)",
+                far::TCP_ECHO_PORT
+            ),
+            T,
+        )
+        .unwrap();
+    let established = |socket: &str| {
+        let flows = podwire_cli(&["flows", "--socket", socket, "--json"]);
+        let flows: serde_json::Value = serde_json::from_str(&flows).unwrap();
+        flows["flows"].as_array().unwrap().iter().any(|f| {
+            // "podwire-flows\n" went out and came back (the far host echoes it).
+            f["proto"] == "tcp"
+                && f["state"] == "established"
+                && f["remote"] == format!("{FAR_HOST}:{}", far::TCP_ECHO_PORT)
+                && f["bytes_from_guest"] == 14
+                && f["bytes_to_guest"] == 14
+        })
+    };
+    util::wait_until("the guest's TCP connection", T, || Ok(established(&socket))).unwrap();
+    let added = podwire_cli(&["forward", "add", "-t", "8080:80", "--socket", &socket]);
+    assert!(added.contains("8080"), "{added}");
+    let list = podwire_cli(&["forward", "list", "--socket", &socket]);
+    assert!(
+        list.contains("0.0.0.0:8080") && list.contains("guest port 80"),
+        "{list}"
+    );
+    eprintln!("{list}");
+    podwire_cli(&["forward", "del", "-t", "8080", "--socket", &socket]);
+    assert!(!podwire_cli(&["forward", "list", "--socket", &socket]).contains("8080"));
+    assert!(
+        established(&socket),
+        "forward changes left the connection alone"
+    );
+    eprintln!("{}", podwire_cli(&["flows", "--socket", &socket]));
+
+    // The capture, read by tcpdump: DHCP, ping, a TCP handshake, checksums as on a wire.
+    podwire_cli(&["capture", "off", "--socket", &socket]);
+    let dump = std::process::Command::new("tcpdump")
+        .args(["-nn", "-vv", "-r", &pcap_s])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    eprintln!("{dump}");
+    assert!(dump.contains("BOOTP/DHCP, Request"), "{dump}");
+    assert!(dump.contains("BOOTP/DHCP, Reply"), "{dump}");
+    assert!(
+        dump.contains(&format!("> {FAR_HOST}: ICMP echo request")),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("{FAR_HOST} > 198.19.2.2: ICMP echo reply")),
+        "{dump}"
+    );
+    let port = far::TCP_ECHO_PORT;
+    assert!(
+        dump.contains(&format!("> {FAR_HOST}.{port}: Flags [S]")),
+        "SYN: {dump}"
+    );
+    assert!(
+        dump.contains(&format!("{FAR_HOST}.{port} > 198.19.2.2.")),
+        "{dump}"
+    );
+    assert!(dump.contains("Flags [S.]"), "SYN-ACK: {dump}");
+    assert!(
+        !dump.contains("incorrect")
+            && !dump.contains("bad udp cksum")
+            && !dump.contains("bad cksum"),
+        "a checksum tcpdump rejects: {dump}"
+    );
+
+    // JSON logs: one object per line, the lease and the frontend with their fields.
+    let log = pw.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let event = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {log}"))
+            .clone()
+    };
+    assert_eq!(event("lease_granted")["fields"]["address"], "198.19.2.2");
+    assert!(event("frontend_connected")["fields"]["session"].is_u64());
+    assert!(event("start")["fields"]["interface"].is_string());
     vm.poweroff(T).unwrap();
 }
 

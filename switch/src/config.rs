@@ -188,6 +188,23 @@ pub struct Cli {
     /// `privateOptions`). Repeatable
     #[arg(long, value_name = "CODE=VALUE", value_parser = parse_private_option)]
     pub dhcp_private_option: Vec<(u8, Vec<u8>)>,
+    /// The control socket for `podwire status|flows|forward|capture` [default: the socket's
+    /// path with `.ctl` appended]; `none` to have none
+    #[arg(long, value_name = "PATH|none")]
+    pub control: Option<String>,
+    /// Capture every frame to and from the guest into this pcap file (switch it off and on
+    /// with `podwire capture off|on`)
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Size in MiB at which the capture file is rotated to FILE.1
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub pcap_max_size: u64,
+    /// Log format: `text`, or `json` (one object per line)
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Serve Prometheus metrics (OpenMetrics text) on a TCP `HOST:PORT` or `unix:PATH`
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// DHCP lease time in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(60..))]
     pub lease_time: u32,
@@ -511,7 +528,10 @@ pub struct Forwarding {
 
 /// Resolves `-t`/`-u` specs into forwards. `all` leaves out ports the pod already uses and
 /// its ephemeral range (the ports outgoing connections, podwire's own included, draw from).
-fn resolve_forwards(proto: Proto, specs: &[PortSpec]) -> Result<Vec<Forwarding>, ConfigError> {
+pub(crate) fn resolve_forwards(
+    proto: Proto,
+    specs: &[PortSpec],
+) -> Result<Vec<Forwarding>, ConfigError> {
     let table = ForwardTable::new(specs)?;
     if table.is_empty() {
         return Ok(Vec::new());

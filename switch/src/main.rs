@@ -13,10 +13,17 @@
 //! once the socket listens and the pid file is written (`daemon.rs`), as libvirt expects of
 //! passt. See `docs/architecture.md`.
 
+mod capture;
 mod config;
+mod control;
+#[cfg(test)]
+mod control_tests;
 mod daemon;
 #[cfg(test)]
 mod ipv6_tests;
+mod mailbox;
+mod metrics;
+mod ops;
 mod podnet;
 #[cfg(test)]
 mod scale_tests;
@@ -101,11 +108,19 @@ fn describe_guest(c: &Config) -> String {
 
 /// The socket's protocol: vhost-user (`--vhost-user`) or passt's default, QEMU's stream.
 enum Frontend {
-    VhostUser(Server<Switch>),
-    Stream(StreamServer<Switch>),
+    VhostUser(Server<capture::Capturing<Switch>>),
+    Stream(StreamServer<capture::Capturing<Switch>>),
 }
 
 impl Frontend {
+    /// What the control socket reports about the connected frontend (vhost-user only).
+    fn session(&self) -> Arc<podwire_vhost::SessionInfo> {
+        match self {
+            Frontend::VhostUser(s) => s.session(),
+            Frontend::Stream(_) => Arc::default(),
+        }
+    }
+
     /// Serves frontends one after another, or only the first with `--one-off`.
     fn serve(&self, one_off: bool) -> Result<(), String> {
         let result = match (self, one_off) {
@@ -123,8 +138,18 @@ impl Frontend {
 
 fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(), String> {
     raise_fd_limit();
+    let ops_options = ops::Options::from_cli(&cli);
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
     tracing::info!(
+        event = "start",
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %config.socket.display(),
+        interface = %config.uplink.name,
+        uplink = %describe_uplink(&config.uplink),
+        mtu = config.mtu,
+        guest = %describe_guest(&config),
+        tcp_forwards = config.tcp_forwards.len(),
+        udp_forwards = config.udp_forwards.len(),
         "uplink {} {}, MTU {}; guest {}; DNS {:?}",
         config.uplink.name,
         describe_uplink(&config.uplink),
@@ -139,7 +164,13 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
             .unwrap_or([0x52, 0x54, 0x00, 0x70, 0x77, 0x02]),
         mtu: config.mtu,
     };
-    let switch = Arc::new(Mutex::new(switch));
+    let capture = ops_options.capture().map_err(|e| format!("--pcap: {e}"))?;
+    let mailbox = Arc::new(mailbox::Mailbox::default());
+    let switch = Arc::new(Mutex::new(capture::Capturing::new(
+        switch,
+        capture.clone(),
+        mailbox.clone(),
+    )));
     let device = Arc::new(DeviceCounters::default());
     let server = if process.vhost_user {
         Frontend::VhostUser(
@@ -158,9 +189,20 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         )
     };
     let mut leftovers = vec![config.socket.clone()];
+    leftovers.extend(ops::start(
+        &ops_options,
+        &config,
+        &switch,
+        &device,
+        server.session(),
+        capture,
+        mailbox,
+    )?);
     if let Some(pid_file) = &config.pid_file {
         if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
-            let _ = std::fs::remove_file(&config.socket);
+            for path in &leftovers {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(format!("cannot write {}: {e}", pid_file.display()));
         }
         leftovers.push(pid_file.clone());
@@ -180,10 +222,15 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
     served
 }
 
-/// Logs to `--log-file` (capped) if given, else to stderr.
-fn init_logging(process: &ProcessOptions) -> Result<(), String> {
+/// Logs to `--log-file` (capped) if given, else to stderr; `--log-format json` logs JSON lines
+/// to stderr.
+fn init_logging(process: &ProcessOptions, json: bool) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(process.level));
+    if json {
+        ops::init_json_logs(filter);
+        return Ok(());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -208,6 +255,14 @@ fn main() -> ExitCode {
         eprintln!("podwire: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| control::client::COMMANDS.contains(&a))
+    {
+        return control::client::run(args);
+    }
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -225,7 +280,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    let result = init_logging(&process).and_then(|()| run(cli, &process, ready));
+    let result =
+        init_logging(&process, cli.log_format == "json").and_then(|()| run(cli, &process, ready));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

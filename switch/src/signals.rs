@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use podwire_frame::CounterSet;
 use podwire_vhost::DeviceCounters;
 
-use crate::switch::Switch;
+use crate::control::Handler;
 
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set in place.
@@ -38,7 +38,7 @@ pub fn block() -> io::Result<()> {
 
 /// Starts the thread that waits for the signals.
 pub fn spawn_handler(
-    switch: Arc<Mutex<Switch>>,
+    switch: Arc<Mutex<Handler>>,
     device: Arc<DeviceCounters>,
     leftovers: Vec<PathBuf>,
 ) -> io::Result<()> {
@@ -52,7 +52,10 @@ pub fn spawn_handler(
                 continue;
             }
             if sig == libc::SIGUSR1 {
-                let status = switch.lock().map(|s| s.status()).unwrap_or_default();
+                let status = switch
+                    .lock()
+                    .map(|s| s.inner().status())
+                    .unwrap_or_default();
                 tracing::info!("status: {status}; device: {}", device.summary());
                 continue;
             }

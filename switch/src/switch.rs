@@ -39,6 +39,8 @@ use smoltcp::wire::{
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
 
+pub mod inspect;
+
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
 pub const HEADER_COPY: usize = ETH_LEN + 60 + 20;
@@ -200,8 +202,23 @@ fn open_forwards(nat: &mut Nat, config: &Config) -> std::io::Result<()> {
                 };
                 let proto = if tcp { "TCP" } else { "UDP" };
                 match result {
-                    Ok(()) => tracing::debug!("forwarding {proto} {f} ({bind})"),
+                    Ok(()) => tracing::info!(
+                        event = "forward_added",
+                        proto,
+                        spec = %f,
+                        bind = %bind,
+                        guest_port = f.guest_port,
+                        "forwarding {proto} {f} ({bind})"
+                    ),
                     Err(e) if *explicit => {
+                        tracing::error!(
+                            event = "forward_failed",
+                            proto,
+                            spec = %f,
+                            bind = %bind,
+                            error = %e,
+                            "cannot forward {proto} {f} ({bind}): {e}"
+                        );
                         return Err(std::io::Error::new(e.kind(), format!("{proto} {f}: {e}")));
                     }
                     Err(_) => {}
@@ -583,6 +600,7 @@ impl Switch {
         let n = frame.read(info.l4_offset, &mut udp[..info.l4_len.min(DHCP4_MAX)]);
         let mut out = [0u8; podwire_link::v4::OUT_BUFFER_LEN];
         // The chaddr check inside the responder compares against the frame's real sender.
+        let renewed_before = v4.dhcp().lease().map(|l| l.renewed_at);
         let result = v4.handle_dhcp(
             frame_src_mac(frame),
             reply_mac,
@@ -592,6 +610,23 @@ impl Switch {
             info.partial_csum,
             &mut out,
         );
+        if let Some(lease) = v4
+            .dhcp()
+            .lease()
+            .filter(|l| Some(l.renewed_at) != renewed_before)
+        {
+            tracing::info!(
+                event = "lease_granted",
+                family = "ipv4",
+                address = %lease.ip,
+                mac = %lease.mac.map(|b| format!("{b:02x}")).join(":"),
+                lease_secs = lease.lease_secs,
+                hostname = lease.hostname.as_deref().map(|h| h.escape_debug().to_string()),
+                "DHCP lease of {} to {}",
+                lease.ip,
+                EthernetAddress(lease.mac)
+            );
+        }
         self.deliver_control4(result, &out, rx);
     }
 
@@ -690,6 +725,12 @@ fn frame_src_mac(frame: &SgList<'_>) -> [u8; 6] {
     let mut mac = [0u8; 6];
     frame.read(6, &mut mac);
     mac
+}
+
+impl AsMut<Switch> for Switch {
+    fn as_mut(&mut self) -> &mut Switch {
+        self
+    }
 }
 
 impl NetHandler for Switch {

@@ -15,6 +15,8 @@ podwire_frame::counters! {
         rx_bytes: Bytes,
         /// Guest interrupts raised (used-buffer notifications).
         interrupts: Count,
+        /// Ring kicks from the guest (available-buffer notifications), RX and TX.
+        kicks: Count,
         /// TX chains dropped because a descriptor pointed outside guest memory.
         tx_bad_address: Drop,
         /// TX chains dropped because a descriptor was device-writable.

@@ -58,6 +58,7 @@ use podwire_frame::{
 };
 
 use crate::counters::DeviceCounters;
+use crate::session::SessionInfo;
 use crate::vnet::{config_space, VnetHdr};
 
 pub const RX_QUEUE: usize = 0;
@@ -106,6 +107,9 @@ pub struct NetDevice<H: NetHandler> {
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
+    /// Published for the control socket and metrics (see `session.rs`).
+    session: Arc<SessionInfo>,
+    rings_published: bool,
 }
 
 impl<H: NetHandler> NetDevice<H> {
@@ -122,7 +126,15 @@ impl<H: NetHandler> NetDevice<H> {
             acked_features: 0,
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            session: Arc::default(),
+            rings_published: false,
         })
+    }
+
+    /// Publishes the negotiated features and ring sizes to `session`.
+    pub fn with_session(mut self, session: Arc<SessionInfo>) -> Self {
+        self.session = session;
+        self
     }
 
     /// A handle that stops the worker thread when notified.
@@ -226,9 +238,16 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
 
     fn acked_features(&mut self, features: u64) {
         if features != self.acked_features {
-            tracing::info!("guest negotiated {}", feature_names(features));
+            tracing::info!(
+                event = "frontend_features",
+                features = %feature_names(features),
+                features_hex = %format_args!("{features:#x}"),
+                "guest negotiated {}",
+                feature_names(features)
+            );
         }
         self.acked_features = features;
+        self.session.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -265,14 +284,27 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> std::io::Result<()> {
+        if usize::from(device_event) < NUM_QUEUES {
+            self.counters.kicks.inc();
+        }
+        if !self.rings_published {
+            // Sizes are fixed once the rings run, which they do by the first event.
+            let size = |i: usize| {
+                vrings
+                    .get(i)
+                    .map_or(0, |v| u32::from(v.get_ref().get_queue().size()))
+            };
+            self.session.set_rings(size(RX_QUEUE), size(TX_QUEUE));
+            self.rings_published = true;
+        }
         // Never return an error: the library would end the worker thread, and with it the NIC.
         self.process(device_event, vrings);
         Ok(())
     }
 }
 
-/// The offered features the guest took, by name, for the log.
-fn feature_names(features: u64) -> String {
+/// The offered features the guest took, by name, for the log and the status.
+pub fn feature_names(features: u64) -> String {
     let names = [
         (VIRTIO_F_VERSION_1, "VERSION_1"),
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),

@@ -22,12 +22,15 @@ pub mod counters;
 pub mod device;
 pub mod relay;
 pub mod server;
+pub mod session;
 pub mod vnet;
 
 pub use counters::DeviceCounters;
+pub use device::feature_names;
 pub use device::{NetConfig, NetDevice};
 pub use podwire_frame::{
     nonzero_summary, sg, warn_once, Checksum, Counter, GsoKind, NetHandler, PartialCsum, RxError,
     RxSink, SgList, TxOffload, MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
 };
 pub use server::{ServeError, Server};
+pub use session::{SessionInfo, SessionSnapshot};

@@ -30,6 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::counters::DeviceCounters;
 use crate::device::{NetConfig, NetDevice, HANDLER_EVENT};
 use crate::relay;
+use crate::session::SessionInfo;
 use podwire_frame::NetHandler;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub struct Server<H: NetHandler> {
     counters: Arc<DeviceCounters>,
     config: NetConfig,
     last_refusal_log: Cell<Option<Instant>>,
+    session: Arc<SessionInfo>,
 }
 
 /// Least time between two log lines about refused frontends.
@@ -81,7 +83,13 @@ impl<H: NetHandler> Server<H> {
             counters,
             config,
             last_refusal_log: Cell::new(None),
+            session: Arc::default(),
         })
+    }
+
+    /// What the current frontend session negotiated, for readers on other threads.
+    pub fn session(&self) -> Arc<SessionInfo> {
+        self.session.clone()
     }
 
     /// Serves frontends one after another; returns only on an unrecoverable error.
@@ -93,7 +101,8 @@ impl<H: NetHandler> Server<H> {
 
     /// Waits for one frontend and serves it until it goes away.
     pub fn serve_one(&self) -> Result<(), ServeError> {
-        let device = NetDevice::new(self.handler.clone(), self.counters.clone(), self.config)?;
+        let device = NetDevice::new(self.handler.clone(), self.counters.clone(), self.config)?
+            .with_session(self.session.clone());
         let exit = device.exit_notifier()?;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon =
@@ -112,7 +121,12 @@ impl<H: NetHandler> Server<H> {
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         drop(listener);
         self.counters.sessions.inc();
-        tracing::info!("frontend connected");
+        self.session.connected();
+        tracing::info!(
+            event = "frontend_connected",
+            session = self.counters.sessions.get(),
+            "frontend connected"
+        );
 
         let host_fd = lock(&self.handler).host_fd();
         for h in daemon.get_epoll_handlers() {
@@ -141,12 +155,16 @@ impl<H: NetHandler> Server<H> {
             let _ = h.unregister_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT));
         }
         drop(daemon);
+        self.session.disconnected();
         lock(&self.handler).link_changed(false);
         match result {
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!("frontend disconnected; waiting for the next one"),
+            )) => tracing::info!(
+                event = "frontend_disconnected",
+                "frontend disconnected; waiting for the next one"
+            ),
             Err(e) => tracing::warn!("frontend session ended: {e}; waiting for the next one"),
         }
         Ok(())

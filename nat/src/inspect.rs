@@ -1,0 +1,143 @@
+//! Read-only views of the flow table for operators (`podwire flows`, status counts), and the
+//! removal of forwarded ports at run time.
+//!
+//! # Theory of operation
+//!
+//! Called with the dataplane lock held, from the control thread, never from the per-frame path.
+//! Each call walks at most `limit` flows and makes at most one `getsockname`/`getsockopt` per
+//! flow, so the time the dataplane waits is bounded by the caller's limit. Byte counts and idle
+//! times of TCP flows come from the pod-side socket's `TCP_INFO` (what the kernel already keeps),
+//! so the dataplane keeps no per-flow statistics for this.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::{sock, FlowKey, Nat};
+
+/// The protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl FlowProto {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowProto::Tcp => "tcp",
+            FlowProto::Udp => "udp",
+            FlowProto::Icmp => "icmp",
+        }
+    }
+}
+
+/// One flow as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub proto: FlowProto,
+    /// Opened from the pod (a forwarded port) rather than by the guest.
+    pub inbound: bool,
+    /// The guest's end.
+    pub guest: SocketAddr,
+    /// The peer as the guest sees it (TCP, ICMP); `None` for a UDP flow, which is one socket
+    /// per guest port talking to any number of peers.
+    pub remote: Option<SocketAddr>,
+    /// The pod-side socket's local address.
+    pub pod: Option<SocketAddr>,
+    pub state: &'static str,
+    pub bytes_from_guest: Option<u64>,
+    pub bytes_to_guest: Option<u64>,
+    pub age: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// Flow counts by protocol and direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub tcp_outbound: usize,
+    pub tcp_inbound: usize,
+    pub udp_outbound: usize,
+    /// Forwarded UDP ports (each one socket).
+    pub udp_forwarded: usize,
+    pub icmp: usize,
+}
+
+impl Nat {
+    /// Up to `limit` flows, TCP first.
+    pub fn flows(&self, limit: usize) -> Vec<FlowInfo> {
+        let mut out = self.tcp.flows(limit);
+        let now = Instant::now();
+        for flow in self.slots.iter().flatten() {
+            if out.len() >= limit {
+                break;
+            }
+            let (proto, guest, remote) = match flow.key {
+                FlowKey::Udp {
+                    guest_ip,
+                    guest_port,
+                } => (FlowProto::Udp, SocketAddr::new(guest_ip, guest_port), None),
+                FlowKey::Icmp {
+                    guest_ip,
+                    guest_id,
+                    dst,
+                } => (
+                    FlowProto::Icmp,
+                    SocketAddr::new(guest_ip, guest_id),
+                    Some(SocketAddr::new(dst, 0)),
+                ),
+            };
+            out.push(FlowInfo {
+                proto,
+                inbound: flow.permanent,
+                guest,
+                remote,
+                pod: sock::local_addr(&flow.fd).ok(),
+                state: if flow.permanent { "forwarded" } else { "open" },
+                bytes_from_guest: None,
+                bytes_to_guest: None,
+                age: None,
+                idle: Some(now.saturating_duration_since(flow.last_used)),
+            });
+        }
+        out
+    }
+
+    /// How many flows of each kind are open.
+    pub fn flow_counts(&self) -> FlowCounts {
+        let (tcp_outbound, tcp_inbound) = self.tcp.counts_by_direction();
+        let mut c = FlowCounts {
+            tcp_outbound,
+            tcp_inbound,
+            ..FlowCounts::default()
+        };
+        for flow in self.slots.iter().flatten() {
+            match (flow.key, flow.permanent) {
+                (FlowKey::Udp { .. }, true) => c.udp_forwarded += 1,
+                (FlowKey::Udp { .. }, false) => c.udp_outbound += 1,
+                (FlowKey::Icmp { .. }, _) => c.icmp += 1,
+            }
+        }
+        c
+    }
+
+    /// Stops forwarding TCP connections to `bind`. Established connections stay.
+    pub fn unlisten_tcp(&mut self, bind: SocketAddr) -> bool {
+        self.tcp.unlisten(self.poll.registry(), bind)
+    }
+
+    /// Stops forwarding UDP datagrams arriving on `bind` (closes that port's socket).
+    pub fn unforward_udp(&mut self, bind: SocketAddr) -> bool {
+        let slot = self.slots.iter().position(|f| {
+            f.as_ref()
+                .is_some_and(|f| f.permanent && sock::local_addr(&f.fd).ok() == Some(bind))
+        });
+        match slot {
+            Some(slot) => {
+                self.remove(slot);
+                true
+            }
+            None => false,
+        }
+    }
+}
