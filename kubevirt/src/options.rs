@@ -9,8 +9,9 @@
 //! - `spec.hostname` (else the VMI's name) → `--hostname`; with `spec.subdomain`, the FQDN
 //!   `<host>.<subdomain>.<namespace>.svc.<cluster domain>` → `--fqdn`, when podwire has it;
 //! - `macAddress` → `--mac`; the domain interface's `<mtu>` (if any) → `--mtu`;
-//! - `dhcpOptions` (boot file, TFTP server, NTP servers, private options 224-254): podwire's
-//!   command line has no way to set them yet, so they are reported back as not applied.
+//! - `dhcpOptions` → `--dhcp-boot-file` (67), `--dhcp-tftp-server` (66), `--dhcp-ntp` (42, one
+//!   per server), `--dhcp-private-option CODE=VALUE` (224-254), when podwire has them; an older
+//!   podwire without them gets none, and the options are reported back as not applied.
 //!
 //! Which optional flags the podwire binary understands is probed once from its `--help`
 //! ([`Capabilities::probe`]), so the sidecar works with podwire builds older or newer than itself.
@@ -47,6 +48,8 @@ pub enum OptionsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     pub fqdn: bool,
+    /// `--dhcp-boot-file`, `--dhcp-tftp-server`, `--dhcp-ntp`, `--dhcp-private-option`.
+    pub dhcp_options: bool,
 }
 
 impl Capabilities {
@@ -64,6 +67,10 @@ impl Capabilities {
     pub fn from_help(help: &str) -> Self {
         Self {
             fqdn: help.contains("--fqdn"),
+            dhcp_options: ["--dhcp-boot-file", "--dhcp-tftp-server", "--dhcp-ntp"]
+                .iter()
+                .chain(&["--dhcp-private-option"])
+                .all(|flag| help.contains(flag)),
         }
     }
 }
@@ -156,14 +163,39 @@ impl PodwireOptions {
             Some(fqdn) => not_applied.push(format!("FQDN {fqdn}: this podwire has no --fqdn")),
             None => {}
         }
-        if let Some(dhcp) = &self.dhcp {
-            not_applied.push(format!(
-                "dhcpOptions {dhcp:?}: podwire has no command-line option for DHCP boot file, \
-                 TFTP server, NTP servers or private options yet"
-            ));
+        match &self.dhcp {
+            Some(dhcp) if caps.dhcp_options => args.extend(dhcp_args(dhcp)),
+            Some(dhcp) => not_applied.push(format!(
+                "dhcpOptions {dhcp:?}: this podwire has no --dhcp-boot-file, --dhcp-tftp-server, \
+                 --dhcp-ntp or --dhcp-private-option"
+            )),
+            None => {}
         }
         (args, not_applied)
     }
+}
+
+/// KubeVirt's `dhcpOptions` as podwire's `--dhcp-*` flags (podwire checks the values: an NTP
+/// server that is not an IPv4 address or a private option outside 224-254 stops it with one
+/// line, which the hook reports).
+fn dhcp_args(dhcp: &DhcpOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(file) = dhcp.boot_file_name.as_deref().filter(|f| !f.is_empty()) {
+        args.extend(["--dhcp-boot-file".into(), file.into()]);
+    }
+    if let Some(server) = dhcp.tftp_server_name.as_deref().filter(|s| !s.is_empty()) {
+        args.extend(["--dhcp-tftp-server".into(), server.into()]);
+    }
+    for ntp in &dhcp.ntp_servers {
+        args.extend(["--dhcp-ntp".into(), ntp.into()]);
+    }
+    for p in &dhcp.private_options {
+        args.extend([
+            "--dhcp-private-option".into(),
+            format!("{}={}", p.option, p.value).into(),
+        ]);
+    }
+    args
 }
 
 /// Masquerade's port rule: no ports listed forwards everything; listed ports forward exactly

@@ -93,7 +93,7 @@ fn only_tcp_ports_listed_leaves_udp_unforwarded() {
 #[test]
 fn full_vmi_maps_to_cidrs_hostname_fqdn_and_mac() {
     let o = options_of(&vmi(FULL)).unwrap();
-    let a = args(&o, Capabilities { fqdn: true });
+    let a = args(&o, ALL);
     let pairs = [
         ["--tcp-ports", "80,443"],
         ["--udp-ports", "53"],
@@ -112,7 +112,10 @@ fn full_vmi_maps_to_cidrs_hostname_fqdn_and_mac() {
 #[test]
 fn fqdn_is_reported_not_passed_to_a_podwire_without_the_flag() {
     let o = options_of(&vmi(FULL)).unwrap();
-    let (a, not_applied) = o.argv(Capabilities { fqdn: false });
+    let (a, not_applied) = o.argv(Capabilities {
+        fqdn: false,
+        dhcp_options: true,
+    });
     assert!(!a.iter().any(|x| x == "--fqdn"));
     assert!(
         not_applied.iter().any(|l| l.contains("--fqdn")),
@@ -120,12 +123,45 @@ fn fqdn_is_reported_not_passed_to_a_podwire_without_the_flag() {
     );
 }
 
+const ALL: Capabilities = Capabilities {
+    fqdn: true,
+    dhcp_options: true,
+};
+
 #[test]
-fn dhcp_options_are_reported_as_not_applied() {
+fn dhcp_options_become_dhcp_flags() {
+    let v = vmi(r#"{"spec": {
+        "domain": {"devices": {"interfaces": [{"name": "default", "binding": {"name": "podwire"},
+            "dhcpOptions": {"bootFileName": "pxelinux.0", "tftpServerName": "tftp.example",
+                "ntpServers": ["198.18.0.9", "198.18.0.10"],
+                "privateOptions": [{"option": 240, "value": "extra"}]}}]}},
+        "networks": [{"name": "default", "pod": {}}]}}"#);
+    let o = options_of(&v).unwrap();
+    let (a, not_applied) = o.argv(ALL);
+    let a: Vec<String> = a.into_iter().map(|x| x.into_string().unwrap()).collect();
+    for pair in [
+        ["--dhcp-boot-file", "pxelinux.0"],
+        ["--dhcp-tftp-server", "tftp.example"],
+        ["--dhcp-ntp", "198.18.0.9"],
+        ["--dhcp-ntp", "198.18.0.10"],
+        ["--dhcp-private-option", "240=extra"],
+    ] {
+        assert!(
+            a.windows(2).any(|w| w == pair),
+            "{pair:?} missing from {a:?}"
+        );
+    }
+    assert!(not_applied.is_empty(), "{not_applied:?}");
+}
+
+#[test]
+fn dhcp_options_are_reported_not_passed_to_a_podwire_without_the_flags() {
     let o = options_of(&vmi(FULL)).unwrap();
-    let dhcp = o.dhcp.clone().expect("dhcpOptions read");
-    assert_eq!(dhcp.boot_file_name.as_deref(), Some("pxelinux.0"));
-    let (_, not_applied) = o.argv(Capabilities { fqdn: true });
+    let (a, not_applied) = o.argv(Capabilities {
+        fqdn: true,
+        dhcp_options: false,
+    });
+    assert!(!a.iter().any(|x| x.to_string_lossy().starts_with("--dhcp")));
     assert_eq!(not_applied.len(), 1);
     assert!(not_applied[0].contains("dhcpOptions"));
 }
@@ -212,4 +248,8 @@ fn the_binding_name_is_configurable() {
 fn capabilities_come_from_the_help_text() {
     assert!(Capabilities::from_help("  --fqdn <NAME>  Fully qualified").fqdn);
     assert!(!Capabilities::from_help("  --hostname <NAME>").fqdn);
+    let dhcp = "--dhcp-ntp <ADDR> --dhcp-tftp-server <NAME> --dhcp-boot-file <NAME> \
+                --dhcp-private-option <CODE=VALUE>";
+    assert!(Capabilities::from_help(dhcp).dhcp_options);
+    assert!(!Capabilities::from_help("--dhcp-ntp <ADDR>").dhcp_options);
 }

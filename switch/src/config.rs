@@ -194,7 +194,7 @@ pub struct Cli {
     pub control: Option<String>,
     /// Capture every frame to and from the guest into this pcap file (switch it off and on
     /// with `podwire capture off|on`)
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'p', long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
     /// Size in MiB at which the capture file is rotated to FILE.1
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
@@ -217,8 +217,6 @@ pub struct Cli {
 /// only so that podwire can refuse it by name with one line, instead of clap's generic error.
 #[derive(Debug, Default, clap::Args)]
 pub struct Unsupported {
-    #[arg(short = 'p', long, value_name = "FILE", hide = true)]
-    pub pcap: Option<String>,
     #[arg(short = 'F', long, value_name = "FD", hide = true)]
     pub fd: Option<String>,
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -247,7 +245,6 @@ impl Unsupported {
     /// The first unsupported option given, by its passt name.
     fn first_given(&self) -> Option<&'static str> {
         [
-            (self.pcap.is_some(), "--pcap"),
             (self.fd.is_some(), "--fd"),
             (self.dns_forward.is_some(), "--dns-forward"),
             (self.dns_host.is_some(), "--dns-host"),
@@ -1052,7 +1049,6 @@ mod tests {
             (&["--outbound-if6", "eth0"], "--outbound-if6"),
             (&["--map-guest-addr", "198.18.0.9"], "--map-guest-addr"),
             (&["-M", "02:00:00:00:00:01"], "--mac-addr"),
-            (&["--pcap", "/x.pcap"], "--pcap"),
             (&["--no-tcp"], "--no-tcp"),
             (&["--freebind"], "--freebind"),
             (&["--dns-forward", "10.0.2.3"], "--dns-forward"),
