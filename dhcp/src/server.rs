@@ -233,6 +233,12 @@ impl Dhcpv4Server {
         self.lease.as_ref().filter(|l| !l.is_expired(now)).cloned()
     }
 
+    /// Live migration: takes over the binding the source podwire had made, so that the guest's
+    /// renewals are answered as before.
+    pub fn restore_lease(&mut self, lease: LeaseInfo) {
+        self.lease = Some(lease);
+    }
+
     pub fn last_decline(&self) -> Option<DeclineInfo> {
         self.last_decline
     }

@@ -27,9 +27,10 @@ pub mod sink;
 
 pub use counters::{
     nonzero_summary, summary_of, Counter, CounterDesc, CounterKind, CounterSet, CounterValue,
+    RateLimit,
 };
 pub use sg::{Checksum, SgError, SgList, MAX_SEGS};
 pub use sink::{
-    one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, TxOffload, MAX_FRAME_LEN,
-    RX_BATCH,
+    one_of_batch, GsoKind, NetHandler, PartialCsum, RxError, RxSink, StateError, TxOffload,
+    MAX_FRAME_LEN, RX_BATCH,
 };

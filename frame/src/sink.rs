@@ -43,7 +43,20 @@ pub trait NetHandler: Send + 'static {
     fn host_fd(&self) -> RawFd;
     /// A frontend connected (`true`) or went away (`false`).
     fn link_changed(&mut self, _up: bool) {}
+    /// Live migration, source side: the handler's state (guest identity, leases, flows) for
+    /// the destination, in the handler's own versioned format. Called with the rings stopped.
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        Err("this handler cannot be migrated".into())
+    }
+    /// Live migration, destination side: takes over what a source saved. Anything it cannot
+    /// trust (garbage, truncated, another version) is refused whole, before any of it is used.
+    fn load_state(&mut self, _state: &[u8]) -> Result<(), StateError> {
+        Err("this handler cannot be migrated".into())
+    }
 }
+
+/// Why a handler could not save or load its migration state.
+pub type StateError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the virtio-net header of a TX frame says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -50,9 +50,13 @@ pub struct Link4Config {
     /// podwire's MAC on the link.
     pub gateway_mac: [u8; 6],
     pub gateway_ip: Ipv4Addr,
-    /// The address DHCP hands out: the guest's until it uses another one of the subnet.
+    /// The address DHCP hands out: the guest's (until it uses another one of the subnet, if
+    /// `allow_other_sources`).
     pub guest_ip: Ipv4Addr,
     pub prefix_len: u8,
+    /// Anti-spoofing off: an ARP sender address in the subnet becomes the guest's address.
+    /// Otherwise ARP from any address but the guest's (or 0.0.0.0, a probe) is refused.
+    pub allow_other_sources: bool,
 }
 
 podwire_frame::counters! {
@@ -79,6 +83,9 @@ podwire_frame::counters! {
         /// DHCPv4 messages the server rejected (malformed, or no room for the reply).
         #[error("DHCP: {0}")]
         Dhcp(DhcpError) => dhcp_errors,
+        /// ARP from a sender address the guest was not given (anti-spoofing).
+        #[error("ARP from {0}, not the guest's address")]
+        SpoofedSender(Ipv4Addr) => arp_spoofed_sender,
     }
 }
 
@@ -163,8 +170,13 @@ impl Link4 {
         else {
             return Err(Link4Drop::ArpIgnored);
         };
-        if !sender_ip.is_unspecified() && sender_ip != self.guest_ip && self.in_subnet(sender_ip) {
-            self.guest_ip = sender_ip;
+        if !sender_ip.is_unspecified() && sender_ip != self.guest_ip {
+            if !self.cfg.allow_other_sources {
+                return Err(Link4Drop::SpoofedSender(sender_ip));
+            }
+            if self.in_subnet(sender_ip) {
+                self.guest_ip = sender_ip;
+            }
         }
         let answer = operation == ArpOperation::Request
             && !sender_ip.is_unspecified()
@@ -295,6 +307,14 @@ impl Link4 {
         packet.set_len(udp_len as u16);
         packet.set_checksum(0);
         packet.fill_checksum(&IpAddress::Ipv4(self.cfg.gateway_ip), &IpAddress::Ipv4(to));
+    }
+
+    /// Live migration: the address the guest used and the lease it held on the source.
+    pub fn restore(&mut self, guest_ip: Ipv4Addr, lease: Option<podwire_dhcp::LeaseInfo>) {
+        self.guest_ip = guest_ip;
+        if let Some(lease) = lease {
+            self.dhcp.restore_lease(lease);
+        }
     }
 
     /// Forgets what this guest taught the link (a new frontend may be another guest).

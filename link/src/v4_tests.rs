@@ -17,6 +17,10 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const GUEST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 fn link() -> Link4 {
+    link_with(false)
+}
+
+fn link_with(allow_other_sources: bool) -> Link4 {
     let dhcp = Dhcpv4Server::new(Dhcpv4Config {
         server_ip: GATEWAY,
         guest_ip: GUEST,
@@ -36,6 +40,7 @@ fn link() -> Link4 {
             gateway_ip: GATEWAY,
             guest_ip: GUEST,
             prefix_len: 24,
+            allow_other_sources,
         },
         dhcp,
     )
@@ -91,9 +96,26 @@ fn probes_announcements_and_garbage_are_ignored_and_counted() {
     assert_eq!(l.counters.arp_replies.get(), 0);
 }
 
+/// Anti-spoofing: ARP from an address the guest was not given is refused, and the guest's
+/// address stays.
+#[test]
+fn an_arp_sender_other_than_the_guest_is_refused() {
+    let mut l = link();
+    let mut out = [0u8; ARP_FRAME_LEN];
+    let other = Ipv4Addr::new(198, 18, 0, 9);
+    let got = l.handle_arp(&arp(ArpOperation::Request, other, GATEWAY), &mut out);
+    assert_eq!(got, Err(Link4Drop::SpoofedSender(other)));
+    assert_eq!(l.guest_ip(), GUEST);
+    assert_eq!(l.counters.arp_spoofed_sender.get(), 1);
+    assert!(l
+        .handle_arp(&arp(ArpOperation::Request, GUEST, GATEWAY), &mut out)
+        .is_ok());
+}
+
+/// With other sources allowed (`--allow-guest-sources`).
 #[test]
 fn an_arp_sender_in_the_subnet_becomes_the_guest_address() {
-    let mut l = link();
+    let mut l = link_with(true);
     let mut out = [0u8; ARP_FRAME_LEN];
     let other = Ipv4Addr::new(198, 18, 0, 9);
     l.handle_arp(&arp(ArpOperation::Request, other, GATEWAY), &mut out)

@@ -1119,6 +1119,22 @@ impl Link6 {
         self.initial_left = MAX_INITIAL_RTR_ADVERTISEMENTS;
     }
 
+    /// The DHCPv6 binding, if the guest address was given to a client.
+    pub fn dhcp_binding(&self) -> Option<&podwire_dhcp::Dhcpv6Binding> {
+        self.dhcp.binding()
+    }
+
+    /// Live migration: the addresses the guest used (oldest first) and its DHCPv6 binding on
+    /// the source.
+    pub fn restore(&mut self, addrs: &[Ipv6Addr], binding: Option<podwire_dhcp::Dhcpv6Binding>) {
+        for &a in addrs {
+            self.learn(a);
+        }
+        if let Some(b) = binding {
+            self.dhcp.restore_binding(b);
+        }
+    }
+
     /// Whether DHCPv6 has given the guest address to a client.
     pub fn lease_bound(&self) -> bool {
         self.dhcp.binding().is_some()

@@ -1,4 +1,4 @@
-//! Read-only views of the flow table for operators (`podwire flows`, status counts), and the
+//! Read-only views of the one flow table for operators (`podwire flows`, status counts), and the
 //! removal of forwarded ports at run time.
 //!
 //! # Theory of operation
@@ -10,9 +10,10 @@
 //! so the dataplane keeps no per-flow statistics for this.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{sock, FlowKey, Nat};
+use crate::flow::{FlowData, FlowKey, Origin};
+use crate::{sock, Nat};
 
 /// The protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +67,16 @@ pub struct FlowCounts {
 impl Nat {
     /// Up to `limit` flows, TCP first.
     pub fn flows(&self, limit: usize) -> Vec<FlowInfo> {
-        let mut out = self.tcp.flows(limit);
-        let now = Instant::now();
-        for flow in self.slots.iter().flatten() {
+        let mut out = self.tcp.flows(&self.flows, limit);
+        let now = self.flows.now();
+        for (_, entry) in self.flows.iter() {
             if out.len() >= limit {
                 break;
             }
-            let (proto, guest, remote) = match flow.key {
+            let FlowData::Datagram(d) = &entry.data else {
+                continue;
+            };
+            let (proto, guest, remote) = match entry.key {
                 FlowKey::Udp {
                     guest_ip,
                     guest_port,
@@ -86,18 +90,20 @@ impl Nat {
                     SocketAddr::new(guest_ip, guest_id),
                     Some(SocketAddr::new(dst, 0)),
                 ),
+                FlowKey::Tcp { .. } => continue,
             };
+            let forwarded = entry.origin == Origin::Forward;
             out.push(FlowInfo {
                 proto,
-                inbound: flow.permanent,
+                inbound: forwarded,
                 guest,
                 remote,
-                pod: sock::local_addr(&flow.fd).ok(),
-                state: if flow.permanent { "forwarded" } else { "open" },
+                pod: sock::local_addr(&d.fd).ok(),
+                state: if forwarded { "forwarded" } else { "open" },
                 bytes_from_guest: None,
                 bytes_to_guest: None,
                 age: None,
-                idle: Some(now.saturating_duration_since(flow.last_used)),
+                idle: Some(now.saturating_duration_since(entry.last_active)),
             });
         }
         out
@@ -105,16 +111,13 @@ impl Nat {
 
     /// How many flows of each kind are open.
     pub fn flow_counts(&self) -> FlowCounts {
-        let (tcp_outbound, tcp_inbound) = self.tcp.counts_by_direction();
-        let mut c = FlowCounts {
-            tcp_outbound,
-            tcp_inbound,
-            ..FlowCounts::default()
-        };
-        for flow in self.slots.iter().flatten() {
-            match (flow.key, flow.permanent) {
-                (FlowKey::Udp { .. }, true) => c.udp_forwarded += 1,
-                (FlowKey::Udp { .. }, false) => c.udp_outbound += 1,
+        let mut c = FlowCounts::default();
+        for (_, entry) in self.flows.iter() {
+            match (&entry.key, entry.origin) {
+                (FlowKey::Tcp { .. }, Origin::Inbound { .. }) => c.tcp_inbound += 1,
+                (FlowKey::Tcp { .. }, _) => c.tcp_outbound += 1,
+                (FlowKey::Udp { .. }, Origin::Forward) => c.udp_forwarded += 1,
+                (FlowKey::Udp { .. }, _) => c.udp_outbound += 1,
                 (FlowKey::Icmp { .. }, _) => c.icmp += 1,
             }
         }
@@ -128,9 +131,13 @@ impl Nat {
 
     /// Stops forwarding UDP datagrams arriving on `bind` (closes that port's socket).
     pub fn unforward_udp(&mut self, bind: SocketAddr) -> bool {
-        let slot = self.slots.iter().position(|f| {
-            f.as_ref()
-                .is_some_and(|f| f.permanent && sock::local_addr(&f.fd).ok() == Some(bind))
+        let slot = self.flows.iter().find_map(|(slot, e)| match &e.data {
+            FlowData::Datagram(d)
+                if e.origin == Origin::Forward && sock::local_addr(&d.fd).ok() == Some(bind) =>
+            {
+                Some(slot)
+            }
+            _ => None,
         });
         match slot {
             Some(slot) => {

@@ -9,10 +9,11 @@
 //!
 //! - **UDP**: one socket per guest (address, source port), bound to the same port in the pod
 //!   when it is free (so port-preserving protocols keep working), otherwise to any. It is not
-//!   connected: the guest may talk to many peers from one port, and replies from any of them are
-//!   returned to that guest port (endpoint-independent mapping, like a "full-cone" NAT).
+//!   connected: the guest may talk to many peers from one port (endpoint-independent mapping),
+//!   but only the endpoints it sent to recently may answer (endpoint-dependent filtering, as a
+//!   connected socket would give): a datagram from anyone else is dropped and counted.
 //! - **ICMP echo**: one ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`) per guest (address,
-//!   identifier, destination). Ping sockets need `net.ipv4.ping_group_range` to include
+//!   identifier, destination), connected to the destination. Ping sockets need `net.ipv4.ping_group_range` to include
 //!   podwire's group; without it echo requests are dropped, counted and logged once.
 //! - **Addresses the guest sees differ from the pod's** only through [`AddrMap`]: the gateway
 //!   address maps to the pod's loopback (so services on the pod's 127.0.0.1 answer on the
@@ -30,12 +31,16 @@
 //! - **Forwarded pod ports** ([`ports`] parses passt's `-t`/`-u` syntax): TCP listeners whose
 //!   clients become connections towards the guest, and UDP sockets that are permanent flows.
 //!
-//! Flows live in a slab indexed by the mio token, with hash maps from the guest-side key to the
-//! slot: lookup is O(1) and nothing is allocated per packet. One timerfd ticks every 100 ms for
-//! TCP retransmission; once a second the same tick closes datagram flows idle past their timeout.
-//! Each table (datagram flows, TCP connections) has a hard size limit, beyond which new flows are
-//! refused and counted.
+//! Every flow of every kind lives in the one [`flow::FlowTable`]: slot = mio token, a hash map
+//! from the guest-side key to the slot, one insert and one remove path, budgets per origin
+//! (guest, remote peers on forwarded ports, per remote address) and for datagram flows, beyond
+//! which new flows are refused and counted. Lookup is O(1) and nothing is allocated per packet.
+//! One timerfd ticks every 100 ms for TCP retransmission and sets the table's coarse clock;
+//! once a second the same tick closes flows idle past the timeout of their kind and state.
+//! Only the gateway mapping (or a loopback resolver's rule) may lead to the pod's loopback:
+//! a guest packet to a loopback or unspecified address is dropped and counted.
 
+pub mod flow;
 mod inspect;
 pub mod ports;
 pub mod sock;
@@ -44,7 +49,6 @@ pub mod udp_batch;
 pub mod wire;
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -53,10 +57,12 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use podwire_frame::{
-    warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS, RX_BATCH,
+    log_limited, warn_once, Checksum, Counter, PartialCsum, RxError, RxSink, SgList, MAX_SEGS,
+    RX_BATCH,
 };
 use smoltcp::wire::IpProtocol;
 
+use crate::flow::{Datagram, Entry, FlowData, FlowKey, FlowLimits, FlowTable, Origin, Refused};
 pub use crate::inspect::{FlowCounts, FlowInfo, FlowProto};
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
@@ -94,12 +100,22 @@ impl AddrMap {
         AddrMap { rules }
     }
 
-    /// Where a datagram the guest sends to `dst` really goes.
-    pub fn outbound(&self, dst: SocketAddr) -> SocketAddr {
-        self.rules
+    /// Where a packet the guest sends to `dst` really goes, or `None` if it may not go there.
+    ///
+    /// Only a rule leads to the pod itself: a destination that is the pod's loopback or
+    /// unspecified address (127.0.0.0/8, 0.0.0.0/8, ::1, ::, and those as IPv4-mapped IPv6),
+    /// addressed directly, would reach services that listen only there (a service mesh's admin
+    /// port, say). Rules are configured by the operator (the gateway mapping, a loopback
+    /// resolver), so what they lead to is reachable as configured.
+    pub fn outbound(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        if let Some(r) = self
+            .rules
             .iter()
             .find(|r| r.guest == dst.ip() && r.port.is_none_or(|p| p == dst.port()))
-            .map_or(dst, |r| SocketAddr::new(r.host, dst.port()))
+        {
+            return Some(SocketAddr::new(r.host, dst.port()));
+        }
+        (!is_host_local(dst.ip())).then_some(dst)
     }
 
     /// Which address the guest should see as the source of a reply from `src`.
@@ -111,12 +127,28 @@ impl AddrMap {
     }
 }
 
+/// Whether `ip` names the pod itself whatever its interfaces: loopback, or unspecified (which
+/// the kernel takes as "this host" in `connect` and `sendto`), in either family or mapped.
+pub fn is_host_local(ip: IpAddr) -> bool {
+    let v4_local = |v4: std::net::Ipv4Addr| v4.is_loopback() || v4.octets()[0] == 0;
+    match ip {
+        IpAddr::V4(v4) => v4_local(v4),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.to_ipv4_mapped().is_some_and(v4_local)
+                // IPv4-compatible (::a.b.c.d, deprecated): ::1 and :: are covered above.
+                || (v6.segments()[..6] == [0; 6] && v4_local(v6.to_ipv4().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)))
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NatConfig {
     /// Most flows (of all kinds) at once.
     pub max_flows: usize,
-    pub udp_idle: Duration,
-    pub icmp_idle: Duration,
+    /// Idle timeouts by kind and state.
+    pub timeouts: flow::Timeouts,
     /// The guest's MTU: the largest IP packet it accepts.
     pub guest_mtu: usize,
     /// The pod's MTU: guest datagrams that fit it unfragmented may be sent coalesced (UDP GSO).
@@ -128,8 +160,7 @@ impl Default for NatConfig {
     fn default() -> Self {
         NatConfig {
             max_flows: 65536,
-            udp_idle: Duration::from_secs(180),
-            icmp_idle: Duration::from_secs(60),
+            timeouts: flow::Timeouts::default(),
             guest_mtu: 1500,
             pod_mtu: 1500,
             map: AddrMap::default(),
@@ -156,8 +187,11 @@ podwire_frame::counters! {
         icmp_in: Count,
         /// UDP and ICMP flows opened.
         flows_opened: Count,
-        /// UDP and ICMP flows closed for being idle.
+        /// Flows of every kind closed for being idle.
         flows_expired: Count,
+        /// Datagrams to a guest port from an endpoint the guest never sent to from it
+        /// (endpoint-dependent filtering).
+        udp_drop_unsolicited: Drop,
         /// Datagrams from the pod larger than the guest's MTU.
         drop_too_big_for_guest: Drop,
         /// Times a flow had to wait for guest RX buffers.
@@ -187,30 +221,14 @@ podwire_frame::counters! {
         /// Guest datagrams whose send to the pod failed.
         #[error("send failed")]
         SendFailed => drop_send_failed,
+        /// Guest datagrams and echo requests to the pod's own loopback or unspecified address.
+        #[error("destination is the pod's loopback or unspecified address")]
+        Loopback => drop_loopback,
+        /// Guest datagrams from a new source port (or echo requests of a new session) beyond
+        /// the datagram budget ([`flow::FlowLimits::max_datagram`]).
+        #[error("the guest's UDP port and ping session budget is spent")]
+        DatagramBudget => drop_datagram_budget,
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum FlowKey {
-    Udp {
-        guest_ip: IpAddr,
-        guest_port: u16,
-    },
-    Icmp {
-        guest_ip: IpAddr,
-        guest_id: u16,
-        dst: IpAddr,
-    },
-}
-
-struct Flow {
-    key: FlowKey,
-    fd: OwnedFd,
-    last_used: Instant,
-    /// Datagrams wait in the socket for guest RX buffers.
-    parked: bool,
-    /// A forwarded pod port: never expires, survives the guest going away.
-    permanent: bool,
 }
 
 /// The flow table and its sockets.
@@ -221,9 +239,9 @@ pub struct Nat {
     timer: OwnedFd,
     delack: OwnedFd,
     delack_armed: bool,
-    slots: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    index: HashMap<FlowKey, usize>,
+    /// Every flow, of every kind (see [`flow`]).
+    flows: FlowTable,
+    /// Datagram flows waiting for guest RX buffers.
     parked: Vec<usize>,
     ip_ident: Cell<u16>,
     ticks: u32,
@@ -256,8 +274,8 @@ impl Nat {
             TIMER_TOKEN,
             Interest::READABLE,
         )?;
-        let reserve = config.max_flows.min(1024);
-        let tcp = tcp::TcpTable::new(config.max_flows, config.guest_mtu);
+        let tcp = tcp::TcpTable::new(config.guest_mtu);
+        let flows = FlowTable::new(FlowLimits::for_max(config.max_flows));
         // IPv6's header is the longer: a payload that fits it fits IPv4 too.
         let coalesce_max = config.pod_mtu.saturating_sub(wire::IPV6_LEN + UDP_LEN);
         Ok(Nat {
@@ -267,9 +285,7 @@ impl Nat {
             timer,
             delack,
             delack_armed: false,
-            slots: Vec::with_capacity(reserve),
-            free: Vec::new(),
-            index: HashMap::with_capacity(reserve),
+            flows,
             parked: Vec::new(),
             ip_ident: Cell::new(0),
             ticks: 0,
@@ -280,13 +296,22 @@ impl Nat {
     }
 
     /// Readable when [`Nat::poll`] has work.
+    /// Every guest TCP connection as the guest knows it, for live migration: where a
+    /// destination podwire cannot take the sockets over, it resets these towards the guest.
+    pub fn tcp_guest_view(&self) -> impl Iterator<Item = tcp::GuestConn> + '_ {
+        self.flows.iter().filter_map(|(_, e)| match &e.data {
+            FlowData::Tcp(conn) => Some(conn.guest_view()),
+            FlowData::Datagram(_) => None,
+        })
+    }
+
     pub fn poll_fd(&self) -> RawFd {
         self.poll.as_raw_fd()
     }
 
     /// Open flows of every kind.
     pub fn flow_count(&self) -> usize {
-        self.index.len() + self.tcp.len()
+        self.flows.len()
     }
 
     /// One guest TCP segment.
@@ -297,15 +322,23 @@ impl Nat {
         rx: &mut dyn RxSink,
         ep: &Endpoints,
     ) {
-        self.tcp
-            .guest_segment(self.poll.registry(), &self.config.map, ip, frame, rx, ep);
+        self.tcp.guest_segment(
+            &mut self.flows,
+            self.poll.registry(),
+            &self.config.map,
+            ip,
+            frame,
+            rx,
+            ep,
+        );
     }
 
     /// Work owed at the end of a batch of guest frames: the batch's UDP datagrams, coalesced
     /// ACKs. Must run before the guest may reuse the batch's TX buffers.
     pub fn flush(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
         self.flush_udp();
-        self.tcp.flush_acks(self.poll.registry(), rx, ep);
+        self.tcp
+            .flush_acks(&mut self.flows, self.poll.registry(), rx, ep);
         if self.tcp.has_delayed_acks() && !self.delack_armed {
             self.delack_armed = arm_once(&self.delack, tcp::DELACK).is_ok();
         }
@@ -335,9 +368,11 @@ impl Nat {
     #[doc(hidden)]
     pub fn tick_at(&mut self, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
         // A tick is longer than the delayed-ACK timer: held-back ACKs are due too.
-        self.tcp.release_delayed_acks();
-        self.tcp.tick(self.poll.registry(), now, rx, ep);
-        self.tcp.flush_acks(self.poll.registry(), rx, ep);
+        self.tcp.release_delayed_acks(&mut self.flows);
+        self.tcp
+            .tick(&mut self.flows, self.poll.registry(), now, rx, ep);
+        self.tcp
+            .flush_acks(&mut self.flows, self.poll.registry(), rx, ep);
     }
 
     /// Forwards TCP connections to `bind` in the pod to the guest's `guest_port`.
@@ -380,22 +415,28 @@ impl Nat {
                 return Err(NatDrop::BadChecksum);
             }
         }
+        let dst = self
+            .config
+            .map
+            .outbound(SocketAddr::new(ip.dst, dport))
+            .ok_or(NatDrop::Loopback)?;
         let key = FlowKey::Udp {
             guest_ip: ip.src,
             guest_port: sport,
         };
-        let slot = match self.index.get(&key) {
-            Some(&s) => s,
+        let slot = match self.flows.lookup(&key) {
+            Some(s) => s,
             None => self.open_udp(key, sport)?,
         };
-        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, dport));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset + UDP_LEN, udp_len - UDP_LEN, &mut iov);
         if !self.udp_batch.has_room(n) {
             self.flush_udp();
         }
-        let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
-        flow.last_used = Instant::now();
+        self.flows.touch(slot);
+        let flow = self.flows.datagram_mut(slot).ok_or(NatDrop::Socket)?;
+        // Replies are accepted from where the guest sends to (endpoint-dependent filtering).
+        flow.note_peer(dst);
         // Sent at the end of the TX pass, with the others (see `udp_batch`).
         let fd = flow.fd.as_raw_fd();
         self.udp_batch
@@ -415,7 +456,7 @@ impl Nat {
         if sock::bind(&fd, sock::any(guest_ip, guest_port)).is_err() {
             sock::bind(&fd, sock::any(guest_ip, 0)).map_err(|_| NatDrop::Socket)?;
         }
-        self.insert(key, fd)
+        self.insert(key, Origin::Outbound, fd)
     }
 
     /// Forwards UDP datagrams arriving on `bind` in the pod to the guest's `guest_port`, from
@@ -433,18 +474,14 @@ impl Nat {
             guest_ip,
             guest_port,
         };
-        if self.index.contains_key(&key) {
+        if self.flows.lookup(&key).is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!("guest UDP port {guest_port} is already forwarded"),
             ));
         }
-        let slot = self
-            .insert(key, fd)
+        self.insert(key, Origin::Forward, fd)
             .map_err(|d| io::Error::other(d.to_string()))?;
-        if let Some(flow) = self.slots[slot].as_mut() {
-            flow.permanent = true;
-        }
         Ok(())
     }
 
@@ -477,20 +514,24 @@ impl Nat {
             return Err(NatDrop::UnsupportedIcmp);
         }
         let guest_id = echo.ident;
+        let dst = self
+            .config
+            .map
+            .outbound(SocketAddr::new(ip.dst, 0))
+            .ok_or(NatDrop::Loopback)?;
         let key = FlowKey::Icmp {
             guest_ip: ip.src,
             guest_id,
             dst: ip.dst,
         };
-        let slot = match self.index.get(&key) {
-            Some(&s) => s,
-            None => self.open_icmp(key, guest_id)?,
+        let slot = match self.flows.lookup(&key) {
+            Some(s) => s,
+            None => self.open_icmp(key, guest_id, dst)?,
         };
-        let dst = self.config.map.outbound(SocketAddr::new(ip.dst, 0));
         let mut iov = [EMPTY_IOVEC; MAX_SEGS];
         let n = frame.iovecs(ip.l4_offset, ip.l4_len, &mut iov);
-        let flow = self.slots[slot].as_mut().ok_or(NatDrop::Socket)?;
-        flow.last_used = Instant::now();
+        self.flows.touch(slot);
+        let flow = self.flows.datagram_mut(slot).ok_or(NatDrop::Socket)?;
         // The kernel sets the identifier to the socket's and computes the checksum.
         match sock::send_to(&flow.fd, &iov[..n], dst) {
             Ok(_) => {
@@ -504,7 +545,12 @@ impl Nat {
         }
     }
 
-    fn open_icmp(&mut self, key: FlowKey, guest_id: u16) -> Result<usize, NatDrop> {
+    fn open_icmp(
+        &mut self,
+        key: FlowKey,
+        guest_id: u16,
+        dst: SocketAddr,
+    ) -> Result<usize, NatDrop> {
         let FlowKey::Icmp { guest_ip, .. } = key else {
             return Err(NatDrop::Socket);
         };
@@ -531,56 +577,44 @@ impl Nat {
         if sock::bind(&fd, sock::any(guest_ip, guest_id)).is_err() {
             sock::bind(&fd, sock::any(guest_ip, 0)).map_err(|_| NatDrop::Socket)?;
         }
-        self.insert(key, fd)
+        // One peer per session: connected, the socket takes replies from it alone.
+        sock::connect(&fd, dst).map_err(|_| NatDrop::Socket)?;
+        self.insert(key, Origin::Outbound, fd)
     }
 
-    fn insert(&mut self, key: FlowKey, fd: OwnedFd) -> Result<usize, NatDrop> {
-        if self.index.len() >= self.config.max_flows {
-            warn_once!("flow table full ({} flows)", self.config.max_flows);
-            return Err(NatDrop::TableFull);
-        }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut SourceFd(&fd.as_raw_fd()),
-                Token(slot),
-                Interest::READABLE,
-            )
-            .is_err()
+    /// Opens a datagram flow (see [`FlowTable::insert`]).
+    fn insert(&mut self, key: FlowKey, origin: Origin, fd: OwnedFd) -> Result<usize, NatDrop> {
+        let data = FlowData::Datagram(Box::new(Datagram::new(fd)));
+        let registry = self.poll.registry();
+        match self
+            .flows
+            .insert(registry, key, origin, data, Interest::READABLE)
         {
-            self.free.push(slot);
-            return Err(NatDrop::Socket);
+            Ok(slot) => {
+                self.counters.flows_opened.inc();
+                Ok(slot)
+            }
+            Err(Refused::DatagramFull) => {
+                log_limited!(
+                    warn,
+                    "guest opened {} UDP ports and ping sessions: no more until some expire",
+                    self.flows.limits().max_datagram
+                );
+                Err(NatDrop::DatagramBudget)
+            }
+            Err(Refused::Register) => Err(NatDrop::Socket),
+            Err(why) => {
+                log_limited!(warn, "flow table full ({why:?})");
+                Err(NatDrop::TableFull)
+            }
         }
-        self.slots[slot] = Some(Flow {
-            key,
-            fd,
-            last_used: Instant::now(),
-            parked: false,
-            permanent: false,
-        });
-        self.index.insert(key, slot);
-        self.counters.flows_opened.inc();
-        Ok(slot)
     }
 
     fn remove(&mut self, slot: usize) {
         // The batch holds raw descriptors: none may close (and be reused) under it.
         self.flush_udp();
-        if let Some(flow) = self.slots.get_mut(slot).and_then(Option::take) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&flow.fd.as_raw_fd()));
-            self.index.remove(&flow.key);
-            self.free.push(slot);
+        if self.flows.datagram(slot).is_some() {
+            self.flows.remove(self.poll.registry(), slot);
         }
     }
 
@@ -589,7 +623,7 @@ impl Nat {
         // Flows that stalled on a full RX ring go first: their data is the oldest.
         let mut parked = std::mem::take(&mut self.parked);
         for &slot in &parked {
-            if let Some(flow) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+            if let Some(flow) = self.flows.datagram_mut(slot) {
                 flow.parked = false;
             }
             self.drain_flow(slot, rx, ep);
@@ -606,7 +640,7 @@ impl Nat {
         {
             return;
         }
-        self.tcp.resume_parked(rx, ep);
+        self.tcp.resume_parked(&mut self.flows, rx, ep);
         let mut tick = false;
         let mut ready = [(0usize, false); EVENTS_PER_POLL];
         let mut nready = 0;
@@ -616,7 +650,7 @@ impl Nat {
             } else if ev.token() == DELACK_TOKEN {
                 drain_timer(&self.delack);
                 self.delack_armed = false;
-                self.tcp.release_delayed_acks();
+                self.tcp.release_delayed_acks(&mut self.flows);
             } else if nready < ready.len() {
                 ready[nready] = (ev.token().0, ev.is_writable());
                 nready += 1;
@@ -626,16 +660,17 @@ impl Nat {
             if token >= tcp::LISTEN_BASE {
                 let registry = self.poll.registry();
                 self.tcp.listener_event(
+                    &mut self.flows,
                     registry,
                     &self.config.map,
                     token - tcp::LISTEN_BASE,
                     rx,
                     ep,
                 );
-            } else if token >= tcp::CONN_BASE {
+            } else if self.flows.tcp(token).is_some() {
                 let registry = self.poll.registry();
                 self.tcp
-                    .socket_event(registry, token - tcp::CONN_BASE, writable, rx, ep);
+                    .socket_event(&mut self.flows, registry, token, writable, rx, ep);
             } else {
                 self.drain_flow(token, rx, ep);
             }
@@ -643,36 +678,49 @@ impl Nat {
         if tick {
             self.on_tick(rx, ep);
         }
-        self.tcp.flush_acks(self.poll.registry(), rx, ep);
+        self.tcp
+            .flush_acks(&mut self.flows, self.poll.registry(), rx, ep);
     }
 
     /// The timer: TCP retransmissions every tick, idle datagram flows once a second.
     fn on_tick(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
         drain_timer(&self.timer);
         let now = Instant::now();
-        self.tcp.tick(self.poll.registry(), now, rx, ep);
+        self.flows.set_now(now);
+        self.tcp
+            .tick(&mut self.flows, self.poll.registry(), now, rx, ep);
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(TICKS_PER_SWEEP) {
-            self.expire_idle(now);
+            self.expire_idle(now, rx, ep);
         }
     }
 
     fn drain_flow(&mut self, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
+        self.flows.touch(slot);
         loop {
-            let outcome = match self.slots.get(slot).and_then(Option::as_ref) {
-                Some(flow) if flow.parked => return,
-                Some(flow) => match flow.key {
-                    FlowKey::Udp { .. } => self.recv_udp(flow, rx, ep),
-                    FlowKey::Icmp { .. } => self.recv_icmp(flow, rx, ep),
+            let outcome = match self.flows.get(slot) {
+                Some(Entry {
+                    data: FlowData::Datagram(flow),
+                    ..
+                }) if flow.parked => return,
+                Some(Entry {
+                    key,
+                    origin,
+                    data: FlowData::Datagram(flow),
+                    ..
+                }) => match key {
+                    FlowKey::Udp { .. } => self.recv_udp(*key, *origin, flow, rx, ep),
+                    FlowKey::Icmp { .. } => self.recv_icmp(*key, flow, rx, ep),
+                    FlowKey::Tcp { .. } => return,
                 },
-                None => return,
+                _ => return,
             };
             match outcome {
                 RecvOutcome::Delivered | RecvOutcome::Dropped => {}
                 RecvOutcome::Drained => return,
                 RecvOutcome::Stalled => {
                     self.counters.rx_stalls.inc();
-                    if let Some(flow) = self.slots[slot].as_mut() {
+                    if let Some(flow) = self.flows.datagram_mut(slot) {
                         flow.parked = true;
                         self.parked.push(slot);
                     }
@@ -695,7 +743,7 @@ impl Nat {
     #[allow(clippy::too_many_arguments)]
     fn recv_datagram(
         &self,
-        flow: &Flow,
+        flow: &Datagram,
         rx: &mut dyn RxSink,
         offset: usize,
         max: usize,
@@ -744,11 +792,20 @@ impl Nat {
 
     /// Receives a flow's datagrams into the guest's RX buffers, up to [`RX_BATCH`] with one
     /// `recvmmsg`, and writes the headers in front of each.
-    fn recv_udp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
+    fn recv_udp(
+        &self,
+        key: FlowKey,
+        origin: Origin,
+        flow: &Datagram,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) -> RecvOutcome {
+        // A forwarded port takes datagrams from anyone; a guest's port only from where it sent.
+        let filtered = origin != Origin::Forward;
         let FlowKey::Udp {
             guest_ip,
             guest_port,
-        } = flow.key
+        } = key
         else {
             return RecvOutcome::Drained;
         };
@@ -797,6 +854,14 @@ impl Nat {
                     self.counters.drop_too_big_for_guest.inc();
                     warn_once!("datagram from {} larger than the guest MTU", d.from);
                     0
+                } else if filtered && !flow.expects(d.from) {
+                    self.counters.udp_drop_unsolicited.inc();
+                    log_limited!(
+                        debug,
+                        "dropped a datagram from {} to a guest port that never sent there",
+                        d.from
+                    );
+                    0
                 } else {
                     let src = self.config.map.inbound(d.from);
                     let frame = &mut frames[i];
@@ -836,10 +901,16 @@ impl Nat {
         }
     }
 
-    fn recv_icmp(&self, flow: &Flow, rx: &mut dyn RxSink, ep: &Endpoints) -> RecvOutcome {
+    fn recv_icmp(
+        &self,
+        key: FlowKey,
+        flow: &Datagram,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) -> RecvOutcome {
         let FlowKey::Icmp {
             guest_ip, guest_id, ..
-        } = flow.key
+        } = key
         else {
             return RecvOutcome::Drained;
         };
@@ -885,31 +956,43 @@ impl Nat {
         )
     }
 
-    /// Closes every flow that has been idle longer than its timeout at `now`.
-    pub fn expire_idle(&mut self, now: Instant) {
-        for slot in 0..self.slots.len() {
-            let expired = self.slots[slot].as_ref().is_some_and(|f| {
-                if f.permanent {
-                    return false;
-                }
-                let idle = match f.key {
-                    FlowKey::Udp { .. } => self.config.udp_idle,
-                    FlowKey::Icmp { .. } => self.config.icmp_idle,
-                };
-                now.saturating_duration_since(f.last_used) > idle
-            });
-            if expired {
+    /// Closes every flow that has been idle longer than the timeout of its kind and state at
+    /// `now` (see [`flow::Timeouts`]); a TCP connection is reset both ways.
+    pub fn expire_idle(&mut self, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let t = self.config.timeouts;
+        for slot in 0..self.flows.slots() {
+            let Some(entry) = self.flows.get(slot) else {
+                continue;
+            };
+            let idle = match (&entry.key, &entry.data) {
+                _ if entry.origin == Origin::Forward => continue,
+                (FlowKey::Udp { .. }, _) => t.udp,
+                (FlowKey::Icmp { .. }, _) => t.icmp,
+                (FlowKey::Tcp { .. }, FlowData::Tcp(conn)) => conn.idle_timeout(&t),
+                (FlowKey::Tcp { .. }, FlowData::Datagram(_)) => continue,
+            };
+            if now.saturating_duration_since(entry.last_active) <= idle {
+                continue;
+            }
+            self.counters.flows_expired.inc();
+            if matches!(entry.data, FlowData::Tcp(_)) {
+                let registry = self.poll.registry();
+                self.tcp.expire(&mut self.flows, registry, slot, rx, ep);
+            } else {
                 self.remove(slot);
-                self.counters.flows_expired.inc();
             }
         }
     }
 
-    /// Closes every flow (e.g. on shutdown, or when the guest goes away).
+    /// Closes every flow but the forwarded ports (the guest went away, or podwire is ending).
     pub fn clear(&mut self) {
-        self.tcp.clear(self.poll.registry());
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].as_ref().is_some_and(|f| !f.permanent) {
+        self.tcp.clear(&mut self.flows, self.poll.registry());
+        for slot in 0..self.flows.slots() {
+            if self
+                .flows
+                .get(slot)
+                .is_some_and(|f| f.origin != Origin::Forward)
+            {
                 self.remove(slot);
             }
         }
@@ -968,4 +1051,44 @@ fn drain_timer(timer: &OwnedFd) {
     let mut expirations = 0u64;
     // SAFETY: reading 8 bytes into a local u64.
     unsafe { libc::read(timer.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn only_a_rule_leads_to_the_pods_loopback() {
+        let gw: IpAddr = Ipv4Addr::new(10, 0, 2, 1).into();
+        let map = AddrMap::new(vec![MapRule {
+            guest: gw,
+            port: None,
+            host: Ipv4Addr::LOCALHOST.into(),
+        }]);
+        let to = |ip: IpAddr| map.outbound(SocketAddr::new(ip, 80));
+        assert_eq!(
+            to(gw),
+            Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 80))
+        );
+        for local in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::127.0.0.1",
+        ] {
+            let ip: IpAddr = local.parse().unwrap();
+            assert!(is_host_local(ip), "{local}");
+            assert_eq!(to(ip), None, "{local}");
+        }
+        for remote in ["198.18.0.1", "fd00::1", "::ffff:198.18.0.1", "2001:db8::1"] {
+            let ip: IpAddr = remote.parse().unwrap();
+            assert_eq!(to(ip), Some(SocketAddr::new(ip, 80)), "{remote}");
+        }
+    }
 }

@@ -171,6 +171,13 @@ pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     cvt(unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len()) }).map(drop)
 }
 
+/// Fixes the socket's one peer: the kernel then takes datagrams from it alone.
+pub fn connect(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let sa = RawAddr::new(addr);
+    // SAFETY: sa is a valid socket address for the duration of the call.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), sa.as_ptr(), sa.len()) }).map(drop)
+}
+
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     let mut sa = RawAddr::zeroed();
     let mut len = RawAddr::capacity();

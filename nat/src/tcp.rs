@@ -38,7 +38,6 @@
 //! Per connection podwire keeps one `Conn` and a table entry (about 180 bytes in all, measured by
 //! `perf/tests/e2e_flows.rs`); the bytes in flight live in the kernel's socket buffers.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -48,9 +47,10 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use smoltcp::wire::{TcpOption, TcpPacket};
 
-use podwire_frame::{warn_once, Checksum, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
+use podwire_frame::{log_limited, warn_once, Checksum, GsoKind, RxError, RxSink, SgList, MAX_SEGS};
 use smoltcp::wire::IpProtocol;
 
+use crate::flow::{FlowData, FlowKey, FlowTable, Origin, Refused, Timeouts};
 use crate::wire::{
     self, Endpoints, IpInfo, L4Csum, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_L3_LEN, TCP_ACK, TCP_FIN,
     TCP_LEN, TCP_PSH, TCP_RST, TCP_SYN,
@@ -59,9 +59,10 @@ use crate::{sock, AddrMap};
 
 mod inspect;
 
-/// mio tokens of TCP connections start here; listeners start at [`LISTEN_BASE`].
-pub const CONN_BASE: usize = 1 << 40;
+/// mio tokens of forwarded-port listeners start here; below are the flows (token = slot).
 pub const LISTEN_BASE: usize = 1 << 41;
+/// Silence after which the pod side of a connection sends keepalive probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(300);
 /// The window scale podwire offers the guest: windows up to 8 MiB.
 const OUR_WSCALE: u8 = 7;
 const INITIAL_RTO: Duration = Duration::from_secs(1);
@@ -82,12 +83,23 @@ pub const DELACK: Duration = Duration::from_millis(2);
 pub const BULK_ACK: u32 = 128 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ConnKey {
+pub(crate) struct ConnKey {
     guest_ip: IpAddr,
     guest_port: u16,
     /// The remote end as the guest sees it.
     remote_ip: IpAddr,
     remote_port: u16,
+}
+
+impl From<ConnKey> for FlowKey {
+    fn from(k: ConnKey) -> FlowKey {
+        FlowKey::Tcp {
+            guest_ip: k.guest_ip,
+            guest_port: k.guest_port,
+            remote_ip: k.remote_ip,
+            remote_port: k.remote_port,
+        }
+    }
 }
 
 impl ConnKey {
@@ -117,9 +129,9 @@ enum State {
     Established,
 }
 
-struct Conn {
+pub struct Conn {
     key: ConnKey,
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
     state: State,
     /// Our sequence numbers (towards the guest).
     iss: u32,
@@ -160,6 +172,8 @@ struct Conn {
     rto_deadline: Option<Instant>,
     /// The guest's SYN, for an ICMP error about it.
     syn_seq: u32,
+    /// On [`TcpTable::owed_syns`]: the list holds each connection at most once.
+    syn_owed: bool,
     /// For operators (`podwire flows`): when it was opened, and whether from the pod.
     opened: Instant,
     from_pod: bool,
@@ -197,6 +211,7 @@ impl Conn {
             rto: INITIAL_RTO,
             rto_deadline: None,
             syn_seq: 0,
+            syn_owed: false,
             opened: Instant::now(),
             from_pod: state == State::SynSent,
         }
@@ -246,6 +261,15 @@ impl Conn {
     fn done(&self) -> bool {
         self.fin_from_guest && self.fin_sent && self.snd_una == self.snd_nxt
     }
+
+    /// How long this connection may stay idle in its state before it is reset.
+    pub(crate) fn idle_timeout(&self, t: &Timeouts) -> Duration {
+        match self.state {
+            State::Connecting | State::SynAckSent | State::SynSent => t.tcp_half_open,
+            State::Established if self.fin_from_guest || self.fin_sent => t.tcp_half_closed,
+            State::Established => t.tcp_established,
+        }
+    }
 }
 
 struct Listener {
@@ -282,8 +306,13 @@ podwire_frame::counters! {
         drop_truncated: Drop,
         /// Guest segments outside the receive window.
         drop_out_of_window: Drop,
-        /// Guest SYNs that found the connection table full.
+        /// Guest SYNs that found the flow table (the guest's share of it) full.
         drop_table_full: Drop,
+        /// Connections on forwarded ports refused: the inbound budget, or one remote
+        /// address's share of it, was spent.
+        drop_inbound_budget: Drop,
+        /// Guest SYNs to the pod's own loopback or unspecified address (refused with a RST).
+        drop_loopback: Drop,
         /// Guest segments for no known connection.
         drop_no_connection: Drop,
         /// Times a connection had to wait for guest RX buffers.
@@ -293,9 +322,6 @@ podwire_frame::counters! {
 
 /// The TCP connections and listeners.
 pub struct TcpTable {
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    index: HashMap<ConnKey, usize>,
     /// Indexed by token; a removed forward leaves `None` (reused by the next one).
     listeners: Vec<Option<Listener>>,
     acks: Vec<usize>,
@@ -311,7 +337,6 @@ pub struct TcpTable {
     peek_off: bool,
     scratch: Vec<u8>,
     mss_limit: u16,
-    max_conns: usize,
     pub counters: TcpCounters,
 }
 
@@ -347,6 +372,16 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
 }
 
 /// A TCP socket of `ip`'s family.
+/// Keepalive probes on the pod side after [`KEEPALIVE_IDLE`] of silence: a peer that went
+/// away without a word is found, and its connection reset, long before the idle timeout.
+fn keepalive(fd: RawFd) {
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    let idle = KEEPALIVE_IDLE.as_secs() as i32;
+    let _ = setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    let _ = setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 30);
+    let _ = setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 8);
+}
+
 fn tcp_socket(ip: IpAddr) -> io::Result<OwnedFd> {
     sock::socket(sock::family(ip), libc::SOCK_STREAM, 0)
 }
@@ -454,12 +489,8 @@ fn seq_ge(a: u32, b: u32) -> bool {
 }
 
 impl TcpTable {
-    pub fn new(max_conns: usize, guest_mtu: usize) -> TcpTable {
-        let reserve = max_conns.min(1024);
+    pub fn new(guest_mtu: usize) -> TcpTable {
         TcpTable {
-            conns: Vec::with_capacity(reserve),
-            free: Vec::new(),
-            index: HashMap::with_capacity(reserve),
             listeners: Vec::new(),
             acks: Vec::new(),
             delayed: Vec::new(),
@@ -472,17 +503,14 @@ impl TcpTable {
             mss_limit: guest_mtu
                 .saturating_sub(IPV4_LEN + TCP_LEN)
                 .clamp(536, 65495) as u16,
-            max_conns,
             counters: TcpCounters::default(),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+    /// Handshakes waiting for guest RX buffers (for tests: bounded by the connections).
+    #[doc(hidden)]
+    pub fn owed_syns(&self) -> usize {
+        self.owed_syns.len()
     }
 
     /// Listens on `bind` in the pod and forwards connections to the guest's `guest_port`.
@@ -514,30 +542,18 @@ impl TcpTable {
         Ok(())
     }
 
-    fn conn_mut(&mut self, slot: usize) -> Option<&mut Conn> {
-        self.conns.get_mut(slot).and_then(Option::as_mut)
-    }
-
-    fn insert(&mut self, registry: &Registry, conn: Conn) -> Option<usize> {
-        if self.index.len() >= self.max_conns {
-            self.counters.drop_table_full.inc();
-            warn_once!("TCP connection table full ({} connections)", self.max_conns);
-            return None;
-        }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-        };
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        let token = Token(CONN_BASE + slot);
-        if registry
-            .register(&mut SourceFd(&conn.fd.as_raw_fd()), token, interest)
-            .is_err()
-        {
-            self.free.push(slot);
+    /// Opens a connection's flow (see [`FlowTable::insert`]), counting a refusal.
+    fn insert(
+        &mut self,
+        flows: &mut FlowTable,
+        registry: &Registry,
+        origin: Origin,
+        conn: Conn,
+    ) -> Option<usize> {
+        if let Err(why) = flows.admits(origin, false) {
+            self.count_refused(why);
+            // The peer (or the guest's connect, already under way) gets a reset, not a close.
+            abort_socket(&conn.fd);
             return None;
         }
         // The window offered to the guest is the room in this buffer: start it large, or the
@@ -548,49 +564,86 @@ impl TcpTable {
         conn.sndbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
             .unwrap_or(0)
             .max(0) as u32;
-        if self.peek_off
-            && setsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err()
-        {
+        keepalive(fd);
+        if self.peek_off && setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
             self.peek_off = false;
             warn_once!("kernel without SO_PEEK_OFF for TCP: peeking past sent data costs a copy");
         }
-        self.index.insert(conn.key, slot);
-        self.conns[slot] = Some(conn);
-        Some(slot)
+        let key = FlowKey::from(conn.key);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match flows.insert(registry, key, origin, FlowData::Tcp(conn), interest) {
+            Ok(slot) => Some(slot),
+            Err(why) => {
+                self.count_refused(why);
+                None
+            }
+        }
     }
 
-    fn remove(&mut self, registry: &Registry, slot: usize) {
-        if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
-            let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
-            self.index.remove(&conn.key);
+    fn count_refused(&self, why: Refused) {
+        match why {
+            Refused::InboundFull | Refused::SourceCap => {
+                self.counters.drop_inbound_budget.inc();
+                log_limited!(warn, "refused a connection on a forwarded port: {why:?}");
+            }
+            _ => {
+                self.counters.drop_table_full.inc();
+                log_limited!(warn, "refused a TCP connection: flow table {why:?}");
+            }
+        }
+    }
+
+    fn remove(&mut self, flows: &mut FlowTable, registry: &Registry, slot: usize) {
+        let Some(syn_owed) = flows.tcp(slot).map(|c| c.syn_owed) else {
+            return;
+        };
+        if flows.remove(registry, slot).is_some() {
             // A failure queued for this connection must not reset the next one in its slot,
-            // nor its gathered payload go to that one's socket.
+            // nor its gathered payload go to that one's socket. (`failed` lives for one pass;
+            // `owed_syns` holds this slot only if flagged, so closing stays O(1) otherwise.)
             self.failed.retain(|&s| s != slot);
-            self.owed_syns.retain(|&s| s != slot);
+            if syn_owed {
+                self.owed_syns.retain(|&s| s != slot);
+            }
             if self.gather.slot == Some(slot) {
                 self.gather.slot = None;
                 self.gather.clear();
             }
-            self.free.push(slot);
             self.counters.closed.inc();
         }
     }
 
+    /// Ends a connection that stayed idle past its timeout: both sides see a RST.
+    pub fn expire(
+        &mut self,
+        flows: &mut FlowTable,
+        registry: &Registry,
+        slot: usize,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        self.reset(flows, registry, slot, rx, ep);
+    }
+
     /// Closes every connection (the guest went away): peers see a RST.
-    pub fn clear(&mut self, registry: &Registry) {
-        for slot in 0..self.conns.len() {
-            if let Some(conn) = self.conns[slot].as_ref() {
+    pub fn clear(&mut self, flows: &mut FlowTable, registry: &Registry) {
+        for slot in 0..flows.slots() {
+            if let Some(conn) = flows.tcp(slot) {
                 abort_socket(&conn.fd);
+                self.remove(flows, registry, slot);
             }
-            self.remove(registry, slot);
         }
         self.acks.clear();
         self.parked.clear();
     }
 
     /// One TCP segment from the guest.
+    // The flow table and the poll registry travel together here; the later split of this
+    // file by concern gives them one context.
+    #[allow(clippy::too_many_arguments)]
     pub fn guest_segment(
         &mut self,
+        flows: &mut FlowTable,
         registry: &Registry,
         map: &AddrMap,
         ip: &IpInfo,
@@ -617,19 +670,20 @@ impl TcpTable {
             remote_ip: ip.dst,
             remote_port: seg.dport,
         };
-        let Some(&slot) = self.index.get(&key) else {
-            self.no_connection(registry, map, key, &seg, rx, ep);
+        let Some(slot) = flows.lookup(&FlowKey::from(key)) else {
+            self.no_connection(flows, registry, map, key, &seg, rx, ep);
             return;
         };
+        flows.touch(slot);
         if seg.flags & TCP_RST != 0 {
             self.counters.rst_from_guest.inc();
-            if let Some(conn) = self.conn_mut(slot) {
+            if let Some(conn) = flows.tcp_mut(slot) {
                 abort_socket(&conn.fd);
             }
-            self.remove(registry, slot);
+            self.remove(flows, registry, slot);
             return;
         }
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
         match conn.state {
@@ -637,7 +691,7 @@ impl TcpTable {
             State::SynAckSent if seg.flags & TCP_SYN != 0 => {
                 // Our SYN-ACK was lost: the guest repeats its SYN.
                 if !Self::send_syn(conn, rx, ep, self.mss_limit) {
-                    self.owed_syns.push(slot);
+                    owe_syn(&mut self.owed_syns, conn, slot);
                 }
             }
             State::SynSent => {
@@ -654,8 +708,8 @@ impl TcpTable {
                     conn.rto_deadline = None;
                     conn.retries = 0;
                     conn.ack_pending = true;
-                    self.queue_ack(slot);
-                    self.send_data(slot, rx, ep);
+                    self.queue_ack(flows, slot);
+                    self.send_data(flows, slot, rx, ep);
                 }
             }
             State::SynAckSent | State::Established => {
@@ -668,14 +722,18 @@ impl TcpTable {
                     conn.rto_deadline = None;
                     conn.retries = 0;
                 }
-                self.established_segment(registry, slot, &seg, frame, rx, ep);
+                self.established_segment(flows, registry, slot, &seg, frame, rx, ep);
             }
         }
     }
 
     /// A segment for a connection podwire does not know.
+    // The flow table and the poll registry travel together here; the later split of this
+    // file by concern gives them one context.
+    #[allow(clippy::too_many_arguments)]
     fn no_connection(
         &mut self,
+        flows: &mut FlowTable,
         registry: &Registry,
         map: &AddrMap,
         key: ConnKey,
@@ -688,7 +746,8 @@ impl TcpTable {
         }
         if seg.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             self.counters.drop_no_connection.inc();
-            tracing::debug!(
+            log_limited!(
+                debug,
                 "TCP segment for no connection: {}:{} -> {}:{} flags {:#04x} seq {} ack {} len {}",
                 key.guest_ip,
                 key.guest_port,
@@ -709,7 +768,12 @@ impl TcpTable {
             send_control(rx, ep, key, seq, ack, flags, 0, &[]);
             return;
         }
-        let dst = map.outbound(SocketAddr::new(key.remote_ip, key.remote_port));
+        let Some(dst) = map.outbound(SocketAddr::new(key.remote_ip, key.remote_port)) else {
+            self.counters.drop_loopback.inc();
+            warn_once!("refused a guest connection to the pod's loopback or unspecified address");
+            reset_syn(rx, ep, key, seg.seq);
+            return;
+        };
         let fd = match tcp_socket(dst.ip()) {
             Ok(fd) => fd,
             Err(e) => {
@@ -737,15 +801,22 @@ impl TcpTable {
             syn_seq: seg.seq,
             ..Conn::new(key, fd, State::Connecting)
         };
-        if self.insert(registry, conn).is_some() {
+        if self
+            .insert(flows, registry, Origin::Outbound, conn)
+            .is_some()
+        {
             self.counters.opened_by_guest.inc();
         } else {
             reset_syn(rx, ep, key, seg.seq);
         }
     }
 
+    // The flow table and the poll registry travel together here; the later split of this
+    // file by concern gives them one context.
+    #[allow(clippy::too_many_arguments)]
     fn established_segment(
         &mut self,
+        flows: &mut FlowTable,
         registry: &Registry,
         slot: usize,
         seg: &Segment,
@@ -754,7 +825,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         let peek_off = self.peek_off;
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
         if seg.flags & TCP_ACK != 0 {
@@ -793,7 +864,7 @@ impl TcpTable {
             }
             conn.snd_wnd = window;
         }
-        let conn = match self.conns.get_mut(slot).and_then(Option::as_mut) {
+        let conn = match flows.tcp_mut(slot) {
             Some(c) => c,
             None => return,
         };
@@ -839,7 +910,7 @@ impl TcpTable {
             } else if (offset_in_seg as usize) < seg.payload_len && !conn.fin_from_guest {
                 let skip = offset_in_seg as usize;
                 if self.gather.slot.is_some_and(|s| s != slot) || self.gather.is_full() {
-                    self.flush_write();
+                    self.flush_write(flows);
                 }
                 self.gather.slot = Some(slot);
                 self.gather
@@ -848,9 +919,9 @@ impl TcpTable {
             // Otherwise old data or a keepalive probe: the ACK says where we are.
         }
         if seg.flags & TCP_FIN != 0 && self.gather.slot == Some(slot) {
-            self.flush_write();
+            self.flush_write(flows);
         }
-        let conn = match self.conns.get_mut(slot).and_then(Option::as_mut) {
+        let conn = match flows.tcp_mut(slot) {
             Some(c) => c,
             None => return,
         };
@@ -865,10 +936,10 @@ impl TcpTable {
             conn.ack_pending = true;
         }
         if conn.ack_pending {
-            self.queue_ack(slot);
+            self.queue_ack(flows, slot);
         }
-        self.send_data(slot, rx, ep);
-        if let Some(conn) = self.conns[slot].as_mut().filter(|c| c.done()) {
+        self.send_data(flows, slot, rx, ep);
+        if let Some(conn) = flows.tcp_mut(slot).filter(|c| c.done()) {
             // The guest's FIN may be what finished the connection: acknowledge it now, as
             // the coalesced ACKs flushed after this batch no longer find the connection.
             if conn.ack_pending {
@@ -876,7 +947,7 @@ impl TcpTable {
                 let window = conn.advertise();
                 conn.send_segment(rx, ep, TCP_ACK, window);
             }
-            self.remove(registry, slot);
+            self.remove(flows, registry, slot);
         }
     }
 
@@ -887,13 +958,13 @@ impl TcpTable {
 
     /// The [`DELACK`] timer expired: the held-back ACKs no answer carried are owed now (sent
     /// by the next [`TcpTable::flush_acks`]).
-    pub fn release_delayed_acks(&mut self) {
+    pub fn release_delayed_acks(&mut self, flows: &mut FlowTable) {
         let mut delayed = std::mem::take(&mut self.delayed);
         for &slot in &delayed {
-            if let Some(conn) = self.conn_mut(slot).filter(|c| c.ack_delayed) {
+            if let Some(conn) = flows.tcp_mut(slot).filter(|c| c.ack_delayed) {
                 conn.ack_delayed = false;
                 conn.ack_pending = true;
-                self.queue_ack(slot);
+                self.queue_ack(flows, slot);
             }
         }
         delayed.clear();
@@ -902,8 +973,8 @@ impl TcpTable {
         }
     }
 
-    fn queue_ack(&mut self, slot: usize) {
-        if let Some(conn) = self.conn_mut(slot) {
+    fn queue_ack(&mut self, flows: &mut FlowTable, slot: usize) {
+        if let Some(conn) = flows.tcp_mut(slot) {
             if !conn.queued_ack {
                 conn.queued_ack = true;
                 self.acks.push(slot);
@@ -912,18 +983,16 @@ impl TcpTable {
     }
 
     /// Writes the payload gathered in this TX pass to its socket, in one `sendmsg`.
-    fn flush_write(&mut self) {
+    fn flush_write(&mut self, flows: &mut FlowTable) {
         let Some(slot) = self.gather.slot.take() else {
             return;
         };
         let bytes = self.gather.bytes;
-        let result = self
-            .conns
-            .get(slot)
-            .and_then(Option::as_ref)
+        let result = flows
+            .tcp(slot)
             .map(|conn| send_iov(&conn.fd, self.gather.iovecs()));
         self.gather.clear();
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
         match result {
@@ -949,17 +1018,23 @@ impl TcpTable {
     /// Sends the ACKs owed after a batch of guest frames (one per connection, not per frame)
     /// and resets connections whose socket failed. The gathered write goes first: it decides
     /// what the ACKs acknowledge.
-    pub fn flush_acks(&mut self, registry: &Registry, rx: &mut dyn RxSink, ep: &Endpoints) {
-        self.flush_write();
+    pub fn flush_acks(
+        &mut self,
+        flows: &mut FlowTable,
+        registry: &Registry,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        self.flush_write(flows);
         while let Some(slot) = self.failed.pop() {
-            if self.conns.get(slot).is_some_and(Option::is_some) {
-                self.reset(registry, slot, rx, ep);
+            if flows.tcp(slot).is_some() {
+                self.reset(flows, registry, slot, rx, ep);
             }
         }
         let mut acks = std::mem::take(&mut self.acks);
         let mut ring_full = false;
         for &slot in &acks {
-            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            let Some(conn) = flows.tcp_mut(slot) else {
                 continue;
             };
             if ring_full && conn.ack_pending {
@@ -992,14 +1067,20 @@ impl TcpTable {
     }
 
     /// Sends the guest as much socket data as its window allows, then a FIN at end of file.
-    fn send_data(&mut self, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
+    fn send_data(
+        &mut self,
+        flows: &mut FlowTable,
+        slot: usize,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
         let peek_off = self.peek_off;
         let mss_limit = self.mss_limit;
         if !peek_off && self.scratch.is_empty() {
             self.scratch = vec![0u8; SCRATCH_LEN];
         }
         let scratch = self.scratch.as_mut_ptr();
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
         if conn.state != State::Established || conn.fin_sent || conn.parked {
@@ -1149,18 +1230,26 @@ impl TcpTable {
     }
 
     /// Resets both sides of a connection and forgets it.
-    fn reset(&mut self, registry: &Registry, slot: usize, rx: &mut dyn RxSink, ep: &Endpoints) {
-        if let Some(conn) = self.conn_mut(slot) {
+    fn reset(
+        &mut self,
+        flows: &mut FlowTable,
+        registry: &Registry,
+        slot: usize,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
+        if let Some(conn) = flows.tcp_mut(slot) {
             abort_socket(&conn.fd);
             conn.send_segment(rx, ep, TCP_RST | TCP_ACK, 0);
             self.counters.rst_to_guest.inc();
         }
-        self.remove(registry, slot);
+        self.remove(flows, registry, slot);
     }
 
     /// A readiness event on a connection's socket.
     pub fn socket_event(
         &mut self,
+        flows: &mut FlowTable,
         registry: &Registry,
         slot: usize,
         writable: bool,
@@ -1168,7 +1257,8 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         let mss_limit = self.mss_limit;
-        let Some(conn) = self.conn_mut(slot) else {
+        flows.touch(slot);
+        let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
         match conn.state {
@@ -1181,13 +1271,13 @@ impl TcpTable {
                     }
                     conn.state = State::SynAckSent;
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 } else if err != libc::EINPROGRESS {
                     let (key, syn) = (conn.key, conn.syn_seq);
                     self.counters.connect_failed.inc();
                     refuse(rx, ep, key, syn, err);
-                    self.remove(registry, slot);
+                    self.remove(flows, registry, slot);
                 }
             }
             State::SynAckSent | State::SynSent => {}
@@ -1195,17 +1285,17 @@ impl TcpTable {
                 let err = getsockopt_int(conn.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)
                     .unwrap_or(0);
                 if err != 0 {
-                    self.reset(registry, slot, rx, ep);
+                    self.reset(flows, registry, slot, rx, ep);
                     return;
                 }
                 if writable && conn.window_update_wanted() {
                     // Room again: tell the guest, which may be waiting on a closed window.
                     conn.ack_pending = true;
-                    self.queue_ack(slot);
+                    self.queue_ack(flows, slot);
                 }
-                self.send_data(slot, rx, ep);
-                if self.conns[slot].as_ref().is_some_and(Conn::done) {
-                    self.remove(registry, slot);
+                self.send_data(flows, slot, rx, ep);
+                if flows.tcp(slot).is_some_and(Conn::done) {
+                    self.remove(flows, registry, slot);
                 }
             }
         }
@@ -1214,6 +1304,7 @@ impl TcpTable {
     /// Accepts on a forwarded port and opens the connection towards the guest.
     pub fn listener_event(
         &mut self,
+        flows: &mut FlowTable,
         registry: &Registry,
         map: &AddrMap,
         index: usize,
@@ -1251,17 +1342,19 @@ impl TcpTable {
                 remote_ip: remote.ip(),
                 remote_port: remote.port(),
             };
-            if self.index.contains_key(&key) {
+            if flows.lookup(&FlowKey::from(key)).is_some() {
                 abort_socket(&fd);
                 continue;
             }
             let conn = Conn::new(key, fd, State::SynSent);
             let mss_limit = self.mss_limit;
-            if let Some(slot) = self.insert(registry, conn) {
+            if let Some(slot) =
+                self.insert(flows, registry, Origin::Inbound { source: peer.ip() }, conn)
+            {
                 self.counters.opened_from_pod.inc();
-                if let Some(conn) = self.conn_mut(slot) {
+                if let Some(conn) = flows.tcp_mut(slot) {
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 }
             }
@@ -1269,14 +1362,15 @@ impl TcpTable {
     }
 
     /// Retries sends that stalled on a full guest RX ring.
-    pub fn resume_parked(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+    pub fn resume_parked(&mut self, flows: &mut FlowTable, rx: &mut dyn RxSink, ep: &Endpoints) {
         let mss_limit = self.mss_limit;
         while let Some(&slot) = self.owed_syns.last() {
-            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            let Some(conn) = flows.tcp_mut(slot) else {
                 self.owed_syns.pop();
                 continue;
             };
             if !matches!(conn.state, State::SynSent | State::SynAckSent) {
+                conn.syn_owed = false;
                 self.owed_syns.pop();
                 continue;
             }
@@ -1284,16 +1378,17 @@ impl TcpTable {
                 // Still no room: keep it owed, and the others, for the next kick.
                 break;
             }
+            conn.syn_owed = false;
             self.owed_syns.pop();
         }
         let mut parked = std::mem::take(&mut self.parked);
         let mut tried = 0;
         for &slot in &parked {
             tried += 1;
-            if let Some(conn) = self.conn_mut(slot) {
+            if let Some(conn) = flows.tcp_mut(slot) {
                 conn.parked = false;
             }
-            self.send_data(slot, rx, ep);
+            self.send_data(flows, slot, rx, ep);
             if !self.parked.is_empty() {
                 // The ring is full again: the rest stay parked, in order, without a try each
                 // (which would cost O(parked) failed pushes per wake-up).
@@ -1308,11 +1403,18 @@ impl TcpTable {
     }
 
     /// Retransmission and handshake timers (called on every timer tick).
-    pub fn tick(&mut self, registry: &Registry, now: Instant, rx: &mut dyn RxSink, ep: &Endpoints) {
+    pub fn tick(
+        &mut self,
+        flows: &mut FlowTable,
+        registry: &Registry,
+        now: Instant,
+        rx: &mut dyn RxSink,
+        ep: &Endpoints,
+    ) {
         let peek_off = self.peek_off;
         let mss_limit = self.mss_limit;
-        for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_mut() else {
+        for slot in 0..flows.slots() {
+            let Some(conn) = flows.tcp_mut(slot) else {
                 continue;
             };
             // The socket's write-space edge may never come (it was not full, just busy): look
@@ -1321,10 +1423,10 @@ impl TcpTable {
                 && send_room(&conn.fd, conn.sndbuf) >= 2 * u32::from(conn.guest_mss)
             {
                 conn.ack_pending = true;
-                self.queue_ack(slot);
+                self.queue_ack(flows, slot);
                 continue;
             }
-            let Some(conn) = self.conns[slot].as_mut() else {
+            let Some(conn) = flows.tcp_mut(slot) else {
                 continue;
             };
             let Some(deadline) = conn.rto_deadline else {
@@ -1340,24 +1442,32 @@ impl TcpTable {
                 _ => MAX_RETRIES,
             };
             if conn.retries > limit {
-                self.reset(registry, slot, rx, ep);
+                self.reset(flows, registry, slot, rx, ep);
                 continue;
             }
             self.counters.retransmits.inc();
             match conn.state {
                 State::SynSent | State::SynAckSent => {
                     if !Self::send_syn(conn, rx, ep, mss_limit) {
-                        self.owed_syns.push(slot);
+                        owe_syn(&mut self.owed_syns, conn, slot);
                     }
                 }
                 State::Established => {
                     rewind(conn, peek_off);
                     conn.rto_deadline = None;
-                    self.send_data(slot, rx, ep);
+                    self.send_data(flows, slot, rx, ep);
                 }
                 State::Connecting => conn.rto_deadline = None,
             }
         }
+    }
+}
+
+/// Puts a connection on the owed-handshake list once, however often its SYN or SYN-ACK fails.
+fn owe_syn(owed_syns: &mut Vec<usize>, conn: &mut Conn, slot: usize) {
+    if !conn.syn_owed {
+        conn.syn_owed = true;
+        owed_syns.push(slot);
     }
 }
 
@@ -1633,6 +1743,52 @@ fn send_control(
     let len = l3_len + tcp_len;
     rx.push(len, &mut |buf| buf.write(0, &frame[..len]).then_some(len))
         .is_ok()
+}
+
+impl Conn {
+    /// The connection as the guest knows it (for live migration).
+    pub fn guest_view(&self) -> GuestConn {
+        GuestConn {
+            guest: SocketAddr::new(self.key.guest_ip, self.key.guest_port),
+            remote: SocketAddr::new(self.key.remote_ip, self.key.remote_port),
+            seq_to_guest: self.snd_nxt,
+            ack_from_guest: self.rcv_nxt,
+        }
+    }
+}
+
+/// One guest TCP connection as the guest sees it (see [`crate::Nat::tcp_guest_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestConn {
+    pub guest: SocketAddr,
+    pub remote: SocketAddr,
+    /// The next sequence number the guest expects.
+    pub seq_to_guest: u32,
+    /// The next sequence number expected from the guest.
+    pub ack_from_guest: u32,
+}
+
+/// Resets a connection the guest believes in but podwire does not have (after a migration
+/// to a pod that could not take its socket over). A guest whose idea of the sequence differs
+/// answers with a challenge ACK, which meets the no-connection RST with its exact number.
+/// Returns false when the guest had no RX buffer for it.
+pub fn reset_guest_conn(rx: &mut dyn RxSink, ep: &Endpoints, conn: &GuestConn) -> bool {
+    let key = ConnKey {
+        guest_ip: conn.guest.ip(),
+        guest_port: conn.guest.port(),
+        remote_ip: conn.remote.ip(),
+        remote_port: conn.remote.port(),
+    };
+    send_control(
+        rx,
+        ep,
+        key,
+        conn.seq_to_guest,
+        conn.ack_from_guest,
+        TCP_RST | TCP_ACK,
+        0,
+        &[],
+    )
 }
 
 /// Answers a guest SYN with RST|ACK (RFC 9293 3.10.7.1: acknowledging the SYN).

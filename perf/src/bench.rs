@@ -7,8 +7,11 @@
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
+pub mod breakdown;
 pub mod kernel_path;
 pub mod latency;
+pub mod passt;
+pub mod pingpong;
 pub mod pktgen;
 pub mod plot;
 pub mod testpmd;

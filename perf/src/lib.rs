@@ -11,6 +11,8 @@
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
 //! - [`libvirt`]: a private libvirtd in the pod namespace with podwire as its `passt`.
+//! - [`frontend`]: a vhost-user frontend of our own (memfd memory, split rings, smoltcp as the
+//!   guest stack) for request/response latency without a VM.
 //! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
 //!   pod, shared by the end-to-end tests and the benchmark.
 //!
@@ -21,6 +23,7 @@
 pub mod bench;
 pub mod console;
 pub mod far;
+pub mod frontend;
 pub mod guest;
 pub mod libvirt;
 pub mod netns;
@@ -34,4 +37,4 @@ pub use console::{CmdOutput, Console};
 pub use guest::{GuestImage, Lease};
 pub use netns::{Netns, PodTopology, Proc};
 pub use podwire::{podwire_path, Podwire, PodwireConfig};
-pub use qemu::{Nic, Qemu, QemuConfig};
+pub use qemu::{migrate, MigrationResult, Nic, Qemu, QemuConfig, Qmp};

@@ -7,9 +7,11 @@
 //! bind-mounted over `/etc/libvirt`, `/run/libvirt`, `/var/lib/libvirt`, `/var/log/libvirt` and
 //! `/var/cache/libvirt`: a system libvirtd (if any) and other tests never see its sockets, pid
 //! files or domains, and stale `1-<dom>-net0*` files of an earlier daemon cannot collide (domain
-//! ids restart at 1 with each daemon). Its own pid file is in that tree too (the default,
+//! ids restart at 1 with each daemon). Only `/var/cache/libvirt` (QEMU's probed capabilities) is
+//! shared between the daemons, to probe once. Its own pid file is in that tree too (the default,
 //! `/run/libvirtd.pid`, would make a second daemon exit at once). Its `qemu.conf` runs QEMU as `nobody` with no security
-//! driver, no namespaces and no cgroups, so nothing outside the test tree is touched.
+//! driver, no namespaces and no cgroups, so nothing outside the test tree is touched; `/dev/kvm`
+//! is hidden from it (an empty file bound over it), since the guests run under TCG.
 //!
 //! libvirt looks up `passt` on its own `PATH`: the daemon's `PATH` starts with a `bin/`
 //! directory of the tree holding a symlink `passt` → the podwire binary. No system file is
@@ -120,11 +122,26 @@ impl Libvirtd {
 
         let mut script = String::from("set -e\n");
         for (system, private) in PRIVATE_DIRS {
+            // The cache holds what libvirt learnt by probing QEMU (tens of seconds on a busy
+            // machine): shared by every private daemon, keyed by libvirt on the binaries' times.
+            let source = if private == "cache" {
+                shared_cache_dir()?
+            } else {
+                root.join(private)
+            };
             script.push_str(&format!(
                 "mkdir -p {system}\nmount --bind {} {system}\n",
-                root.join(private).display()
+                source.display()
             ));
         }
+        // No KVM in here: the guests are TCG anyway, and with /dev/kvm present but closed to
+        // QEMU's user libvirt would find its probed capabilities stale at every lookup and
+        // probe QEMU again (tens of probes, minutes, per domain start).
+        std::fs::write(root.join("no-kvm"), "")?;
+        script.push_str(&format!(
+            "if [ -e /dev/kvm ]; then mount --bind {} /dev/kvm; fi\n",
+            root.join("no-kvm").display()
+        ));
         script.push_str(&format!(
             "export PATH={}:$PATH\nexec libvirtd --pid-file /run/libvirt/libvirtd.pid\n",
             bin.display()
@@ -284,6 +301,15 @@ impl Drop for Libvirtd {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// libvirt's `/var/cache/libvirt` for every private daemon of this target directory.
+fn shared_cache_dir() -> Result<PathBuf> {
+    let dir = util::target_dir()
+        .join("podwire-perf")
+        .join("libvirt-cache");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// The text of the first `<name>` element.

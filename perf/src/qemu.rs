@@ -65,6 +65,11 @@ pub struct QemuConfig {
     pub nic_props: Vec<String>,
     /// Run QEMU in this namespace (`ip netns exec`); None: the caller's.
     pub netns: Option<String>,
+    /// A QMP monitor on this UNIX socket (see [`Qmp`]).
+    pub qmp: Option<PathBuf>,
+    /// Wait for an incoming migration on this URI (`-incoming`, e.g. "unix:/tmp/m.sock")
+    /// instead of booting.
+    pub incoming: Option<String>,
     /// More QEMU arguments, appended last.
     pub extra_args: Vec<String>,
     pub boot_timeout: Duration,
@@ -84,9 +89,23 @@ impl QemuConfig {
             mac: GUEST_MAC.to_string(),
             nic_props: Vec::new(),
             netns: None,
+            qmp: None,
+            incoming: None,
             extra_args: Vec::new(),
             boot_timeout: BOOT_TIMEOUT,
         }
+    }
+
+    /// Serves QMP on the UNIX socket `path`.
+    pub fn qmp(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qmp = Some(path.into());
+        self
+    }
+
+    /// Starts as the destination of a migration arriving on `uri`.
+    pub fn incoming(mut self, uri: &str) -> Self {
+        self.incoming = Some(uri.to_string());
+        self
     }
 
     pub fn name(mut self, name: &str) -> Self {
@@ -208,9 +227,124 @@ impl QemuConfig {
             "-append".to_string(),
             self.append.clone(),
         ]);
+        if let Some(qmp) = &self.qmp {
+            a.extend([
+                "-qmp".to_string(),
+                format!("unix:{},server=on,wait=off", qmp.display()),
+            ]);
+        }
+        if let Some(uri) = &self.incoming {
+            a.extend(["-incoming".to_string(), uri.clone()]);
+        }
         a.extend(self.extra_args.iter().cloned());
         a
     }
+}
+
+/// A QMP client on a QEMU's monitor socket: capabilities negotiated, one command at a time,
+/// events skipped.
+pub struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    /// Connects to `path` (waiting up to `timeout` for QEMU to create it) and leaves
+    /// capabilities negotiation mode.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
+        let mut stream = None;
+        util::wait_until(&format!("QMP socket {}", path.display()), timeout, || {
+            stream = std::os::unix::net::UnixStream::connect(path).ok();
+            Ok(stream.is_some())
+        })?;
+        let stream = stream.context("QMP socket")?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut qmp = Qmp {
+            reader: std::io::BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            bail!("not a QMP greeting: {greeting}");
+        }
+        qmp.execute("qmp_capabilities", serde_json::json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("QMP connection closed");
+        }
+        serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))
+    }
+
+    /// Runs `command` with `arguments`; returns its "return" value, or its error as an error.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        use std::io::Write;
+        let msg = serde_json::json!({"execute": command, "arguments": arguments});
+        writeln!(self.writer, "{msg}")?;
+        loop {
+            let reply = self.read_message()?;
+            if let Some(r) = reply.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = reply.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+            // An event: not the answer.
+        }
+    }
+}
+
+impl Qmp {
+    /// Turns a migration capability on or off (`migrate-set-capabilities`). "return-path",
+    /// on both sides, lets the source learn that the destination failed to load the state
+    /// (and resume the guest) instead of reporting the migration completed.
+    pub fn set_migration_capability(&mut self, capability: &str, on: bool) -> Result<()> {
+        self.execute(
+            "migrate-set-capabilities",
+            serde_json::json!({"capabilities": [{"capability": capability, "state": on}]}),
+        )?;
+        Ok(())
+    }
+}
+
+/// What `query-migrate` said when a migration ended.
+#[derive(Debug, Clone)]
+pub struct MigrationResult {
+    pub status: String,
+    /// QEMU's own figures, in milliseconds.
+    pub total_time_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    /// The whole `query-migrate` answer.
+    pub info: serde_json::Value,
+}
+
+/// Migrates the guest behind `source` to `uri` and waits (polling `query-migrate`) until the
+/// migration completed, failed or was cancelled.
+pub fn migrate(source: &mut Qmp, uri: &str, timeout: Duration) -> Result<MigrationResult> {
+    source.execute("migrate", serde_json::json!({"uri": uri}))?;
+    let mut last = serde_json::Value::Null;
+    let done = util::wait_until("the migration to end", timeout, || {
+        last = source.execute("query-migrate", serde_json::json!({}))?;
+        let status = last.get("status").and_then(|s| s.as_str()).unwrap_or("");
+        Ok(matches!(status, "completed" | "failed" | "cancelled"))
+    });
+    if let Err(e) = done {
+        return Err(e.context(format!("last query-migrate: {last}")));
+    }
+    Ok(MigrationResult {
+        status: last["status"].as_str().unwrap_or("").to_string(),
+        total_time_ms: last.get("total-time").and_then(|v| v.as_u64()),
+        downtime_ms: last.get("downtime").and_then(|v| v.as_u64()),
+        info: last,
+    })
 }
 
 /// A running guest. Dropping it kills QEMU; when dropped during a panic, or

@@ -32,41 +32,30 @@ mod server;
 pub use buffers::{InRing, OutBuf, StreamSink, IN_RING_LEN, OUT_BUF_LEN};
 pub use server::{serve_connection, SessionEnd, StreamServer};
 
-use podwire_frame::{nonzero_summary, Counter};
-
 pub use podwire_frame::{NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN};
 
 /// Shortest frame accepted from the frontend: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
 
-/// The stream frontend's counters, declared once.
-#[derive(Debug, Default)]
-pub struct StreamCounters {
-    pub sessions: Counter,
-    pub frames_in: Counter,
-    pub bytes_in: Counter,
-    pub frames_out: Counter,
-    pub bytes_out: Counter,
-    /// Frames the handler wanted to send while the frontend was not reading.
-    pub rx_full: Counter,
-    /// Connections dropped for a length outside [`MIN_FRAME_LEN`]..=[`MAX_FRAME_LEN`].
-    pub drop_bad_length: Counter,
-    /// Frontends refused because one was already connected.
-    pub refused_frontends: Counter,
-}
-
-impl StreamCounters {
-    pub fn summary(&self) -> String {
-        nonzero_summary(&[
-            ("stream_sessions", self.sessions.get()),
-            ("stream_frames_in", self.frames_in.get()),
-            ("stream_bytes_in", self.bytes_in.get()),
-            ("stream_frames_out", self.frames_out.get()),
-            ("stream_bytes_out", self.bytes_out.get()),
-            ("stream_rx_full", self.rx_full.get()),
-            ("stream_drop_bad_length", self.drop_bad_length.get()),
-            ("stream_refused_frontends", self.refused_frontends.get()),
-        ])
+podwire_frame::counters! {
+    /// The stream frontend's counters.
+    pub struct StreamCounters {
+        /// Frontend connections served.
+        sessions: Count,
+        /// Frames from the frontend handed to the dataplane.
+        frames_in: Count,
+        /// Bytes of those frames.
+        bytes_in: Bytes,
+        /// Frames written for the frontend.
+        frames_out: Count,
+        /// Bytes of those frames.
+        bytes_out: Bytes,
+        /// Frames the dataplane could not deliver because the frontend was not reading.
+        rx_full: Drop,
+        /// Connections dropped for a length outside 14..=65549.
+        drop_bad_length: Drop,
+        /// Frontends refused because one was already connected.
+        refused_frontends: Count,
     }
 }
 

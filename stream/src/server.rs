@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use podwire_frame::{warn_once, NetHandler};
+use podwire_frame::{warn_once, CounterSet, NetHandler};
 
 use crate::buffers::{InRing, OutBuf, StreamSink};
 use crate::StreamCounters;
@@ -80,6 +80,7 @@ impl<H: NetHandler> StreamServer<H> {
                 warn_once!("stream frontend sent a frame length of {len}: connection dropped")
             }
         }
+        tracing::info!("stream counters: {}", self.counters.summary());
         Ok(end)
     }
 }

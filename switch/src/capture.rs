@@ -408,6 +408,14 @@ impl<H: NetHandler + AsMut<crate::switch::Switch>> NetHandler for Capturing<H> {
     fn link_changed(&mut self, up: bool) {
         self.inner.link_changed(up)
     }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, podwire_frame::StateError> {
+        self.inner.save_state()
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), podwire_frame::StateError> {
+        self.inner.load_state(state)
+    }
 }
 
 #[cfg(test)]

@@ -157,11 +157,14 @@ pub struct Cli {
     /// Interface for IPv6 connections to the pod's network. Not supported: refused
     #[arg(long, value_name = "IFACE")]
     pub outbound_if6: Option<String>,
+    /// Accept frames from any source MAC and IP address, not only those the guest was given
+    #[arg(long)]
+    pub allow_guest_sources: bool,
     /// Where the pod's resolver configuration is read from
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Most concurrent flows of each kind (TCP connections; UDP ports and ping sessions); more
-    /// are refused
+    /// Most concurrent flows of every kind (TCP connections, UDP ports, ping sessions): a
+    /// quarter for connections to forwarded ports, the rest for the guest's; more are refused
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_flows: u32,
     /// Seconds a UDP flow may stay idle before it is closed
@@ -270,6 +273,8 @@ pub struct ProcessOptions {
     pub vhost_user: bool,
     pub log_file: Option<PathBuf>,
     pub log_size: u64,
+    /// `--log-format json`.
+    pub json_logs: bool,
     /// The tracing level when `PODWIRE_LOG` does not say otherwise.
     pub level: &'static str,
 }
@@ -294,6 +299,7 @@ impl Cli {
             vhost_user: self.vhost_user,
             log_file: self.log_file.clone(),
             log_size: self.log_size,
+            json_logs: self.log_format == "json",
             level,
         }
     }
@@ -503,6 +509,8 @@ pub struct Config {
     pub mtu: u16,
     pub pid_file: Option<PathBuf>,
     pub map_gateway: bool,
+    /// Turn anti-spoofing off: the guest may use any source MAC and address.
+    pub allow_guest_sources: bool,
     pub resolver: Resolver,
     pub max_flows: usize,
     pub udp_idle: Duration,
@@ -770,6 +778,7 @@ impl Config {
             pid_file: cli.pid,
             map_gateway,
             resolver,
+            allow_guest_sources: cli.allow_guest_sources,
             max_flows: cli.max_flows as usize,
             udp_idle: Duration::from_secs(cli.udp_timeout),
             lease_secs: cli.lease_time,
@@ -1187,5 +1196,60 @@ mod tests {
         assert!(dhcp_extra(&twice).is_err());
         let long = parse(&["-s", "/s", "--dhcp-boot-file", &"x".repeat(256)]);
         assert!(dhcp_extra(&long).is_err());
+    }
+
+    /// Resolution against the host's `lo` (127.0.0.1/8, no gateway, no global IPv6).
+    fn resolve_on_lo(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["-s", "/s", "-i", "lo"];
+        argv.extend_from_slice(args);
+        Config::resolve(parse(&argv))
+    }
+
+    #[test]
+    fn address_options_and_loopback_mapping_resolve_as_passt_does() {
+        let c = resolve_on_lo(&["-a", "198.19.5.15", "-n", "24"]).unwrap();
+        let a = c.addressing.unwrap();
+        assert_eq!(
+            (a.guest, a.gateway, a.prefix_len),
+            (
+                Ipv4Addr::new(198, 19, 5, 15),
+                Ipv4Addr::new(198, 19, 5, 1),
+                24
+            )
+        );
+        let c = resolve_on_lo(&["-a", "198.19.5.15", "-g", "198.19.5.254"]).unwrap();
+        assert_eq!(
+            c.addressing.unwrap().gateway,
+            Ipv4Addr::new(198, 19, 5, 254)
+        );
+        // lo has no global IPv6: an IPv6 address is checked but not offered.
+        let c = resolve_on_lo(&["-a", "fd00::15"]).unwrap();
+        assert!(c.addressing6.is_none());
+        // -6 on an IPv4-only uplink leaves nothing.
+        assert!(matches!(
+            resolve_on_lo(&["-6"]),
+            Err(ConfigError::NoFamily(_))
+        ));
+        assert!(resolve_on_lo(&["-4"]).unwrap().addressing.is_some());
+        // The gateway's address maps to the loopback (the default), `none` turns it off,
+        // anything else is refused.
+        assert!(
+            resolve_on_lo(&["--map-host-loopback", "10.0.2.1"])
+                .unwrap()
+                .map_gateway
+        );
+        assert!(
+            !resolve_on_lo(&["--map-host-loopback", "none"])
+                .unwrap()
+                .map_gateway
+        );
+        assert!(matches!(
+            resolve_on_lo(&["--map-host-loopback", "10.0.2.9"]),
+            Err(ConfigError::BadValue("--map-host-loopback", _))
+        ));
+        assert!(matches!(
+            resolve_on_lo(&["-a", "10.0.0.1", "-a", "10.0.0.2"]),
+            Err(ConfigError::BadValue("--address", _))
+        ));
     }
 }

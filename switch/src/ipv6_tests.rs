@@ -22,11 +22,11 @@ use crate::tests::{
     self, arp_request, eth, ipv4_udp, send, send_mutations, wait_readable, Captured,
 };
 
-const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 2);
+pub(crate) const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 2);
 const GW6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 1);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn dual_stack() -> Config {
+pub(crate) fn dual_stack() -> Config {
     let mut c = tests::config();
     c.uplink.v6 = Some(UplinkAddr {
         addr: "fd00:198:18::2".parse().unwrap(),
@@ -62,7 +62,7 @@ fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
     eth(EthernetProtocol::Ipv6, &buf)
 }
 
-fn udp6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
+pub(crate) fn udp6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
     let mut l4 = vec![0u8; 8 + payload.len()];
     UdpRepr {
         src_port: src.1,

@@ -20,6 +20,8 @@ mod control;
 mod control_tests;
 mod daemon;
 #[cfg(test)]
+mod harden_tests;
+#[cfg(test)]
 mod ipv6_tests;
 mod mailbox;
 mod metrics;
@@ -28,6 +30,7 @@ mod podnet;
 #[cfg(test)]
 mod scale_tests;
 mod signals;
+mod state;
 mod switch;
 #[cfg(test)]
 mod tcp_tests;
@@ -113,7 +116,8 @@ enum Frontend {
 }
 
 impl Frontend {
-    /// What the control socket reports about the connected frontend (vhost-user only).
+    /// What the control socket reports about the connected frontend (vhost-user only; the
+    /// stream frontend has no rings or features to report).
     fn session(&self) -> Arc<podwire_vhost::SessionInfo> {
         match self {
             Frontend::VhostUser(s) => s.session(),
@@ -189,6 +193,12 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         )
     };
     let mut leftovers = vec![config.socket.clone()];
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(format!("cannot write {}: {e}", pid_file.display()));
+        }
+    }
     leftovers.extend(ops::start(
         &ops_options,
         &config,
@@ -198,15 +208,7 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         capture,
         mailbox,
     )?);
-    if let Some(pid_file) = &config.pid_file {
-        if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
-            for path in &leftovers {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(format!("cannot write {}: {e}", pid_file.display()));
-        }
-        leftovers.push(pid_file.clone());
-    }
+    leftovers.extend(config.pid_file.clone());
     signals::spawn_handler(switch, device, leftovers.clone())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());
@@ -222,13 +224,19 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
     served
 }
 
-/// Logs to `--log-file` (capped) if given, else to stderr; `--log-format json` logs JSON lines
-/// to stderr.
-fn init_logging(process: &ProcessOptions, json: bool) -> Result<(), String> {
+/// Logs to `--log-file` (capped) if given, else to stderr.
+fn init_logging(process: &ProcessOptions) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(process.level));
-    if json {
-        ops::init_json_logs(filter);
+    if process.json_logs {
+        let log = match &process.log_file {
+            Some(path) => Some(
+                daemon::CappedLog::open(path, process.log_size)
+                    .map_err(|e| format!("cannot open --log-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        ops::init_json_logs(filter, log);
         return Ok(());
     }
     let builder = tracing_subscriber::fmt()
@@ -280,8 +288,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    let result =
-        init_logging(&process, cli.log_format == "json").and_then(|()| run(cli, &process, ready));
+    let result = init_logging(&process).and_then(|()| run(cli, &process, ready));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

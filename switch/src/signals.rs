@@ -1,4 +1,6 @@
-//! Signals: `SIGUSR1` logs podwire's status, `SIGTERM`/`SIGINT` end it cleanly.
+//! Signals: `SIGUSR1` logs podwire's status, `SIGTERM`/`SIGINT` end it cleanly: the guest's
+//! connections are reset towards their peers, as when the frontend goes away, and the socket
+//! and pid files are removed.
 //!
 //! The signals are blocked in every thread and taken synchronously by one thread with
 //! `sigwait`, so no handler runs in the middle of the dataplane and the status dump can simply
@@ -12,6 +14,7 @@ use podwire_frame::CounterSet;
 use podwire_vhost::DeviceCounters;
 
 use crate::control::Handler;
+use podwire_frame::NetHandler;
 
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set in place.
@@ -34,6 +37,13 @@ pub fn block() -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
+}
+
+/// What podwire does to its flows before it exits on a signal: what the link going down does.
+/// Every TCP peer sees a reset at once rather than a clean close of a stream that was cut
+/// short (or a hang until its own timeout); datagram sockets are closed.
+pub fn terminate(handler: &mut impl NetHandler) {
+    handler.link_changed(false);
 }
 
 /// Starts the thread that waits for the signals.
@@ -60,6 +70,9 @@ pub fn spawn_handler(
                 continue;
             }
             tracing::info!("exiting on signal {sig}");
+            if let Ok(mut switch) = switch.lock() {
+                terminate(&mut *switch);
+            }
             for path in &leftovers {
                 let _ = std::fs::remove_file(path);
             }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server};
 use podwire_frame::{
-    summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
+    log_limited, summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
 };
 use podwire_link::v4::DHCP_SERVER_PORT;
 use podwire_link::{Link4, Link4Config, Link6, Link6Config};
@@ -38,6 +38,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::{Config, Forwarding, GATEWAY_MAC};
+use crate::state::{Binding6, ForwardRepr, Lease4, State4, State6, StateRepr, TcpRepr};
 
 pub mod inspect;
 
@@ -85,6 +86,12 @@ podwire_frame::counters! {
         drop_other_protocol: Drop,
         /// Replies not delivered because the guest had no RX buffers.
         drop_rx_full: Drop,
+        /// Frames from a source MAC other than the guest's (anti-spoofing).
+        drop_spoofed_mac: Drop,
+        /// IPv4 packets and ARP from an address the guest was not given.
+        drop_spoofed_ipv4: Drop,
+        /// IPv6 packets from outside the guest's prefix.
+        drop_spoofed_ipv6: Drop,
     }
 }
 
@@ -94,7 +101,26 @@ struct Side6 {
     /// source the guest used.
     guest_ip: Ipv6Addr,
     handed_out: Ipv6Addr,
+    /// The guest's prefix: sources in it (SLAAC, privacy addresses) are its own.
+    prefix_len: u8,
     link: Link6,
+}
+
+/// Why a destination podwire refused a well-formed migrated state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationRefused {
+    #[error("the guest had {0} on the source but this podwire serves none")]
+    Family(&'static str),
+    #[error("the guest's MAC was {0} on the source but this podwire is pinned to {1}")]
+    Mac(EthernetAddress, EthernetAddress),
+}
+
+impl Side6 {
+    fn owns(&self, src: Ipv6Addr) -> bool {
+        let bits = u32::from(self.prefix_len.min(128));
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        u128::from(src) & mask == u128::from(self.handed_out) & mask
+    }
 }
 
 /// What podwire serves to the guest.
@@ -103,7 +129,14 @@ pub struct Switch {
     pinned_mac: Option<[u8; 6]>,
     v4: Option<Link4>,
     v6: Option<Side6>,
+    /// Anti-spoofing off (`--allow-guest-sources`).
+    allow_sources: bool,
     nat: Nat,
+    /// The forwarded pod ports, as the command line gave them (compared on migration).
+    forwards: Vec<ForwardRepr>,
+    /// After a migration: the guest's TCP connections this podwire could not take over, to
+    /// reset towards the guest as soon as it has RX buffers (rather than let them hang).
+    pending_resets: Vec<TcpRepr>,
     pub counters: SwitchCounters,
 }
 
@@ -238,11 +271,13 @@ impl Switch {
         let dns = dns_plan(config);
         let nat = Nat::new(NatConfig {
             max_flows: config.max_flows,
-            udp_idle: config.udp_idle,
+            timeouts: podwire_nat::flow::Timeouts {
+                udp: config.udp_idle,
+                ..Default::default()
+            },
             guest_mtu: usize::from(config.mtu),
             pod_mtu: config.uplink.mtu as usize,
             map: AddrMap::new(map_rules(config)),
-            ..NatConfig::default()
         })?;
         let v4 = config.addressing.map(|a| {
             let dhcp = Dhcpv4Server::new(Dhcpv4Config {
@@ -263,6 +298,7 @@ impl Switch {
                 gateway_ip: a.gateway,
                 guest_ip: a.guest,
                 prefix_len: a.prefix_len,
+                allow_other_sources: config.allow_guest_sources,
             };
             Link4::new(link, dhcp)
         });
@@ -274,18 +310,34 @@ impl Switch {
             Some(a) => Some(Side6 {
                 guest_ip: a.guest,
                 handed_out: a.guest,
+                prefix_len: a.prefix_len,
                 link: ipv6_link(a, dns.v6.clone(), search6, config)?,
             }),
             None => None,
         };
         let mut nat = nat;
         open_forwards(&mut nat, config)?;
+        let mut forwards: Vec<ForwardRepr> =
+            [(&config.tcp_forwards, false), (&config.udp_forwards, true)]
+                .into_iter()
+                .flat_map(|(list, udp)| {
+                    list.iter().map(move |f| ForwardRepr {
+                        udp,
+                        host_port: f.forward.host_port,
+                        guest_port: f.forward.guest_port,
+                    })
+                })
+                .collect();
+        forwards.sort();
         Ok(Switch {
             guest_mac: config.guest_mac,
             pinned_mac: config.guest_mac,
             v4,
             v6,
+            allow_sources: config.allow_guest_sources,
             nat,
+            forwards,
+            pending_resets: Vec::new(),
             counters: SwitchCounters::default(),
         })
     }
@@ -293,6 +345,13 @@ impl Switch {
     #[cfg(test)]
     pub fn nat_counters(&self) -> &podwire_nat::NatCounters {
         &self.nat.counters
+    }
+
+    /// Runs the idle sweep as if the time were `now` (tests drive the timeouts this way).
+    #[cfg(test)]
+    pub fn expire_idle_at(&mut self, now: Instant, rx: &mut dyn RxSink) {
+        let ep = self.endpoints();
+        self.nat.expire_idle(now, rx, &ep);
     }
 
     #[cfg(test)]
@@ -321,12 +380,29 @@ impl Switch {
         }
     }
 
-    fn learn_mac(&mut self, src: [u8; 6]) {
+    /// Takes the first unicast source MAC as the guest's (unless `--mac` pinned it); false for a
+    /// frame from any other source, which is then dropped (anti-spoofing). With
+    /// `--allow-guest-sources` the guest may change its MAC at will.
+    fn check_mac(&mut self, src: [u8; 6]) -> bool {
         let unicast = src[0] & 1 == 0 && src != [0; 6];
-        if self.pinned_mac.is_none() && unicast && self.guest_mac != Some(src) {
-            tracing::info!("guest MAC is {}", EthernetAddress(src));
-            self.guest_mac = Some(src);
+        if self.guest_mac == Some(src) {
+            return true;
         }
+        let learn = unicast
+            && self.pinned_mac.is_none()
+            && (self.guest_mac.is_none() || self.allow_sources);
+        if learn {
+            log_limited!(info, "guest MAC is {}", EthernetAddress(src));
+            self.guest_mac = Some(src);
+            return true;
+        }
+        self.counters.drop_spoofed_mac.inc();
+        log_limited!(
+            warn,
+            "dropped a guest frame from source MAC {}: not the guest's",
+            EthernetAddress(src)
+        );
+        false
     }
 
     /// ARP: answered by [`Link4`], which also learns the guest's address from it.
@@ -339,7 +415,7 @@ impl Switch {
         let mut out = [0u8; podwire_link::v4::ARP_FRAME_LEN];
         let result = v4.handle_arp(arp, &mut out).map(Some);
         if v4.guest_ip() != before {
-            tracing::info!("guest uses address {}", v4.guest_ip());
+            log_limited!(info, "guest uses address {}", v4.guest_ip());
         }
         self.deliver_control4(result, &out, rx);
     }
@@ -357,6 +433,10 @@ impl Switch {
                 self.deliver(rx, &out[..len.min(out.len())]);
             }
             Ok(None) => {}
+            Err(podwire_link::Link4Drop::SpoofedSender(ip)) => {
+                self.counters.drop_spoofed_ipv4.inc();
+                log_limited!(warn, "ignored ARP from {ip}: not the guest's address");
+            }
             // Link4 counts each reason itself; ARP it does not answer is not news.
             Err(e) if e.is_routine() => {}
             Err(e) => {
@@ -436,9 +516,17 @@ impl Switch {
         if proto == IpProtocol::Udp && dport == Some(DHCP_SERVER_PORT) {
             return self.handle_dhcp(frame, &info, rx);
         }
-        let IpAddr::V4(dst) = info.dst else {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (info.src, info.dst) else {
             return;
         };
+        if src != v4.guest_ip() && !self.allow_sources {
+            self.counters.drop_spoofed_ipv4.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv4 from {src}: not the guest's address"
+            );
+            return;
+        }
         if v4.is_broadcast_or_multicast(dst) {
             self.counters.drop_multicast_broadcast.inc();
             return;
@@ -521,10 +609,20 @@ impl Switch {
             warn_once!("dropped a guest IPv6 packet from {src}: no way back to that source");
             return;
         }
+        // The pod's own addresses are never a guest's, allowed sources or not.
+        let own = self.v6.as_ref().is_some_and(|v6| v6.owns(src));
+        if podwire_nat::is_host_local(src.into()) || !(own || self.allow_sources) {
+            c.drop_spoofed_ipv6.inc();
+            log_limited!(
+                warn,
+                "dropped guest IPv6 from {src}: outside the guest's prefix"
+            );
+            return;
+        }
         if let Some(v6) = self.v6.as_mut() {
-            // Logged once per address: a guest may alternate between several sources.
+            // A guest may alternate between several sources: logged rate-limited.
             if v6.link.learn_source(src) {
-                tracing::info!("guest uses IPv6 address {src}");
+                log_limited!(info, "guest uses IPv6 address {src}");
             }
             v6.guest_ip = src;
         }
@@ -572,6 +670,24 @@ impl Switch {
                 self.counters.drop_control6.inc();
                 warn_once!("dropped an IPv6 control packet from the guest: {e}");
             }
+        }
+    }
+
+    /// Resets migrated TCP connections towards the guest, keeping those its ring had no room for.
+    fn send_pending_resets(&mut self, rx: &mut dyn RxSink, ep: &Endpoints) {
+        let before = self.pending_resets.len();
+        self.pending_resets.retain(|t| {
+            let conn = podwire_nat::tcp::GuestConn {
+                guest: t.guest,
+                remote: t.remote,
+                seq_to_guest: t.seq_to_guest,
+                ack_from_guest: t.ack_from_guest,
+            };
+            !podwire_nat::tcp::reset_guest_conn(rx, ep, &conn)
+        });
+        let sent = before - self.pending_resets.len();
+        if sent > 0 {
+            tracing::info!("migration: reset {sent} TCP connections the guest had on the source");
         }
     }
 
@@ -628,6 +744,123 @@ impl Switch {
             );
         }
         self.deliver_control4(result, &out, rx);
+    }
+
+    /// Live migration, source: what the destination needs to go on serving this guest.
+    pub fn to_state(&self) -> StateRepr {
+        let now = Instant::now();
+        let ago = |t: Instant| {
+            now.saturating_duration_since(t)
+                .as_secs()
+                .min(u64::from(u32::MAX)) as u32
+        };
+        StateRepr {
+            guest_mac: self.guest_mac,
+            v4: self.v4.as_ref().map(|v4| State4 {
+                guest_ip: v4.guest_ip(),
+                lease: v4.dhcp().lease_at(now).map(|l| Lease4 {
+                    mac: l.mac,
+                    ip: l.ip,
+                    bound_secs_ago: ago(l.bound_at),
+                    renewed_secs_ago: ago(l.renewed_at),
+                    lease_secs: l.lease_secs,
+                    client_id: l.client_id,
+                    hostname: l.hostname,
+                }),
+            }),
+            v6: self.v6.as_ref().map(|v6| State6 {
+                guest_ip: v6.guest_ip,
+                handed_out: v6.handed_out,
+                // The table lists the most recent first; oldest first restores the same order.
+                seen: v6.link.guest_addresses().iter().rev().copied().collect(),
+                binding: v6.link.dhcp_binding().map(|b| Binding6 {
+                    duid: b.client_duid.clone(),
+                    iaid: b.iaid,
+                    addr: b.addr,
+                }),
+            }),
+            forwards: self.forwards.clone(),
+            tcp: self
+                .nat
+                .tcp_guest_view()
+                .map(|c| TcpRepr {
+                    guest: c.guest,
+                    remote: c.remote,
+                    seq_to_guest: c.seq_to_guest,
+                    ack_from_guest: c.ack_from_guest,
+                })
+                .collect(),
+        }
+    }
+
+    /// Live migration, destination: takes over a source's state. Everything is checked
+    /// against this podwire's own configuration first; on a refusal nothing has changed.
+    pub fn apply_state(&mut self, state: StateRepr) -> Result<(), MigrationRefused> {
+        use MigrationRefused as R;
+        if state.v4.is_some() && self.v4.is_none() {
+            return Err(R::Family("IPv4"));
+        }
+        if state.v6.is_some() && self.v6.is_none() {
+            return Err(R::Family("IPv6"));
+        }
+        if let (Some(pinned), Some(mac)) = (self.pinned_mac, state.guest_mac) {
+            if pinned != mac {
+                return Err(R::Mac(EthernetAddress(mac), EthernetAddress(pinned)));
+            }
+        }
+        if state.forwards != self.forwards {
+            tracing::warn!(
+                "migration: the source forwarded other pod ports ({:?}) than this podwire \
+                 ({:?}); serving this podwire's",
+                state.forwards,
+                self.forwards
+            );
+        }
+        let now = Instant::now();
+        let back = |secs: u32| {
+            now.checked_sub(std::time::Duration::from_secs(u64::from(secs)))
+                .unwrap_or(now)
+        };
+        if let Some(mac) = state.guest_mac {
+            self.guest_mac = Some(mac);
+        }
+        if let (Some(v4), Some(s4)) = (self.v4.as_mut(), state.v4) {
+            let lease = s4.lease.map(|l| podwire_dhcp::LeaseInfo {
+                mac: l.mac,
+                ip: l.ip,
+                bound_at: back(l.bound_secs_ago),
+                renewed_at: back(l.renewed_secs_ago),
+                lease_secs: l.lease_secs,
+                client_id: l.client_id,
+                hostname: l.hostname,
+            });
+            v4.restore(s4.guest_ip, lease);
+        }
+        if let (Some(v6), Some(s6)) = (self.v6.as_mut(), state.v6) {
+            v6.guest_ip = s6.guest_ip;
+            let binding = s6.binding.map(|b| podwire_dhcp::Dhcpv6Binding {
+                client_duid: b.duid,
+                iaid: b.iaid,
+                addr: b.addr,
+            });
+            v6.link.restore(&s6.seen, binding);
+        }
+        // The sockets stayed with the source podwire: reset the guest's side at once.
+        self.pending_resets = state.tcp;
+        tracing::info!(
+            "migration: took over the guest (MAC {}, IPv4 {}, IPv6 {}); resetting {} TCP \
+             connections it had",
+            self.guest_mac
+                .map_or("unknown".to_string(), |m| EthernetAddress(m).to_string()),
+            self.v4
+                .as_ref()
+                .map_or("none".to_string(), |v| v.guest_ip().to_string()),
+            self.v6
+                .as_ref()
+                .map_or("none".to_string(), |v| v.guest_ip.to_string()),
+            self.pending_resets.len(),
+        );
+        Ok(())
     }
 
     /// The guest's identity, flows and leases, then every non-zero counter: one log line.
@@ -746,7 +979,9 @@ impl NetHandler for Switch {
             return;
         }
         let eth = EthernetFrame::new_unchecked(&hdr[..n]);
-        self.learn_mac(eth.src_addr().0);
+        if !self.check_mac(eth.src_addr().0) {
+            return;
+        }
         match eth.ethertype() {
             EthernetProtocol::Arp => {
                 let mut arp = [0u8; 28];
@@ -767,6 +1002,9 @@ impl NetHandler for Switch {
 
     fn poll_host(&mut self, rx: &mut dyn RxSink) {
         let ep = self.endpoints();
+        if !self.pending_resets.is_empty() {
+            self.send_pending_resets(rx, &ep);
+        }
         self.nat.poll(rx, &ep);
         self.send_periodic(rx);
     }
@@ -778,6 +1016,16 @@ impl NetHandler for Switch {
 
     fn host_fd(&self) -> RawFd {
         self.nat.poll_fd()
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, podwire_frame::StateError> {
+        Ok(self.to_state().emit())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), podwire_frame::StateError> {
+        let state = StateRepr::parse(bytes)?;
+        self.apply_state(state)?;
+        Ok(())
     }
 
     fn link_changed(&mut self, up: bool) {

@@ -975,3 +975,138 @@ fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
     assert_eq!(out.len(), 1, "one ACK per 128 KiB: {out:?}");
     assert_eq!(out[0].ack, g.snd_nxt);
 }
+
+/// After a migration the destination has none of the guest's sockets: each connection the
+/// state lists is reset towards the guest, once, with the sequence numbers the guest expects
+/// (so it is accepted at once rather than answered with a challenge ACK).
+#[test]
+fn migrated_connections_are_reset_towards_the_guest_once() {
+    use crate::state::{State4, StateRepr, TcpRepr as ConnRepr};
+    let mut sw = Switch::new(&config()).unwrap();
+    let state = StateRepr {
+        guest_mac: Some(GUEST_MAC),
+        v4: Some(State4 {
+            guest_ip: GUEST_IP,
+            lease: None,
+        }),
+        tcp: vec![ConnRepr {
+            guest: (GUEST_IP, 40000).into(),
+            remote: (GW_IP, 7000).into(),
+            seq_to_guest: 1000,
+            ack_from_guest: 2000,
+        }],
+        ..StateRepr::default()
+    };
+    sw.load_state(&state.emit()).unwrap();
+    let mut rx = crate::tests::Captured::default();
+    sw.poll_host(&mut rx);
+    let segs: Vec<Seg> = rx.frames.iter().map(|f| parse(f)).collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let rst = &segs[0];
+    assert_eq!((rst.sport, rst.dport), (7000, 40000));
+    assert_eq!((rst.flags, rst.seq, rst.ack), (0x04 | ACK, 1000, 2000));
+    let mut again = crate::tests::Captured::default();
+    sw.poll_host(&mut again);
+    assert!(again.frames.is_empty(), "reset twice");
+}
+
+/// A guest repeating its SYN while its RX ring is full owes one SYN-ACK, not one per repeat:
+/// the list of owed handshakes is bounded by the connections, whatever the guest sends.
+#[test]
+fn repeated_syns_with_a_full_ring_owe_one_syn_ack() {
+    let mut rig = Rig::new();
+    let iss = 1000;
+    let syn = guest_frame(
+        46001,
+        rig.port,
+        iss,
+        None,
+        TcpControl::Syn,
+        65535,
+        Some(1460),
+        None,
+        &[],
+    );
+    rig.sink.budget = Some(0);
+    assert_eq!(rig.tx(std::slice::from_ref(&syn)), []);
+    // The pod's connect completes; the SYN-ACK finds no buffer and is owed.
+    let deadline = Instant::now() + TIMEOUT;
+    while rig.sink.refused == 0 {
+        assert!(Instant::now() < deadline, "connect did not complete");
+        poll_fds(&[rig.sw.host_fd()], deadline - Instant::now());
+        rig.poll();
+    }
+    for _ in 0..1000 {
+        assert_eq!(rig.tx(std::slice::from_ref(&syn)), []);
+    }
+    assert_eq!(rig.sw.nat_mut().tcp.owed_syns(), 1);
+    rig.sink.budget = None;
+    let got = rig.poll();
+    assert_eq!(got.len(), 1, "one SYN-ACK once there is room: {got:?}");
+    assert_eq!(got[0].flags, SYN | ACK);
+}
+
+/// SIGTERM resets the guest's connections towards their peers, as the link going down does:
+/// the pod side sees a reset, not a clean end of a stream that was cut short.
+#[test]
+fn sigterm_resets_the_connections_peers() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(47001, plain(1460), 65535);
+    assert_eq!(rig.tx(&[g.data(b"half a request")]), []);
+    crate::signals::terminate(&mut rig.sw);
+    let deadline = Instant::now() + TIMEOUT;
+    wait_fd(g.pod.as_raw_fd(), "reset", deadline);
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    let err = loop {
+        match g.pod.read(&mut buf) {
+            Ok(0) => panic!("a clean end of stream after {got:?}, not a reset"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wait_fd(g.pod.as_raw_fd(), "reset", deadline);
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert_eq!(flows(&rig.sw), 0);
+}
+
+/// An established connection expires after two idle hours, one half-closed by the guest after
+/// a minute; the pod side sees a reset either way. Activity (a segment) restarts the clock.
+#[test]
+fn idle_established_and_half_closed_connections_expire() {
+    let mut rig = Rig::new();
+    let (mut open, _) = rig.connect(48001, plain(1460), 65535);
+    let (mut closing, _) = rig.connect(48002, plain(1460), 65535);
+    let fin = closing.fin(&[]);
+    rig.tx(&[fin]);
+    let t0 = Instant::now();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    rig.sw
+        .expire_idle_at(t0 + Duration::from_secs(30), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 2, "nothing idle long enough yet");
+    rig.sw
+        .expire_idle_at(t0 + Duration::from_secs(120), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 1, "the half-closed one expired");
+    rig.sw
+        .expire_idle_at(t0 + hours(2) - Duration::from_secs(60), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 1);
+    rig.sw.expire_idle_at(t0 + hours(3), &mut rig.sink);
+    assert_eq!(flows(&rig.sw), 0, "the established one expired");
+    // The established one's peer sees a reset (the half-closed one's saw the guest's FIN).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut buf = [0u8; 16];
+    let err = loop {
+        match open.pod.read(&mut buf) {
+            Ok(n) => panic!("read {n} bytes, not a reset"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wait_fd(open.pod.as_raw_fd(), "reset", deadline)
+            }
+            Err(e) => break e.kind(),
+        }
+    };
+    assert_eq!(err, ErrorKind::ConnectionReset);
+    drop(closing);
+    assert_eq!(rig.counter("nat_flows_expired"), 2);
+}

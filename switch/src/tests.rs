@@ -51,6 +51,7 @@ pub(crate) fn config() -> Config {
         runas: None,
         dhcp_extra: Default::default(),
         map_gateway: true,
+        allow_guest_sources: false,
         resolver: Resolver {
             nameservers: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
             search: vec!["podwire.test".into()],
@@ -387,8 +388,12 @@ fn garbage_frames_never_panic() {
 }
 
 /// Sends `count` frames made from `templates`, each truncated at a random length and with up
-/// to seven random bytes overwritten (a xorshift generator from `seed`: reproducible).
+/// to seven random bytes overwritten (a xorshift generator from `seed`: reproducible), after one
+/// unmangled first frame.
 pub(crate) fn send_mutations(sw: &mut Switch, templates: &[Vec<u8>], count: usize, seed: u64) {
+    // The guest speaks first, unmangled: its MAC is the one learned (anti-spoofing then drops
+    // the mangled source MACs, as it would a spoofer's).
+    send(sw, &templates[0]);
     let mut seed = seed;
     let mut next = || {
         seed ^= seed << 13;
@@ -683,6 +688,106 @@ fn datagrams_from_the_pod_arrive_many_per_receive_call() {
     }
 }
 
+/// A DHCPv4 REQUEST for the guest address, from the guest's MAC.
+fn dhcp_request_frame() -> Vec<u8> {
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Request,
+        transaction_id: 0x4242,
+        secs: 0,
+        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: Some(GUEST_IP),
+        client_identifier: Some(EthernetAddress(GUEST_MAC)),
+        server_identifier: Some(GW_IP),
+        parameter_request_list: Some(&[1, 3, 6]),
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    ipv4_udp(
+        (Ipv4Addr::UNSPECIFIED, 68),
+        (Ipv4Addr::BROADCAST, 67),
+        &dhcp,
+    )
+}
+
+#[test]
+fn migrated_state_carries_the_guest_mac_address_and_lease_and_garbage_changes_nothing() {
+    use podwire_frame::NetHandler;
+    let mut source = Switch::new(&config()).unwrap();
+    assert_eq!(
+        send(&mut source, &dhcp_request_frame()).frames.len(),
+        1,
+        "ACK"
+    );
+    let before = source.to_state();
+    let lease = before
+        .v4
+        .as_ref()
+        .unwrap()
+        .lease
+        .clone()
+        .expect("lease bound");
+    assert_eq!((lease.mac, lease.ip), (GUEST_MAC, GUEST_IP));
+    assert_eq!(before.guest_mac, Some(GUEST_MAC));
+
+    let mut dest = Switch::new(&config()).unwrap();
+    let fresh = dest.to_state();
+    assert!(fresh.v4.as_ref().unwrap().lease.is_none());
+    for bad in [&b"garbage"[..], &source.save_state().unwrap()[..20]] {
+        let e = dest.load_state(bad).unwrap_err().to_string();
+        assert!(e.contains("bad magic") || e.contains("truncated"), "{e}");
+        assert_eq!(dest.to_state(), fresh, "a refused state changed the switch");
+    }
+    dest.load_state(&source.save_state().unwrap()).unwrap();
+    let after = dest.to_state();
+    assert_eq!(after.guest_mac, Some(GUEST_MAC));
+    assert_eq!(after.v4.as_ref().unwrap().guest_ip, GUEST_IP);
+    let moved = after.v4.unwrap().lease.expect("lease moved");
+    assert_eq!(
+        (moved.mac, moved.ip, moved.lease_secs, &moved.client_id),
+        (lease.mac, lease.ip, lease.lease_secs, &lease.client_id)
+    );
+
+    // A destination without IPv4 refuses a guest that had it.
+    let mut v6_only = config();
+    v6_only.addressing = None;
+    let mut other = Switch::new(&v6_only).unwrap();
+    let e = other.load_state(&source.save_state().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("IPv4"), "{e}");
+}
+
+#[test]
+fn counter_names_are_unique_across_the_status_line() {
+    let sw = Switch::new(&config()).unwrap();
+    let mut names: Vec<String> = sw
+        .counter_sets()
+        .iter()
+        .flat_map(|(prefix, set)| {
+            set.descs()
+                .iter()
+                .map(move |d| format!("{prefix}{}", d.name))
+        })
+        .collect();
+    let all = names.len();
+    assert!(all > 50, "{all} counters");
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a name appears twice");
+}
+
 /// The value of DHCP option `code` in a BOOTP payload, walking the options after the cookie.
 fn dhcp_option(payload: &[u8], code: u8) -> Option<Vec<u8>> {
     let mut i = 240;
@@ -758,23 +863,4 @@ fn dhcp_offer_carries_the_configured_extra_options() {
         dhcp_option(&payload, 240),
         Some(b"extra.options.kubevirt.io".to_vec())
     );
-}
-
-#[test]
-fn counter_names_are_unique_across_the_status_line() {
-    let sw = Switch::new(&config()).unwrap();
-    let mut names: Vec<String> = sw
-        .counter_sets()
-        .iter()
-        .flat_map(|(prefix, set)| {
-            set.descs()
-                .iter()
-                .map(move |d| format!("{prefix}{}", d.name))
-        })
-        .collect();
-    let all = names.len();
-    assert!(all > 50, "{all} counters");
-    names.sort_unstable();
-    names.dedup();
-    assert_eq!(names.len(), all, "a name appears twice");
 }

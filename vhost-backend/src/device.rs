@@ -22,14 +22,26 @@
 //! driver's `VRING_AVAIL_F_NO_INTERRUPT` flag.
 //!
 //! Every malformed chain (address outside guest memory, wrong direction, too many segments, too
-//! long, too short) is returned to the guest with length 0, counted and logged once; nothing on
-//! this path panics or allocates.
+//! long, too short, indirect) is returned to the guest with length 0, counted and logged once;
+//! nothing on this path panics or allocates.
+//!
+//! **Bounded work.** No ring configuration keeps the worker from returning promptly: a ring is
+//! used only when its three parts lie inside guest memory (and its avail ring is not at address
+//! 0, which virtio-queue refuses to pop from while still reporting work); a chain is walked by
+//! podwire itself and visits at most `MAX_CHAIN_DESCS` descriptors, empty ones included, with
+//! no indirect tables (INDIRECT_DESC is not offered); a TX pass takes at most two rings' worth
+//! of chains before it yields and kicks itself; an RX push re-checks an empty ring once.
 
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -41,10 +53,11 @@ use virtio_bindings::bindings::virtio_net::{
 };
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -59,6 +72,7 @@ use podwire_frame::{
 
 use crate::counters::DeviceCounters;
 use crate::session::SessionInfo;
+use crate::transfer::StateTransfer;
 use crate::vnet::{config_space, VnetHdr};
 
 pub const RX_QUEUE: usize = 0;
@@ -74,10 +88,21 @@ pub use crate::vnet::VNET_HDR_LEN;
 const MIN_FRAME_LEN: usize = 60;
 /// Most chains one RX frame may span.
 const MAX_RX_CHAINS: usize = MAX_SEGS;
+/// How many rings' worth of chains one TX pass takes before it yields to the other events.
+const TX_BUDGET_RINGS: usize = 2;
 
-type Mem = GuestMemoryMmap<()>;
-type MemAtomic = GuestMemoryAtomic<Mem>;
-type Vring = VringMutex<MemAtomic>;
+type Mem<B> = GuestMemoryMmap<B>;
+type MemAtomic<B> = GuestMemoryAtomic<Mem<B>>;
+type Vring<B> = VringMutex<MemAtomic<B>>;
+/// What the rings lock: one ring's state over guest memory with dirty bitmap `B`.
+type RingState<B> = vhost_user_backend::VringState<MemAtomic<B>>;
+
+/// The dirty bitmap kept over guest memory. In podwire it is vhost-user-backend's
+/// [`BitmapMmapRegion`], which sets bits in the log the frontend hands over with SET_LOG_BASE
+/// (and does nothing before that); tests use vm-memory's `AtomicBitmap` to read back what was
+/// marked.
+pub trait LogBitmap: Bitmap + Send + Sync + 'static {}
+impl<T: Bitmap + Send + Sync + 'static> LogBitmap for T {}
 
 /// Segmentation of a frame to the guest (GUEST_TSO4/6).
 #[derive(Debug, Clone, Copy)]
@@ -99,20 +124,25 @@ pub struct NetConfig {
 
 /// The vhost-user backend for one frontend connection. Make a new one per connection: the
 /// library never drains a used exit event.
-pub struct NetDevice<H: NetHandler> {
+pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     handler: Arc<Mutex<H>>,
     counters: Arc<DeviceCounters>,
     config: NetConfig,
-    mem: Option<MemAtomic>,
+    mem: Option<MemAtomic<B>>,
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
+    /// Live migration's device-state transfer in progress, if any.
+    transfer: StateTransfer,
+    /// Each ring's call fd when it was last seen running, `None` if it was not (see
+    /// `kick_restarted_rings`).
+    running: [Option<RawFd>; NUM_QUEUES],
     /// Published for the control socket and metrics (see `session.rs`).
     session: Arc<SessionInfo>,
     rings_published: bool,
 }
 
-impl<H: NetHandler> NetDevice<H> {
+impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
     pub fn new(
         handler: Arc<Mutex<H>>,
         counters: Arc<DeviceCounters>,
@@ -126,6 +156,8 @@ impl<H: NetHandler> NetDevice<H> {
             acked_features: 0,
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            transfer: StateTransfer::default(),
+            running: [None; NUM_QUEUES],
             session: Arc::default(),
             rings_published: false,
         })
@@ -146,6 +178,11 @@ impl<H: NetHandler> NetDevice<H> {
         self.acked_features & (1u64 << bit) != 0
     }
 
+    /// The frontend turned dirty logging on (it migrates the guest).
+    fn logging(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0
+    }
+
     fn hdr_len(&self) -> usize {
         if self.has(VIRTIO_F_VERSION_1) || self.has(VIRTIO_NET_F_MRG_RXBUF) {
             VNET_HDR_LEN
@@ -154,7 +191,37 @@ impl<H: NetHandler> NetDevice<H> {
         }
     }
 
-    fn process(&mut self, device_event: u16, vrings: &[Vring]) {
+    /// Interrupts the guest once for every ring that (re)started since the last pass.
+    ///
+    /// A ring that starts with used entries already in it — on the destination of a live
+    /// migration, or on the source when a migration failed — may owe the guest an interrupt:
+    /// the source published them and wrote the call eventfd, but QEMU injects that interrupt
+    /// from its main loop, which the migration stopped, and does not carry it over. With
+    /// EVENT_IDX the driver would then wait for an interrupt that never comes (it re-arms
+    /// `used_event` only when it runs), and the device would fill the RX ring and stall. One
+    /// spurious interrupt is harmless: the driver looks, finds what is there, and re-arms.
+    /// A new call fd on a running ring gets one too: an interrupt sent before it was set went
+    /// nowhere.
+    fn kick_restarted_rings(&mut self, vrings: &[Vring<B>]) {
+        for (i, (running, vring)) in self.running.iter_mut().zip(vrings).enumerate() {
+            let now = {
+                let state = vring.get_ref();
+                let call = state.get_call().as_ref().map(|c| c.as_raw_fd());
+                (state.is_enabled() && state.get_queue().ready() && call.is_some())
+                    .then_some(call.unwrap_or(-1))
+            };
+            if now.is_some() && now != *running {
+                tracing::debug!("ring {i} started: interrupting the guest once");
+                let _ = vring.signal_used_queue();
+            }
+            *running = now;
+        }
+    }
+
+    fn process(&mut self, device_event: u16, vrings: &[Vring<B>]) {
+        if self.mem.is_some() {
+            self.kick_restarted_rings(vrings);
+        }
         let (Some(mem_atomic), Some(rx_vring), Some(tx_vring)) = (
             self.mem.as_ref(),
             vrings.get(RX_QUEUE),
@@ -178,6 +245,7 @@ impl<H: NetHandler> NetDevice<H> {
             event_idx: self.event_idx,
             counters: &self.counters,
             published_from: None,
+            logging: self.logging(),
         };
         match device_event as usize {
             TX_QUEUE => {
@@ -199,9 +267,9 @@ impl<H: NetHandler> NetDevice<H> {
     }
 }
 
-impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
-    type Bitmap = ();
-    type Vring = Vring;
+impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
+    type Bitmap = B;
+    type Vring = Vring<B>;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -233,18 +301,25 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
             // UDP frames of many datagrams go out with one sendmsg and UDP_SEGMENT: the
             // kernel splits them (or hands them to the NIC whole).
             | (1 << VIRTIO_NET_F_HOST_USO)
+            // Dirty logging for live migration: while the frontend has it on, every guest page
+            // the device writes is marked in the log (see `mark_dirty`).
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&mut self, features: u64) {
         if features != self.acked_features {
-            tracing::info!(
-                event = "frontend_features",
-                features = %feature_names(features),
-                features_hex = %format_args!("{features:#x}"),
-                "guest negotiated {}",
-                feature_names(features)
-            );
+            // The frontend may renegotiate at will: rate-limited.
+            static LIMIT: podwire_frame::RateLimit = podwire_frame::RateLimit::new();
+            if LIMIT.check().is_some() {
+                tracing::info!(
+                    event = "frontend_features",
+                    features = %feature_names(features),
+                    features_hex = %format_args!("{features:#x}"),
+                    "guest negotiated {}",
+                    feature_names(features)
+                );
+            }
         }
         self.acked_features = features;
         self.session.set_features(features);
@@ -254,7 +329,13 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         // Only what the vhost crate implements for us end to end: any other message it answers
         // by closing the connection. QEMU ignores CONFIG for virtio-net (and says so once);
         // DPDK's virtio-user reads the MAC through it. One queue pair, so no MQ.
-        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG
+        // LOG_SHMFD: the log arrives as shared memory (SET_LOG_BASE), which vhost-user-backend
+        // maps and installs as each region's bitmap.
+        VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            // The handler's state travels in QEMU's migration stream (see transfer.rs).
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -268,7 +349,7 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         cfg[start..end].to_vec()
     }
 
-    fn update_memory(&mut self, mem: MemAtomic) -> std::io::Result<()> {
+    fn update_memory(&mut self, mem: MemAtomic<B>) -> std::io::Result<()> {
         self.mem = Some(mem);
         Ok(())
     }
@@ -277,11 +358,26 @@ impl<H: NetHandler> VhostUserBackendMut for NetDevice<H> {
         Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
     }
 
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> std::io::Result<Option<std::fs::File>> {
+        self.transfer
+            .start(&self.handler, direction, phase, file)
+            .map(|()| None)
+    }
+
+    fn check_device_state(&self) -> std::io::Result<()> {
+        self.transfer.check(&self.handler)
+    }
+
     fn handle_event(
         &mut self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[Vring],
+        vrings: &[Vring<B>],
         _thread_id: usize,
     ) -> std::io::Result<()> {
         if usize::from(device_event) < NUM_QUEUES {
@@ -321,6 +417,10 @@ pub fn feature_names(features: u64) -> String {
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_STATUS, "STATUS"),
         (VIRTIO_NET_F_MTU, "MTU"),
+        (
+            VhostUserVirtioFeatures::LOG_ALL.bits().trailing_zeros(),
+            "LOG_ALL",
+        ),
     ];
     names
         .iter()
@@ -356,66 +456,121 @@ enum ChainError {
     TooLong,
     /// A loop, a next index outside the table, or an unreadable descriptor.
     Broken,
+    /// An indirect descriptor: INDIRECT_DESC is never offered.
+    Indirect,
 }
 
-/// Maps a chain's descriptors into `sg`; `writable` is the direction every descriptor must have.
-fn map_chain<'m>(
-    mut chain: DescriptorChain<&'m Mem>,
-    mem: &'m Mem,
+/// Most descriptors one chain may have, empty ones included: the work one chain costs is
+/// bounded by this, not by the ring size or by lengths the guest chooses.
+pub const MAX_CHAIN_DESCS: usize = MAX_SEGS;
+
+/// Maps the chain starting at descriptor `head` into `sg`; `writable` is the direction every
+/// descriptor must have.
+///
+/// The walk is podwire's own rather than virtio-queue's `DescriptorChain`, which follows
+/// indirect tables (of up to 65,535 entries) whether or not INDIRECT_DESC was negotiated and
+/// bounds a chain only by the table size. Here a chain visits at most [`MAX_CHAIN_DESCS`]
+/// descriptors, an indirect descriptor is refused (the feature is never offered), and a loop is
+/// told from a long chain with a bitmap of the descriptors already visited.
+fn map_chain<'m, B: LogBitmap>(
+    mem: &'m Mem<B>,
+    q: &Queue,
+    head: u16,
     writable: bool,
     max_len: usize,
     sg: &mut SgList<'m>,
 ) -> Result<(), ChainError> {
-    // virtio-queue ends a chain silently when it loops (more descriptors than the ring has),
-    // names a descriptor outside the table, or cannot be read: in each case the last
-    // descriptor it yielded still says "next". An empty chain is broken too.
-    let mut cut_short = true;
-    let mut map_one = |desc: Descriptor| -> Result<(), ChainError> {
-        if desc.is_write_only() != writable {
-            return Err(ChainError::BadDirection);
+    let table = GuestAddress(q.desc_table());
+    let size = q.size();
+    let mut visited = [0u64; MAX_QUEUE_SIZE / 64];
+    let mut index = head;
+    // The first mapping error; the walk goes on (descriptors only, within the same bound) so
+    // that a loop or a dangling `next` is named for what it is.
+    let mut first_error = None;
+    for _ in 0..MAX_CHAIN_DESCS {
+        let slot = usize::from(index);
+        if index >= size || slot >= MAX_QUEUE_SIZE {
+            return Err(ChainError::Broken);
         }
-        let mut len = desc.len() as usize;
-        if sg.len().saturating_add(len) > max_len {
-            if !writable {
-                return Err(ChainError::TooLong);
-            }
-            // An RX buffer bigger than any frame is still a good buffer: lend what a frame
-            // can fill and leave the rest alone.
-            len = max_len - sg.len();
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        if visited[word] & bit != 0 {
+            return Err(ChainError::Broken);
         }
-        for slice in mem.get_slices(desc.addr(), len) {
-            let slice = slice.map_err(|_| ChainError::BadAddress)?;
-            // The pointer stays valid while `mem` (a snapshot of the memory map) is borrowed:
-            // GuestMemoryMmap regions are mapped for their whole lifetime (no Xen-style
-            // transient mappings here), so the guard is not needed beyond this point.
-            let ptr = slice.ptr_guard_mut().as_ptr();
-            // SAFETY: ptr..ptr+len is inside a region of `mem`, borrowed for 'm.
-            unsafe { sg.push_raw(ptr, slice.len()) }
-                .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
+        visited[word] |= bit;
+        let desc: Descriptor = table
+            .checked_add(16 * u64::from(index))
+            .and_then(|addr| mem.read_obj(addr).ok())
+            .ok_or(ChainError::Broken)?;
+        if desc.refers_to_indirect_table() {
+            return Err(ChainError::Indirect);
         }
-        Ok(())
-    };
-    while let Some(desc) = chain.next() {
-        cut_short = desc.has_next();
-        if let Err(e) = map_one(desc) {
-            // A loop walks a whole table's worth of descriptors, so it usually hits the segment
-            // or length limit before virtio-queue cuts it off: finish the walk (descriptors
-            // only, at most one lap of the table) to name it for what it is.
-            let broken = matches!(e, ChainError::TooManySegments | ChainError::TooLong)
-                && chain.last().map_or(cut_short, |d| d.has_next());
-            return Err(if broken { ChainError::Broken } else { e });
+        if first_error.is_none() {
+            first_error = map_descriptor(mem, desc, writable, max_len, sg).err();
         }
+        if !desc.has_next() {
+            return first_error.map_or(Ok(()), Err);
+        }
+        index = desc.next();
     }
-    if cut_short {
-        return Err(ChainError::Broken);
+    Err(first_error.unwrap_or(ChainError::TooManySegments))
+}
+
+/// Appends one descriptor's buffer to `sg`.
+fn map_descriptor<'m, B: LogBitmap>(
+    mem: &'m Mem<B>,
+    desc: Descriptor,
+    writable: bool,
+    max_len: usize,
+    sg: &mut SgList<'m>,
+) -> Result<(), ChainError> {
+    if desc.is_write_only() != writable {
+        return Err(ChainError::BadDirection);
+    }
+    let mut len = desc.len() as usize;
+    if sg.len().saturating_add(len) > max_len {
+        if !writable {
+            return Err(ChainError::TooLong);
+        }
+        // An RX buffer bigger than any frame is still a good buffer: lend what a frame can fill
+        // and leave the rest alone.
+        len = max_len - sg.len();
+    }
+    for slice in mem.get_slices(desc.addr(), len) {
+        let slice = slice.map_err(|_| ChainError::BadAddress)?;
+        // The pointer stays valid while `mem` (a snapshot of the memory map) is borrowed:
+        // GuestMemoryMmap regions are mapped for their whole lifetime (no Xen-style transient
+        // mappings here), so the guard is not needed beyond this point.
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: ptr..ptr+len is inside a region of `mem`, borrowed for 'm.
+        unsafe { sg.push_raw(ptr, slice.len()) }
+            .map_err(|SgError::TooManySegments| ChainError::TooManySegments)?;
     }
     Ok(())
+}
+
+/// Whether a ring can be used at all: ready, of a size the device accepts, and with its
+/// descriptor table, avail ring (with `used_event`) and used ring (with `avail_event`) inside
+/// guest memory. virtio-queue pops nothing from a ring whose avail ring is at guest address 0
+/// while `enable_notification` still reports work, so that address is refused as well.
+fn ring_usable<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
+    let size = u64::from(q.size());
+    let usable = q.ready()
+        && size != 0
+        && size <= MAX_QUEUE_SIZE as u64
+        && q.avail_ring() != 0
+        && mem.check_range(GuestAddress(q.desc_table()), (16 * size) as usize)
+        && mem.check_range(GuestAddress(q.avail_ring()), (6 + 2 * size) as usize)
+        && mem.check_range(GuestAddress(q.used_ring()), (6 + 8 * size) as usize);
+    if !usable {
+        warn_once!("guest configured a ring outside its memory or at address 0; not using it");
+    }
+    usable
 }
 
 /// Whether the driver's avail index is at most one ring ahead of ours. virtio-queue pops nothing
 /// from a ring where it is not (the driver is broken) while `enable_notification` keeps reporting
 /// more work: without this check a pass would never end.
-fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
+fn avail_idx_sane<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> bool {
     let sane = q
         .avail_idx(mem, Ordering::Acquire)
         .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size());
@@ -428,7 +583,13 @@ fn avail_idx_sane(mem: &Mem, q: &Queue) -> bool {
 }
 
 /// Writes one used element without publishing it.
-fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> bool {
+fn write_used<B: LogBitmap>(
+    mem: &Mem<B>,
+    q: &Queue,
+    pos: Wrapping<u16>,
+    head: u16,
+    len: u32,
+) -> bool {
     let size = q.size();
     if size == 0 {
         return false;
@@ -443,7 +604,7 @@ fn write_used(mem: &Mem, q: &Queue, pos: Wrapping<u16>, head: u16, len: u32) -> 
 }
 
 /// Makes used entries up to `next_used` visible to the guest.
-fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
+fn publish_used<B: LogBitmap>(mem: &Mem<B>, q: &mut Queue, next_used: Wrapping<u16>) {
     q.set_next_used(next_used.0);
     if let Some(idx_addr) = GuestAddress(q.used_ring()).checked_add(2) {
         // Release: the entries written above are visible before the index that announces them.
@@ -452,8 +613,8 @@ fn publish_used(mem: &Mem, q: &mut Queue, next_used: Wrapping<u16>) {
 }
 
 /// Whether the guest wants an interrupt for used entries `old..new` (virtio 1.2, 2.7.10).
-fn guest_wants_interrupt(
-    mem: &Mem,
+fn guest_wants_interrupt<B: LogBitmap>(
+    mem: &Mem<B>,
     q: &Queue,
     event_idx: bool,
     old: Wrapping<u16>,
@@ -482,6 +643,43 @@ fn guest_wants_interrupt(
     }
 }
 
+/// Marks the first `len` bytes of `segs` dirty in guest memory's log, when `logging`.
+///
+/// RX data reaches guest memory through raw host pointers (recvmsg into an [`SgList`]), which
+/// vm-memory cannot see, so the device marks it itself. Two marks per buffer, and why the order
+/// is safe: the frontend syncs the log concurrently — it takes and clears the bits, then copies
+/// those pages — so a mark only protects writes made BEFORE it. The buffers are therefore
+/// marked whole before they are lent (nothing is written into a page that is not yet marked)
+/// and what was written is marked again after the write and before the used index that hands
+/// it to the guest is published. A sync that clears the first mark before the data lands is
+/// followed by the second one; the final sync happens after GET_VRING_BASE stopped the ring,
+/// which waits for this pass (it holds the ring lock), so no write can follow it unmarked. The
+/// used ring itself is written through vm-memory, which marks it after each write.
+fn mark_dirty<B: LogBitmap>(mem: &Mem<B>, logging: bool, segs: &[libc::iovec], mut len: usize) {
+    if !logging {
+        return;
+    }
+    for seg in segs {
+        if len == 0 {
+            break;
+        }
+        let n = seg.iov_len.min(len);
+        len -= n;
+        // Each segment lies inside one region: `map_chain` splits at region boundaries.
+        let ptr = seg.iov_base as usize;
+        for region in mem.iter() {
+            let Ok(base) = region.get_host_address(MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let offset = ptr.wrapping_sub(base as usize);
+            if (offset as u64) < region.len() {
+                region.bitmap().mark_dirty(offset, n);
+                break;
+            }
+        }
+    }
+}
+
 fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     let which = if rx { "RX" } else { "TX" };
     if rx {
@@ -494,14 +692,14 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
         ChainError::BadDirection => counters.tx_bad_direction.inc(),
         ChainError::TooManySegments => counters.tx_too_many_segments.inc(),
         ChainError::TooLong => counters.tx_too_long.inc(),
-        ChainError::Broken => counters.tx_broken_chain.inc(),
+        ChainError::Broken | ChainError::Indirect => counters.tx_broken_chain.inc(),
     }
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
 
-struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a Mem,
+    mem: &'a Mem<B>,
     hdr_len: usize,
     /// The guest negotiated CSUM: its frames may carry partial checksums.
     csum: bool,
@@ -511,41 +709,29 @@ struct TxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
 }
 
-impl<G> TxRing<'_, G>
+impl<B: LogBitmap, G> TxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
         let mem = self.mem;
+        if !ring_usable(mem, self.vring.get_queue()) {
+            return;
+        }
         let start = Wrapping(self.vring.get_queue().next_used());
         let mut used = start;
+        // A guest that keeps posting could hold this thread (and the ring locks that vhost-user
+        // requests need) for as long as it likes: after this many chains the pass yields, and
+        // a kick of its own brings the worker back once the other events have had their turn.
+        let mut budget = TX_BUDGET_RINGS * usize::from(self.vring.get_queue().size());
         loop {
-            while let Some(chain) = self.vring.get_queue_mut().pop_descriptor_chain(mem) {
+            while budget > 0 {
+                let Some(chain) = self.vring.get_queue_mut().pop_descriptor_chain(mem) else {
+                    break;
+                };
+                budget -= 1;
                 let head = chain.head_index();
-                let mut sg = SgList::new();
-                match map_chain(chain, mem, false, MAX_FRAME_LEN + self.hdr_len, &mut sg) {
-                    Ok(()) if sg.len() < self.hdr_len + 14 => {
-                        self.counters.tx_too_short.inc();
-                        warn_once!("guest sent a frame shorter than an Ethernet header");
-                    }
-                    Ok(()) => {
-                        let mut bytes = [0u8; VNET_HDR_LEN];
-                        sg.read(0, &mut bytes[..self.hdr_len]);
-                        let hdr = VnetHdr::parse(&bytes);
-                        let tx = TxOffload {
-                            partial_csum: self.csum && hdr.csum.is_some(),
-                            udp_segment: (self.uso
-                                && u32::from(hdr.gso_type) == VIRTIO_NET_HDR_GSO_UDP_L4
-                                && hdr.gso_size > 0)
-                                .then_some(hdr.gso_size),
-                        };
-                        sg.advance(self.hdr_len);
-                        self.counters.tx_frames.inc();
-                        self.counters.tx_bytes.add(sg.len() as u64);
-                        handler.guest_frame_with(&sg, tx, rx);
-                    }
-                    Err(e) => count_chain_error(self.counters, e, false),
-                }
+                self.forward(head, handler, rx);
                 let q = self.vring.get_queue();
                 if write_used(mem, q, used, head, 0) {
                     used += Wrapping(1);
@@ -555,9 +741,14 @@ where
             // buffers, so the handler may still be holding pointers into them.
             handler.tx_batch_done(rx);
             publish_used(mem, self.vring.get_queue_mut(), used);
+            if budget == 0 {
+                self.kick_self();
+                break;
+            }
             // Re-arm kicks, then look again: a frame posted meanwhile must not wait for the next.
+            // Every lap pops at least one chain or ends, so this loop ends within the budget.
             match self.vring.get_queue_mut().enable_notification(mem) {
-                Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => continue,
+                Ok(true) if avail_idx_sane(mem, self.vring.get_queue()) => budget -= 1,
                 _ => break,
             }
         }
@@ -567,11 +758,61 @@ where
             let _ = self.vring.signal_used_queue();
         }
     }
+
+    /// Maps one chain and hands its frame to the handler (or counts why not).
+    fn forward<H: NetHandler>(&mut self, head: u16, handler: &mut H, rx: &mut dyn RxSink) {
+        let mut sg = SgList::new();
+        let q = self.vring.get_queue();
+        match map_chain(
+            self.mem,
+            q,
+            head,
+            false,
+            MAX_FRAME_LEN + self.hdr_len,
+            &mut sg,
+        ) {
+            Ok(()) if sg.len() < self.hdr_len + 14 => {
+                self.counters.tx_too_short.inc();
+                warn_once!("guest sent a frame shorter than an Ethernet header");
+            }
+            Ok(()) => {
+                let mut bytes = [0u8; VNET_HDR_LEN];
+                sg.read(0, &mut bytes[..self.hdr_len]);
+                let hdr = VnetHdr::parse(&bytes);
+                let tx = TxOffload {
+                    partial_csum: self.csum && hdr.csum.is_some(),
+                    udp_segment: (self.uso
+                        && u32::from(hdr.gso_type) == VIRTIO_NET_HDR_GSO_UDP_L4
+                        && hdr.gso_size > 0)
+                        .then_some(hdr.gso_size),
+                };
+                sg.advance(self.hdr_len);
+                self.counters.tx_frames.inc();
+                self.counters.tx_bytes.add(sg.len() as u64);
+                handler.guest_frame_with(&sg, tx, rx);
+            }
+            Err(e) => count_chain_error(self.counters, e, false),
+        }
+    }
+
+    /// Wakes the worker again for this ring, as a guest kick would.
+    fn kick_self(&self) {
+        let Some(kick) = self.vring.get_kick().as_ref() else {
+            return;
+        };
+        let Ok(dup) = kick.try_clone() else {
+            return;
+        };
+        // SAFETY: `dup` is a fresh duplicate of the kick eventfd, owned by nobody else; the
+        // notifier takes it over and closes it when dropped.
+        let notifier = unsafe { EventNotifier::from_raw_fd(dup.into_raw_fd()) };
+        let _ = notifier.notify();
+    }
 }
 
-struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>> {
+struct RxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
-    mem: &'a GuestMemoryLoadGuard<Mem>,
+    mem: &'a GuestMemoryLoadGuard<Mem<B>>,
     hdr_len: usize,
     mergeable: bool,
     /// The guest negotiated GUEST_CSUM: frames to it may carry partial checksums.
@@ -584,11 +825,13 @@ struct RxRing<'a, G: std::ops::DerefMut<Target = vhost_user_backend::VringState<
     counters: &'a DeviceCounters,
     /// The used index when this pass first published, for the interrupt decision.
     published_from: Option<Wrapping<u16>>,
+    /// Dirty logging is on: every byte written into an RX buffer is marked (see `mark_dirty`).
+    logging: bool,
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn finish(self) {
         let Some(start) = self.published_from else {
@@ -605,15 +848,15 @@ where
     /// Marks the RX ring empty: ask for a kick when the guest adds buffers. Returns true if some
     /// arrived in the meantime.
     fn rearm(&mut self) -> bool {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         matches!(q.enable_notification(mem), Ok(true)) && avail_idx_sane(mem, q)
     }
 }
 
-impl<G> RxSink for RxRing<'_, G>
+impl<B: LogBitmap, G> RxSink for RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn push(
         &mut self,
@@ -673,9 +916,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     fn takes(&self, kind: GsoKind) -> bool {
         match kind {
@@ -691,10 +934,10 @@ where
         gso: Option<Gso>,
         fill: &mut dyn FnMut(&mut SgList<'_>) -> Option<usize>,
     ) -> Result<(), RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         // A started but disabled ring (SET_VRING_ENABLE 0) must not be given new RX frames.
         let q = self.vring.get_queue();
-        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
+        if !self.vring.is_enabled() || !ring_usable(mem, q) {
             return Err(RxError::NotReady);
         }
         let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
@@ -703,16 +946,23 @@ where
         let mut nchains = 0;
         let mut sg = SgList::new();
         let mut poisoned = false;
+        // Buffers posted while notifications were off are looked for once; a second empty pop
+        // ends the frame (it never ends otherwise if the ring claims chains it cannot yield).
+        let mut rearmed = false;
         while sg.len() < need && nchains < MAX_RX_CHAINS {
             let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
                 Some(c) => c,
-                None if self.rearm() => continue,
+                None if !rearmed && self.rearm() => {
+                    rearmed = true;
+                    continue;
+                }
                 None => break,
             };
             let head = chain.head_index();
             let before = sg.len();
             let mut one = SgList::new();
-            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut one);
+            let q = self.vring.get_queue();
+            let mapped = map_chain(mem, q, head, true, MAX_FRAME_LEN + self.hdr_len, &mut one);
             let appended = mapped.and_then(|()| {
                 one.segments().iter().try_for_each(|s| {
                     // SAFETY: the segment comes from `mem`, which outlives `sg`.
@@ -749,6 +999,7 @@ where
                 let _ = unsafe { frame.push_raw(s.iov_base.cast(), s.iov_len) };
             }
             frame.advance(self.hdr_len);
+            mark_dirty(mem, self.logging, sg.segments(), sg.len());
             fill(&mut frame).map(|len| {
                 let len = len.min(frame.len());
                 if len < MIN_FRAME_LEN {
@@ -799,6 +1050,7 @@ where
             hdr.gso_size = g.mss;
         }
         sg.write(0, &hdr.emit()[..self.hdr_len]);
+        mark_dirty(mem, self.logging, sg.segments(), total);
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;
@@ -825,9 +1077,9 @@ where
     }
 }
 
-impl<G> RxRing<'_, G>
+impl<B: LogBitmap, G> RxRing<'_, B, G>
 where
-    G: std::ops::DerefMut<Target = vhost_user_backend::VringState<MemAtomic>>,
+    G: std::ops::DerefMut<Target = RingState<B>>,
 {
     /// [`RxSink::push_batch`]: one descriptor chain per frame, so that every frame's buffers are
     /// used whole and the frames not filled are the ring's tail, which can be rewound. A chain
@@ -840,24 +1092,29 @@ where
         csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue();
-        if !self.vring.is_enabled() || !q.ready() || q.size() == 0 {
+        if !self.vring.is_enabled() || !ring_usable(mem, q) {
             return Err(RxError::NotReady);
         }
         let need = self.hdr_len + max_len.max(MIN_FRAME_LEN);
         let mut heads = [0u16; RX_BATCH];
         let mut frames: [SgList<'_>; RX_BATCH] = std::array::from_fn(|_| SgList::new());
         let mut n = 0;
+        let mut rearmed = false;
         while n < count {
             let chain = match self.vring.get_queue_mut().pop_descriptor_chain(mem) {
                 Some(c) => c,
-                None if n == 0 && self.rearm() => continue,
+                None if n == 0 && !rearmed && self.rearm() => {
+                    rearmed = true;
+                    continue;
+                }
                 None => break,
             };
             let head = chain.head_index();
             let mut sg = SgList::new();
-            let mapped = map_chain(chain, mem, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
+            let q = self.vring.get_queue();
+            let mapped = map_chain(mem, q, head, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
             if mapped.is_err() || sg.len() < need {
                 let q = self.vring.get_queue_mut();
                 q.set_next_avail(q.next_avail().wrapping_sub(1));
@@ -879,7 +1136,9 @@ where
         }
         .emit();
         for frame in &mut frames[..n] {
+            mark_dirty(mem, self.logging, frame.segments(), frame.len());
             frame.write(0, &hdr[..self.hdr_len]);
+            mark_dirty(mem, self.logging, frame.segments(), self.hdr_len);
             frame.advance(self.hdr_len);
         }
         let mut lens = [0usize; RX_BATCH];
@@ -901,6 +1160,7 @@ where
                 frame.write(len, &pad[..MIN_FRAME_LEN - len]);
                 len = MIN_FRAME_LEN;
             }
+            mark_dirty(mem, self.logging, frame.segments(), len);
             let total = if len == 0 {
                 0
             } else {
@@ -920,7 +1180,7 @@ where
 
     /// Gives chains back with nothing written, when they cannot be rewound.
     fn return_unused(&mut self, chains: &[(u16, u32)]) {
-        let mem: &Mem = self.mem;
+        let mem: &Mem<B> = self.mem;
         let q = self.vring.get_queue_mut();
         let start = Wrapping(q.next_used());
         let mut pos = start;

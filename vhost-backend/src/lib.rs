@@ -15,6 +15,7 @@
 //! - [`relay`]: a filter on the control channel that smooths over a QEMU/vhost-crate
 //!   ordering mismatch.
 //! - [`server`]: the socket, one frontend at a time, reconnects, refusal of a second frontend.
+//! - [`transfer`]: live migration's device-state transfer (SET_DEVICE_STATE_FD).
 //! - [`counters`]: the device's own per-reason drop counters.
 //! - [`vnet`]: the virtio-net header and config space over virtio-bindings' types.
 
@@ -23,6 +24,7 @@ pub mod device;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod transfer;
 pub mod vnet;
 
 pub use counters::DeviceCounters;
@@ -30,7 +32,7 @@ pub use device::feature_names;
 pub use device::{NetConfig, NetDevice};
 pub use podwire_frame::{
     nonzero_summary, sg, warn_once, Checksum, Counter, GsoKind, NetHandler, PartialCsum, RxError,
-    RxSink, SgList, TxOffload, MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
+    RxSink, SgList, StateError, TxOffload, MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
 };
 pub use server::{ServeError, Server};
 pub use session::{SessionInfo, SessionSnapshot};

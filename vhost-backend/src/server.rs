@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -101,10 +102,10 @@ impl<H: NetHandler> Server<H> {
 
     /// Waits for one frontend and serves it until it goes away.
     pub fn serve_one(&self) -> Result<(), ServeError> {
-        let device = NetDevice::new(self.handler.clone(), self.counters.clone(), self.config)?
+        let device = NetDevice::<H>::new(self.handler.clone(), self.counters.clone(), self.config)?
             .with_session(self.session.clone());
         let exit = device.exit_notifier()?;
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<BitmapMmapRegion>::new());
         let mut daemon =
             VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;

@@ -20,6 +20,7 @@ use podwire_vhost::{
     MAX_SEGS,
 };
 use podwire_vhost::{GsoKind, PartialCsum, TxOffload};
+use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -29,11 +30,13 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-type Mem = GuestMemoryMmap<()>;
+/// Guest memory with a dirty bitmap (4 KiB pages) the tests can read back.
+type Mem = GuestMemoryMmap<AtomicBitmap>;
 type Vring = VringMutex<GuestMemoryAtomic<Mem>>;
 
 const RX: u16 = 0;
@@ -47,8 +50,11 @@ const MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF;
 
-/// Guest memory: one 1 MiB region at guest address 0.
+/// Guest memory: 1 MiB at guest address 0, in two adjacent regions split at `REGION_SPLIT`.
 const MEM_SIZE: u64 = 0x10_0000;
+const REGION_SPLIT: u64 = 0x8_0000;
+const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+const PAGE: u64 = 0x1000;
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x8000;
 /// Packet buffers are carved from here up.
@@ -178,6 +184,9 @@ struct Outgoing {
     frame: Vec<u8>,
 }
 
+/// A check run inside `fill` with the buffers lent.
+type OnFill = Box<dyn FnMut(&[&SgList<'_>]) + Send>;
+
 struct Recorder {
     fd: EventFd,
     /// Frames from `guest_frame`, copied out.
@@ -200,6 +209,20 @@ struct Recorder {
     fills: Vec<u16>,
     /// Guest memory and the RX used-index address, to take that reading.
     probe: (Mem, GuestAddress),
+    /// Runs first in every `fill` (single or batch), with the lent buffers.
+    on_fill: Option<OnFill>,
+    /// States taken over through `load_state`.
+    loaded: usize,
+    /// A guest that never stops sending: every frame seen posts another.
+    repost: Option<Repost>,
+}
+
+/// Plays a guest vCPU that posts a TX chain (`head` again) for every frame the device takes.
+struct Repost {
+    avail: u64,
+    size: u16,
+    idx: u16,
+    head: u16,
 }
 
 impl NetHandler for Recorder {
@@ -207,6 +230,15 @@ impl NetHandler for Recorder {
         let mut bytes = vec![0u8; frame.len()];
         assert_eq!(frame.read(0, &mut bytes), frame.len());
         self.seen.push(bytes);
+        if let Some(r) = self.repost.as_mut() {
+            let mem = &self.probe.0;
+            let slot = u64::from(r.idx % r.size);
+            mem.write_obj(r.head.to_le(), GuestAddress(r.avail + 4 + 2 * slot))
+                .unwrap();
+            r.idx = r.idx.wrapping_add(1);
+            mem.write_obj(r.idx.to_le(), GuestAddress(r.avail + 2))
+                .unwrap();
+        }
     }
 
     fn guest_frame_with(&mut self, frame: &SgList<'_>, tx: TxOffload, rx: &mut dyn RxSink) {
@@ -219,7 +251,11 @@ impl NetHandler for Recorder {
             while !self.outbox.is_empty() {
                 let max_len = self.outbox.iter().map(|o| o.max_len).max().unwrap_or(0);
                 let outbox = &mut self.outbox;
+                let on_fill = &mut self.on_fill;
                 let mut fill = |frames: &mut [SgList<'_>], lens: &mut [usize]| {
+                    if let Some(f) = on_fill.as_mut() {
+                        f(&frames.iter().collect::<Vec<_>>());
+                    }
                     let n = frames.len().min(outbox.len());
                     for (i, frame) in frames[..n].iter_mut().enumerate() {
                         let out = outbox.pop_front().unwrap();
@@ -239,7 +275,11 @@ impl NetHandler for Recorder {
         while let Some(out) = self.outbox.pop_front() {
             let (mem, used_idx) = &self.probe;
             let fills = &mut self.fills;
+            let on_fill = &mut self.on_fill;
             let mut fill = |sg: &mut SgList<'_>| {
+                if let Some(f) = on_fill.as_mut() {
+                    f(&[&*sg]);
+                }
                 fills.push(u16::from_le(mem.read_obj(*used_idx).unwrap()));
                 if !sg.write(0, &out.frame) {
                     return None;
@@ -262,14 +302,30 @@ impl NetHandler for Recorder {
     fn host_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, podwire_vhost::StateError> {
+        Ok(RECORDER_STATE.to_vec())
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), podwire_vhost::StateError> {
+        if state != RECORDER_STATE {
+            return Err(format!("not the recorder's state ({} bytes)", state.len()).into());
+        }
+        self.loaded += 1;
+        Ok(())
+    }
 }
+
+/// What the test handler saves, and the only state it loads. Longer than a pipe's buffer, so
+/// that a transfer done on the vhost-user thread itself would block for ever.
+const RECORDER_STATE: &[u8] = &[0x5a; 100_000];
 
 // ---------------------------------------------------------------------------------------------
 // A device wired to two rings, as vhost-user-backend would wire it.
 
 struct Rig {
     mem: Mem,
-    dev: NetDevice<Recorder>,
+    dev: NetDevice<Recorder, AtomicBitmap>,
     handler: Arc<Mutex<Recorder>>,
     counters: Arc<DeviceCounters>,
     vrings: Vec<Vring>,
@@ -278,6 +334,8 @@ struct Rig {
     /// The call eventfds of RX and TX: readable when the guest was interrupted.
     calls: [EventFd; 2],
     next_buf: u64,
+    /// The interrupts the rings' start gave (see `rings_interrupt_once_when_they_start`).
+    start_calls: [u64; 2],
 }
 
 impl Rig {
@@ -286,7 +344,12 @@ impl Rig {
     }
 
     fn with_sizes(features: u64, rx_size: u16, tx_size: u16) -> Rig {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let half = REGION_SPLIT as usize;
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), half),
+            (GuestAddress(REGION_SPLIT), MEM_SIZE as usize - half),
+        ])
+        .unwrap();
         let rx = Ring::new(&mem, RX_RING, rx_size);
         let tx = Ring::new(&mem, TX_RING, tx_size);
         let handler = Arc::new(Mutex::new(Recorder {
@@ -301,6 +364,9 @@ impl Rig {
             results: Vec::new(),
             fills: Vec::new(),
             probe: (mem.clone(), GuestAddress(rx.used + 2)),
+            on_fill: None,
+            loaded: 0,
+            repost: None,
         }));
         let counters = Arc::new(DeviceCounters::default());
         let mut dev = NetDevice::new(
@@ -347,7 +413,7 @@ impl Rig {
             v.set_queue_ready(true);
             v.set_enabled(true);
         }
-        Rig {
+        let mut rig = Rig {
             mem,
             dev,
             handler,
@@ -357,7 +423,13 @@ impl Rig {
             tx,
             calls,
             next_buf: BUF_BASE,
-        }
+            start_calls: [0; 2],
+        };
+        // The first pass after the rings start interrupts the guest once per ring; the tests
+        // below count from after it.
+        rig.event(HANDLER_EVENT);
+        rig.start_calls = [rig.calls(RX), rig.calls(TX)];
+        rig
     }
 
     /// Carves a buffer out of guest memory, filled with `fill`.
@@ -407,6 +479,16 @@ impl Rig {
         let head = self.rx.chain(&self.mem, &[(addr, len as u32, flags)]);
         self.rx.post(&self.mem, head);
         (head, addr)
+    }
+
+    /// Posts a one-descriptor RX buffer at a chosen guest address, pre-filled with 0xAA.
+    fn post_rx_at(&mut self, addr: u64, len: usize) -> u16 {
+        self.mem
+            .write_slice(&vec![0xAA; len], GuestAddress(addr))
+            .unwrap();
+        let head = self.rx.chain(&self.mem, &[(addr, len as u32, WRITE)]);
+        self.rx.post(&self.mem, head);
+        head
     }
 
     /// Queues a frame for the handler to push on its next poll.
@@ -1318,4 +1400,373 @@ fn rx_batch_stops_at_a_chain_too_small_for_a_whole_frame() {
     let mut second = first[HDR..].to_vec();
     second.extend(rig.read(c, 1000 - (512 - HDR)));
     assert_eq!(second, frames[1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dirty logging (VHOST_F_LOG_ALL) for live migration.
+
+/// Whether the page holding `addr` is marked in guest memory's dirty bitmap.
+fn dirty(mem: &Mem, addr: u64) -> bool {
+    let (region, offset) = mem.to_region_addr(GuestAddress(addr)).unwrap();
+    region.bitmap().dirty_at(offset.0 as usize)
+}
+
+/// What the frontend does when it syncs the log: it takes (clears) every mark.
+fn sync_log(mem: &Mem) {
+    for region in mem.iter() {
+        region.bitmap().reset();
+    }
+}
+
+/// The first address of every page `addr..addr+len` touches.
+fn pages(addr: u64, len: u64) -> Vec<u64> {
+    (addr / PAGE..=(addr + len - 1) / PAGE)
+        .map(|p| p * PAGE)
+        .collect()
+}
+
+/// A check run inside `fill`: every page in `lent` must already be marked; then the log is
+/// synced (cleared), as the frontend may do at any moment while the handler writes.
+fn check_marked_then_sync(rig: &Rig, lent: Vec<u64>) -> Arc<Mutex<Vec<u64>>> {
+    let unmarked = Arc::new(Mutex::new(Vec::new()));
+    let seen = unmarked.clone();
+    let mem = rig.mem.clone();
+    rig.handler.lock().unwrap().on_fill = Some(Box::new(move |_| {
+        seen.lock()
+            .unwrap()
+            .extend(lent.iter().copied().filter(|&p| !dirty(&mem, p)));
+        sync_log(&mem);
+    }));
+    unmarked
+}
+
+/// A frame spread over three buffers (MRG_RXBUF), the first of which straddles the boundary
+/// between two memory regions and the last two pages: every page it lands on is marked before
+/// the handler may write into it, and marked again once written, before the used index moves —
+/// so a log sync between the two loses nothing. The used ring is marked; a buffer the frame did
+/// not need is not.
+#[test]
+fn rx_dirty_log_marks_every_written_page_before_and_after_the_write() {
+    let mut rig = Rig::new(FEATURES | LOG_ALL);
+    let bufs = [
+        (REGION_SPLIT - 0x400, 0x800u64),
+        (REGION_SPLIT + 0x1_0000, 0x800),
+        (REGION_SPLIT + 0x2_0F00, 0x1000),
+        (REGION_SPLIT + 0x4_0000, 0x800),
+    ];
+    for &(addr, len) in &bufs {
+        rig.post_rx_at(addr, len as usize);
+    }
+    let f = frame(5000, 3);
+    rig.queue_rx(5000, f.clone());
+    let lent: Vec<u64> = bufs[..3].iter().flat_map(|&(a, l)| pages(a, l)).collect();
+    let unmarked = check_marked_then_sync(&rig, lent);
+    sync_log(&rig.mem);
+
+    rig.event(RX);
+
+    assert_eq!(rig.results(), vec![Ok(())]);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 3);
+    assert_eq!(
+        *unmarked.lock().unwrap(),
+        Vec::<u64>::new(),
+        "pages lent to the handler before they were marked"
+    );
+    let written = [
+        (bufs[0].0, 0x800),
+        (bufs[1].0, 0x800),
+        (bufs[2].0, HDR as u64 + 5000 - 0x1000),
+    ];
+    for &(addr, len) in &written {
+        for p in pages(addr, len) {
+            assert!(
+                dirty(&rig.mem, p),
+                "written page {p:#x} not marked after the write"
+            );
+        }
+    }
+    assert_eq!(
+        pages(bufs[0].0, 0x800).len(),
+        2,
+        "the first buffer spans two pages"
+    );
+    assert_eq!(
+        pages(bufs[2].0, written[2].1).len(),
+        2,
+        "so does the written part of the third"
+    );
+    assert!(dirty(&rig.mem, rig.rx.used), "used ring not marked");
+    assert!(
+        !dirty(&rig.mem, bufs[3].0),
+        "a buffer the frame did not use was marked"
+    );
+    let mut whole = rig.read(bufs[0].0, 0x800);
+    whole.extend(rig.read(bufs[1].0, 0x800));
+    whole.extend(rig.read(bufs[2].0, written[2].1 as usize));
+    assert_eq!(whole[HDR..], f[..]);
+}
+
+/// The batch path (one chain per frame) keeps the same promise, header included.
+#[test]
+fn rx_batch_dirty_log_marks_every_written_page_before_and_after_the_write() {
+    let mut rig = Rig::new(FEATURES | LOG_ALL);
+    rig.handler.lock().unwrap().batch = Some(2);
+    let bufs = [
+        (REGION_SPLIT - 0x300, 0x800u64),
+        (REGION_SPLIT + 0x5_0F80, 0x800),
+    ];
+    for &(addr, len) in &bufs {
+        rig.post_rx_at(addr, len as usize);
+    }
+    let frames = [frame(1000, 5), frame(1400, 6)];
+    for f in &frames {
+        rig.queue_rx(1514, f.clone());
+    }
+    let lent: Vec<u64> = bufs.iter().flat_map(|&(a, l)| pages(a, l)).collect();
+    let unmarked = check_marked_then_sync(&rig, lent);
+    sync_log(&rig.mem);
+
+    rig.event(RX);
+
+    assert_eq!(rig.handler.lock().unwrap().batch_results, vec![Ok(2)]);
+    assert_eq!(*unmarked.lock().unwrap(), Vec::<u64>::new());
+    for (&(addr, _), f) in bufs.iter().zip(&frames) {
+        let len = (HDR + f.len()) as u64;
+        assert_eq!(pages(addr, len).len(), 2);
+        for p in pages(addr, len) {
+            assert!(
+                dirty(&rig.mem, p),
+                "written page {p:#x} not marked after the write"
+            );
+        }
+        assert_eq!(rig.read(addr + HDR as u64, f.len()), *f);
+    }
+    assert!(dirty(&rig.mem, rig.rx.used));
+}
+
+/// Without LOG_ALL the device leaves the log alone (vm-memory cannot see writes made through
+/// recvmsg into raw pointers, so the marks above are the device's own work), and QEMU is
+/// offered what it needs to allow migration at all.
+#[test]
+fn rx_without_log_all_marks_no_data_page_and_migration_features_are_offered() {
+    let mut rig = Rig::new(FEATURES);
+    assert_ne!(
+        rig.dev.features() & LOG_ALL,
+        0,
+        "VHOST_F_LOG_ALL not offered"
+    );
+    assert!(rig
+        .dev
+        .protocol_features()
+        .contains(vhost::vhost_user::message::VhostUserProtocolFeatures::LOG_SHMFD));
+    let addr = REGION_SPLIT + 0x6_0000;
+    rig.post_rx_at(addr, 0x800);
+    rig.queue_rx(1000, frame(1000, 7));
+    sync_log(&rig.mem);
+    rig.event(RX);
+    assert_eq!(rig.results(), vec![Ok(())]);
+    assert!(!dirty(&rig.mem, addr));
+}
+
+/// A ring that starts (after a migration, on the destination) may hold used entries whose
+/// interrupt the stopped VM lost: the device interrupts once per ring as it starts, and not
+/// again on later passes with nothing new.
+#[test]
+fn rings_interrupt_once_when_they_start() {
+    let mut rig = Rig::new(FEATURES | EVENT_IDX);
+    assert_eq!(rig.start_calls, [1, 1]);
+    rig.event(HANDLER_EVENT);
+    rig.event(RX);
+    assert_eq!((rig.calls(RX), rig.calls(TX)), (0, 0));
+    assert_counts(&rig, &[]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device-state transfer (SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE).
+
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// Save: the handler's state comes out of the pipe whole (more than a pipe holds, so the
+/// device must not write it on the calling thread), then CHECK succeeds. Load: the same bytes
+/// are taken over at CHECK; garbage is refused there with the handler's reason, and a CHECK
+/// with no transfer is an error.
+#[test]
+fn device_state_saves_through_a_pipe_and_loads_or_refuses_at_check() {
+    use std::io::{Read, Write};
+    use vhost::vhost_user::message::{VhostTransferStateDirection as Dir, VhostTransferStatePhase};
+    let mut rig = Rig::new(FEATURES);
+    let stopped = VhostTransferStatePhase::STOPPED;
+    assert!(rig
+        .dev
+        .protocol_features()
+        .contains(vhost::vhost_user::message::VhostUserProtocolFeatures::DEVICE_STATE));
+
+    let (mut r, w) = pipe();
+    assert!(rig
+        .dev
+        .set_device_state_fd(Dir::SAVE, stopped, w)
+        .unwrap()
+        .is_none());
+    let mut saved = Vec::new();
+    r.read_to_end(&mut saved).unwrap();
+    assert_eq!(saved, RECORDER_STATE);
+    rig.dev.check_device_state().unwrap();
+
+    for (bytes, ok) in [(RECORDER_STATE, true), (&b"garbage"[..], false)] {
+        let (r, mut w) = pipe();
+        assert!(rig
+            .dev
+            .set_device_state_fd(Dir::LOAD, stopped, r)
+            .unwrap()
+            .is_none());
+        let writer = std::thread::spawn({
+            let bytes = bytes.to_vec();
+            move || w.write_all(&bytes)
+        });
+        let checked = rig.dev.check_device_state();
+        writer.join().unwrap().unwrap();
+        match (ok, checked) {
+            (true, Ok(())) => {}
+            (false, Err(e)) => assert!(e.to_string().contains("not the recorder's state"), "{e}"),
+            (_, other) => panic!("load of {} bytes: {other:?}", bytes.len()),
+        }
+    }
+    assert_eq!(rig.handler.lock().unwrap().loaded, 1);
+    assert!(
+        rig.dev.check_device_state().is_err(),
+        "CHECK without a transfer"
+    );
+}
+
+// Ring and chain configurations chosen to cost the worker as much as possible.
+
+const INDIRECT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+
+/// Moves a ring's avail ring to guest address 0 and makes its index there claim one chain:
+/// virtio-queue refuses to pop from such a ring while `enable_notification` sees work.
+fn avail_ring_at_zero(rig: &mut Rig, queue: u16) {
+    let ring = if queue == RX { &rig.rx } else { &rig.tx };
+    let (desc, used) = (ring.desc, ring.used);
+    rig.vrings[queue as usize]
+        .set_queue_info(desc, 0, used)
+        .unwrap();
+    rig.mem.write_obj(1u16.to_le(), GuestAddress(2)).unwrap();
+}
+
+/// (h1a) An avail ring at guest address 0 does not keep the TX pass looping.
+#[test]
+fn tx_avail_ring_at_address_zero_does_not_hang() {
+    let mut rig = Rig::new(FEATURES);
+    avail_ring_at_zero(&mut rig, TX);
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    assert!(rig.seen().is_empty());
+}
+
+/// (h1b) The same on RX, where the handler is pushing a frame.
+#[test]
+fn rx_avail_ring_at_address_zero_does_not_hang() {
+    let mut rig = Rig::new(FEATURES);
+    avail_ring_at_zero(&mut rig, RX);
+    rig.queue_rx(100, frame(100, 61));
+    let rig = returns_promptly(rig, |rig| rig.event(RX));
+    assert!(rig.results()[0].is_err());
+}
+
+/// (h1c) A used ring outside guest memory: the ring is not used at all (nothing to write the
+/// used entries to), and the worker returns.
+#[test]
+fn tx_used_ring_outside_memory_is_not_used() {
+    let mut rig = Rig::new(FEATURES);
+    let (desc, avail) = (rig.tx.desc, rig.tx.avail);
+    rig.vrings[TX as usize]
+        .set_queue_info(desc, avail, OUTSIDE)
+        .unwrap();
+    rig.post_tx(&frame(60, 62));
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    assert!(
+        rig.seen().is_empty(),
+        "a ring that cannot be completed is not consumed"
+    );
+}
+
+/// (h2) INDIRECT_DESC is not offered, so an indirect descriptor is a broken chain, not a table
+/// to follow.
+#[test]
+fn tx_indirect_descriptor_refused() {
+    let mut rig = Rig::new(FEATURES);
+    assert_tx_dropped(&mut rig, "tx_broken_chain", |rig| {
+        let hdr = rig.data(&[0u8; HDR]);
+        let body = rig.data(&frame(60, 9));
+        // A two-entry indirect table holding a perfectly good frame.
+        let mut table = Vec::new();
+        for (i, (addr, len)) in [(hdr, HDR as u32), (body, 60u32)].into_iter().enumerate() {
+            table.extend_from_slice(&addr.to_le_bytes());
+            table.extend_from_slice(&len.to_le_bytes());
+            let flags = if i == 0 { NEXT } else { 0 };
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&1u16.to_le_bytes());
+        }
+        let table = rig.data(&table);
+        vec![rig.post_tx_chain(&[(table, 32, INDIRECT)])]
+    });
+}
+
+/// (h3) Zero-length descriptors count against the per-chain limit like any other: a chain of
+/// MAX_SEGS + 1 descriptors, most of them empty, is too many segments.
+#[test]
+fn tx_zero_length_descriptors_count_against_the_limit() {
+    let mut rig = Rig::new(FEATURES);
+    assert_tx_dropped(&mut rig, "tx_too_many_segments", |rig| {
+        let hdr = rig.data(&[0u8; HDR]);
+        let body = rig.data(&frame(60, 10));
+        let mut descs = vec![(hdr, HDR as u32, 0)];
+        descs.extend((0..MAX_SEGS).map(|_| (body, 0, 0)));
+        descs.push((body, 60, 0));
+        vec![rig.post_tx_chain(&descs)]
+    });
+}
+
+/// (h4) The same on RX: a chain of empty writable descriptors is not a buffer.
+#[test]
+fn rx_zero_length_descriptors_count_against_the_limit() {
+    let mut rig = Rig::new(FEATURES);
+    let addr = rig.buf(2048, 0xAA);
+    let mut descs: Vec<_> = (0..MAX_SEGS).map(|_| (addr, 0, WRITE)).collect();
+    descs.push((addr, 2048, WRITE));
+    let head = rig.rx.chain(&rig.mem, &descs);
+    rig.rx.post(&rig.mem, head);
+    rig.queue_rx(100, frame(100, 63));
+    rig.event(RX);
+    assert!(rig.results()[0].is_err());
+    assert_eq!(rig.rx.used_elem(&rig.mem, 0), (u32::from(head), 0));
+    assert_eq!(rig.counters.rx_bad_chain.get(), 1);
+}
+
+/// (h5) A guest that posts a new TX frame for every one the device takes keeps a pass busy
+/// forever unless the pass has a budget: it takes two rings' worth, then returns (and kicks
+/// itself, so the rest is not stranded).
+#[test]
+fn tx_pass_ends_although_the_guest_keeps_posting() {
+    let mut rig = Rig::with_sizes(FEATURES, 16, 16);
+    let head = rig.post_tx(&frame(60, 11));
+    let (avail, size, idx) = (rig.tx.avail, rig.tx.size, rig.tx.avail_idx);
+    rig.handler.lock().unwrap().repost = Some(Repost {
+        avail,
+        size,
+        idx,
+        head,
+    });
+    let rig = returns_promptly(rig, |rig| rig.event(TX));
+    let seen = rig.seen().len();
+    assert_eq!(
+        seen,
+        2 * usize::from(size),
+        "one pass takes two rings' worth"
+    );
 }

@@ -196,6 +196,11 @@ impl Dhcpv6Server {
         self.binding.as_ref()
     }
 
+    /// Live migration: takes over the binding the source podwire had committed.
+    pub fn restore_binding(&mut self, binding: Dhcpv6Binding) {
+        self.binding = Some(binding);
+    }
+
     /// Processes one datagram from the guest.
     ///
     /// `payload` is the UDP payload the guest sent to port 547 (from its

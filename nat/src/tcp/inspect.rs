@@ -9,6 +9,7 @@ use mio::unix::SourceFd;
 use mio::Registry;
 
 use super::{State, TcpTable};
+use crate::flow::FlowTable;
 use crate::inspect::{FlowInfo, FlowProto};
 use crate::sock;
 
@@ -38,11 +39,11 @@ fn tcp_info(fd: RawFd) -> Option<(u64, u64, u32)> {
 
 impl TcpTable {
     /// Up to `limit` connections.
-    pub fn flows(&self, limit: usize) -> Vec<FlowInfo> {
+    pub fn flows(&self, flows: &FlowTable, limit: usize) -> Vec<FlowInfo> {
         let now = Instant::now();
-        self.conns
+        flows
             .iter()
-            .flatten()
+            .filter_map(|(slot, _)| flows.tcp(slot))
             .take(limit)
             .map(|c| {
                 let info = tcp_info(c.fd.as_raw_fd());
@@ -67,12 +68,6 @@ impl TcpTable {
                 }
             })
             .collect()
-    }
-
-    /// (opened by the guest, opened from the pod)
-    pub fn counts_by_direction(&self) -> (usize, usize) {
-        let inbound = self.conns.iter().flatten().filter(|c| c.from_pod).count();
-        (self.index.len() - inbound.min(self.index.len()), inbound)
     }
 
     /// Closes the listener bound to `bind`; its accepted connections are not touched.

@@ -12,6 +12,16 @@
 //!                                                (--rst-half); prints `closed N`
 //! podwire-flows churn ADDR:PORT N [--parallel P] N connect/echo/close cycles, at most P
 //!                                                (default 32) at a time; prints `churned N`
+//! podwire-flows flood ADDR:PORT N [--parallel P] N connection attempts, at most P (default
+//!                                                256) at a time, each closed as soon as it
+//!                                                connected or failed; failures are expected
+//!                                                and counted; prints `flooded N ok=.. failed=..`
+//! podwire-flows spray ADDR:PORT N                one UDP datagram from each of N fresh source
+//!                                                ports; prints `sprayed N`
+//! podwire-flows garbage IFACE N [SEED]           N random Ethernet frames (the interface's own
+//!                                                source MAC, an IPv4/IPv6/ARP/other EtherType,
+//!                                                random bytes and length) through an AF_PACKET
+//!                                                socket (root); prints `garbage N`
 //! ```
 //!
 //! Every descriptor is non-blocking and waited on with one epoll set. Failures are counted by
@@ -59,6 +69,26 @@ enum Cmd {
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
         parallel: u64,
     },
+    /// N connection attempts, each closed as soon as it connected or failed (failures are
+    /// expected and counted); prints `flooded N ok=.. failed=..`.
+    Flood {
+        addr: SocketAddrV4,
+        n: usize,
+        /// At most this many at a time.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+        parallel: u64,
+    },
+    /// One UDP datagram from each of N fresh source ports; prints `sprayed N`.
+    Spray { addr: SocketAddrV4, n: usize },
+    /// N random Ethernet frames through an AF_PACKET socket on IFACE (root); prints
+    /// `garbage N`.
+    Garbage {
+        iface: String,
+        n: usize,
+        /// Seed of the frames' randomness.
+        #[arg(default_value_t = 0x9e37_79b9)]
+        seed: u64,
+    },
 }
 
 fn main() {
@@ -66,6 +96,9 @@ fn main() {
         Cmd::Serve { addr } => serve(addr),
         Cmd::Hold { addr, n, rst_half } => hold(addr, n, rst_half),
         Cmd::Churn { addr, n, parallel } => churn(addr, n, parallel as usize),
+        Cmd::Flood { addr, n, parallel } => flood(addr, n, parallel as usize),
+        Cmd::Spray { addr, n } => spray(addr, n),
+        Cmd::Garbage { iface, n, seed } => garbage(&iface, n, seed),
     };
     if let Err(e) = r {
         eprintln!("podwire-flows: {e}");
@@ -530,6 +563,170 @@ fn churn(addr: SocketAddrV4, n: usize, parallel: usize) -> Result<()> {
         "churned {n} in {t:.2?} ({:.0} connections/s, {parallel} at a time)",
         n as f64 / t.as_secs_f64()
     );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ flood ----
+
+fn flood(addr: SocketAddrV4, n: usize, parallel: usize) -> Result<()> {
+    raise_nofile(None)?;
+    let t0 = Instant::now();
+    let ep = Epoll::new()?;
+    let sa = sockaddr(addr);
+    let mut pending: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let (mut started, mut ok, mut failed) = (0usize, 0usize, 0usize);
+    let mut last_progress = Instant::now();
+    while ok + failed < n {
+        while started < n && pending.len() < parallel {
+            started += 1;
+            let fd = socket()?;
+            // SAFETY: a valid sockaddr_in and its size.
+            let rc = unsafe { libc::connect(fd.as_raw_fd(), sa_ptr(&sa), SA_LEN) };
+            if rc == 0 {
+                ok += 1;
+                continue;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+                failed += 1;
+                continue;
+            }
+            ep.add(fd.as_raw_fd(), libc::EPOLLOUT as u32, fd.as_raw_fd() as u64)?;
+            pending.insert(fd.as_raw_fd(), fd);
+        }
+        let got = ep.wait(&mut events, 1000)?;
+        if got > 0 {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL {
+            return Err(format!("flood stalled: ok={ok} failed={failed}"));
+        }
+        for ev in &events[..got] {
+            let Some(fd) = pending.remove(&(ev.u64 as RawFd)) else {
+                continue;
+            };
+            let _ = ep.delete(fd.as_raw_fd());
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: SO_ERROR into a valid int.
+            unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            if err == 0 {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "flooded {n} ok={ok} failed={failed} in {:.2?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ spray ----
+
+fn spray(addr: SocketAddrV4, n: usize) -> Result<()> {
+    let sa = sockaddr(addr);
+    for _ in 0..n {
+        // SAFETY: socket(2); owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(os_err("socket"));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A fresh socket sends from a fresh ephemeral port. Errors (a full queue) are the
+        // point of the exercise, not a failure of it.
+        // SAFETY: the buffer, the address and their sizes.
+        unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                b"spray".as_ptr().cast(),
+                5,
+                libc::MSG_DONTWAIT,
+                sa_ptr(&sa),
+                SA_LEN,
+            )
+        };
+    }
+    println!("sprayed {n}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- garbage ----
+
+fn garbage(iface: &str, n: usize, seed: u64) -> Result<()> {
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .map_err(|e| format!("{iface}: {e}"))?;
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(mac_text.trim().split(':')) {
+        *b = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC {mac_text:?}"))?;
+    }
+    let name = std::ffi::CString::new(iface).map_err(|_| "bad interface name".to_string())?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(os_err(iface));
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+    // SAFETY: socket(2); owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(os_err("AF_PACKET socket (root needed)"));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_ifindex = ifindex as i32;
+    ll.sll_halen = 6;
+    let mut state = seed | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut frame = [0u8; 1514];
+    for _ in 0..n {
+        let len = 14 + (next() as usize) % (frame.len() - 14 + 1);
+        for b in frame[14..len].iter_mut() {
+            *b = next() as u8;
+        }
+        frame[..6].copy_from_slice(&[0xff; 6]);
+        frame[6..12].copy_from_slice(&mac);
+        let ethertype: u16 = match next() % 4 {
+            0 => 0x0800,
+            1 => 0x86dd,
+            2 => 0x0806,
+            _ => next() as u16,
+        };
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        if ethertype == 0x0800 && len > 14 {
+            frame[14] = 0x45; // mostly a plausible IPv4 header start, to get past the first check
+        }
+        // SAFETY: the frame, the link-layer address and their sizes.
+        unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                len,
+                0,
+                (&ll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+    }
+    println!("garbage {n}");
     Ok(())
 }
 

@@ -111,11 +111,24 @@ impl Switch {
             }
             bound.push(bind);
         }
+        // Remembered for a live migration's state (the destination compares its own).
+        let repr = crate::state::ForwardRepr {
+            udp: matches!(proto, Proto::Udp),
+            host_port: f.host_port,
+            guest_port: f.guest_port,
+        };
+        if !bound.is_empty() && !self.forwards.contains(&repr) {
+            self.forwards.push(repr);
+            self.forwards.sort();
+        }
         Ok(bound)
     }
 
     /// Closes the forward bound to `bind`. Connections it accepted stay.
     pub fn close_forward(&mut self, proto: Proto, bind: SocketAddr) -> bool {
+        let udp = matches!(proto, Proto::Udp);
+        self.forwards
+            .retain(|f| f.udp != udp || f.host_port != bind.port());
         match proto {
             Proto::Tcp => self.nat.unlisten_tcp(bind),
             Proto::Udp => self.nat.unforward_udp(bind),

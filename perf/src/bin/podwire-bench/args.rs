@@ -11,6 +11,8 @@ pub(crate) struct Args {
     pub(crate) out: PathBuf,
     pub(crate) plots: PathBuf,
     pub(crate) quiet_wait: Duration,
+    /// passes over the backends (their order alternating), the best of them reported
+    pub(crate) passes: u32,
     /// the command line as given (for the report)
     pub(crate) command: String,
 }
@@ -32,9 +34,13 @@ struct Cli {
     #[arg(long = "only", value_name = "SECTIONS", value_delimiter = ',', value_parser = SECTIONS,
           default_values = SECTIONS)]
     sections: Vec<String>,
-    /// Comma-separated subset of the backends.
-    #[arg(long, value_delimiter = ',', value_enum, default_values = ["podwire", "kernel"])]
+    /// Comma-separated subset of the backends, in the order of the first pass.
+    #[arg(long, value_delimiter = ',', value_enum, default_values = ["podwire", "passt", "kernel"])]
     backends: Vec<Backend>,
+    /// Passes over the backends: each measures every figure once per pass, in the order given
+    /// and then reversed (ABC CBA ...); the best pass is reported, all are listed.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    passes: u32,
     /// Markdown file whose results block is replaced [default: docs/perf.md].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,6 +88,7 @@ pub(crate) fn args_from(
         out,
         plots,
         quiet_wait: Duration::from_secs(cli.quiet_wait),
+        passes: cli.passes,
         command: std::iter::once("target/release/podwire-bench".to_string())
             .chain(
                 argv.iter()
@@ -94,6 +101,15 @@ pub(crate) fn args_from(
 }
 
 impl Args {
+    /// The backends in pass `pass`'s order: as given, reversed on odd passes.
+    pub(crate) fn pass_order(&self, pass: u32) -> Vec<Backend> {
+        let mut v = self.backends.clone();
+        if pass % 2 == 1 {
+            v.reverse();
+        }
+        v
+    }
+
     pub(crate) fn has(&self, section: &str) -> bool {
         self.sections.iter().any(|s| s == section)
     }

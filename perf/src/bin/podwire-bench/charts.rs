@@ -1,4 +1,4 @@
-//! The bar charts (gnuplot), with the reference figures beside podwire's.
+//! The bar charts (gnuplot): podwire, the kernel path and passt, all measured in this run.
 
 use super::*;
 
@@ -31,19 +31,6 @@ pub(crate) fn issue_tcp_ref(t: Test, table: [reference::Range; 4]) -> Option<ref
     }
 }
 
-pub(crate) fn passt_tcp(t: Test) -> Option<reference::Range> {
-    let r = reference::get();
-    issue_tcp_ref(
-        t,
-        [
-            r.passt_tcp_tx_65520,
-            r.passt_tcp_tx_1500,
-            r.passt_tcp_rx_65520,
-            r.passt_tcp_rx_1500,
-        ],
-    )
-}
-
 pub(crate) fn kernel_ref_tcp(t: Test) -> Option<reference::Range> {
     let r = reference::get();
     issue_tcp_ref(
@@ -66,18 +53,15 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 "kernel path (TAP+bridge+NAT)".to_string(),
                 plot::KERNEL.to_string(),
             ),
-            (
-                "passt (issue, not measured)".to_string(),
-                plot::PASST.to_string(),
-            ),
+            ("passt (vhost-user)".to_string(), plot::PASST.to_string()),
         ]
     };
-    let group = |label: String, t: Test, passt: Option<reference::Range>| Group {
+    let group = |label: String, t: Test| Group {
         label,
         values: vec![
             r.value(Backend::Podwire, t),
             r.value(Backend::Kernel, t),
-            passt.map(|p| p.1),
+            r.value(Backend::Passt, t),
         ],
     };
     let mut out = Vec::new();
@@ -93,7 +77,7 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 series: three(),
                 groups: tcp_tests(args)
                     .into_iter()
-                    .map(|t| group(t.short(), t, passt_tcp(t)))
+                    .map(|t| group(t.short(), t))
                     .collect(),
             },
         ));
@@ -111,33 +95,19 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                     ("podwire process".into(), plot::PODWIRE.into()),
                     ("QEMU, podwire path".into(), "#6baed6".into()),
                     ("QEMU, kernel path".into(), plot::KERNEL.into()),
-                    ("passt (issue, not measured)".into(), plot::PASST.into()),
+                    ("passt process".into(), plot::PASST.into()),
                 ],
                 groups: tcp_tests(args)
                     .into_iter()
                     .filter(|t| matches!(t, Test::Tcp { streams: 1, .. }))
-                    .map(|t| {
-                        let passt = match t {
-                            Test::Tcp {
-                                reverse,
-                                mtu: 65520,
-                                ..
-                            } => Some(if reverse {
-                                reference::get().passt_cpu_rx.0
-                            } else {
-                                reference::get().passt_cpu_tx.0
-                            }),
-                            _ => None,
-                        };
-                        Group {
-                            label: t.short(),
-                            values: vec![
-                                cpu(Backend::Podwire, t, false),
-                                cpu(Backend::Podwire, t, true),
-                                cpu(Backend::Kernel, t, true),
-                                passt,
-                            ],
-                        }
+                    .map(|t| Group {
+                        label: t.short(),
+                        values: vec![
+                            cpu(Backend::Podwire, t, false),
+                            cpu(Backend::Podwire, t, true),
+                            cpu(Backend::Kernel, t, true),
+                            cpu(Backend::Passt, t, false),
+                        ],
                     })
                     .collect(),
             },
@@ -147,11 +117,7 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
         let mut groups = Vec::new();
         for size in [64, 1400] {
             let t = Test::Pktgen { size };
-            groups.push(group(
-                format!("{size} B delivered"),
-                t,
-                (size == 64).then_some(reference::get().passt_pktgen_64),
-            ));
+            groups.push(group(format!("{size} B delivered"), t));
             let offered = |b| {
                 r.get(b, t)
                     .filter(|f| f.error.is_none())
@@ -159,7 +125,11 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
             };
             groups.push(Group {
                 label: format!("{size} B sent by the guest"),
-                values: vec![offered(Backend::Podwire), offered(Backend::Kernel), None],
+                values: vec![
+                    offered(Backend::Podwire),
+                    offered(Backend::Kernel),
+                    offered(Backend::Passt),
+                ],
             });
         }
         out.push((
@@ -192,15 +162,15 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 values: vec![
                     r.value(Backend::Podwire, t),
                     offered,
-                    (t == Test::TxOnly { size: 64 }).then_some(reference::get().passt_txonly_64.1),
+                    r.value(Backend::Passt, t),
                 ],
             });
         }
         out.push((
             "testpmd.png".to_string(),
             Chart {
-                title: "dpdk-testpmd (virtio-user, no VM) on podwire: packets per second \
-                        delivered (kernel path: n/a)"
+                title: "dpdk-testpmd (virtio-user, no VM) on podwire and passt: packets per \
+                        second delivered (kernel path: n/a)"
                     .into(),
                 ylabel: "packets/s".into(),
                 series: vec![
@@ -210,7 +180,7 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                             .into(),
                         "#9ecae1".into(),
                     ),
-                    ("passt (issue, not measured)".into(), plot::PASST.into()),
+                    ("passt: delivered".into(), plot::PASST.into()),
                 ],
                 groups,
             },
@@ -223,11 +193,7 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                 title: "TCP request/response, 1 byte each way (higher is better)".into(),
                 ylabel: "transactions/s".into(),
                 series: three(),
-                groups: vec![group(
-                    "guest ↔ far host".into(),
-                    Test::Rr,
-                    Some(reference::get().passt_rr),
-                )],
+                groups: vec![group("guest ↔ far host".into(), Test::Rr)],
             },
         ));
         out.push((
@@ -241,7 +207,7 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
                     values: vec![
                         r.value(Backend::Podwire, Test::Ping),
                         r.value(Backend::Kernel, Test::Ping),
-                        Some(reference::get().passt_ping_ms.0),
+                        r.value(Backend::Passt, Test::Ping),
                     ],
                 }],
             },

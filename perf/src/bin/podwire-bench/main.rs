@@ -66,6 +66,7 @@ pub(crate) const RR_PORT: u16 = 7001;
 pub(crate) const FWD_UDP_PORT: u16 = 9000;
 
 mod args;
+mod backend;
 mod charts;
 mod model;
 mod output;
@@ -77,6 +78,7 @@ mod targets;
 mod tests;
 
 use args::*;
+use backend::*;
 use charts::*;
 use model::*;
 use output::*;
@@ -105,27 +107,48 @@ fn main() -> Result<()> {
     );
 
     let mut results = Results::default();
+    let passt_bin = passt_binary(&args.backends);
     let env = Env {
         args: &args,
         image: &image,
         podwire_bin: &podwire_bin,
         rr_bin: &rr_bin,
+        passt_bin: passt_bin.as_deref(),
     };
     for mtu in [65520, 1500] {
         let tests = args.guest_tests(mtu);
         if tests.is_empty() {
             continue;
         }
-        for &backend in &args.backends {
-            wait_for_quiet(args.quiet_wait, &[]);
-            println!("\n=== {} guest, MTU {mtu}", backend.name());
-            run_guest_session(&env, backend, mtu, &tests, &mut results);
+        for pass in 0..args.passes {
+            for backend in args.pass_order(pass) {
+                wait_for_quiet(args.quiet_wait, &[]);
+                println!(
+                    "\n=== {} guest, MTU {mtu}, pass {} of {}",
+                    backend.name(),
+                    pass + 1,
+                    args.passes
+                );
+                run_guest_session(&env, backend, mtu, &tests, &mut results);
+            }
         }
     }
-    if args.has("testpmd") && args.backends.contains(&Backend::Podwire) {
-        wait_for_quiet(args.quiet_wait, &[]);
-        println!("\n=== dpdk-testpmd on podwire");
-        run_testpmd_session(&env, &mut results);
+    if args.has("testpmd") {
+        for pass in 0..args.passes {
+            for backend in args.pass_order(pass) {
+                if backend == Backend::Kernel {
+                    continue;
+                }
+                wait_for_quiet(args.quiet_wait, &[]);
+                println!(
+                    "\n=== dpdk-testpmd on {}, pass {} of {}",
+                    backend.name(),
+                    pass + 1,
+                    args.passes
+                );
+                run_testpmd_session(&env, backend, &mut results);
+            }
+        }
     }
 
     let charts = write_charts(&args, &results, work.path());
@@ -152,6 +175,8 @@ pub(crate) struct Env<'a> {
     pub(crate) image: &'a GuestImage,
     pub(crate) podwire_bin: &'a Path,
     pub(crate) rr_bin: &'a Path,
+    /// None when passt is not measured or could not be had
+    pub(crate) passt_bin: Option<&'a Path>,
 }
 
 /// The podwire binary to measure: `$PODWIRE_BIN` if set, else `target/release/podwire`.

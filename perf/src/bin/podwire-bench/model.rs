@@ -6,6 +6,7 @@ use super::*;
 pub(crate) enum Backend {
     Podwire,
     Kernel,
+    Passt,
 }
 
 impl Backend {
@@ -13,6 +14,7 @@ impl Backend {
         match self {
             Backend::Podwire => "podwire",
             Backend::Kernel => "kernel path",
+            Backend::Passt => "passt",
         }
     }
 }
@@ -38,6 +40,11 @@ pub(crate) enum Test {
 }
 
 impl Test {
+    /// Lower is better (an RTT); everything else is a rate.
+    pub(crate) fn lower_better(self) -> bool {
+        matches!(self, Test::Ping)
+    }
+
     pub(crate) fn label(self) -> String {
         match self {
             Test::Tcp {
@@ -150,15 +157,42 @@ pub(crate) struct Memory {
 
 #[derive(Default)]
 pub(crate) struct Results {
+    /// The best pass of each figure (see [`Results::record`]).
     pub(crate) figures: BTreeMap<(Backend, Test), Figure>,
+    /// Every pass's value, in order (None: failed).
+    pub(crate) passes: BTreeMap<(Backend, Test), Vec<Option<f64>>>,
     /// podwire's memory per session (MTU, or 0 for testpmd)
     pub(crate) memory: Vec<(u32, Memory)>,
+    /// passt's, the same way
+    pub(crate) passt_memory: Vec<(u32, Memory)>,
     /// boot time per (backend, MTU)
     pub(crate) boots: Vec<(Backend, u32, f64)>,
     pub(crate) notes: Vec<String>,
 }
 
 impl Results {
+    /// Records one pass of a figure. The figure reported is the best pass (the higher rate,
+    /// the lower RTT; a failed pass only where no pass succeeded), so that one pass slowed by
+    /// the machine's neighbours cannot decide a comparison; every pass is listed in the details.
+    pub(crate) fn record(&mut self, b: Backend, t: Test, f: Figure) {
+        self.passes.entry((b, t)).or_default().push(f.ok_value());
+        let old = self.figures.get(&(b, t));
+        let better = match (old.and_then(Figure::ok_value), f.ok_value()) {
+            (_, None) => old.is_none(),
+            (None, Some(_)) => true,
+            (Some(o), Some(n)) => {
+                if t.lower_better() {
+                    n < o
+                } else {
+                    n > o
+                }
+            }
+        };
+        if better {
+            self.figures.insert((b, t), f);
+        }
+    }
+
     pub(crate) fn get(&self, b: Backend, t: Test) -> Option<&Figure> {
         self.figures.get(&(b, t))
     }

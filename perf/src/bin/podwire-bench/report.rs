@@ -51,6 +51,23 @@ pub(crate) fn peak_rss_mib(r: &Results) -> Option<f64> {
         .reduce(f64::max)
 }
 
+/// passt's largest VmHWM in a guest session.
+pub(crate) fn passt_peak_rss_mib(r: &Results) -> Option<f64> {
+    r.passt_memory
+        .iter()
+        .filter(|(mtu, _)| *mtu != 0)
+        .filter_map(|(_, m)| mib(m.end, |m| m.vm_hwm_kib))
+        .reduce(f64::max)
+}
+
+/// passt's VmHWM before a frontend connected (the largest of the sessions).
+pub(crate) fn passt_idle_rss_mib(r: &Results) -> Option<f64> {
+    r.passt_memory
+        .iter()
+        .filter_map(|(_, m)| mib(m.no_guest, |m| m.vm_hwm_kib))
+        .reduce(f64::max)
+}
+
 /// podwire's VmHWM before a frontend connected (the largest of the sessions).
 pub(crate) fn idle_rss_mib(r: &Results) -> Option<f64> {
     r.memory
@@ -72,6 +89,7 @@ pub(crate) fn render(
     targets_table(w, r);
     chart_links(w, args, charts);
     details(w, r);
+    passes_table(w, r);
     s
 }
 
@@ -118,74 +136,71 @@ fn side_by_side(w: &mut String, args: &Args, r: &Results) {
     let _ = writeln!(w, "### Side by side\n");
     let _ = writeln!(
         w,
-        "podwire and the kernel path measured in this run, same guest, same machine; the passt and \
-         kernel figures of the issue are references, not measured here. Ratio = podwire / kernel \
-         path (for RTT and CPU lower is better).\n"
+        "podwire, passt (`--vhost-user`, built from Debian's trixie source package) and the \
+         kernel path, all measured in this run: same guest, same machine, {} pass(es) over the \
+         backends in alternating order, the best pass of each figure (every pass is listed in \
+         the details). Ratios are podwire / the other (for RTT and CPU lower is better); the \
+         last column is the issue's kernel figure, for scale only.\n",
+        args.passes
     );
     let _ = writeln!(
         w,
-        "| figure | podwire | kernel path | podwire / kernel | passt (issue) | kernel (issue) |"
+        "| figure | podwire | passt | podwire / passt | kernel path | podwire / kernel | kernel (issue) |"
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
-    let row = |w: &mut String, t: Test, d: usize, passt: String, kref: String| {
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
+    let (pw, pa, kp) = (Backend::Podwire, Backend::Passt, Backend::Kernel);
+    let row = |w: &mut String, label: String, t: Test, d: usize, kref: String| {
         let _ = writeln!(
             w,
-            "| {} ({}) | {} | {} | {} | {passt} | {kref} |",
-            t.label(),
-            unit(t),
-            value_cell(r, Backend::Podwire, t, d),
-            value_cell(r, Backend::Kernel, t, d),
-            ratio_cell(r.value(Backend::Podwire, t), r.value(Backend::Kernel, t)),
+            "| {label} | {} | {} | {} | {} | {} | {kref} |",
+            value_cell(r, pw, t, d),
+            value_cell(r, pa, t, d),
+            ratio_cell(r.value(pw, t), r.value(pa, t)),
+            value_cell(r, kp, t, d),
+            ratio_cell(r.value(pw, t), r.value(kp, t)),
         );
     };
+    let fig = |b: Backend, t: Test| r.get(b, t).filter(|f| f.error.is_none());
     if args.has("tcp") {
         for t in tcp_tests(args) {
-            row(
-                w,
-                t,
-                3,
-                passt_tcp(t)
-                    .map(|p| reference::fmt(p, 2))
-                    .unwrap_or("–".into()),
-                kernel_ref_tcp(t)
-                    .map(|p| reference::fmt(p, 2))
-                    .unwrap_or("–".into()),
-            );
+            let kref = kernel_ref_tcp(t)
+                .map(|p| reference::fmt(p, 2))
+                .unwrap_or("–".into());
+            row(w, format!("{} ({})", t.label(), unit(t)), t, 3, kref);
         }
     }
     if args.has("pktgen") {
         for size in [64, 1400] {
             let t = Test::Pktgen { size };
-            let (p, k) = if size == 64 {
-                (
-                    reference::fmt(reference::get().passt_pktgen_64, 0),
-                    reference::fmt(reference::get().kernel_pktgen_64, 0),
-                )
+            let k = if size == 64 {
+                reference::fmt(reference::get().kernel_pktgen_64, 0)
             } else {
-                ("–".into(), "–".into())
+                "–".into()
             };
-            let _ = writeln!(
+            row(
                 w,
-                "| guest pktgen {size} B delivered to the far host (pps) | {} | {} | {} | {p} | {k} |",
-                value_cell(r, Backend::Podwire, t, 0),
-                value_cell(r, Backend::Kernel, t, 0),
-                ratio_cell(r.value(Backend::Podwire, t), r.value(Backend::Kernel, t)),
+                format!("guest pktgen {size} B delivered to the far host (pps)"),
+                t,
+                0,
+                k,
             );
-            let get = |b| r.get(b, t).filter(|f| f.error.is_none());
-            let off = |b| get(b).and_then(|f| f.offered);
-            let loss = |b| get(b).and_then(Figure::loss).map(|l| l * 100.0);
+            let off = |b| fig(b, t).and_then(|f| f.offered);
+            let loss = |b| fig(b, t).and_then(Figure::loss).map(|l| l * 100.0);
             let _ = writeln!(
                 w,
-                "| guest pktgen {size} B sent by the guest (pps) | {} | {} | {} | – | – |",
-                fmt_num(off(Backend::Podwire), 0),
-                fmt_num(off(Backend::Kernel), 0),
-                ratio_cell(off(Backend::Podwire), off(Backend::Kernel))
+                "| guest pktgen {size} B sent by the guest (pps) | {} | {} | {} | {} | {} | – |",
+                fmt_num(off(pw), 0),
+                fmt_num(off(pa), 0),
+                ratio_cell(off(pw), off(pa)),
+                fmt_num(off(kp), 0),
+                ratio_cell(off(pw), off(kp))
             );
             let _ = writeln!(
                 w,
-                "| guest pktgen {size} B loss (%) | {} | {} | – | – | – |",
-                bench::fmt_opt(loss(Backend::Podwire), 1),
-                bench::fmt_opt(loss(Backend::Kernel), 1),
+                "| guest pktgen {size} B loss (%) | {} | {} | – | {} | – | – |",
+                bench::fmt_opt(loss(pw), 1),
+                bench::fmt_opt(loss(pa), 1),
+                bench::fmt_opt(loss(kp), 1),
             );
         }
     }
@@ -196,40 +211,36 @@ fn side_by_side(w: &mut String, args: &Args, r: &Results) {
             Test::RxOnly { size: 64 },
             Test::RxOnly { size: 1400 },
         ] {
-            let f = r.get(Backend::Podwire, t).filter(|f| f.error.is_none());
-            let us = f.and_then(|f| f.us_per_pkt(f.podwire_cpu_s));
-            let passt = if t == (Test::TxOnly { size: 64 }) {
-                format!(
-                    "{}; {} µs/pkt",
-                    reference::fmt(reference::get().passt_txonly_64, 0),
-                    reference::fmt(reference::get().passt_txonly_us_per_pkt, 1)
-                )
-            } else {
-                "–".into()
-            };
+            let us = |b| fig(b, t).and_then(|f| f.us_per_pkt(f.podwire_cpu_s));
             let _ = writeln!(
                 w,
-                "| {} delivered (pps); podwire µs/pkt | {}; {} | n/a | n/a | {passt} | n/a |",
+                "| {} delivered (pps); backend µs/pkt | {}; {} | {}; {} | {}; {} | n/a | n/a | – |",
                 t.label(),
-                value_cell(r, Backend::Podwire, t, 0),
-                bench::fmt_opt(us, 2),
+                value_cell(r, pw, t, 0),
+                bench::fmt_opt(us(pw), 2),
+                value_cell(r, pa, t, 0),
+                bench::fmt_opt(us(pa), 2),
+                ratio_cell(r.value(pw, t), r.value(pa, t)),
+                ratio_cell(us(pw), us(pa)),
             );
         }
     }
     if args.has("latency") {
+        let k = reference::fmt(reference::get().kernel_rr, 0);
         row(
             w,
+            format!("{} ({})", Test::Rr.label(), unit(Test::Rr)),
             Test::Rr,
             0,
-            reference::fmt(reference::get().passt_rr, 0),
-            reference::fmt(reference::get().kernel_rr, 0),
+            k,
         );
+        let k = reference::fmt(reference::get().kernel_ping_ms, 1);
         row(
             w,
+            format!("{} ({})", Test::Ping.label(), unit(Test::Ping)),
             Test::Ping,
             3,
-            reference::fmt(reference::get().passt_ping_ms, 1),
-            reference::fmt(reference::get().kernel_ping_ms, 1),
+            k,
         );
     }
     if args.has("tcp") {
@@ -240,37 +251,55 @@ fn side_by_side(w: &mut String, args: &Args, r: &Results) {
                 streams: 1,
             };
             let cpu = |b: Backend, qemu: bool| {
-                r.get(b, t)
-                    .filter(|f| f.error.is_none())
+                fig(b, t)
                     .and_then(|f| f.s_per_gb(if qemu { f.qemu_cpu_s } else { f.podwire_cpu_s }))
             };
-            let passt = reference::fmt(
-                if reverse {
-                    reference::get().passt_cpu_rx
-                } else {
-                    reference::get().passt_cpu_tx
-                },
-                2,
-            );
             let _ = writeln!(
                 w,
-                "| backend CPU s/GB, {} | podwire {} (+ QEMU {}) | n/a (QEMU {}) | QEMU: {} | {passt} | (in QEMU) |",
+                "| backend CPU s/GB, {} | podwire {} (+ QEMU {}) | passt {} (+ QEMU {}) | {} | n/a (QEMU {}) | QEMU: {} | (in QEMU) |",
                 t.label(),
-                bench::fmt_opt(cpu(Backend::Podwire, false), 3),
-                bench::fmt_opt(cpu(Backend::Podwire, true), 2),
-                bench::fmt_opt(cpu(Backend::Kernel, true), 2),
-                ratio_cell(cpu(Backend::Podwire, true), cpu(Backend::Kernel, true)),
+                bench::fmt_opt(cpu(pw, false), 3),
+                bench::fmt_opt(cpu(pw, true), 2),
+                bench::fmt_opt(cpu(pa, false), 3),
+                bench::fmt_opt(cpu(pa, true), 2),
+                ratio_cell(cpu(pw, false), cpu(pa, false)),
+                bench::fmt_opt(cpu(kp, true), 2),
+                ratio_cell(cpu(pw, true), cpu(kp, true)),
             );
         }
     }
     let _ = writeln!(
         w,
-        "| backend peak RSS (MiB), idle / with the guest | {} / {} | n/a | n/a | {} / {} | n/a |\n",
+        "| backend peak RSS (MiB), idle / with the guest | {} / {} | {} / {} | {} | n/a | n/a | n/a |\n",
         bench::fmt_opt(idle_rss_mib(r), 1),
         bench::fmt_opt(peak_rss_mib(r), 1),
-        reference::get().passt_rss_idle_mb,
-        reference::get().passt_rss_peak_mb,
+        bench::fmt_opt(passt_idle_rss_mib(r), 1),
+        bench::fmt_opt(passt_peak_rss_mib(r), 1),
+        ratio_cell(peak_rss_mib(r), passt_peak_rss_mib(r)),
     );
+}
+
+/// Every pass of every figure, to show the spread the best-of figures hide.
+fn passes_table(w: &mut String, r: &Results) {
+    if r.passes.values().all(|v| v.len() < 2) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nEvery pass (in the order run; the tables above report the best):\n"
+    );
+    let _ = writeln!(w, "| measurement | backend | passes |\n|---|---|---|");
+    for ((b, t), v) in &r.passes {
+        let vals: Vec<String> = v
+            .iter()
+            .map(|x| {
+                x.map_or("failed".into(), |x| {
+                    fmt_num(Some(x), if x >= 100.0 { 0 } else { 3 })
+                })
+            })
+            .collect();
+        let _ = writeln!(w, "| {} | {} | {} |", t.label(), b.name(), vals.join(", "));
+    }
 }
 
 /// The issue's targets, met or not.
@@ -279,16 +308,12 @@ fn targets_table(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "The issue's targets, each a ratio to a reference: the better of passt and the kernel \
-         path. passt's figure is the issue's (the better end of its range: the higher rate, the \
-         lower CPU), since passt with vhost-user cannot be installed here; the kernel path's is \
-         the one measured in this run, where the kernel path has that figure. Where the kernel \
-         path measured here is much faster than the issue's kernel figures (see the table \
-         above), this machine is faster than the one the issue's figures come from, and the last \
-         column, against passt's figure alone, is the weaker test.\n"
+         path, both measured in this run (the best pass of each). The last column judges \
+         against passt alone.\n"
     );
     let _ = writeln!(
         w,
-        "| target | podwire | passt (issue) | kernel path (this run) | required | met? | against passt (issue) alone |\n\
+        "| target | podwire | passt | kernel path | required | met? | against passt alone |\n\
          |---|---:|---:|---:|---:|---|---|"
     );
     for t in targets(r) {

@@ -66,31 +66,33 @@ pub(crate) fn run_guest_session(
         println!("{}", util::tail(&format!("{e:#}"), 4000));
         for t in tests {
             if !done.contains(t) {
-                results
-                    .figures
-                    .insert((backend, *t), Figure::failed(reason.clone()));
+                results.record(backend, *t, Figure::failed(reason.clone()));
             }
         }
     }
-    if backend == Backend::Podwire {
-        results.memory.push((mtu, mem));
+    match backend {
+        Backend::Podwire => results.memory.push((mtu, mem)),
+        Backend::Passt => results.passt_memory.push((mtu, mem)),
+        Backend::Kernel => {}
     }
 }
 
 pub(crate) struct Guest {
     pub(crate) vm: Qemu,
-    pub(crate) podwire: Option<Podwire>,
+    /// podwire or passt (None on the kernel path)
+    pub(crate) podwire: Option<Served>,
     pub(crate) qemu_pid: u32,
 }
 
 impl Guest {
+    /// The backend process's pid (podwire's or passt's): its CPU goes in `podwire_cpu_s`.
     pub(crate) fn podwire_pid(&self) -> Option<u32> {
-        self.podwire.as_ref().map(Podwire::pid)
+        self.podwire.as_ref().map(Served::pid)
     }
 
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(pw) = self.podwire.as_mut() {
-            pw.ensure_running().context("podwire died")?;
+            pw.ensure_running()?;
         }
         if !self.vm.is_running() {
             bail!("QEMU exited; its stderr:\n{}", self.vm.stderr());
@@ -119,6 +121,7 @@ pub(crate) fn guest_session(
         match backend {
             Backend::Podwire => "pw",
             Backend::Kernel => "kp",
+            Backend::Passt => "passt",
         }
     );
     let mtu_prop = format!("host_mtu={mtu}");
@@ -131,15 +134,13 @@ pub(crate) fn guest_session(
     let mut podwire = None;
     let mut _kpath = None;
     match backend {
-        Backend::Podwire => {
-            let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
-            cfg.mtu = Some(mtu);
-            cfg.guest_cidr = Some(kernel_path::GUEST_CIDR.to_string());
-            let pw = Podwire::spawn_binary(env.podwire_bin, Some(&topo.pod), &cfg)?;
-            match bench::comm(pw.pid()) {
-                Some(c) if c == "podwire" => {}
-                other => bail!("pid {} is {other:?}, not podwire", pw.pid()),
-            }
+        Backend::Podwire | Backend::Passt => {
+            let o = ServeOptions {
+                mtu: Some(mtu),
+                mac: None,
+                udp_forward: None,
+            };
+            let pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
             mem.no_guest = Some(bench::mem_status(pw.pid())?);
             qcfg = qcfg.vhost_user(pw.socket());
             podwire = Some(pw);
@@ -213,7 +214,7 @@ pub(crate) fn guest_session(
             f.error = Some(reason);
         }
         print_figure(t, &f);
-        results.figures.insert((backend, t), f);
+        results.record(backend, t, f);
         done.push(t);
         if !g.vm.is_running() {
             bail!("QEMU is gone");
@@ -223,7 +224,7 @@ pub(crate) fn guest_session(
         mem.end = Some(bench::mem_status(pw.pid())?);
     }
     let _ = g.vm.poweroff(Duration::from_secs(30));
-    if let Some(pw) = g.podwire.as_mut() {
+    if let Some(Served::Podwire(pw)) = g.podwire.as_mut() {
         let _ = util::wait_until("podwire's session counters", Duration::from_secs(5), || {
             Ok(pw.log().contains("session counters"))
         });
@@ -374,7 +375,7 @@ pub(crate) fn rr(env: &Env, g: &mut Guest, f: &mut Figure) -> Result<()> {
 
 // -------------------------------------------------------- testpmd session ----
 
-pub(crate) fn run_testpmd_session(env: &Env, results: &mut Results) {
+pub(crate) fn run_testpmd_session(env: &Env, backend: Backend, results: &mut Results) {
     let tests = [
         Test::TxOnly { size: 64 },
         Test::TxOnly { size: 1400 },
@@ -382,24 +383,29 @@ pub(crate) fn run_testpmd_session(env: &Env, results: &mut Results) {
         Test::RxOnly { size: 1400 },
     ];
     let mut mem = Memory::default();
-    let r = testpmd_session(env, &tests, &mut mem, results);
+    let mut done = Vec::new();
+    let r = testpmd_session(env, backend, &tests, &mut mem, &mut done, results);
     if let Err(e) = r {
         let reason = short_reason(&e);
         println!("TESTPMD SESSION FAILED: {reason}");
         for t in tests {
-            results
-                .figures
-                .entry((Backend::Podwire, t))
-                .or_insert_with(|| Figure::failed(reason.clone()));
+            if !done.contains(&t) {
+                results.record(backend, t, Figure::failed(reason.clone()));
+            }
         }
     }
-    results.memory.push((0, mem));
+    match backend {
+        Backend::Passt => results.passt_memory.push((0, mem)),
+        _ => results.memory.push((0, mem)),
+    }
 }
 
 pub(crate) fn testpmd_session(
     env: &Env,
+    backend: Backend,
     tests: &[Test],
     mem: &mut Memory,
+    done: &mut Vec<Test>,
     results: &mut Results,
 ) -> Result<()> {
     if !util::have_tool(&testpmd::binary()) {
@@ -408,31 +414,33 @@ pub(crate) fn testpmd_session(
     let topo = PodTopology::create()?;
     let dir = util::TempDir::new("bench-testpmd")?;
     let _sink = pktgen::install_sink(&topo.far)?;
-    let mut cfg = PodwireConfig::new(dir.join("vhost.sock"));
-    cfg.guest_cidr = Some(kernel_path::GUEST_CIDR.to_string());
-    cfg.mac = Some(qemu::GUEST_MAC.to_string());
-    cfg.extra_args = vec!["-u".into(), FWD_UDP_PORT.to_string()];
-    let mut pw = Podwire::spawn_binary(env.podwire_bin, Some(&topo.pod), &cfg)?;
+    let o = ServeOptions {
+        mtu: None,
+        mac: Some(qemu::GUEST_MAC),
+        udp_forward: Some(FWD_UDP_PORT),
+    };
+    let mut pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
     mem.no_guest = Some(bench::mem_status(pw.pid())?);
     let seconds = env.args.seconds;
     for &t in tests {
         wait_for_quiet(env.args.quiet_wait, &[]);
-        println!("--- {} on podwire", t.label());
+        println!("--- {} on {}", t.label(), backend.name());
         let mut f = Figure::default();
         let r = match t {
             Test::TxOnly { size } => txonly(&pw, &topo.far, size, seconds, &mut f),
             Test::RxOnly { size } => rxonly(env, &pw, &topo.far, size, seconds, &mut f),
             _ => Ok(()),
         };
-        let r = r.and_then(|_| pw.ensure_running().context("podwire died"));
+        let r = r.and_then(|_| pw.ensure_running());
         if let Err(e) = r {
             let reason = short_reason(&e);
             println!("FAILED: {reason}");
             f.error = Some(reason);
         }
         print_figure(t, &f);
-        results.figures.insert((Backend::Podwire, t), f);
-        // podwire notices the frontend left
+        results.record(backend, t, f);
+        done.push(t);
+        // the backend notices the frontend left
         std::thread::sleep(Duration::from_millis(500));
     }
     mem.end = Some(bench::mem_status(pw.pid())?);
@@ -441,7 +449,7 @@ pub(crate) fn testpmd_session(
 }
 
 pub(crate) fn txonly(
-    pw: &Podwire,
+    pw: &Served,
     far: &Netns,
     size: u32,
     seconds: u32,
@@ -482,7 +490,7 @@ pub(crate) fn txonly(
 
 pub(crate) fn rxonly(
     env: &Env,
-    pw: &Podwire,
+    pw: &Served,
     far: &Netns,
     size: u32,
     seconds: u32,

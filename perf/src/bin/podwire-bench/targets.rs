@@ -5,7 +5,7 @@ use super::*;
 pub(crate) struct Target {
     pub(crate) what: String,
     pub(crate) measured: Option<f64>,
-    /// passt's figure from the issue (the better end of its range)
+    /// passt's figure in this run
     pub(crate) passt: Option<f64>,
     /// the kernel path in this run, where it has the figure
     pub(crate) kernel: Option<f64>,
@@ -16,7 +16,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// The reference: the better of passt (issue) and the kernel path (this run).
+    /// The reference: the better of passt and the kernel path.
     pub(crate) fn reference(&self) -> Option<f64> {
         let both = [self.passt, self.kernel].into_iter().flatten();
         if self.lower_better {
@@ -63,6 +63,8 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     };
     let pw = |t| r.value(Backend::Podwire, t);
     let kp = |t| r.value(Backend::Kernel, t);
+    let pa = |t| r.value(Backend::Passt, t);
+    let ok = |b, t| r.get(b, t).filter(|f| f.error.is_none());
     let mut v = Vec::new();
     for (reverse, mtu, factor) in [
         (false, 1500, 1.25),
@@ -74,7 +76,7 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
         v.push(Target {
             what: format!("{} (Gbit/s)", t.label()),
             measured: pw(t),
-            passt: passt_tcp(t).map(|p| p.1),
+            passt: pa(t),
             kernel: kp(t),
             factor,
             lower_better: false,
@@ -85,7 +87,7 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     v.push(Target {
         what: "guest pktgen 64 B delivered (pps)".into(),
         measured: pw(t),
-        passt: Some(reference::get().passt_pktgen_64.1),
+        passt: pa(t),
         kernel: kp(t),
         factor: 1.5,
         lower_better: false,
@@ -95,7 +97,7 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     v.push(Target {
         what: "testpmd txonly 64 B delivered (pps)".into(),
         measured: pw(t),
-        passt: Some(reference::get().passt_txonly_64.1),
+        passt: pa(t),
         kernel: None,
         factor: 4.0,
         lower_better: false,
@@ -103,28 +105,19 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     });
     v.push(Target {
         what: "podwire CPU per packet, testpmd txonly 64 B (µs)".into(),
-        measured: r
-            .get(Backend::Podwire, t)
-            .filter(|f| f.error.is_none())
-            .and_then(|f| f.us_per_pkt(f.podwire_cpu_s)),
-        passt: Some(reference::get().passt_txonly_us_per_pkt.0),
+        measured: ok(Backend::Podwire, t).and_then(|f| f.us_per_pkt(f.podwire_cpu_s)),
+        passt: ok(Backend::Passt, t).and_then(|f| f.us_per_pkt(f.podwire_cpu_s)),
         kernel: None,
         factor: 0.25,
         lower_better: true,
         decimals: 3,
     });
-    for (reverse, passt) in [
-        (false, reference::get().passt_cpu_tx.0),
-        (true, reference::get().passt_cpu_rx.0),
-    ] {
+    for reverse in [false, true] {
         let t = tcp(reverse, 65520);
         v.push(Target {
             what: format!("podwire CPU s/GB, {}", t.label()),
-            measured: r
-                .get(Backend::Podwire, t)
-                .filter(|f| f.error.is_none())
-                .and_then(|f| f.s_per_gb(f.podwire_cpu_s)),
-            passt: Some(passt),
+            measured: ok(Backend::Podwire, t).and_then(|f| f.s_per_gb(f.podwire_cpu_s)),
+            passt: ok(Backend::Passt, t).and_then(|f| f.s_per_gb(f.podwire_cpu_s)),
             kernel: None,
             factor: 0.5,
             lower_better: true,
@@ -132,18 +125,18 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
         });
     }
     v.push(Target {
-        what: "podwire peak RSS with a guest (MiB; passt: MB)".into(),
+        what: "podwire peak RSS with a guest (MiB)".into(),
         measured: peak_rss_mib(r),
-        passt: Some(reference::get().passt_rss_peak_mb),
+        passt: passt_peak_rss_mib(r),
         kernel: None,
         factor: 1.0,
         lower_better: true,
         decimals: 1,
     });
     v.push(Target {
-        what: "podwire RSS idle, before a guest (MiB; passt: MB)".into(),
+        what: "podwire RSS idle, before a guest (MiB)".into(),
         measured: idle_rss_mib(r),
-        passt: Some(reference::get().passt_rss_idle_mb),
+        passt: passt_idle_rss_mib(r),
         kernel: None,
         factor: 1.0,
         lower_better: true,
@@ -152,7 +145,7 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     v.push(Target {
         what: "TCP request/response (trans/s)".into(),
         measured: pw(Test::Rr),
-        passt: Some(reference::get().passt_rr.1),
+        passt: pa(Test::Rr),
         kernel: kp(Test::Rr),
         factor: 1.2,
         lower_better: false,

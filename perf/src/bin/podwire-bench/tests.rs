@@ -68,6 +68,7 @@ fn sessions_run_what_the_sections_ask() {
         out: "/d/perf.md".into(),
         plots: "/d/perf".into(),
         quiet_wait: Duration::ZERO,
+        passes: 2,
         command: String::new(),
     };
     assert_eq!(a.guest_tests(65520).len(), 2);
@@ -102,7 +103,11 @@ fn the_command_line_has_clap_defaults_and_checks() {
     let a = args_from(["podwire-bench"]).unwrap();
     assert_eq!((a.seconds, a.quick), (10, false));
     assert_eq!(a.sections, SECTIONS);
-    assert_eq!(a.backends, [Backend::Podwire, Backend::Kernel]);
+    assert_eq!(
+        a.backends,
+        [Backend::Podwire, Backend::Passt, Backend::Kernel]
+    );
+    assert_eq!(a.passes, 2);
     assert!(a.out.ends_with("docs/perf.md") && a.plots.ends_with("docs/perf"));
     let a = args_from([
         "podwire-bench",
@@ -127,10 +132,55 @@ fn the_command_line_has_clap_defaults_and_checks() {
 #[test]
 fn the_reference_figures_are_data_that_parse() {
     let r = reference::get();
-    assert_eq!(r.passt_tcp_tx_65520, (0.77, 0.83));
-    assert!(r.passt_rss_peak_mb > 0.0);
+    assert_eq!(r.kernel_tcp_tx_65520, (1.18, 1.18));
+    assert!(
+        !FIGURES_JSON.contains("\"passt_"),
+        "passt is measured in every run: no hard-coded passt figures"
+    );
     assert!(
         reference::parse(r#"{"about": "x"}"#).is_err(),
         "every figure is needed"
     );
+}
+
+const FIGURES_JSON: &str = include_str!("../../../reference-figures.json");
+
+#[test]
+fn passes_alternate_and_the_best_pass_is_reported() {
+    let a = args_from(["podwire-bench", "--passes", "3"]).unwrap();
+    assert_eq!(a.passes, 3);
+    assert_eq!(
+        a.pass_order(0),
+        [Backend::Podwire, Backend::Passt, Backend::Kernel]
+    );
+    assert_eq!(
+        a.pass_order(1),
+        [Backend::Kernel, Backend::Passt, Backend::Podwire]
+    );
+    let fig = |v: f64| Figure {
+        value: Some(v),
+        ..Figure::default()
+    };
+    let mut r = Results::default();
+    // a failed pass, then a slow one, then a fast one: the fast one is reported
+    r.record(Backend::Passt, Test::Rr, Figure::failed("x".into()));
+    r.record(Backend::Passt, Test::Rr, fig(2000.0));
+    r.record(Backend::Passt, Test::Rr, fig(3000.0));
+    r.record(Backend::Passt, Test::Rr, Figure::failed("y".into()));
+    assert_eq!(r.value(Backend::Passt, Test::Rr), Some(3000.0));
+    assert_eq!(
+        r.passes[&(Backend::Passt, Test::Rr)],
+        [None, Some(2000.0), Some(3000.0), None]
+    );
+    // for an RTT the lower pass is the better
+    r.record(Backend::Podwire, Test::Ping, fig(1.2));
+    r.record(Backend::Podwire, Test::Ping, fig(0.9));
+    r.record(Backend::Podwire, Test::Ping, fig(1.5));
+    assert_eq!(r.value(Backend::Podwire, Test::Ping), Some(0.9));
+    // passt figures are the measured ones in the targets
+    let t = targets(&r)
+        .into_iter()
+        .find(|t| t.what.starts_with("TCP request/response"))
+        .unwrap();
+    assert_eq!(t.passt, Some(3000.0));
 }
