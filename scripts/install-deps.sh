@@ -30,8 +30,14 @@ for p in iproute2 busybox-static iperf3 socat dhcpcd-base dnsmasq-base cpio gzip
 done
 qemu_ok=1
 have qemu-system-x86 || qemu_ok=0
+# libvirt (11.x, from bookworm-backports: the first with a passt backend for vhostuser): the
+# e2e_libvirt test runs a private libvirtd that starts podwire as its `passt`.
+libvirt_ok=1
+for p in libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon; do
+  have "$p" || libvirt_ok=0
+done
 
-if [ ${#need_pkgs[@]} -gt 0 ] || [ $qemu_ok = 0 ]; then
+if [ ${#need_pkgs[@]} -gt 0 ] || [ $qemu_ok = 0 ] || [ $libvirt_ok = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -39,6 +45,10 @@ if [ ${#need_pkgs[@]} -gt 0 ] || [ $qemu_ok = 0 ]; then
   fi
   if [ $qemu_ok = 0 ]; then
     apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+  fi
+  if [ $libvirt_ok = 0 ]; then
+    apt-get install -y -q --no-install-recommends -t bookworm-backports \
+      libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon
   fi
 fi
 echo "install-deps: ok"

@@ -31,7 +31,30 @@ pub struct Dhcpv4Config {
     pub lease_secs: u32,
     /// Option 12 sent to the guest.
     pub hostname: Option<String>,
+    /// What KubeVirt's `dhcpOptions` add: NTP, TFTP, boot file, private options.
+    pub extra: ExtraOptions,
 }
+
+/// Options an operator adds for network boot and site-specific clients (KubeVirt's
+/// `dhcpOptions`). Sent when the client asks for them, and after everything else otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraOptions {
+    /// Option 42: NTP servers.
+    pub ntp: Vec<Ipv4Addr>,
+    /// Option 66: TFTP server name.
+    pub tftp_server: Option<String>,
+    /// Option 67: boot file name.
+    pub boot_file: Option<String>,
+    /// Option 81 (RFC 4702): the guest's fully qualified name, in wire format, with the N flag
+    /// (this server updates no DNS records).
+    pub fqdn: Option<String>,
+    /// Site-specific options 224..=254 (RFC 2132 section 2), each code at most once, with its
+    /// value as given (1..=255 bytes).
+    pub private: Vec<(u8, Vec<u8>)>,
+}
+
+/// The site-specific option codes (RFC 2132 section 2; 255 is END).
+pub const PRIVATE_OPTIONS: std::ops::RangeInclusive<u8> = 224..=254;
 
 impl Dhcpv4Config {
     /// Checks everything [`crate::Dhcpv4Server::try_new`] checks.
@@ -289,6 +312,8 @@ pub(crate) fn compile(config: &Dhcpv4Config) -> (Compiled, Option<ConfigError>) 
         }
     }
 
+    compile_extra(&config.extra, &mut options, &mut err);
+
     let compiled = Compiled {
         server_ip: config.server_ip,
         guest_ip: config.guest_ip,
@@ -296,6 +321,77 @@ pub(crate) fn compile(config: &Dhcpv4Config) -> (Compiled, Option<ConfigError>) 
         options,
     };
     (compiled, err)
+}
+
+/// Options 42, 66, 67 and 224..=254 from `extra`, each checked.
+fn compile_extra(
+    extra: &ExtraOptions,
+    options: &mut Vec<ConfigOption>,
+    err: &mut Option<ConfigError>,
+) {
+    let mut push = |code: u8, data: Vec<u8>, err: &mut Option<ConfigError>| {
+        let reason = if data.is_empty() {
+            Some("empty")
+        } else if data.len() > 255 {
+            Some("longer than 255 bytes")
+        } else if options.iter().any(|o| o.code == code) {
+            Some("given twice")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => note(err, ConfigError::Option { code, reason }),
+            None => options.push(ConfigOption {
+                code,
+                required: false,
+                data,
+            }),
+        }
+    };
+    if !extra.ntp.is_empty() {
+        let mut data = Vec::with_capacity(extra.ntp.len() * 4);
+        for &server in &extra.ntp {
+            if unusable_unicast(server).is_some() {
+                note(err, ConfigError::NtpServer(server));
+                continue;
+            }
+            data.extend_from_slice(&server.octets());
+        }
+        push(opt::NTP_SERVERS, data, err);
+    }
+    if let Some(name) = &extra.tftp_server {
+        push(opt::TFTP_SERVER, name.as_bytes().to_vec(), err);
+    }
+    if let Some(name) = &extra.boot_file {
+        push(opt::BOOT_FILE, name.as_bytes().to_vec(), err);
+    }
+    if let Some(name) = &extra.fqdn {
+        // Flags N and E (RFC 4702 2.1), then RCODE1 and RCODE2, which a server sets to 255.
+        let mut data = vec![0x0c, 255, 255];
+        match names::write_uncompressed(name, |b| data.extend_from_slice(b)) {
+            Ok(_) => push(opt::CLIENT_FQDN, data, err),
+            Err(reason) => note(
+                err,
+                ConfigError::Option {
+                    code: opt::CLIENT_FQDN,
+                    reason,
+                },
+            ),
+        }
+    }
+    for (code, value) in &extra.private {
+        if !PRIVATE_OPTIONS.contains(code) {
+            note(
+                err,
+                ConfigError::Option {
+                    code: *code,
+                    reason: "not a site-specific option (224..=254)",
+                },
+            );
+            continue;
+        }
+        push(*code, value.clone(), err);
+    }
 }
 
 /// RFC 3442 routes for an off-subnet router: a host route making the
@@ -335,6 +431,7 @@ mod tests {
             mtu: Some(1500),
             lease_secs: 3600,
             hostname: Some("guest".into()),
+            extra: ExtraOptions::default(),
         }
     }
 

@@ -104,6 +104,12 @@ pub enum ConfigError {
 
     #[error("hostname {name:?} is invalid: {reason}")]
     Hostname { name: String, reason: &'static str },
+
+    #[error("NTP server {0} is not a unicast address")]
+    NtpServer(Ipv4Addr),
+
+    #[error("option {code} is invalid: {reason}")]
+    Option { code: u8, reason: &'static str },
 }
 
 /// Why [`crate::Dhcpv6Server::handle`] rejected a datagram.

@@ -125,7 +125,7 @@ mod server;
 mod v6;
 mod wire;
 
-pub use config::Dhcpv4Config;
+pub use config::{Dhcpv4Config, ExtraOptions, PRIVATE_OPTIONS};
 pub use error::{ConfigError, DhcpError, Dhcpv6ConfigError, Dhcpv6Error};
 pub use server::{
     DeclineInfo, Dhcpv4Counters, Dhcpv4Server, LeaseInfo, MessageKind, Reply, ReplyDest,

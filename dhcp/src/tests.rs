@@ -38,6 +38,7 @@ fn config() -> Dhcpv4Config {
         mtu: Some(1450),
         lease_secs: 3600,
         hostname: Some("vm1".into()),
+        extra: Default::default(),
     }
 }
 
@@ -1311,5 +1312,97 @@ fn we_parse_smoltcp_requests() {
     assert_eq!(
         s.lease().unwrap().client_id.as_deref(),
         Some(&[1, 0x52, 0x54, 0, 0x12, 0x34, 0x56][..])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// KubeVirt's dhcpOptions: NTP (42), TFTP server (66), boot file (67), private options.
+
+fn with_extra() -> Dhcpv4Config {
+    let mut c = config();
+    c.extra = crate::ExtraOptions {
+        ntp: vec![Ipv4Addr::new(198, 18, 1, 5), Ipv4Addr::new(198, 18, 1, 6)],
+        tftp_server: Some("tftp.podwire.test".into()),
+        boot_file: Some("pxelinux.0".into()),
+        fqdn: Some("vm1.podwire.test".into()),
+        private: vec![
+            (240, b"extra.options.kubevirt.io".to_vec()),
+            (254, vec![1, 2]),
+        ],
+    };
+    c
+}
+
+#[test]
+fn extra_options_are_offered() {
+    let mut s = Dhcpv4Server::try_new(with_extra()).unwrap();
+    let x = exchange(&mut s, &Msg::new(DISCOVER)).expect("offer");
+    let d = &x.decoded;
+    assert_eq!(d.get(42), Some(vec![198, 18, 1, 5, 198, 18, 1, 6]));
+    assert_eq!(d.get(66), Some(b"tftp.podwire.test".to_vec()));
+    assert_eq!(d.get(67), Some(b"pxelinux.0".to_vec()));
+    assert_eq!(d.get(240), Some(b"extra.options.kubevirt.io".to_vec()));
+    assert_eq!(d.get(254), Some(vec![1, 2]));
+    assert_eq!(
+        d.get(81),
+        Some(b"\x0c\xff\xff\x03vm1\x07podwire\x04test\x00".to_vec())
+    );
+    assert_config_options(d);
+    // Without them configured, none is sent.
+    let x = exchange(&mut server(), &Msg::new(DISCOVER)).expect("offer");
+    for code in [42, 66, 67, 81, 240, 254] {
+        assert!(!x.decoded.has(code), "{code}");
+    }
+}
+
+#[test]
+fn bad_extra_options_are_configuration_errors() {
+    let bad = |f: &dyn Fn(&mut crate::ExtraOptions)| {
+        let mut c = config();
+        f(&mut c.extra);
+        c.validate().unwrap_err()
+    };
+    assert_eq!(
+        bad(&|e| e.private = vec![(223, vec![1])]),
+        ConfigError::Option {
+            code: 223,
+            reason: "not a site-specific option (224..=254)"
+        }
+    );
+    assert_eq!(
+        bad(&|e| e.private = vec![(255, vec![1])]),
+        ConfigError::Option {
+            code: 255,
+            reason: "not a site-specific option (224..=254)"
+        }
+    );
+    assert_eq!(
+        bad(&|e| e.private = vec![(230, vec![1]), (230, vec![2])]),
+        ConfigError::Option {
+            code: 230,
+            reason: "given twice"
+        }
+    );
+    assert_eq!(
+        bad(&|e| e.private = vec![(230, Vec::new())]),
+        ConfigError::Option {
+            code: 230,
+            reason: "empty"
+        }
+    );
+    assert_eq!(
+        bad(&|e| e.boot_file = Some("x".repeat(256))),
+        ConfigError::Option {
+            code: 67,
+            reason: "longer than 255 bytes"
+        }
+    );
+    assert!(matches!(
+        bad(&|e| e.fqdn = Some("a..b".into())),
+        ConfigError::Option { code: 81, .. }
+    ));
+    assert_eq!(
+        bad(&|e| e.ntp = vec![Ipv4Addr::BROADCAST]),
+        ConfigError::NtpServer(Ipv4Addr::BROADCAST)
     );
 }

@@ -35,6 +35,7 @@ pub(crate) mod opt {
     pub const HOSTNAME: u8 = 12;
     pub const DOMAIN_NAME: u8 = 15;
     pub const MTU: u8 = 26;
+    pub const NTP_SERVERS: u8 = 42;
     pub const REQUESTED_IP: u8 = 50;
     pub const LEASE_TIME: u8 = 51;
     pub const MESSAGE_TYPE: u8 = 53;
@@ -45,8 +46,11 @@ pub(crate) mod opt {
     pub const RENEWAL_TIME: u8 = 58;
     pub const REBINDING_TIME: u8 = 59;
     pub const CLIENT_ID: u8 = 61;
+    pub const TFTP_SERVER: u8 = 66;
+    pub const BOOT_FILE: u8 = 67;
     /// RFC 4039.
     pub const RAPID_COMMIT: u8 = 80;
+    pub const CLIENT_FQDN: u8 = 81;
     /// RFC 3397.
     pub const DOMAIN_SEARCH: u8 = 119;
     /// RFC 3442.

@@ -32,6 +32,7 @@ fn link_with(allow_other_sources: bool) -> Link4 {
         mtu: Some(1500),
         lease_secs: 3600,
         hostname: None,
+        extra: Default::default(),
     });
     Link4::new(
         Link4Config {

@@ -10,6 +10,7 @@
 //!   "Pod" topology (pod 198.18.0.2/24 via 198.18.0.1, far host 198.18.1.1).
 //! - [`far`]: DNS, UDP/TCP echo and iperf3 on the far host.
 //! - [`podwire`]: finding and running the podwire binary.
+//! - [`libvirt`]: a private libvirtd in the pod namespace with podwire as its `passt`.
 //! - [`frontend`]: a vhost-user frontend of our own (memfd memory, split rings, smoltcp as the
 //!   guest stack) for request/response latency without a VM.
 //! - [`rig`]: one guest bring-up (image, QEMU config, boot, link, lease) and podwire in the
@@ -24,6 +25,7 @@ pub mod console;
 pub mod far;
 pub mod frontend;
 pub mod guest;
+pub mod libvirt;
 pub mod netns;
 pub mod overlay;
 pub mod podwire;

@@ -94,7 +94,13 @@ impl PodwireConfig {
 
     /// The arguments (without the binary).
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec!["--socket".to_string(), self.socket.display().to_string()];
+        // In front (the harness owns the process) and vhost-user (not passt's stream default).
+        let mut a = vec![
+            "--vhost-user".to_string(),
+            "-f".to_string(),
+            "--socket".to_string(),
+            self.socket.display().to_string(),
+        ];
         if let Some(i) = &self.interface {
             a.extend(["--interface".into(), i.clone()]);
         }
@@ -214,10 +220,20 @@ mod tests {
         let mut c = PodwireConfig::new("/tmp/x.sock");
         assert_eq!(
             c.args(),
-            vec!["--socket", "/tmp/x.sock", "--guest-cidr", "pod"]
+            vec![
+                "--vhost-user",
+                "-f",
+                "--socket",
+                "/tmp/x.sock",
+                "--guest-cidr",
+                "pod"
+            ]
         );
         c.guest_cidr = None;
-        assert_eq!(c.args(), vec!["--socket", "/tmp/x.sock"]);
+        assert_eq!(
+            c.args(),
+            vec!["--vhost-user", "-f", "--socket", "/tmp/x.sock"]
+        );
         c.interface = Some("eth0".into());
         c.guest_cidr = Some("pod".into());
         c.mac = Some("52:54:00:12:34:56".into());
@@ -226,7 +242,7 @@ mod tests {
         c.debug = true;
         assert_eq!(
             c.args().join(" "),
-            "--socket /tmp/x.sock --interface eth0 --guest-cidr pod --mac 52:54:00:12:34:56 \
+            "--vhost-user -f --socket /tmp/x.sock --interface eth0 --guest-cidr pod --mac 52:54:00:12:34:56 \
              --mtu 1400 --pid /tmp/p -d"
         );
     }
@@ -273,7 +289,7 @@ mod tests {
         std::fs::write(
             &script,
             "#!/bin/sh\necho \"fake podwire $*\" >&2\n\
-             exec socat UNIX-LISTEN:\"$2\",fork /dev/null\n",
+             exec socat UNIX-LISTEN:\"$4\",fork /dev/null\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -281,7 +297,7 @@ mod tests {
         let cfg = PodwireConfig::new(d.join("vhost.sock"));
         let mut pw = Podwire::spawn_binary(&script, None, &cfg).unwrap();
         assert!(pw.is_running());
-        assert!(pw.log().contains("fake podwire --socket"));
+        assert!(pw.log().contains("fake podwire --vhost-user -f --socket"));
         pw.stop();
         // one that dies is reported with its log
         std::fs::write(&script, "#!/bin/sh\necho 'bad flag' >&2\nexit 2\n").unwrap();

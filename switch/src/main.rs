@@ -6,13 +6,19 @@
 //! the configuration, then serves vhost-user frontends one at a time on the socket for as long
 //! as it lives. The dataplane runs on vhost-user-backend's worker thread: ring kicks and the
 //! NAT's sockets wake the same loop, so frames and socket data are handled by one thread with
-//! no queues in between. See `docs/architecture.md`.
+//! no queues in between. Without `--vhost-user` the socket speaks QEMU's stream protocol
+//! instead (passt's default; `podwire-stream`), whose session loop runs on the main thread.
+//!
+//! Unless `--foreground`, podwire forks before any thread exists and the parent exits 0 only
+//! once the socket listens and the pid file is written (`daemon.rs`), as libvirt expects of
+//! passt. See `docs/architecture.md`.
 
 mod capture;
 mod config;
 mod control;
 #[cfg(test)]
 mod control_tests;
+mod daemon;
 #[cfg(test)]
 mod harden_tests;
 #[cfg(test)]
@@ -35,9 +41,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use podwire_stream::StreamServer;
 use podwire_vhost::{DeviceCounters, NetConfig, Server};
 
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Config, ProcessOptions};
+use crate::daemon::ReadyPipe;
 use crate::switch::Switch;
 
 /// Parses the command line; on error prints one line (usage errors) and exits non-zero.
@@ -101,7 +109,38 @@ fn describe_guest(c: &Config) -> String {
     format!("{v4}, {v6}")
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+/// The socket's protocol: vhost-user (`--vhost-user`) or passt's default, QEMU's stream.
+enum Frontend {
+    VhostUser(Server<capture::Capturing<Switch>>),
+    Stream(StreamServer<capture::Capturing<Switch>>),
+}
+
+impl Frontend {
+    /// What the control socket reports about the connected frontend (vhost-user only; the
+    /// stream frontend has no rings or features to report).
+    fn session(&self) -> Arc<podwire_vhost::SessionInfo> {
+        match self {
+            Frontend::VhostUser(s) => s.session(),
+            Frontend::Stream(_) => Arc::default(),
+        }
+    }
+
+    /// Serves frontends one after another, or only the first with `--one-off`.
+    fn serve(&self, one_off: bool) -> Result<(), String> {
+        let result = match (self, one_off) {
+            (Frontend::VhostUser(s), true) => s.serve_one().map_err(|e| e.to_string()),
+            (Frontend::VhostUser(s), false) => s.run().map_err(|e| e.to_string()),
+            (Frontend::Stream(s), true) => s.serve_one().map(drop).map_err(|e| e.to_string()),
+            (Frontend::Stream(s), false) => s.run().map_err(|e| e.to_string()),
+        };
+        if one_off && result.is_ok() {
+            tracing::info!("--one-off: the frontend left; exiting");
+        }
+        result
+    }
+}
+
+fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(), String> {
     raise_fd_limit();
     let ops_options = ops::Options::from_cli(&cli);
     let config = Config::resolve(cli).map_err(|e| e.to_string())?;
@@ -137,18 +176,29 @@ fn run(cli: Cli) -> Result<(), String> {
         mailbox.clone(),
     )));
     let device = Arc::new(DeviceCounters::default());
-    let server = Server::bind(
-        &config.socket,
-        switch.clone(),
-        device.clone(),
-        device_config,
-    )
-    .map_err(|e| e.to_string())?;
-    if let Some(pid_file) = &config.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
-    }
+    let server = if process.vhost_user {
+        Frontend::VhostUser(
+            Server::bind(
+                &config.socket,
+                switch.clone(),
+                device.clone(),
+                device_config,
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        Frontend::Stream(
+            StreamServer::bind(&config.socket, switch.clone(), Arc::default())
+                .map_err(|e| e.to_string())?,
+        )
+    };
     let mut leftovers = vec![config.socket.clone()];
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(format!("cannot write {}: {e}", pid_file.display()));
+        }
+    }
     leftovers.extend(ops::start(
         &ops_options,
         &config,
@@ -159,10 +209,51 @@ fn run(cli: Cli) -> Result<(), String> {
         mailbox,
     )?);
     leftovers.extend(config.pid_file.clone());
-    signals::spawn_handler(switch, device, leftovers)
+    signals::spawn_handler(switch, device, leftovers.clone())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());
-    server.run().map_err(|e| e.to_string())
+    if let Some(ready) = ready {
+        ready
+            .notify()
+            .map_err(|e| format!("cannot detach from the caller: {e}"))?;
+    }
+    let served = server.serve(process.one_off);
+    for path in &leftovers {
+        let _ = std::fs::remove_file(path);
+    }
+    served
+}
+
+/// Logs to `--log-file` (capped) if given, else to stderr.
+fn init_logging(process: &ProcessOptions) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(process.level));
+    if process.json_logs {
+        let log = match &process.log_file {
+            Some(path) => Some(
+                daemon::CappedLog::open(path, process.log_size)
+                    .map_err(|e| format!("cannot open --log-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        ops::init_json_logs(filter, log);
+        return Ok(());
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &process.log_file {
+        Some(path) => {
+            let log = daemon::CappedLog::open(path, process.log_size)
+                .map_err(|e| format!("cannot open --log-file {}: {e}", path.display()))?;
+            builder.with_writer(log).with_ansi(false).init();
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -184,22 +275,27 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    let level = if cli.debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    if cli.log_format == "json" {
-        ops::init_json_logs(filter);
+    let process = cli.process_options();
+    // Still single-threaded here: the only safe moment to fork.
+    let ready = if process.foreground {
+        None
     } else {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .with_target(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-    match run(cli) {
+        match daemon::daemonize() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                eprintln!("podwire: cannot go to the background: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let result = init_logging(&process).and_then(|()| run(cli, &process, ready));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line on stderr (libvirt shows it); the log file, if any, gets it too.
+            if process.log_file.is_some() {
+                tracing::error!("{e}");
+            }
             eprintln!("podwire: {e}");
             ExitCode::FAILURE
         }

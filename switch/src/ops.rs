@@ -117,13 +117,18 @@ pub fn start(
 
 /// JSON logs: one object per line with `timestamp`, `level`, `fields` (`message` and the
 /// structured fields) and no span lists, so the field names stay stable.
-pub fn init_json_logs(filter: tracing_subscriber::EnvFilter) {
-    tracing_subscriber::fmt()
+pub fn init_json_logs(
+    filter: tracing_subscriber::EnvFilter,
+    log_file: Option<crate::daemon::CappedLog>,
+) {
+    let builder = tracing_subscriber::fmt()
         .json()
-        .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
         .with_current_span(false)
-        .with_span_list(false)
-        .init();
+        .with_span_list(false);
+    match log_file {
+        Some(log) => builder.with_writer(log).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
 }

@@ -291,6 +291,7 @@ impl Switch {
                 mtu: Some(config.mtu),
                 lease_secs: config.lease_secs,
                 hostname: config.hostname.clone(),
+                extra: config.dhcp_extra.clone(),
             });
             let link = Link4Config {
                 gateway_mac: GATEWAY_MAC,

@@ -48,6 +48,8 @@ pub(crate) fn config() -> Config {
         hostname: Some("vm1".into()),
         mtu: 1500,
         pid_file: None,
+        runas: None,
+        dhcp_extra: Default::default(),
         map_gateway: true,
         allow_guest_sources: false,
         resolver: Resolver {
@@ -784,4 +786,81 @@ fn counter_names_are_unique_across_the_status_line() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), all, "a name appears twice");
+}
+
+/// The value of DHCP option `code` in a BOOTP payload, walking the options after the cookie.
+fn dhcp_option(payload: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i < payload.len() {
+        match payload[i] {
+            0 => i += 1,
+            255 => return None,
+            c => {
+                let len = usize::from(*payload.get(i + 1)?);
+                let value = payload.get(i + 2..i + 2 + len)?;
+                if c == code {
+                    return Some(value.to_vec());
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn dhcp_offer_carries_the_configured_extra_options() {
+    let mut cfg = config();
+    cfg.dhcp_extra = podwire_dhcp::ExtraOptions {
+        ntp: vec![Ipv4Addr::new(198, 18, 1, 5)],
+        tftp_server: Some("tftp.podwire.test".into()),
+        boot_file: Some("pxelinux.0".into()),
+        fqdn: None,
+        private: vec![(240, b"extra.options.kubevirt.io".to_vec())],
+    };
+    let mut sw = Switch::new(&cfg).unwrap();
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 7,
+        secs: 0,
+        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 42, 66, 67, 240]),
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let frame = ipv4_udp(
+        (Ipv4Addr::UNSPECIFIED, 68),
+        (Ipv4Addr::BROADCAST, 67),
+        &dhcp,
+    );
+    let rx = send(&mut sw, &frame);
+    assert_eq!(rx.frames.len(), 1);
+    let (.., payload) = parse_udp_reply(&rx.frames[0]);
+    assert_eq!(dhcp_option(&payload, 42), Some(vec![198, 18, 1, 5]));
+    assert_eq!(
+        dhcp_option(&payload, 66),
+        Some(b"tftp.podwire.test".to_vec())
+    );
+    assert_eq!(dhcp_option(&payload, 67), Some(b"pxelinux.0".to_vec()));
+    assert_eq!(
+        dhcp_option(&payload, 240),
+        Some(b"extra.options.kubevirt.io".to_vec())
+    );
 }

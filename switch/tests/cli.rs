@@ -96,6 +96,8 @@ fn sigusr1_logs_status_and_sigterm_cleans_up() {
     let log = dir.join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_podwire"))
         .args([
+            "--vhost-user",
+            "-f",
             "--socket",
             sock.to_str().unwrap(),
             "--pid",
