@@ -187,6 +187,25 @@ fn peek_queue(fd: RawFd, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Peeks the whole receive queue from its head. podwire's sockets use `SO_PEEK_OFF` (peeks
+/// start past the bytes already sent to the guest): it is moved to 0 for the dump and put
+/// back after, so a migration that fails leaves the source's socket as it was.
+fn peek_receive_queue(fd: RawFd, len: usize) -> Result<Vec<u8>, DumpError> {
+    let mut old: libc::c_int = -1;
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &mut old)
+        .map_err(sys("SO_PEEK_OFF"))?;
+    if old >= 0 {
+        setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &(0 as libc::c_int))
+            .map_err(sys("SO_PEEK_OFF"))?;
+    }
+    let data = peek_queue(fd, len).map_err(sys("peek receive queue"));
+    if old >= 0 {
+        setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &old)
+            .map_err(sys("SO_PEEK_OFF"))?;
+    }
+    data
+}
+
 fn write_queue(fd: RawFd, data: &[u8]) -> Result<(), RestoreError> {
     let mut off = 0;
     while off < data.len() {
@@ -336,7 +355,7 @@ impl TcpDump {
             .map_err(sys("TCP_QUEUE_SEQ send"))?;
         select_queue(fd, TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE recv"))?;
         let recv_queue = if rcvq > 0 {
-            peek_queue(fd, rcvq).map_err(sys("peek receive queue"))?
+            peek_receive_queue(fd, rcvq)?
         } else {
             Vec::new()
         };

@@ -97,6 +97,20 @@ fn migrate_live_connection(helper: &mut Helper) {
         assert!(sent < 64 << 20, "send buffer never filled");
     }
     drop(chunk);
+    // As podwire does: peeks start past what earlier MSG_PEEKs returned, so the dump must
+    // not start its peek there.
+    let zero: libc::c_int = 0;
+    // SAFETY: zero is a readable int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
     server.write_all(b"from-server-before").unwrap();
     let mut probe = [0u8; 18];
     // Wait (bounded) for the server's bytes to reach the client's receive queue.
@@ -104,8 +118,12 @@ fn migrate_live_connection(helper: &mut Helper) {
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert!(client.peek(&mut probe).unwrap() > 0);
-    while client.peek(&mut probe).unwrap() < probe.len() {}
+    let mut peeked = 0;
+    while peeked < probe.len() {
+        let n = client.peek(&mut probe[peeked..]).unwrap();
+        assert!(n > 0);
+        peeked += n;
+    }
 
     helper
         .channel
