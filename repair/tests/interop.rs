@@ -73,12 +73,12 @@ fn pattern(i: usize) -> u8 {
 
 /// Moves a live connection from one socket to a new one through `helper`, with data queued
 /// both ways at the moment of the move, and checks the stream continues on both ends.
-fn migrate_live_connection(helper: &mut Helper) {
+fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
     // Between closing the old socket and binding the new one its port is free, and another
     // test in this process could be handed it as an ephemeral port: one move at a time.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind(loopback).unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     // Fill the client's send queue (the server does not read, and a small receive buffer
@@ -199,7 +199,8 @@ fn podwire_repair_helper_migrates_a_live_connection() {
         return;
     }
     let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "own");
-    migrate_live_connection(&mut helper);
+    migrate_live_connection(&mut helper, "127.0.0.1:0");
+    migrate_live_connection(&mut helper, "[::1]:0");
 }
 
 #[test]
@@ -220,7 +221,7 @@ fn passt_repair_helper_interoperates() {
         return;
     }
     let mut helper = start_helper(&binary, "passt");
-    migrate_live_connection(&mut helper);
+    migrate_live_connection(&mut helper, "127.0.0.1:0");
 }
 
 #[test]
@@ -275,4 +276,51 @@ fn socket2_tcp() -> std::os::fd::OwnedFd {
     assert!(fd >= 0);
     // SAFETY: fd was just created and is owned by nobody else.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+#[test]
+fn restore_where_the_address_is_missing_fails_cleanly() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "moved");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::On)
+        .unwrap();
+    let mut dump = TcpDump::dump(client.as_fd()).unwrap();
+    // The destination pod has another address: the source's local address is not there.
+    dump.local = "198.18.255.254:40000".parse().unwrap();
+    let sock = dump.new_socket().unwrap();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    let err = dump.restore_in_repair(sock.as_fd()).unwrap_err();
+    assert!(
+        matches!(err, podwire_repair::RestoreError::Sys { what: "bind", .. }),
+        "{err}"
+    );
+    // The channel is still usable for the other connections.
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::Off)
+        .unwrap();
+    assert_eq!(repair_flag(&client), 0);
+}
+
+#[test]
+fn only_established_sockets_are_dumped() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "state");
+    let sock = socket2_tcp();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    assert!(matches!(
+        TcpDump::dump(sock.as_fd()),
+        Err(podwire_repair::DumpError::NotEstablished(7))
+    ));
 }
