@@ -11,6 +11,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed";
 # tcpdump, curl: read the capture podwire writes with --pcap and scrape --metrics (e2e_podwire).
 # make, gcc, xz-utils: passt is built from Debian's source package for the benchmarks and the
 # pingpong test (perf/src/bench/passt.rs).
+# protobuf-compiler: protoc, for the KubeVirt sidecar's gRPC code (kubevirt/build.rs).
 # QEMU comes from bookworm-backports (DEVELOPERS.md): a newer vhost-user frontend.
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/podwire-backports.sources <<'SRC'
@@ -25,7 +26,7 @@ fi
 
 for p in iproute2 busybox-static iperf3 socat dhcpcd-base dnsmasq-base cpio gzip kmod \
          procps iputils-ping isc-dhcp-client nftables gnuplot-nox dpdk-dev tcpdump curl \
-         make gcc xz-utils; do
+         make gcc xz-utils protobuf-compiler; do
   have "$p" || need_pkgs+=("$p")
 done
 qemu_ok=1

@@ -1,0 +1,326 @@
+//! The repair channel against real helpers (our `podwire-repair`, and passt's `passt-repair`
+//! when it is available), and a full dump → close → restore of a live loopback connection
+//! whose peer never notices: every byte arrives once, in order, in both directions.
+//!
+//! Needs CAP_NET_ADMIN for the helper (the tests run as root, as the netns e2e tests do).
+
+use podwire_repair::{RepairChannel, RepairCmd, RepairError, TcpDump};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const PASST_REPAIR_BUILT: &str = "/work/passt-src/passt-2025_05_03.587980c/passt-repair";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Helper {
+    child: Child,
+    channel: RepairChannel,
+    _dir: PathBuf,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_helper(binary: &Path, name: &str) -> Helper {
+    let dir = std::env::temp_dir().join(format!("podwire-repair-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = RepairChannel::default_path(&dir.join("vhost.sock"));
+    assert!(path.to_string_lossy().ends_with("vhost.sock.repair"));
+    let mut channel = RepairChannel::bind(&path).unwrap();
+    let child = Command::new(binary).arg(&path).spawn().unwrap();
+    assert!(
+        channel.wait_for_helper(Duration::from_secs(20)).unwrap(),
+        "helper did not connect"
+    );
+    Helper {
+        child,
+        channel,
+        _dir: dir,
+    }
+}
+
+fn repair_flag(sock: &impl AsRawFd) -> libc::c_int {
+    let mut v: libc::c_int = -2;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a writable int of len bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_REPAIR,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    v
+}
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Moves a live connection from one socket to a new one through `helper`, with data queued
+/// both ways at the moment of the move, and checks the stream continues on both ends.
+fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
+    // Between closing the old socket and binding the new one its port is free, and another
+    // test in this process could be handed it as an ephemeral port: one move at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let listener = TcpListener::bind(loopback).unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    // Fill the client's send queue (the server does not read, and a small receive buffer
+    // closes its window) and leave bytes in the client's receive queue.
+    client.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let chunk: Vec<u8> = (0..65536).map(pattern).collect();
+    loop {
+        let off = sent % 251;
+        let data: Vec<u8> = (off..off + 65536).map(pattern).collect();
+        match (&client).write(&data) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 64 << 20, "send buffer never filled");
+    }
+    drop(chunk);
+    // As podwire does: peeks start past what earlier MSG_PEEKs returned, so the dump must
+    // not start its peek there.
+    let zero: libc::c_int = 0;
+    // SAFETY: zero is a readable int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    server.write_all(b"from-server-before").unwrap();
+    let mut probe = [0u8; 18];
+    // Wait (bounded) for the server's bytes to reach the client's receive queue.
+    client.set_nonblocking(false).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut peeked = 0;
+    while peeked < probe.len() {
+        let n = client.peek(&mut probe[peeked..]).unwrap();
+        assert!(n > 0);
+        peeked += n;
+    }
+
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::On)
+        .unwrap();
+    assert_eq!(repair_flag(&client), 1);
+    let dump = TcpDump::dump(client.as_fd()).unwrap();
+    assert_eq!(dump.recv_queue, b"from-server-before");
+    assert!(!dump.send_queue.is_empty());
+    let mut record = Vec::new();
+    dump.encode(&mut record);
+    let dump = TcpDump::decode(&record).unwrap();
+    // Closing in repair mode sends nothing: the server sees no FIN and no RST.
+    drop(client);
+
+    let sock = dump.new_socket().unwrap();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    dump.restore_in_repair(sock.as_fd()).unwrap();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::Off).unwrap();
+    // The server reads concurrently: the unsent tail can exceed the fresh send buffer.
+    let total = sent + 1000;
+    let reader = std::thread::spawn(move || {
+        server
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut seen = 0usize;
+        while seen < total {
+            let n = server.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "server saw end of stream after {seen} of {total} bytes"
+            );
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, pattern(seen + i), "byte {} differs", seen + i);
+            }
+            seen += n;
+        }
+        server
+    });
+    let taken = dump.finish(sock.as_fd()).unwrap();
+    let mut restored = TcpStream::from(sock);
+    restored.set_nonblocking(false).unwrap();
+    restored
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    restored
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(repair_flag(&restored), 0);
+    assert_eq!(restored.local_addr().unwrap(), dump.local);
+    restored.write_all(&dump.unsent_tail()[taken..]).unwrap();
+
+    // The bytes queued before the move are there on the new socket.
+    let mut got = [0u8; 18];
+    restored.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from-server-before");
+    // The new socket keeps sending the same stream: the server reads every byte once.
+    let tail: Vec<u8> = (sent..sent + 1000).map(pattern).collect();
+    restored.write_all(&tail).unwrap();
+    let mut server = reader.join().unwrap();
+    // And the server's new bytes reach the new socket.
+    server.write_all(b"from-server-after").unwrap();
+    let mut after = [0u8; 17];
+    restored.read_exact(&mut after).unwrap();
+    assert_eq!(&after, b"from-server-after");
+}
+
+#[test]
+fn podwire_repair_helper_migrates_a_live_connection() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "own");
+    migrate_live_connection(&mut helper, "127.0.0.1:0");
+    migrate_live_connection(&mut helper, "[::1]:0");
+}
+
+#[test]
+fn passt_repair_helper_interoperates() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let binary = std::env::var_os("PODWIRE_PASST_REPAIR")
+        .map(PathBuf::from)
+        .unwrap_or(PASST_REPAIR_BUILT.into());
+    if !binary.exists() {
+        eprintln!(
+            "SKIP: passt-repair not found at {} (build it with `make passt-repair` in passt's \
+             source, or set PODWIRE_PASST_REPAIR)",
+            binary.display()
+        );
+        return;
+    }
+    let mut helper = start_helper(&binary, "passt");
+    migrate_live_connection(&mut helper, "127.0.0.1:0");
+}
+
+#[test]
+fn batches_larger_than_one_message_are_all_switched() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "batch");
+    let socks: Vec<_> = (0..300).map(|_| socket2_tcp()).collect();
+    let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
+    helper.channel.set(&fds, RepairCmd::On).unwrap();
+    assert!(socks.iter().all(|s| repair_flag(s) == 1));
+    helper
+        .channel
+        .set(&fds, RepairCmd::OffNoWindowProbe)
+        .unwrap();
+    assert!(socks.iter().all(|s| repair_flag(s) == 0));
+}
+
+#[test]
+fn refusals_are_errors_not_hangs() {
+    // No helper connected.
+    let dir = std::env::temp_dir().join(format!("podwire-repair-{}-none", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut channel = RepairChannel::bind(&dir.join("x.repair")).unwrap();
+    let sock = socket2_tcp();
+    assert!(matches!(
+        channel.set(&[sock.as_fd()], RepairCmd::On),
+        Err(RepairError::NoHelper)
+    ));
+    if !is_root() {
+        eprintln!("SKIP (rest): the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    // A helper that cannot honour the batch (a UDP socket has no TCP_REPAIR) exits, and
+    // podwire sees the refusal and forgets the helper.
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "refuse");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(matches!(
+        helper.channel.set(&[udp.as_fd()], RepairCmd::On),
+        Err(RepairError::HelperClosed)
+    ));
+    assert!(!helper.channel.has_helper());
+    assert!(!helper.child.wait().unwrap().success());
+}
+
+fn socket2_tcp() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: fd was just created and is owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+#[test]
+fn restore_where_the_address_is_missing_fails_cleanly() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "moved");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::On)
+        .unwrap();
+    let mut dump = TcpDump::dump(client.as_fd()).unwrap();
+    // The destination pod has another address: the source's local address is not there.
+    dump.local = "198.18.255.254:40000".parse().unwrap();
+    let sock = dump.new_socket().unwrap();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    let err = dump.restore_in_repair(sock.as_fd()).unwrap_err();
+    assert!(
+        matches!(err, podwire_repair::RestoreError::Sys { what: "bind", .. }),
+        "{err}"
+    );
+    // The channel is still usable for the other connections.
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::Off)
+        .unwrap();
+    assert_eq!(repair_flag(&client), 0);
+}
+
+#[test]
+fn only_established_sockets_are_dumped() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "state");
+    let sock = socket2_tcp();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    assert!(matches!(
+        TcpDump::dump(sock.as_fd()),
+        Err(podwire_repair::DumpError::NotEstablished(7))
+    ));
+}
