@@ -1267,8 +1267,10 @@ fn ten_thousand_concurrent_connections() {
     assert_eq!(open_flows, N, "one flow per connection");
     assert_eq!(count(&c, "tcp_opened_by_guest"), N as u64);
     assert_eq!((towards, accepted), (N, N), "one socket each side");
+    // The slack covers descriptors that tests running beside this one hold open while it runs
+    // (a flow's leak would add thousands, not hundreds).
     assert!(
-        (2 * N..2 * N + 64).contains(&added),
+        (2 * N..2 * N + 256).contains(&added),
         "{added} new descriptors (+{grown} in all), expected {}",
         2 * N
     );
