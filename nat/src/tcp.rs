@@ -317,6 +317,14 @@ podwire_frame::counters! {
         drop_no_connection: Drop,
         /// Times a connection had to wait for guest RX buffers.
         rx_stalls: Count,
+        /// TCP segments the guest sent (data, ACKs and control alike).
+        segments_from_guest: Count,
+        /// Frames carrying socket data to the guest.
+        data_frames_to_guest: Count,
+        /// `sendmsg` calls writing guest payload to sockets.
+        send_calls: Count,
+        /// Receive calls on TCP sockets: peeks into guest buffers and discards of acknowledged data.
+        recv_calls: Count,
     }
 }
 
@@ -651,6 +659,7 @@ impl TcpTable {
         rx: &mut dyn RxSink,
         ep: &Endpoints,
     ) {
+        self.counters.segments_from_guest.inc();
         let seg = match parse_segment(ip, frame) {
             Ok(s) => s,
             Err("checksum") => {
@@ -837,6 +846,9 @@ impl TcpTable {
                     .fin_seq
                     .is_some_and(|f| seq_ge(f, conn.snd_una) && seq_gt(seg.ack, f));
                 let bytes = acked - u32::from(fin_acked);
+                if bytes != 0 {
+                    self.counters.recv_calls.inc();
+                }
                 discard(&conn.fd, bytes as usize);
                 conn.snd_una = seg.ack;
                 // The guest may acknowledge what it got before a rewind: skip resending it.
@@ -992,6 +1004,9 @@ impl TcpTable {
             .tcp(slot)
             .map(|conn| send_iov(&conn.fd, self.gather.iovecs()));
         self.gather.clear();
+        if result.is_some() {
+            self.counters.send_calls.inc();
+        }
         let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
@@ -1119,8 +1134,10 @@ impl TcpTable {
             let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
             let fd = &conn.fd;
             let partial = rx.partial_csum();
+            let mut peeks = 0u64;
             let mut fill = |frame: &mut SgList<'_>| {
                 let skip = in_flight as usize;
+                peeks += 1;
                 let n = match peek_into(fd, frame, payload_offset, room, peek_off, skip, scratch) {
                     Peeked::Data(n) => n,
                     Peeked::Nothing => return None,
@@ -1147,8 +1164,10 @@ impl TcpTable {
             } else {
                 rx.push(max, &mut fill)
             };
+            self.counters.recv_calls.add(peeks);
             match result {
                 Ok(()) => {
+                    self.counters.data_frames_to_guest.inc();
                     conn.snd_nxt = conn.snd_nxt.wrapping_add(got as u32);
                     if seq_gt(conn.snd_nxt, conn.snd_max) {
                         conn.snd_max = conn.snd_nxt;

@@ -144,6 +144,18 @@ impl Collector for Podwire {
                 "nat_udp_recv_calls",
                 "nat_udp_in",
             ),
+            (
+                "tcp_send_syscalls_per_segment",
+                "TCP send system calls per guest TCP segment since start",
+                "tcp_send_calls",
+                "tcp_segments_from_guest",
+            ),
+            (
+                "tcp_recv_syscalls_per_frame",
+                "TCP receive system calls (peeks and discards) per data frame to the guest since start",
+                "tcp_recv_calls",
+                "tcp_data_frames_to_guest",
+            ),
         ] {
             if let Some(r) = ratio(calls, packets) {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

@@ -1381,6 +1381,24 @@ fn ten_thousand_concurrent_connections() {
     assert_eq!(count(&c, "tcp_connect_failed"), 0);
     assert_eq!(count(&c, "tcp_bytes_from_guest"), from_guest as u64);
     assert_eq!(count(&c, "tcp_bytes_to_guest"), to_guest as u64);
+    // The system-call counters behind the metrics' syscalls-per-packet gauges: at most one
+    // write per guest segment, and at least one peek per data frame to the guest.
+    let (segs, sends) = (
+        count(&c, "tcp_segments_from_guest"),
+        count(&c, "tcp_send_calls"),
+    );
+    assert!(
+        sends >= 1 && sends <= segs,
+        "{sends} sends for {segs} segments"
+    );
+    let (frames, recvs) = (
+        count(&c, "tcp_data_frames_to_guest"),
+        count(&c, "tcp_recv_calls"),
+    );
+    assert!(
+        frames >= 1 && recvs >= frames,
+        "{recvs} receive calls for {frames} frames"
+    );
     let drops: Vec<_> = c.iter().filter(|(k, _)| k.contains("drop")).collect();
     assert!(drops.is_empty(), "drops: {drops:?}");
     assert_eq!(h.guest.stats.anomalies, 0, "{:?}", h.guest.stats);
