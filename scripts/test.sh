@@ -10,7 +10,7 @@ bash scripts/install-deps.sh
 bash perf/guest/build-image.sh perf/guest/out
 
 # The end-to-end tests run the release binary, as users do.
-cargo build --release --locked -p podwire
+cargo build --release --locked -p podwire -p podwire-kubevirt
 export PODWIRE_BIN="$PWD/target/release/podwire"
 
 # End-to-end tests each boot a TCG guest; two at a time fit 2 cores.
