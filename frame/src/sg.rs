@@ -74,6 +74,7 @@ impl<'m> SgList<'m> {
     ///
     /// # Safety
     /// `ptr..ptr+len` must stay mapped and writable for `'m`.
+    // SAFETY: an unsafe fn: the caller upholds the contract above; the body only records it.
     pub unsafe fn push_raw(&mut self, ptr: *mut u8, len: usize) -> Result<(), SgError> {
         if len == 0 {
             return Ok(());
@@ -382,6 +383,7 @@ mod tests {
         assert_eq!(sum.finish(), naive_checksum(&[1, 2, 3, 4, 5, 6, 7]));
         let mut tail = SgList::new();
         for seg in sg.segments() {
+            // SAFETY: the segments point into buffers this test keeps alive.
             unsafe { tail.push_raw(seg.iov_base.cast(), seg.iov_len).unwrap() };
         }
         tail.advance(4);

@@ -80,10 +80,10 @@ pub struct UdpBatch {
     coalesce_max: usize,
 }
 
-// SAFETY: the raw pointers a batch holds (iovecs into guest memory, and the message headers'
-// pointers into the batch itself) are only dereferenced inside `flush`, by whichever thread
-// owns the batch at that moment, and `flush` forgets them; moving an idle batch between
-// threads moves nothing it could read.
+// The raw pointers a batch holds (iovecs into guest memory, the message headers' pointers into
+// the batch itself) are only dereferenced inside `flush`, which forgets them afterwards.
+// SAFETY: `flush` runs on whichever thread owns the batch at that moment; moving an idle
+// batch between threads moves nothing it could read.
 unsafe impl Send for UdpBatch {}
 
 impl UdpBatch {

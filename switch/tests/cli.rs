@@ -125,6 +125,7 @@ fn sigusr1_logs_status_and_sigterm_cleans_up() {
         read_log()
     );
 
+    // SAFETY: plain syscall on the child's pid, which has not been reaped yet.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit: {status:?}");
