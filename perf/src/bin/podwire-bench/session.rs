@@ -135,14 +135,22 @@ pub(crate) fn guest_session(
     let mut _kpath = None;
     match backend {
         Backend::Podwire | Backend::Passt => {
+            let stream = env.args.nic == NicKind::Stream;
             let o = ServeOptions {
                 mtu: Some(mtu),
                 mac: None,
                 udp_forward: None,
+                stream,
             };
             let pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
             mem.no_guest = Some(bench::mem_status(pw.pid())?);
-            qcfg = qcfg.vhost_user(pw.socket());
+            qcfg = if stream {
+                qcfg.nic(Nic::Stream {
+                    socket: pw.socket().to_path_buf(),
+                })
+            } else {
+                qcfg.vhost_user(pw.socket())
+            };
             podwire = Some(pw);
         }
         Backend::Kernel => {
@@ -418,6 +426,7 @@ pub(crate) fn testpmd_session(
         mtu: None,
         mac: Some(qemu::GUEST_MAC),
         udp_forward: Some(FWD_UDP_PORT),
+        stream: false,
     };
     let mut pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
     mem.no_guest = Some(bench::mem_status(pw.pid())?);
