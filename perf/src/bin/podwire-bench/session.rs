@@ -190,6 +190,15 @@ pub(crate) fn guest_session(
             kernel_path::GUEST_ADDR
         );
     }
+    // what the NIC negotiated (virtio feature bits, bit 0 first): the stream netdev has no
+    // virtio-net header, so QEMU offers the guest no checksum or segmentation offload there
+    if let Ok(bits) = c.run_ok("cat /sys/class/net/eth0/device/features", T) {
+        println!(
+            "guest virtio-net features: {} ({})",
+            bits.trim(),
+            virtio_offloads(bits.trim())
+        );
+    }
     // the path works (and the gateway's MAC is in the ARP table)
     c.run_ok(&format!("ping -c 2 -W 5 {FAR_HOST}"), T)
         .context("a first ping to the far host")?;
@@ -247,6 +256,30 @@ pub(crate) fn guest_session(
         pw.stop();
     }
     Ok(())
+}
+
+/// The offload-related virtio-net features set in a sysfs feature string (bit 0 first).
+pub(crate) fn virtio_offloads(bits: &str) -> String {
+    const NAMES: [(usize, &str); 8] = [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (7, "GUEST_TSO4"),
+        (8, "GUEST_TSO6"),
+        (11, "HOST_TSO4"),
+        (12, "HOST_TSO6"),
+        (15, "MRG_RXBUF"),
+        (29, "EVENT_IDX"),
+    ];
+    let on: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| bits.as_bytes().get(*bit) == Some(&b'1'))
+        .map(|(_, name)| *name)
+        .collect();
+    if on.is_empty() {
+        "no offloads".into()
+    } else {
+        on.join(" ")
+    }
 }
 
 pub(crate) fn start_rr_server(far: &Netns, rr_bin: &Path) -> Result<Proc> {

@@ -227,3 +227,18 @@ fn stream_nic_mtus_and_podwire_args_parse() {
     assert_eq!(a.mtus, [1500, 65520]);
     assert_eq!(a.nic, NicKind::VhostUser);
 }
+
+#[test]
+fn virtio_feature_bits_are_named() {
+    let mut bits = vec![b'0'; 64];
+    for b in [0, 1, 11, 15] {
+        bits[b] = b'1';
+    }
+    let bits = String::from_utf8(bits).unwrap();
+    assert_eq!(
+        virtio_offloads(&bits),
+        "CSUM GUEST_CSUM HOST_TSO4 MRG_RXBUF"
+    );
+    assert_eq!(virtio_offloads(&"0".repeat(64)), "no offloads");
+    assert_eq!(virtio_offloads(""), "no offloads");
+}
