@@ -19,6 +19,8 @@ pub(crate) struct Args {
     pub(crate) nic: NicKind,
     /// more arguments for every podwire started (e.g. `--pcap FILE`)
     pub(crate) podwire_args: Vec<String>,
+    /// more virtio-net-pci properties for the guest's NIC (e.g. `csum=off`)
+    pub(crate) nic_props: Vec<String>,
     /// the command line as given (for the report)
     pub(crate) command: String,
 }
@@ -79,6 +81,11 @@ struct Cli {
     /// `--podwire-arg=--pcap --podwire-arg=/tmp/guest.pcap`).
     #[arg(long = "podwire-arg", value_name = "ARG", allow_hyphen_values = true)]
     podwire_args: Vec<String>,
+    /// One more property of the guest's virtio-net-pci device, repeatable (`--nic-prop
+    /// csum=off --nic-prop host_tso4=off`: the guest without the offloads the stream netdev
+    /// cannot give it).
+    #[arg(long = "nic-prop", value_name = "PROP")]
+    nic_props: Vec<String>,
 }
 
 pub(crate) fn parse_args() -> Result<Args> {
@@ -128,6 +135,7 @@ pub(crate) fn args_from(
         mtus: cli.mtus,
         nic: cli.nic,
         podwire_args: cli.podwire_args,
+        nic_props: cli.nic_props,
         command: std::iter::once("target/release/podwire-bench".to_string())
             .chain(
                 argv.iter()

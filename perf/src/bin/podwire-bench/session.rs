@@ -125,9 +125,12 @@ pub(crate) fn guest_session(
         }
     );
     let mtu_prop = format!("host_mtu={mtu}");
-    let nic_props = [mtu_prop.as_str()];
+    let mut nic_props: Vec<&str> = env.args.nic_props.iter().map(String::as_str).collect();
+    if mtu != 1500 {
+        nic_props.push(&mtu_prop);
+    }
     let spec = GuestSpec {
-        nic_props: if mtu != 1500 { &nic_props } else { &[] },
+        nic_props: &nic_props,
         ..GuestSpec::new(&name)
     };
     let mut qcfg = rig::qemu_config(env.image, &spec);

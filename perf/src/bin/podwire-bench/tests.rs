@@ -72,6 +72,7 @@ fn sessions_run_what_the_sections_ask() {
         mtus: vec![65520, 1500],
         nic: NicKind::VhostUser,
         podwire_args: Vec::new(),
+        nic_props: Vec::new(),
         command: String::new(),
     };
     assert_eq!(a.guest_tests(65520).len(), 2);
@@ -224,8 +225,17 @@ fn stream_nic_mtus_and_podwire_args_parse() {
     ])
     .unwrap();
     assert_eq!(a.podwire_args, ["--pcap", "/tmp/g.pcap"]);
+    assert!(a.nic_props.is_empty());
     assert_eq!(a.mtus, [1500, 65520]);
     assert_eq!(a.nic, NicKind::VhostUser);
+    let a = args_from([
+        "podwire-bench",
+        "--nic-prop",
+        "csum=off",
+        "--nic-prop=host_tso4=off",
+    ])
+    .unwrap();
+    assert_eq!(a.nic_props, ["csum=off", "host_tso4=off"]);
 }
 
 #[test]
