@@ -70,6 +70,8 @@ pub struct PodwireConfig {
     pub pid_file: Option<PathBuf>,
     /// `-d` (debug logging)
     pub debug: bool,
+    /// `--vhost-user` (the default); false: the socket speaks QEMU's stream protocol.
+    pub vhost_user: bool,
     pub extra_args: Vec<String>,
     /// Environment variables (e.g. RUST_LOG).
     pub env: Vec<(String, String)>,
@@ -86,6 +88,7 @@ impl PodwireConfig {
             mtu: None,
             pid_file: None,
             debug: false,
+            vhost_user: true,
             extra_args: Vec::new(),
             env: Vec::new(),
             start_timeout: START_TIMEOUT,
@@ -94,13 +97,17 @@ impl PodwireConfig {
 
     /// The arguments (without the binary).
     pub fn args(&self) -> Vec<String> {
-        // In front (the harness owns the process) and vhost-user (not passt's stream default).
-        let mut a = vec![
-            "--vhost-user".to_string(),
+        // In front (the harness owns the process); vhost-user unless the stream frontend is
+        // asked for (passt's default protocol).
+        let mut a = Vec::new();
+        if self.vhost_user {
+            a.push("--vhost-user".to_string());
+        }
+        a.extend([
             "-f".to_string(),
             "--socket".to_string(),
             self.socket.display().to_string(),
-        ];
+        ]);
         if let Some(i) = &self.interface {
             a.extend(["--interface".into(), i.clone()]);
         }
@@ -274,6 +281,12 @@ mod tests {
             "--vhost-user -f --socket /tmp/x.sock --interface eth0 --guest-cidr pod --mac 52:54:00:12:34:56 \
              --mtu 1400 --pid /tmp/p -d"
         );
+        // the stream frontend: the same without --vhost-user
+        c.vhost_user = false;
+        assert!(c
+            .args()
+            .join(" ")
+            .starts_with("-f --socket /tmp/x.sock --interface eth0"));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum Nic {
     /// fails at once if nothing listens there). Guest memory is then a shared
     /// memfd.
     VhostUser { socket: PathBuf },
+    /// virtio-net-pci on QEMU's stream netdev, connecting to a UNIX stream socket (frames each
+    /// preceded by a 4-byte length: podwire or passt without `--vhost-user`). Guest memory is
+    /// private: the backend never sees it.
+    Stream { socket: PathBuf },
     /// virtio-net-pci on an existing tap interface (QEMU must run in the tap's
     /// namespace), without vhost-net.
     Tap { ifname: String },
@@ -198,6 +202,17 @@ impl QemuConfig {
                     format!("socket,id=c0,path={}", socket.display()),
                     "-netdev".to_string(),
                     "vhost-user,id=n0,chardev=c0".to_string(),
+                    "-device".to_string(),
+                    device("n0"),
+                ]);
+            }
+            Nic::Stream { socket } => {
+                a.extend([
+                    "-netdev".to_string(),
+                    format!(
+                        "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+                        socket.display()
+                    ),
                     "-device".to_string(),
                     device("n0"),
                 ]);
@@ -584,5 +599,24 @@ mod tests {
             s.contains("-netdev user,id=n0,net=198.18.5.0/24,restrict=on"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn args_with_stream() {
+        let s = QemuConfig::new(&image())
+            .nic(Nic::Stream {
+                socket: "/tmp/s/pw.sock".into(),
+            })
+            .args()
+            .join(" ");
+        assert!(
+            s.contains(
+                "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/s/pw.sock \
+                 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"
+            ),
+            "{s}"
+        );
+        // no shared memory: the stream backend never maps the guest's RAM
+        assert!(!s.contains("memfd"), "{s}");
     }
 }

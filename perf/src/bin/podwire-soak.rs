@@ -371,10 +371,11 @@ fn flood(attempts: u64) -> Result<String> {
     let flood_log = flood.log();
     ensure!(status_code.success(), "the flood tool failed: {flood_log}");
     let s = status(&mut pw)?;
-    back_to_baseline(&mut pw, base, "after the flood")?;
+    let after = back_to_baseline(&mut pw, base, "after the flood")?;
     Ok(format!(
         "{}; meanwhile {connections} guest connections in {rounds} rounds, none failed; \
-         podwire refused {} inbound connections (budget) and is back at its baseline; {s}",
+         podwire refused {} inbound connections (budget) and is back at its baseline \
+         ({after:?}, baseline {base:?}); {s}",
         flood_log
             .lines()
             .rfind(|l| l.contains("flooded"))

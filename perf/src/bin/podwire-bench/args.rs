@@ -13,11 +13,29 @@ pub(crate) struct Args {
     pub(crate) quiet_wait: Duration,
     /// passes over the backends (their order alternating), the best of them reported
     pub(crate) passes: u32,
+    /// the guest MTUs, one guest session per backend each
+    pub(crate) mtus: Vec<u32>,
+    /// how the guest's NIC reaches podwire
+    pub(crate) nic: NicKind,
+    /// more arguments for every podwire started (e.g. `--pcap FILE`)
+    pub(crate) podwire_args: Vec<String>,
+    /// more virtio-net-pci properties for the guest's NIC (e.g. `csum=off`)
+    pub(crate) nic_props: Vec<String>,
     /// the command line as given (for the report)
     pub(crate) command: String,
 }
 
 pub(crate) const SECTIONS: [&str; 4] = ["tcp", "pktgen", "testpmd", "latency"];
+
+/// How the guest's virtio-net reaches podwire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum NicKind {
+    /// vhost-user: podwire reads and writes the guest's rings in shared memory.
+    VhostUser,
+    /// QEMU's `-netdev stream` on a UNIX socket (podwire without `--vhost-user`): every frame
+    /// crosses the socket, copied by the kernel each way.
+    Stream,
+}
 
 /// podwire's benchmark suite: podwire and the kernel path of KubeVirt's masquerade binding,
 /// measured side by side in one run (needs root).
@@ -51,6 +69,23 @@ struct Cli {
     /// finish (0: do not wait).
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     quiet_wait: u64,
+    /// Comma-separated guest MTUs, a guest session per backend for each.
+    #[arg(long, value_delimiter = ',', default_values_t = [65520u32, 1500],
+          value_parser = clap::value_parser!(u32).range(1280..=65520))]
+    mtus: Vec<u32>,
+    /// How the guest's NIC reaches podwire: `stream` serves it through QEMU's `-netdev stream`
+    /// (podwire without `--vhost-user`); podwire only, guest sections only.
+    #[arg(long, value_enum, default_value_t = NicKind::VhostUser)]
+    nic: NicKind,
+    /// One more argument for every podwire started, after the harness's own (repeat it:
+    /// `--podwire-arg=--pcap --podwire-arg=/tmp/guest.pcap`).
+    #[arg(long = "podwire-arg", value_name = "ARG", allow_hyphen_values = true)]
+    podwire_args: Vec<String>,
+    /// One more property of the guest's virtio-net-pci device, repeatable (`--nic-prop
+    /// csum=off --nic-prop host_tso4=off`: the guest without the offloads the stream netdev
+    /// cannot give it).
+    #[arg(long = "nic-prop", value_name = "PROP")]
+    nic_props: Vec<String>,
 }
 
 pub(crate) fn parse_args() -> Result<Args> {
@@ -80,6 +115,14 @@ pub(crate) fn args_from(
             .map(|d| d.join("perf"))
             .unwrap_or_else(|| PathBuf::from("perf")),
     };
+    if cli.nic == NicKind::Stream {
+        if cli.backends.iter().any(|b| *b != Backend::Podwire) {
+            bail!("--nic stream measures podwire only: add --backends podwire");
+        }
+        if cli.sections.iter().any(|s| s == "testpmd") {
+            bail!("testpmd is a vhost-user frontend: with --nic stream leave it out of --only");
+        }
+    }
     Ok(Args {
         seconds: cli.seconds.unwrap_or(if cli.quick { 3 } else { 10 }),
         quick: cli.quick,
@@ -89,6 +132,10 @@ pub(crate) fn args_from(
         plots,
         quiet_wait: Duration::from_secs(cli.quiet_wait),
         passes: cli.passes,
+        mtus: cli.mtus,
+        nic: cli.nic,
+        podwire_args: cli.podwire_args,
+        nic_props: cli.nic_props,
         command: std::iter::once("target/release/podwire-bench".to_string())
             .chain(
                 argv.iter()

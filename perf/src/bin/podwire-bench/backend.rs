@@ -17,6 +17,8 @@ pub(crate) struct ServeOptions<'a> {
     pub(crate) mac: Option<&'a str>,
     /// A UDP port of the pod forwarded to the guest.
     pub(crate) udp_forward: Option<u16>,
+    /// podwire serves QEMU's stream netdev instead of vhost-user.
+    pub(crate) stream: bool,
 }
 
 impl Served {
@@ -33,9 +35,11 @@ impl Served {
                 cfg.mtu = o.mtu;
                 cfg.guest_cidr = Some(kernel_path::GUEST_CIDR.to_string());
                 cfg.mac = o.mac.map(str::to_string);
+                cfg.vhost_user = !o.stream;
                 if let Some(p) = o.udp_forward {
                     cfg.extra_args = vec!["-u".into(), p.to_string()];
                 }
+                cfg.extra_args.extend(env.args.podwire_args.iter().cloned());
                 let pw = Podwire::spawn_binary(env.podwire_bin, Some(ns), &cfg)?;
                 match bench::comm(pw.pid()) {
                     Some(c) if c == "podwire" => {}
@@ -44,6 +48,9 @@ impl Served {
                 Ok(Served::Podwire(pw))
             }
             Backend::Passt => {
+                if o.stream {
+                    bail!("the stream NIC is measured for podwire only");
+                }
                 let bin = env
                     .passt_bin
                     .context("passt is not available (see the start of the run)")?;

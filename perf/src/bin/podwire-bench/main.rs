@@ -4,7 +4,9 @@
 //! ```text
 //! target/release/podwire-bench [--seconds N] [--quick] [--only tcp,pktgen,testpmd,latency]
 //!                              [--backends podwire,kernel] [--out docs/perf.md]
-//!                              [--plots docs/perf] [--quiet-wait S]
+//!                              [--plots docs/perf] [--quiet-wait S] [--passes N]
+//!                              [--mtus 65520,1500] [--nic vhost-user|stream]
+//!                              [--podwire-arg ARG]...
 //! ```
 //!
 //! Two backends serve the same QEMU/TCG test guest (1 vCPU, 512 MiB):
@@ -115,7 +117,7 @@ fn main() -> Result<()> {
         rr_bin: &rr_bin,
         passt_bin: passt_bin.as_deref(),
     };
-    for mtu in [65520, 1500] {
+    for &mtu in &args.mtus {
         let tests = args.guest_tests(mtu);
         if tests.is_empty() {
             continue;

@@ -125,9 +125,12 @@ pub(crate) fn guest_session(
         }
     );
     let mtu_prop = format!("host_mtu={mtu}");
-    let nic_props = [mtu_prop.as_str()];
+    let mut nic_props: Vec<&str> = env.args.nic_props.iter().map(String::as_str).collect();
+    if mtu != 1500 {
+        nic_props.push(&mtu_prop);
+    }
     let spec = GuestSpec {
-        nic_props: if mtu != 1500 { &nic_props } else { &[] },
+        nic_props: &nic_props,
         ..GuestSpec::new(&name)
     };
     let mut qcfg = rig::qemu_config(env.image, &spec);
@@ -135,14 +138,22 @@ pub(crate) fn guest_session(
     let mut _kpath = None;
     match backend {
         Backend::Podwire | Backend::Passt => {
+            let stream = env.args.nic == NicKind::Stream;
             let o = ServeOptions {
                 mtu: Some(mtu),
                 mac: None,
                 udp_forward: None,
+                stream,
             };
             let pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
             mem.no_guest = Some(bench::mem_status(pw.pid())?);
-            qcfg = qcfg.vhost_user(pw.socket());
+            qcfg = if stream {
+                qcfg.nic(Nic::Stream {
+                    socket: pw.socket().to_path_buf(),
+                })
+            } else {
+                qcfg.vhost_user(pw.socket())
+            };
             podwire = Some(pw);
         }
         Backend::Kernel => {
@@ -180,6 +191,15 @@ pub(crate) fn guest_session(
             "the guest got {:?}, not {}",
             lease.ip(),
             kernel_path::GUEST_ADDR
+        );
+    }
+    // what the NIC negotiated (virtio feature bits, bit 0 first): the stream netdev has no
+    // virtio-net header, so QEMU offers the guest no checksum or segmentation offload there
+    if let Ok(bits) = c.run_ok("cat /sys/class/net/eth0/device/features", T) {
+        println!(
+            "guest virtio-net features: {} ({})",
+            bits.trim(),
+            virtio_offloads(bits.trim())
         );
     }
     // the path works (and the gateway's MAC is in the ARP table)
@@ -239,6 +259,30 @@ pub(crate) fn guest_session(
         pw.stop();
     }
     Ok(())
+}
+
+/// The offload-related virtio-net features set in a sysfs feature string (bit 0 first).
+pub(crate) fn virtio_offloads(bits: &str) -> String {
+    const NAMES: [(usize, &str); 8] = [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (7, "GUEST_TSO4"),
+        (8, "GUEST_TSO6"),
+        (11, "HOST_TSO4"),
+        (12, "HOST_TSO6"),
+        (15, "MRG_RXBUF"),
+        (29, "EVENT_IDX"),
+    ];
+    let on: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| bits.as_bytes().get(*bit) == Some(&b'1'))
+        .map(|(_, name)| *name)
+        .collect();
+    if on.is_empty() {
+        "no offloads".into()
+    } else {
+        on.join(" ")
+    }
 }
 
 pub(crate) fn start_rr_server(far: &Netns, rr_bin: &Path) -> Result<Proc> {
@@ -418,6 +462,7 @@ pub(crate) fn testpmd_session(
         mtu: None,
         mac: Some(qemu::GUEST_MAC),
         udp_forward: Some(FWD_UDP_PORT),
+        stream: false,
     };
     let mut pw = Served::spawn(env, backend, &topo.pod, &dir.join("vhost.sock"), &o)?;
     mem.no_guest = Some(bench::mem_status(pw.pid())?);

@@ -69,6 +69,10 @@ fn sessions_run_what_the_sections_ask() {
         plots: "/d/perf".into(),
         quiet_wait: Duration::ZERO,
         passes: 2,
+        mtus: vec![65520, 1500],
+        nic: NicKind::VhostUser,
+        podwire_args: Vec::new(),
+        nic_props: Vec::new(),
         command: String::new(),
     };
     assert_eq!(a.guest_tests(65520).len(), 2);
@@ -108,6 +112,9 @@ fn the_command_line_has_clap_defaults_and_checks() {
         [Backend::Podwire, Backend::Passt, Backend::Kernel]
     );
     assert_eq!(a.passes, 2);
+    assert_eq!(a.mtus, [65520, 1500]);
+    assert_eq!(a.nic, NicKind::VhostUser);
+    assert!(a.podwire_args.is_empty());
     assert!(a.out.ends_with("docs/perf.md") && a.plots.ends_with("docs/perf"));
     let a = args_from([
         "podwire-bench",
@@ -183,4 +190,65 @@ fn passes_alternate_and_the_best_pass_is_reported() {
         .find(|t| t.what.starts_with("TCP request/response"))
         .unwrap();
     assert_eq!(t.passt, Some(3000.0));
+}
+
+#[test]
+fn stream_nic_mtus_and_podwire_args_parse() {
+    let a = args_from([
+        "podwire-bench",
+        "--only",
+        "tcp",
+        "--backends",
+        "podwire",
+        "--mtus",
+        "1500",
+        "--nic",
+        "stream",
+    ])
+    .unwrap();
+    assert_eq!(a.nic, NicKind::Stream);
+    assert_eq!(a.mtus, [1500]);
+    assert!(a.command.ends_with("--mtus 1500 --nic stream"));
+    // the stream NIC is podwire's only, and testpmd cannot use it
+    let e = args_from(["podwire-bench", "--only", "tcp", "--nic", "stream"]).unwrap_err();
+    assert!(e.to_string().contains("--backends podwire"), "{e}");
+    let e = args_from(["podwire-bench", "--backends", "podwire", "--nic", "stream"]).unwrap_err();
+    assert!(e.to_string().contains("testpmd"), "{e}");
+    // podwire arguments that look like options, in both spellings, in order
+    let a = args_from([
+        "podwire-bench",
+        "--podwire-arg",
+        "--pcap",
+        "--podwire-arg=/tmp/g.pcap",
+        "--mtus",
+        "1500,65520",
+    ])
+    .unwrap();
+    assert_eq!(a.podwire_args, ["--pcap", "/tmp/g.pcap"]);
+    assert!(a.nic_props.is_empty());
+    assert_eq!(a.mtus, [1500, 65520]);
+    assert_eq!(a.nic, NicKind::VhostUser);
+    let a = args_from([
+        "podwire-bench",
+        "--nic-prop",
+        "csum=off",
+        "--nic-prop=host_tso4=off",
+    ])
+    .unwrap();
+    assert_eq!(a.nic_props, ["csum=off", "host_tso4=off"]);
+}
+
+#[test]
+fn virtio_feature_bits_are_named() {
+    let mut bits = vec![b'0'; 64];
+    for b in [0, 1, 11, 15] {
+        bits[b] = b'1';
+    }
+    let bits = String::from_utf8(bits).unwrap();
+    assert_eq!(
+        virtio_offloads(&bits),
+        "CSUM GUEST_CSUM HOST_TSO4 MRG_RXBUF"
+    );
+    assert_eq!(virtio_offloads(&"0".repeat(64)), "no offloads");
+    assert_eq!(virtio_offloads(""), "no offloads");
 }
