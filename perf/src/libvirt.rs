@@ -393,3 +393,32 @@ mod tests {
         }
     }
 }
+
+/// What every libvirt end-to-end test starts from: a pod and a far host (DNS, UDP and TCP echo
+/// servers on the far host), the test guest image, and a private libvirtd in the pod.
+pub struct LibvirtSetup {
+    pub topo: crate::netns::PodTopology,
+    pub image: crate::GuestImage,
+    pub daemon: Libvirtd,
+    _services: Vec<crate::Proc>,
+}
+
+impl LibvirtSetup {
+    pub fn start() -> Result<Self> {
+        use crate::far;
+        let topo = crate::netns::PodTopology::create()?;
+        let services = vec![
+            far::start_dns(&topo.far)?,
+            far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT)?,
+            far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT)?,
+        ];
+        let image = crate::guest::image()?;
+        let daemon = Libvirtd::start(&topo.pod)?;
+        Ok(Self {
+            topo,
+            image,
+            daemon,
+            _services: services,
+        })
+    }
+}

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use podwire_kubevirt::launcher::vmi_json;
-use podwire_perf::libvirt::{domain_xml, Libvirtd};
+use podwire_perf::libvirt::domain_xml;
 use podwire_perf::netns::{PodTopology, FAR_HOST, POD_ADDR};
 use podwire_perf::{far, guest, util, Console, Proc};
 
@@ -40,28 +40,10 @@ fn sidecar_path() -> PathBuf {
     p
 }
 
-struct Setup {
-    topo: PodTopology,
-    image: podwire_perf::GuestImage,
-    daemon: Libvirtd,
-    _services: Vec<Proc>,
-}
+type Setup = podwire_perf::libvirt::LibvirtSetup;
 
 fn setup() -> Setup {
-    let topo = PodTopology::create().unwrap();
-    let services = vec![
-        far::start_dns(&topo.far).unwrap(),
-        far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT).unwrap(),
-        far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT).unwrap(),
-    ];
-    let image = guest::image().unwrap();
-    let daemon = Libvirtd::start(&topo.pod).unwrap();
-    Setup {
-        topo,
-        image,
-        daemon,
-        _services: services,
-    }
+    Setup::start().unwrap()
 }
 
 /// The sidecar in the pod, unprivileged, with its own hooks directory.

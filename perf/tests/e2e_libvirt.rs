@@ -156,28 +156,10 @@ fn assert_podwire_gone(topo: &PodTopology, daemon: &Libvirtd) {
 }
 
 /// The far host's services, a private libvirtd and the guest image.
-struct Setup {
-    topo: PodTopology,
-    image: podwire_perf::GuestImage,
-    daemon: Libvirtd,
-    _services: Vec<podwire_perf::Proc>,
-}
+type Setup = podwire_perf::libvirt::LibvirtSetup;
 
 fn setup() -> Setup {
-    let topo = PodTopology::create().unwrap();
-    let services = vec![
-        far::start_dns(&topo.far).unwrap(),
-        far::start_udp_echo(&topo.far, far::UDP_ECHO_PORT).unwrap(),
-        far::start_tcp_echo(&topo.far, far::TCP_ECHO_PORT).unwrap(),
-    ];
-    let image = guest::image().unwrap();
-    let daemon = Libvirtd::start(&topo.pod).unwrap();
-    Setup {
-        topo,
-        image,
-        daemon,
-        _services: services,
-    }
+    Setup::start().unwrap()
 }
 
 /// Defines and starts `name` with a passt interface of `kind`, checks the guest's network

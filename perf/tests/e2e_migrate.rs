@@ -14,8 +14,8 @@
 //! the first through the destination. QEMU's own `downtime` and `total-time` are printed beside.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use podwire_perf::far;
@@ -36,14 +36,15 @@ fn far_echo_requests(pid: u32) -> Option<u64> {
     values.split_whitespace().nth(col)?.parse().ok()
 }
 
-/// Watches echo requests arrive at the far host until `stop`; returns the longest gap.
-fn watch_pings(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
+/// Watches echo requests arrive at the far host until `stop` says so (or is dropped), sampling
+/// the counter while it waits; returns the longest gap.
+fn watch_pings(pid: u32, stop: mpsc::Receiver<()>) -> std::thread::JoinHandle<Duration> {
     std::thread::spawn(move || {
         let mut last_count = far_echo_requests(pid).unwrap_or(0);
         let mut last_at = Instant::now();
         let mut longest = Duration::ZERO;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(2));
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(2))
+        {
             let Some(n) = far_echo_requests(pid) else {
                 continue;
             };
@@ -241,8 +242,8 @@ fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
         .set_migration_capability("return-path", true)
         .unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_pings(server.pid(), stop.clone());
+    let (stop, stopped) = mpsc::channel();
+    let watcher = watch_pings(server.pid(), stopped);
     let started = Instant::now();
     let result = migrate(
         &mut qmp_src,
@@ -277,7 +278,7 @@ fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
             .unwrap();
         panic!("{e:#}\n{}", dmesg.output);
     }
-    stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(());
     let downtime = watcher.join().unwrap();
     eprintln!(
         "migration: {migration_time:?} wall, QEMU total-time {:?} ms, QEMU downtime {:?} ms, \
