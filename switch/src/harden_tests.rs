@@ -7,16 +7,11 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use podwire_frame::NetHandler;
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 
-use crate::config::GATEWAY_MAC;
 use crate::scale_tests::{count, counters, flows, serial};
 use crate::switch::Switch;
-use crate::tests::{config, ipv4_udp, send, GUEST_IP, GUEST_MAC, GW_IP};
+use crate::tests::{config, ipv4_udp, send, GUEST_IP, GW_IP};
 
 /// A guest TCP SYN from `sport` to `dst`.
 fn syn_to(sport: u16, dst: (Ipv4Addr, u16)) -> Vec<u8> {
@@ -34,31 +29,7 @@ fn syn_to(sport: u16, dst: (Ipv4Addr, u16)) -> Vec<u8> {
         timestamp: None,
         payload: &[],
     };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: dst.0,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut f = vec![0u8; 14 + 20 + tcp.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(GATEWAY_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let caps = ChecksumCapabilities::default();
-    let mut ipp = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut ipp, &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(ipp.payload_mut()),
-        &GUEST_IP.into(),
-        &dst.0.into(),
-        &caps,
-    );
-    f
+    crate::tcp_tests::guest_tcp_frame(dst.0, &tcp)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -114,9 +114,14 @@ pub(crate) fn guest_frame(
         timestamp: None,
         payload,
     };
+    guest_tcp_frame(GW_IP, &tcp)
+}
+
+/// `tcp` from the guest to `dst` in an Ethernet/IPv4 frame, checksums filled in.
+pub(crate) fn guest_tcp_frame(dst: Ipv4Addr, tcp: &TcpRepr<'_>) -> Vec<u8> {
     let ip = Ipv4Repr {
         src_addr: GUEST_IP,
-        dst_addr: GW_IP,
+        dst_addr: dst,
         next_header: IpProtocol::Tcp,
         payload_len: tcp.buffer_len(),
         hop_limit: 64,
@@ -135,7 +140,7 @@ pub(crate) fn guest_frame(
     tcp.emit(
         &mut TcpPacket::new_unchecked(ipp.payload_mut()),
         &GUEST_IP.into(),
-        &GW_IP.into(),
+        &dst.into(),
         &caps,
     );
     f
