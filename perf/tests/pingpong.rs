@@ -28,6 +28,7 @@ fn plan(paths: Vec<Via>, passt_bin: Option<PathBuf>) -> Plan {
         queue_size: 256,
         podwire_bin: podwire_perf::podwire_path().unwrap(),
         passt_bin,
+        baseline_bin: None,
         self_bin: PathBuf::from(env!("CARGO_BIN_EXE_podwire-pingpong")),
         podwire_args: Vec::new(),
         podwire_env: Vec::new(),

@@ -17,6 +17,11 @@ podwire_frame::counters! {
         interrupts: Count,
         /// Ring kicks from the guest (available-buffer notifications), RX and TX.
         kicks: Count,
+        /// TX completion interrupts held back to go out with the answer (see `TxIrq`).
+        tx_irq_held: Count,
+        /// Held-back TX interrupts the guest no longer needed when they came due: it had
+        /// taken its buffers back meanwhile.
+        tx_irq_unneeded: Count,
         /// TX chains dropped because a descriptor pointed outside guest memory.
         tx_bad_address: Drop,
         /// TX chains dropped because a descriptor was device-writable.

@@ -83,6 +83,8 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Event id of the handler's fd in the worker's epoll set: ids 0..NUM_QUEUES are the rings and
 /// NUM_QUEUES is the library's exit event.
 pub const HANDLER_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// Event id of the device's TX-interrupt timer ([`NetDevice::tx_timer_fd`]).
+pub const TX_TIMER_EVENT: u16 = HANDLER_EVENT + 1;
 pub use crate::vnet::VNET_HDR_LEN;
 /// Frames shorter than this are padded on the way to the guest: some drivers expect it.
 const MIN_FRAME_LEN: usize = 60;
@@ -140,6 +142,8 @@ pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     /// Published for the control socket and metrics (see `session.rs`).
     session: Arc<SessionInfo>,
     rings_published: bool,
+    /// TX completion interrupts held back for a moment (see [`TxIrq`]).
+    tx_irq: TxIrq,
 }
 
 impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
@@ -160,7 +164,27 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
             running: [None; NUM_QUEUES],
             session: Arc::default(),
             rings_published: false,
+            tx_irq: TxIrq::new()?,
         })
+    }
+
+    /// The fd of the timer that delivers held-back TX interrupts: the worker must wait on it
+    /// with event id [`TX_TIMER_EVENT`] (vhost-backend's server registers it).
+    pub fn tx_timer_fd(&self) -> RawFd {
+        self.tx_irq.timer.as_raw_fd()
+    }
+
+    /// The TX timer expired: interrupt the guest for held-back completions it still waits for.
+    fn tx_timer(&mut self, vrings: &[Vring<B>]) {
+        self.tx_irq.timer_expired();
+        let (Some(mem_atomic), Some(tx_vring)) = (self.mem.as_ref(), vrings.get(TX_QUEUE)) else {
+            self.tx_irq.held = None;
+            return;
+        };
+        let mem = mem_atomic.memory();
+        let mut vring = tx_vring.get_mut();
+        self.tx_irq
+            .after_pass(&mem, &mut vring, self.event_idx, None, &self.counters);
     }
 
     /// Publishes the negotiated features and ring sizes to `session`.
@@ -247,7 +271,7 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
             published_from: None,
             logging: self.logging(),
         };
-        match device_event as usize {
+        let tx_pass = match device_event as usize {
             TX_QUEUE => {
                 let tx = TxRing {
                     vring: tx_vring.get_mut(),
@@ -255,15 +279,23 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
                     hdr_len: self.hdr_len(),
                     csum: self.has(VIRTIO_NET_F_CSUM),
                     uso: self.has(VIRTIO_NET_F_HOST_USO),
-                    event_idx: self.event_idx,
                     counters: &self.counters,
                 };
-                tx.drain(&mut *handler, &mut rx);
+                tx.drain(&mut *handler, &mut rx)
             }
             // Guest RX buffers or handler readiness: either way the handler may now produce.
-            _ => handler.poll_host(&mut rx),
-        }
+            _ => {
+                handler.poll_host(&mut rx);
+                None
+            }
+        };
         rx.finish();
+        drop(handler);
+        if tx_pass.is_some() || self.tx_irq.is_held() {
+            let mut vring = tx_vring.get_mut();
+            self.tx_irq
+                .after_pass(&mem, &mut vring, self.event_idx, tx_pass, &self.counters);
+        }
     }
 }
 
@@ -382,6 +414,10 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
     ) -> std::io::Result<()> {
         if usize::from(device_event) < NUM_QUEUES {
             self.counters.kicks.inc();
+        }
+        if device_event == TX_TIMER_EVENT {
+            self.tx_timer(vrings);
+            return Ok(());
         }
         if !self.rings_published {
             // Sizes are fixed once the rings run, which they do by the first event.
@@ -697,6 +733,155 @@ fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
     warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
 
+/// What one TX pass returned to the guest.
+#[derive(Debug, Clone, Copy)]
+struct TxPass {
+    /// The used index before the pass.
+    start: Wrapping<u16>,
+    /// Bytes of the chains it took (virtio-net headers included).
+    bytes: usize,
+}
+
+/// Most completed TX chains an interrupt is held back for.
+const TX_HOLD_MAX_CHAINS: u16 = 2;
+/// Most bytes (in those chains) an interrupt is held back for: a request, not bulk data, whose
+/// sender may wait for its buffers back (TCP small queues count them until they are freed).
+const TX_HOLD_MAX_BYTES: usize = 4096;
+/// Longest a TX interrupt is held back.
+const TX_HOLD_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// A TX interrupt held back: completions from `from` on, since `since`.
+#[derive(Debug, Clone, Copy)]
+struct HeldTxIrq {
+    from: Wrapping<u16>,
+    since: std::time::Instant,
+    bytes: usize,
+}
+
+/// TX completion interrupts, held back for a moment when a request is likely to be answered.
+///
+/// A guest that sends a request and waits for the answer asks (EVENT_IDX `used_event`) for an
+/// interrupt when its frame is done (Linux's `napi_tx` does), and then another comes with the
+/// answer some tens of µs later: two wake-ups of the guest per transaction where one would do
+/// (measured with podwire-pingpong: docs/perf.md). So when a TX pass completed at most
+/// [`TX_HOLD_MAX_CHAINS`] chains of at most [`TX_HOLD_MAX_BYTES`] and the guest had taken back
+/// everything before them (`used_event` is the pass's first used index, so it cannot be short
+/// of TX buffers), the interrupt is held. It is looked at again at the end of every later pass
+/// (TX, RX or the handler's) and when the timer fires [`TX_HOLD_MAX`] after it was held, and
+/// each time the guest's `used_event` is read again: a guest that has taken the buffers back
+/// meanwhile — Linux's RX poll cleans the TX ring too, so the answer's interrupt does it — and
+/// moved `used_event` past them is not interrupted for them at all. A held interrupt still
+/// wanted goes out once the next pass cannot be held with it, or when it is due. Without
+/// EVENT_IDX nothing is held. The timer is armed only when it is not already, and never
+/// disarmed: a wake-up for nothing every [`TX_HOLD_MAX`] is cheaper than a system call per
+/// transaction.
+struct TxIrq {
+    timer: vmm_sys_util::timerfd::TimerFd,
+    armed: bool,
+    held: Option<HeldTxIrq>,
+}
+
+impl TxIrq {
+    fn new() -> std::io::Result<TxIrq> {
+        // SAFETY: timerfd_create has no memory preconditions; the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh timerfd that nothing else owns.
+        let timer = unsafe { vmm_sys_util::timerfd::TimerFd::from_raw_fd(fd) };
+        Ok(TxIrq {
+            timer,
+            armed: false,
+            held: None,
+        })
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Consumes the timer's expiry.
+    fn timer_expired(&mut self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `buf` from the timerfd we own; non-blocking.
+        let _ = unsafe { libc::read(self.timer.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        self.armed = false;
+    }
+
+    /// Decides, after a pass (`pass`: what a TX pass used, if this was one), whether the guest
+    /// is interrupted for TX completions now, later or not at all.
+    fn after_pass<B: LogBitmap, G>(
+        &mut self,
+        mem: &Mem<B>,
+        vring: &mut G,
+        event_idx: bool,
+        pass: Option<TxPass>,
+        counters: &DeviceCounters,
+    ) where
+        G: std::ops::DerefMut<Target = RingState<B>>,
+    {
+        let q = vring.get_queue();
+        let used = Wrapping(q.next_used());
+        if !vring.is_enabled() || !ring_usable(mem, q) {
+            self.held = None;
+            return;
+        }
+        // What was held first, on its own: a guest that has taken those buffers back since
+        // (and moved `used_event` past them) no longer wants to hear of them.
+        let held = self.held.take().filter(|h| {
+            let end = pass.map_or(used, |p| p.start);
+            let wanted = guest_wants_interrupt(mem, q, event_idx, h.from, end);
+            if !wanted {
+                counters.tx_irq_unneeded.inc();
+            }
+            wanted
+        });
+        let Some(from) = held.map(|h| h.from).or(pass.map(|p| p.start)) else {
+            return;
+        };
+        if !guest_wants_interrupt(mem, q, event_idx, from, used) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let since = held.map_or(now, |h| h.since);
+        let bytes = held.map_or(0, |h| h.bytes) + pass.map_or(0, |p| p.bytes);
+        let holdable = event_idx
+            && (used - from).0 <= TX_HOLD_MAX_CHAINS
+            && bytes <= TX_HOLD_MAX_BYTES
+            && used_event(mem, q) == Some(from)
+            && now.duration_since(since) < TX_HOLD_MAX;
+        if holdable {
+            if held.is_none() {
+                counters.tx_irq_held.inc();
+            }
+            self.held = Some(HeldTxIrq { from, since, bytes });
+            if !self.armed {
+                let left = TX_HOLD_MAX.saturating_sub(now.duration_since(since));
+                self.armed = self
+                    .timer
+                    .reset(left.max(std::time::Duration::from_micros(1)), None)
+                    .is_ok();
+            }
+            return;
+        }
+        counters.interrupts.inc();
+        let _ = vring.signal_used_queue();
+    }
+}
+
+/// The driver's `used_event` (EVENT_IDX), if it can be read.
+fn used_event<B: LogBitmap>(mem: &Mem<B>, q: &Queue) -> Option<Wrapping<u16>> {
+    let addr = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(q.size()))?;
+    let v = mem.load::<u16>(addr, Ordering::Acquire).ok()?;
+    Some(Wrapping(u16::from_le(v)))
+}
+
 struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     vring: G,
     mem: &'a Mem<B>,
@@ -705,7 +890,6 @@ struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
     csum: bool,
     /// The guest negotiated HOST_USO: its UDP frames may carry many datagrams.
     uso: bool,
-    event_idx: bool,
     counters: &'a DeviceCounters,
 }
 
@@ -713,13 +897,16 @@ impl<B: LogBitmap, G> TxRing<'_, B, G>
 where
     G: std::ops::DerefMut<Target = RingState<B>>,
 {
-    fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) {
+    /// Takes every chain the guest posted (within the budget) and returns what the pass used;
+    /// whether the guest hears of it is decided by [`TxIrq::after_pass`].
+    fn drain<H: NetHandler>(mut self, handler: &mut H, rx: &mut dyn RxSink) -> Option<TxPass> {
         let mem = self.mem;
         if !ring_usable(mem, self.vring.get_queue()) {
-            return;
+            return None;
         }
         let start = Wrapping(self.vring.get_queue().next_used());
         let mut used = start;
+        let mut bytes = 0;
         // A guest that keeps posting could hold this thread (and the ring locks that vhost-user
         // requests need) for as long as it likes: after this many chains the pass yields, and
         // a kick of its own brings the worker back once the other events have had their turn.
@@ -731,7 +918,7 @@ where
                 };
                 budget -= 1;
                 let head = chain.head_index();
-                self.forward(head, handler, rx);
+                bytes += self.forward(head, handler, rx);
                 let q = self.vring.get_queue();
                 if write_used(mem, q, used, head, 0) {
                     used += Wrapping(1);
@@ -752,15 +939,12 @@ where
                 _ => break,
             }
         }
-        let q = self.vring.get_queue();
-        if guest_wants_interrupt(mem, q, self.event_idx, start, used) {
-            self.counters.interrupts.inc();
-            let _ = self.vring.signal_used_queue();
-        }
+        Some(TxPass { start, bytes })
     }
 
-    /// Maps one chain and hands its frame to the handler (or counts why not).
-    fn forward<H: NetHandler>(&mut self, head: u16, handler: &mut H, rx: &mut dyn RxSink) {
+    /// Maps one chain and hands its frame to the handler (or counts why not); returns the
+    /// chain's length in bytes (0 when it was refused).
+    fn forward<H: NetHandler>(&mut self, head: u16, handler: &mut H, rx: &mut dyn RxSink) -> usize {
         let mut sg = SgList::new();
         let q = self.vring.get_queue();
         match map_chain(
@@ -774,8 +958,10 @@ where
             Ok(()) if sg.len() < self.hdr_len + 14 => {
                 self.counters.tx_too_short.inc();
                 warn_once!("guest sent a frame shorter than an Ethernet header");
+                0
             }
             Ok(()) => {
+                let chain_len = sg.len();
                 let mut bytes = [0u8; VNET_HDR_LEN];
                 sg.read(0, &mut bytes[..self.hdr_len]);
                 let hdr = VnetHdr::parse(&bytes);
@@ -790,8 +976,12 @@ where
                 self.counters.tx_frames.inc();
                 self.counters.tx_bytes.add(sg.len() as u64);
                 handler.guest_frame_with(&sg, tx, rx);
+                chain_len
             }
-            Err(e) => count_chain_error(self.counters, e, false),
+            Err(e) => {
+                count_chain_error(self.counters, e, false);
+                0
+            }
         }
     }
 

@@ -36,7 +36,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::DeviceCounters;
-use crate::device::{NetConfig, NetDevice, HANDLER_EVENT};
+use crate::device::{NetConfig, NetDevice, HANDLER_EVENT, TX_TIMER_EVENT};
 use crate::relay;
 use crate::session::SessionInfo;
 use podwire_frame::NetHandler;
@@ -154,6 +154,8 @@ impl<H: NetHandler> Server<H> {
         let device = NetDevice::<H>::new(self.handler.clone(), self.counters.clone(), self.config)?
             .with_session(self.session.clone());
         let exit = device.exit_notifier()?;
+        // Owned by the device, which the daemon keeps until this function returns.
+        let tx_timer_fd = device.tx_timer_fd();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<BitmapMmapRegion>::new());
         let mut daemon =
             VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
@@ -181,6 +183,7 @@ impl<H: NetHandler> Server<H> {
         let host_fd = lock(&self.handler).host_fd();
         for h in daemon.get_epoll_handlers() {
             h.register_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT))?;
+            h.register_listener(tx_timer_fd, EventSet::IN, u64::from(TX_TIMER_EVENT))?;
         }
         lock(&self.handler).link_changed(true);
 
@@ -203,6 +206,7 @@ impl<H: NetHandler> Server<H> {
         let _ = exit.notify();
         for h in daemon.get_epoll_handlers() {
             let _ = h.unregister_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT));
+            let _ = h.unregister_listener(tx_timer_fd, EventSet::IN, u64::from(TX_TIMER_EVENT));
         }
         drop(daemon);
         self.session.disconnected();

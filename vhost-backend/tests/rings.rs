@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use podwire_vhost::device::HANDLER_EVENT;
+use podwire_vhost::device::{HANDLER_EVENT, TX_TIMER_EVENT};
 use podwire_vhost::{
     DeviceCounters, NetConfig, NetDevice, NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN,
     MAX_SEGS,
@@ -1091,6 +1091,105 @@ fn event_idx_rx_interrupts() {
     assert_eq!(rig.rx.used_idx(&rig.mem), 3);
     assert_eq!(rig.calls(RX), 1, "one interrupt per pass");
     assert_eq!(rig.counters.interrupts.get(), 1);
+}
+
+/// Whether `fd` becomes readable before `deadline`.
+fn readable_by(fd: RawFd, deadline: std::time::Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for its length.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 {
+            return false;
+        }
+    }
+}
+
+/// (14d) A request's TX interrupt is held back: the answer's RX interrupt wakes the guest, which
+/// takes its TX buffer back then (as Linux's RX poll does) and is never interrupted for it;
+/// one the guest still waits for comes when the device's TX timer fires.
+#[test]
+fn tx_interrupt_held_for_a_request() {
+    let mut rig = Rig::new(FEATURES | EVENT_IDX);
+    // The guest has taken everything back and wants to hear of its next frame.
+    rig.tx.set_used_event(&rig.mem, 0);
+    rig.post_tx(&frame(60, 60));
+    rig.event(TX);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 1);
+    assert_eq!(rig.calls(TX), 0, "held");
+    assert_eq!(rig.counters.tx_irq_held.get(), 1);
+    assert_eq!(rig.counters.interrupts.get(), 0);
+
+    // The answer: one interrupt, on RX only.
+    rig.post_rx(2048, WRITE);
+    rig.rx.set_used_event(&rig.mem, 0);
+    rig.queue_rx(100, frame(100, 61));
+    rig.event(HANDLER_EVENT);
+    assert_eq!(rig.calls(RX), 1);
+    assert_eq!(
+        rig.calls(TX),
+        0,
+        "still held: the guest's RX poll takes the buffer back"
+    );
+
+    // It did, and asks about the next frame: the held interrupt is dropped, the next held.
+    rig.tx.set_used_event(&rig.mem, 1);
+    rig.post_tx(&frame(60, 62));
+    rig.event(TX);
+    assert_eq!(rig.calls(TX), 0);
+    assert_eq!(rig.counters.tx_irq_unneeded.get(), 1);
+    assert_eq!(rig.counters.tx_irq_held.get(), 2);
+
+    // No answer this time: the timer delivers the interrupt the guest still waits for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    assert!(
+        readable_by(rig.dev.tx_timer_fd(), deadline),
+        "the TX timer never fired"
+    );
+    rig.event(TX_TIMER_EVENT);
+    assert_eq!(rig.calls(TX), 1);
+    assert_eq!(rig.counters.interrupts.get(), 2);
+    // Once, and nothing more held.
+    rig.event(HANDLER_EVENT);
+    assert_eq!(rig.calls(TX), 0);
+}
+
+/// (14e) Nothing is held for bulk: a big frame, a pass of three chains, a guest that has not
+/// taken back earlier buffers, or a driver without EVENT_IDX.
+#[test]
+fn tx_interrupt_not_held_for_bulk() {
+    let mut rig = Rig::new(FEATURES | EVENT_IDX);
+    rig.tx.set_used_event(&rig.mem, 0);
+    rig.post_tx(&frame(5000, 70));
+    rig.event(TX);
+    assert_eq!(rig.calls(TX), 1, "a big frame");
+    rig.tx.set_used_event(&rig.mem, 1);
+    for i in 0..3 {
+        rig.post_tx(&frame(60, 71 + i));
+    }
+    rig.event(TX);
+    assert_eq!(rig.calls(TX), 1, "three chains");
+    // used_event 5 in a pass 4..6: the guest still holds chain 4, so it is not idle.
+    rig.tx.set_used_event(&rig.mem, 5);
+    rig.post_tx(&frame(60, 74));
+    rig.post_tx(&frame(60, 75));
+    rig.event(TX);
+    assert_eq!(rig.calls(TX), 1, "buffers not taken back");
+    assert_eq!(rig.counters.tx_irq_held.get(), 0);
+
+    let mut rig = Rig::new(FEATURES);
+    rig.post_tx(&frame(60, 76));
+    rig.event(TX);
+    assert_eq!(rig.calls(TX), 1, "without EVENT_IDX");
+    assert_eq!(rig.counters.tx_irq_held.get(), 0);
 }
 
 /// (14c) Without EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT suppresses interrupts on both rings.

@@ -39,6 +39,9 @@ pub enum Via {
     Direct,
     Podwire,
     Passt,
+    /// podwire again, from another binary (`Plan::baseline_bin`): a before/after pair in one
+    /// interleaved run.
+    Baseline,
 }
 
 impl Via {
@@ -47,6 +50,7 @@ impl Via {
             Via::Direct => "direct",
             Via::Podwire => "podwire",
             Via::Passt => "passt",
+            Via::Baseline => "baseline",
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct Plan {
     pub podwire_bin: PathBuf,
     /// Needed when `paths` has passt.
     pub passt_bin: Option<PathBuf>,
+    /// Needed when `paths` has baseline: the podwire binary to compare with.
+    pub baseline_bin: Option<PathBuf>,
     /// This program (run in the namespaces for `echo` and `direct`).
     pub self_bin: PathBuf,
     /// Extra podwire arguments (e.g. a trace option).
@@ -226,6 +232,9 @@ pub fn run(plan: &Plan) -> Result<Report> {
     if plan.paths.contains(&Via::Passt) && plan.passt_bin.is_none() {
         bail!("the plan has passt but no passt binary");
     }
+    if plan.paths.contains(&Via::Baseline) && plan.baseline_bin.is_none() {
+        bail!("the plan has baseline but no baseline binary");
+    }
     let load = bench::loadavg1();
     let topo = PodTopology::create()?;
     let server = SocketAddrV4::new(FAR_HOST, ECHO_PORT);
@@ -243,7 +252,9 @@ pub fn run(plan: &Plan) -> Result<Report> {
             eprintln!("round {} of {}: {}", r + 1, plan.rounds, path.name());
             let t = match path {
                 Via::Direct => direct_turn(plan, &topo, server),
-                Via::Podwire | Via::Passt => backend_turn(plan, &topo, path, server, &dir),
+                Via::Podwire | Via::Passt | Via::Baseline => {
+                    backend_turn(plan, &topo, path, server, &dir)
+                }
             }
             .with_context(|| format!("round {}, {}", r + 1, path.name()))?;
             turns.extend(t.into_iter().map(|mut t| {
@@ -316,12 +327,16 @@ fn backend_turn(
     let mut podwire = None;
     let mut passt = None;
     let pid = match path {
-        Via::Podwire => {
+        Via::Podwire | Via::Baseline => {
             let mut cfg = PodwireConfig::new(&socket);
             cfg.guest_cidr = Some(GUEST_CIDR.into());
             cfg.extra_args = plan.podwire_args.clone();
             cfg.env = plan.podwire_env.clone();
-            let p = Podwire::spawn_binary(&plan.podwire_bin, Some(&topo.pod), &cfg)?;
+            let bin = match path {
+                Via::Baseline => plan.baseline_bin.as_ref().context("no baseline binary")?,
+                _ => &plan.podwire_bin,
+            };
+            let p = Podwire::spawn_binary(bin, Some(&topo.pod), &cfg)?;
             let pid = p.pid();
             podwire = Some(p);
             pid

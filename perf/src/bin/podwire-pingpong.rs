@@ -2,8 +2,9 @@
 //! harness's own frontend (no VM), against the far host's round trip from a kernel socket.
 //!
 //! ```text
-//! podwire-pingpong run [--via direct,podwire,passt] [--proto udp,tcp] [--count N]
-//!                      [--warmup N] [--rounds R] [--features ...] [--json FILE]
+//! podwire-pingpong run [--via direct,podwire,passt,baseline] [--proto udp,tcp] [--count N]
+//!                      [--warmup N] [--rounds R] [--features ...] [--baseline BIN]
+//!                      [--json FILE]
 //!     a fresh pod/far topology, the echo server on the far host, each path in turn for R
 //!     rounds (order alternating); JSON report on stdout, a Markdown summary on stderr
 //! podwire-pingpong frontend --socket PATH --server ADDR:PORT [--proto ...] [--count N]
@@ -100,6 +101,10 @@ struct RunArgs {
     /// The passt binary [default: $PODWIRE_PASST, else built from Debian's source package].
     #[arg(long)]
     passt: Option<PathBuf>,
+    /// A second podwire binary, measured as the path `baseline` (before/after in one run;
+    /// `--via` must name it).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// An extra podwire argument (repeatable).
     #[arg(long = "podwire-arg", allow_hyphen_values = true)]
     podwire_args: Vec<String>,
@@ -175,6 +180,7 @@ fn run(a: RunArgs) -> Result<()> {
         queue_size: a.device.queue_size,
         podwire_bin,
         passt_bin,
+        baseline_bin: a.baseline,
         self_bin: std::env::current_exe()?,
         podwire_args: a.podwire_args,
         podwire_env: Vec::new(),
