@@ -258,7 +258,7 @@ impl Conn {
     }
 
     /// Opened by a client of a forwarded port (for operators).
-    pub(crate) fn from_pod(&self) -> bool {
+    pub(crate) fn opened_from_pod(&self) -> bool {
         self.has_seen(Event::SockAccepted)
     }
 

@@ -57,7 +57,7 @@ impl TcpTable {
                 };
                 FlowInfo {
                     proto: FlowProto::Tcp,
-                    inbound: c.from_pod(),
+                    inbound: c.opened_from_pod(),
                     guest: SocketAddr::new(c.key.guest_ip, c.key.guest_port),
                     remote: Some(SocketAddr::new(c.key.remote_ip, c.key.remote_port)),
                     pod: sock::local_addr(&c.fd).ok(),
