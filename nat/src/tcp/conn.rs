@@ -368,3 +368,80 @@ pub(crate) fn seq_gt(a: u32, b: u32) -> bool {
 pub(crate) fn seq_ge(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn conn(first: Event) -> Conn {
+        let key = ConnKey {
+            guest_ip: Ipv4Addr::new(10, 0, 2, 15).into(),
+            guest_port: 40000,
+            remote_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+            remote_port: 80,
+        };
+        let fd = socket::tcp_socket(key.guest_ip).unwrap();
+        Conn::new(key, fd, first)
+    }
+
+    #[test]
+    fn handshake_states_follow_the_events() {
+        let mut out = conn(Event::TapSynRcvd);
+        assert_eq!(out.state(), State::Connecting);
+        assert!(!out.opened_from_pod());
+        out.event(Event::SockConnected);
+        assert_eq!(out.state(), State::SynAckSent);
+        out.rto_deadline = Some(Instant::now());
+        out.retries = 3;
+        out.event(Event::Established);
+        assert_eq!(out.state(), State::Established);
+        assert_eq!(
+            (out.rto_deadline, out.retries),
+            (None, 0),
+            "the handshake timer stops"
+        );
+
+        let mut inbound = conn(Event::SockAccepted);
+        assert_eq!(inbound.state(), State::SynSent);
+        assert!(inbound.opened_from_pod());
+        inbound.event(Event::Established);
+        assert_eq!(inbound.state(), State::Established);
+    }
+
+    #[test]
+    fn done_once_both_fins_are_through_and_acknowledged() {
+        let mut c = conn(Event::TapSynRcvd);
+        c.event(Event::SockConnected);
+        c.event(Event::Established);
+        c.event(Event::TapFinRcvd);
+        assert!(c.half_closed() && !c.done());
+        c.event(Event::SockFinRcvd);
+        c.fin_seq = Some(c.snd_nxt);
+        c.snd_nxt = c.snd_nxt.wrapping_add(1);
+        c.event(Event::TapFinSent);
+        assert!(!c.done(), "our FIN is not acknowledged yet");
+        // Retransmission takes the FIN back: it goes again, and the connection is not done
+        // even if everything before it is acknowledged.
+        c.dup_acks = 3;
+        c.event(Event::Retransmit);
+        assert_eq!((c.snd_nxt, c.dup_acks), (c.snd_una, 0));
+        assert!(!c.has_seen(Event::TapFinSent) && c.has_seen(Event::SockFinRcvd));
+        assert!(!c.done());
+        c.snd_nxt = c.snd_nxt.wrapping_add(1);
+        c.event(Event::TapFinSent);
+        c.snd_una = c.snd_nxt;
+        assert!(c.done());
+    }
+
+    #[test]
+    fn flags_are_independent_of_the_state() {
+        let mut c = conn(Event::TapSynRcvd);
+        c.set(Flags::ACK_DUE);
+        c.set(Flags::SYN_OWED);
+        assert!(c.has(Flags::ACK_DUE) && c.has(Flags::SYN_OWED) && !c.has(Flags::STALLED));
+        c.clear(Flags::ACK_DUE);
+        assert!(!c.has(Flags::ACK_DUE) && c.has(Flags::SYN_OWED));
+        assert_eq!(c.state(), State::Connecting);
+    }
+}
