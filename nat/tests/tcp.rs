@@ -856,6 +856,27 @@ fn a_small_requests_ack_rides_on_the_answer() {
     assert_eq!(rig.tick_at(later), [], "no second ACK");
 }
 
+/// Request/response costs one peek per answer: a guest segment that acknowledges everything
+/// sent does not look for more (the socket was drained and reported nothing new), nor does an
+/// answer that came back short look again. Per exchange: the answer's peek and the discard of
+/// what the next request acknowledges.
+#[test]
+fn request_response_peeks_once_per_answer() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(45003, plain(1460), 65535);
+    let before = rig.counter("tcp_recv_calls");
+    for _ in 0..5 {
+        let request = g.data(b"GET");
+        assert_eq!(rig.tx(&[request]), [], "no bare ACK for a request");
+        assert_eq!(pod_read(&mut g.pod, 3), (b"GET".to_vec(), false));
+        pod_write(&mut g.pod, b"200 OK");
+        let out = rig.wait("the answer", |segs| !segs.is_empty());
+        assert_eq!(g.receive(&out), b"200 OK");
+    }
+    let calls = rig.counter("tcp_recv_calls") - before;
+    assert_eq!(calls, 5 + 4, "5 answers peeked, 4 of them discarded");
+}
+
 #[test]
 fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
     let mut rig = Rig::new();

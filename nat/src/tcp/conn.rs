@@ -145,6 +145,12 @@ impl Flags {
     pub const STALLED: Flags = Flags(1 << 3);
     /// SYN_OWED: the SYN or SYN-ACK found the guest's RX ring full; it goes on the next kick.
     pub const SYN_OWED: Flags = Flags(1 << 4);
+    /// SOCK_DRAINED: the last peek found nothing more to send (it came back short or empty),
+    /// so nothing is peeked again until the socket reports new data — its events are
+    /// edge-triggered, one per arrival — or a retransmission rewinds. Saves a peek (and the
+    /// window's ioctl) per guest segment that acknowledges everything: two system calls of
+    /// every request/response.
+    pub const SOCK_DRAINED: Flags = Flags(1 << 5);
 }
 
 pub struct Conn {
@@ -232,6 +238,7 @@ impl Conn {
             Event::SockFinRcvd | Event::TapFinRcvd | Event::TapFinSent => {}
             Event::Retransmit => {
                 self.snd_nxt = self.snd_una;
+                self.clear(Flags::SOCK_DRAINED);
                 self.events &= !Event::TapFinSent.bit();
                 self.dup_acks = 0;
                 return;

@@ -57,8 +57,11 @@ impl TcpTable {
             State::Connecting => self.connect_event(&mut cx, slot, writable),
             State::SynAckSent | State::SynSent => {}
             State::Established => {
-                let err = socket::take_error(&conn.fd).unwrap_or(0);
-                if err != 0 {
+                conn.clear(Flags::SOCK_DRAINED);
+                // A peek reports a failed connection by itself; only when none will be made
+                // (the guest's window or its RX ring is full) is the error asked for.
+                let no_peek = conn.in_flight() >= conn.snd_wnd || conn.has(Flags::STALLED);
+                if no_peek && socket::take_error(&conn.fd).unwrap_or(0) != 0 {
                     self.reset(&mut cx, slot);
                     return;
                 }
@@ -187,9 +190,11 @@ impl TcpTable {
         let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
+        let fin_owed = conn.has_seen(Event::SockFinRcvd);
         if conn.state() != State::Established
             || conn.has_seen(Event::TapFinSent)
             || conn.has(Flags::STALLED)
+            || (conn.has(Flags::SOCK_DRAINED) && !fin_owed)
         {
             return;
         }
@@ -198,6 +203,7 @@ impl TcpTable {
         loop {
             let in_flight = conn.in_flight();
             if in_flight >= conn.snd_wnd
+                || conn.has(Flags::SOCK_DRAINED)
                 || (!self.peek_off && in_flight as usize >= SCRATCH_LEN * MAX_SCRATCH_SEGS)
             {
                 break;
@@ -245,22 +251,33 @@ impl TcpTable {
         } = *shape;
         let in_flight = conn.in_flight();
         let mut room = ((conn.snd_wnd - in_flight) as usize).min(tso_max.max(mss));
+        // The frame asks for all the socket holds: filling it drains the socket.
+        let mut all_of_it = false;
         if room > mss {
             // Ask only for what is there: a GSO frame must carry more than one segment.
             let unsent = socket::unread(&conn.fd).saturating_sub(in_flight as usize);
             room = room.min(unsent).max(mss.min(room));
+            all_of_it = room == unsent;
         }
         let tso = room > mss;
         let (key, seq, ack) = (conn.key, conn.snd_nxt, conn.rcv_nxt);
         let (fd, peek_off) = (&conn.fd, self.peek_off);
         let partial = rx.partial_csum();
         let (mut got, mut eof, mut failed, mut peeks) = (0usize, false, false, 0u64);
+        let mut drained = false;
         let mut fill = |frame: &mut SgList<'_>| {
             let skip = in_flight as usize;
             peeks += 1;
             let n = match socket::peek(fd, frame, payload_offset, room, peek_off, skip, scratch) {
-                Peeked::Data(n) => n,
-                Peeked::Nothing => return None,
+                // Short: TCP's peek stops only at the end of what the socket holds.
+                Peeked::Data(n) => {
+                    drained = n < room || all_of_it;
+                    n
+                }
+                Peeked::Nothing => {
+                    drained = true;
+                    return None;
+                }
                 Peeked::Eof => {
                     eof = true;
                     return None;
@@ -285,6 +302,9 @@ impl TcpTable {
             rx.push(max, &mut fill)
         };
         self.counters.recv_calls.add(peeks);
+        if drained {
+            conn.set(Flags::SOCK_DRAINED);
+        }
         match result {
             Ok(()) => {
                 self.counters.data_frames_to_guest.inc();
