@@ -748,7 +748,7 @@ const TX_HOLD_MAX_CHAINS: u16 = 2;
 /// sender may wait for its buffers back (TCP small queues count them until they are freed).
 const TX_HOLD_MAX_BYTES: usize = 4096;
 /// Longest a TX interrupt is held back.
-const TX_HOLD_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+const TX_HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A TX interrupt held back: completions from `from` on, since `since`.
 #[derive(Debug, Clone, Copy)]
