@@ -40,9 +40,9 @@
 //!
 //! # Where things are
 //!
-//! - [`conn`]: one connection — its key, sequence space, its state as named *events* (what has
+//! - `conn`: one connection — its key, sequence space, its state as named *events* (what has
 //!   happened to it: `SOCK_ACCEPTED`, `TAP_SYN_RCVD`, `ESTABLISHED`, `TAP_FIN_RCVD`...) and
-//!   *flags* (the work it is queued for), and [`conn::Conn::event`], the one place where a
+//!   *flags* (the work it is queued for), and `Conn::event`, the one place where a
 //!   connection changes state.
 //! - `guest`: segments from the guest → the socket (parse, handshake, ACKs of our data,
 //!   payload gathered into one `sendmsg` per pass, FIN).
