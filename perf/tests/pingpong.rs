@@ -143,3 +143,34 @@ fn breakdown_of_podwire() {
     );
     assert!(pingpong::breakdown_table(&report.turns).is_some());
 }
+
+/// `--baseline`: a second podwire binary is measured as a path of its own in the same run
+/// (here the same binary twice). And the held TX interrupt end to end: the frontend wakes once
+/// per transaction (for the answer), not twice (the request's TX completion, then the answer),
+/// although it asks for both as Linux's `napi_tx` does.
+#[test]
+fn podwire_against_a_baseline_binary() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut p = plan(vec![Via::Podwire, Via::Baseline], None);
+    p.baseline_bin = Some(podwire_perf::podwire_path().unwrap());
+    let report = pingpong::run(&p).unwrap();
+    check(&report, Via::Podwire);
+    check(&report, Via::Baseline);
+    for t in &report.turns {
+        let d = t.driver.expect("frontend counters");
+        // warm-up and timed transactions, plus a few frames of setup (ARP, the handshake)
+        let transactions = COUNT + 10;
+        assert!(
+            2 * d.interrupts < 3 * transactions,
+            "{:?} {:?}: {} interrupts for {transactions} transactions",
+            t.path,
+            t.proto,
+            d.interrupts
+        );
+    }
+    let s = pingpong::summary_table(&report.summary);
+    assert!(s.contains("| baseline | Udp |"), "{s}");
+}
