@@ -962,9 +962,10 @@ where
             let before = sg.len();
             let q = self.vring.get_queue();
             // Mapped straight into the frame's list (no list per chain: its clearing showed in
-            // the profile). The frame's bound caps a chain's lending as the chain's own did,
-            // since the loop ends once the frame fits.
-            let appended = map_chain(mem, q, head, true, MAX_FRAME_LEN + self.hdr_len, &mut sg);
+            // the profile). The bound is the whole frame's, never below what it needs: the
+            // loop ends once the frame fits, so no chain lends less than it would have alone.
+            let bound = (MAX_FRAME_LEN + self.hdr_len).max(need);
+            let appended = map_chain(mem, q, head, true, bound, &mut sg);
             if let Err(e) = appended {
                 // Hand the bad chain back empty; it also fences off everything popped before it.
                 count_chain_error(self.counters, e, true);
