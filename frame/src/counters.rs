@@ -185,6 +185,7 @@ pub fn nonzero_summary(pairs: &[(&str, u64)]) -> String {
 /// ExampleDrop::BadSource(7).counter(&c).inc();
 /// assert_eq!(c.summary(), "frames=1 drop_bad_source=1");
 /// assert_eq!(ExampleDrop::Truncated.name(), "drop_truncated");
+/// assert_eq!(ExampleDrop::COUNTERS, ["drop_truncated", "drop_bad_source"]);
 /// assert_eq!(ExampleCounters::DESCS[0].help(), "Frames seen.");
 /// ```
 ///
@@ -262,6 +263,9 @@ macro_rules! counters {
 
             #[allow(dead_code)]
             impl $Drop {
+                /// The counters the reasons bump, in declaration order (one per reason).
+                pub const COUNTERS: &'static [&'static str] = &[$( stringify!($dfield), )*];
+
                 /// The counter this reason bumps.
                 pub fn counter<'a>(&self, set: &'a $Set) -> &'a $store {
                     match self {

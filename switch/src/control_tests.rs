@@ -40,7 +40,7 @@ fn setup(name: &str) -> (Arc<Shared>, PathBuf) {
     (shared, path)
 }
 
-fn ask(path: &PathBuf, request: &Request) -> Response {
+fn ask(path: &std::path::Path, request: &Request) -> Response {
     control::client::ask(path, request).unwrap()
 }
 
@@ -267,6 +267,92 @@ fn metrics_name_every_counter_with_units_and_drops_by_reason() {
     assert!(text.contains("podwire_flows_open{proto=\"tcp\",direction=\"outbound\"} 0"));
     assert!(text.contains("podwire_frontend_connected 0"));
     assert!(text.trim_end().ends_with("# EOF"));
+}
+
+/// Every reason the switch or the device drops for is declared once (`SwitchDrop`,
+/// `ChainError`): bumping it counts under its own name in `podwire status` and in the metrics'
+/// `podwire_dropped_packets_total{reason=...}`, and under no other.
+#[test]
+fn every_switch_and_device_drop_reason_shows_in_status_and_metrics() {
+    use crate::switch::SwitchDrop;
+    use podwire_vhost::ChainError;
+    let (shared, path) = setup("reasons");
+    let switch_reasons = [
+        SwitchDrop::Short,
+        SwitchDrop::UnknownEthertype,
+        SwitchDrop::FamilyOff,
+        SwitchDrop::BadIpv4Header,
+        SwitchDrop::BadIpv4Checksum,
+        SwitchDrop::BadIpv6Header,
+        SwitchDrop::Ipv6Extension,
+        SwitchDrop::Ipv6Source,
+        SwitchDrop::Control4,
+        SwitchDrop::Control6,
+        SwitchDrop::Fragment,
+        SwitchDrop::MulticastBroadcast,
+        SwitchDrop::OtherProtocol,
+        SwitchDrop::RxFull,
+        SwitchDrop::SpoofedMac,
+        SwitchDrop::SpoofedIpv4,
+        SwitchDrop::SpoofedIpv6,
+    ];
+    let device_reasons = [
+        ChainError::BadAddress,
+        ChainError::BadDirection,
+        ChainError::TooManySegments,
+        ChainError::TooLong,
+        ChainError::Broken("a loop"),
+        ChainError::TooShort,
+    ];
+    let switch_names: Vec<&str> = switch_reasons.iter().map(SwitchDrop::name).collect();
+    assert_eq!(
+        switch_names,
+        SwitchDrop::COUNTERS,
+        "covers every switch reason"
+    );
+    let device_names: Vec<&str> = device_reasons.iter().map(ChainError::name).collect();
+    assert_eq!(
+        device_names,
+        ChainError::COUNTERS,
+        "covers every device reason"
+    );
+    // Reason k is counted k+1 times: each lands on its own counter.
+    let mut want = std::collections::BTreeMap::new();
+    {
+        let handler = shared.handler.lock().unwrap();
+        let sw = handler.inner();
+        for (k, reason) in switch_reasons.iter().enumerate() {
+            for _ in 0..=k {
+                reason.counter(&sw.counters).inc();
+            }
+            want.insert(reason.name().to_string(), k as u64 + 1);
+        }
+    }
+    for (k, reason) in device_reasons.iter().enumerate() {
+        let n = 100 + k as u64;
+        reason.counter(&shared.device).add(n);
+        want.insert(format!("device_{}", reason.name()), n);
+    }
+    let r = ask(&path, &Request::Status {});
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.status.unwrap().drops,
+        want,
+        "podwire status: every reason, no other"
+    );
+    let text = crate::metrics::render(&shared);
+    for (name, n) in &want {
+        let line = format!("podwire_dropped_packets_total{{reason=\"{name}\"}} {n}\n");
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    let summary = shared.handler.lock().unwrap().inner().summary();
+    for reason in switch_reasons {
+        let field = format!("{}=", reason.name());
+        assert!(
+            summary.contains(&field),
+            "no {field} in the status line {summary}"
+        );
+    }
 }
 
 #[test]

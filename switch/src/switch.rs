@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use podwire_dhcp::{Dhcpv4Config, Dhcpv4Server};
 use podwire_frame::{
-    log_limited, summary_of, warn_once, Counter, CounterSet, NetHandler, RxSink, SgList, TxOffload,
+    log_limited, summary_of, warn_once, CounterSet, NetHandler, RxSink, SgList, TxOffload,
 };
 use podwire_link::v4::DHCP_SERVER_PORT;
 use podwire_link::{Link4, Link4Config, Link6, Link6Config};
@@ -57,41 +57,64 @@ podwire_frame::counters! {
         control4_replies: Count,
         /// IPv6 control replies (NDP, RA, DHCPv6, echo) delivered to the guest.
         control6_replies: Count,
+    }
+    /// Why the switch itself dropped a guest frame (or a reply to it); each bumps the counter
+    /// after `=>`. Reasons further down have their own enums (`podwire_link::Link4Drop`,
+    /// `podwire_link::Link6Drop`, `podwire_nat::NatDrop`, the TCP counters).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum SwitchDrop {
         /// Frames shorter than their Ethernet or IP header.
-        drop_short: Drop,
+        #[error("shorter than its Ethernet or IP header")]
+        Short => drop_short,
         /// Frames of an EtherType podwire does not serve.
-        drop_unknown_ethertype: Drop,
+        #[error("an EtherType podwire does not serve")]
+        UnknownEthertype => drop_unknown_ethertype,
         /// IPv4 frames when the guest has no IPv4, IPv6 frames when it has no IPv6.
-        drop_family_off: Drop,
+        #[error("an address family the guest is not given")]
+        FamilyOff => drop_family_off,
         /// IPv4 headers that are not valid.
-        drop_bad_ipv4_header: Drop,
+        #[error("an invalid IPv4 header")]
+        BadIpv4Header => drop_bad_ipv4_header,
         /// IPv4 headers with a bad checksum.
-        drop_bad_ipv4_checksum: Drop,
+        #[error("a bad IPv4 header checksum")]
+        BadIpv4Checksum => drop_bad_ipv4_checksum,
         /// IPv6 headers that are not valid.
-        drop_bad_ipv6_header: Drop,
+        #[error("an invalid IPv6 header")]
+        BadIpv6Header => drop_bad_ipv6_header,
         /// IPv6 packets to the world with extension headers.
-        drop_ipv6_extension: Drop,
+        #[error("IPv6 extension headers")]
+        Ipv6Extension => drop_ipv6_extension,
         /// IPv6 packets to the world from a source the NAT cannot answer (link-local, unspecified).
-        drop_ipv6_source: Drop,
+        #[error("an IPv6 source the NAT cannot answer")]
+        Ipv6Source => drop_ipv6_source,
         /// IPv4 control packets (ARP, DHCPv4) the link control plane did not answer for a
         /// reason that is not routine (see `podwire_link::Link4Drop`).
-        drop_control4: Drop,
+        #[error("an IPv4 control packet not answered")]
+        Control4 => drop_control4,
         /// IPv6 control packets the link control plane did not answer.
-        drop_control6: Drop,
+        #[error("an IPv6 control packet not answered")]
+        Control6 => drop_control6,
         /// IPv4 fragments.
-        drop_fragment: Drop,
+        #[error("an IPv4 fragment")]
+        Fragment => drop_fragment,
         /// Packets to multicast or broadcast addresses podwire does not serve.
-        drop_multicast_broadcast: Drop,
+        #[error("a multicast or broadcast destination")]
+        MulticastBroadcast => drop_multicast_broadcast,
         /// IP protocols other than TCP, UDP and ICMP.
-        drop_other_protocol: Drop,
+        #[error("an IP protocol other than TCP, UDP and ICMP")]
+        OtherProtocol => drop_other_protocol,
         /// Replies not delivered because the guest had no RX buffers.
-        drop_rx_full: Drop,
+        #[error("no guest RX buffer for a reply")]
+        RxFull => drop_rx_full,
         /// Frames from a source MAC other than the guest's (anti-spoofing).
-        drop_spoofed_mac: Drop,
+        #[error("a source MAC not the guest's")]
+        SpoofedMac => drop_spoofed_mac,
         /// IPv4 packets and ARP from an address the guest was not given.
-        drop_spoofed_ipv4: Drop,
+        #[error("an IPv4 source not the guest's")]
+        SpoofedIpv4 => drop_spoofed_ipv4,
         /// IPv6 packets from outside the guest's prefix.
-        drop_spoofed_ipv6: Drop,
+        #[error("an IPv6 source outside the guest's prefix")]
+        SpoofedIpv6 => drop_spoofed_ipv6,
     }
 }
 
@@ -359,11 +382,6 @@ impl Switch {
         &self.v4.as_ref().expect("IPv4 configured").counters
     }
 
-    #[cfg(test)]
-    pub fn nat_mut(&mut self) -> &mut Nat {
-        &mut self.nat
-    }
-
     fn endpoints(&self) -> Endpoints {
         Endpoints {
             // Until the guest has spoken, broadcast: it is the only other host on the link.
@@ -396,7 +414,7 @@ impl Switch {
             self.guest_mac = Some(src);
             return true;
         }
-        self.counters.drop_spoofed_mac.inc();
+        self.count(SwitchDrop::SpoofedMac);
         log_limited!(
             warn,
             "dropped a guest frame from source MAC {}: not the guest's",
@@ -408,7 +426,7 @@ impl Switch {
     /// ARP: answered by [`Link4`], which also learns the guest's address from it.
     fn handle_arp(&mut self, arp: &[u8], rx: &mut dyn RxSink) {
         let Some(v4) = self.v4.as_mut() else {
-            self.counters.drop_family_off.inc();
+            self.count(SwitchDrop::FamilyOff);
             return;
         };
         let before = v4.guest_ip();
@@ -434,16 +452,21 @@ impl Switch {
             }
             Ok(None) => {}
             Err(podwire_link::Link4Drop::SpoofedSender(ip)) => {
-                self.counters.drop_spoofed_ipv4.inc();
+                self.count(SwitchDrop::SpoofedIpv4);
                 log_limited!(warn, "ignored ARP from {ip}: not the guest's address");
             }
             // Link4 counts each reason itself; ARP it does not answer is not news.
             Err(e) if e.is_routine() => {}
             Err(e) => {
-                self.counters.drop_control4.inc();
+                self.count(SwitchDrop::Control4);
                 warn_once!("dropped an IPv4 control packet from the guest: {e}");
             }
         }
+    }
+
+    /// Counts a frame the switch dropped (the caller logs, if it is news).
+    fn count(&self, reason: SwitchDrop) {
+        reason.counter(&self.counters).inc();
     }
 
     /// Copies a frame podwire built itself into the guest's RX ring.
@@ -454,16 +477,15 @@ impl Switch {
             })
             .is_err()
         {
-            self.counters.drop_rx_full.inc();
+            self.count(SwitchDrop::RxFull);
         }
     }
 
     /// Validates the IPv4 header in `hdr` (copied from `frame`) and returns what L4 needs.
-    fn parse_ipv4(&self, hdr: &[u8], frame_len: usize) -> Result<(IpInfo, IpProtocol), &Counter> {
-        let c = &self.counters;
-        let ip_bytes = hdr.get(ETH_LEN..).ok_or(&c.drop_short)?;
+    fn parse_ipv4(&self, hdr: &[u8], frame_len: usize) -> Result<(IpInfo, IpProtocol), SwitchDrop> {
+        let ip_bytes = hdr.get(ETH_LEN..).ok_or(SwitchDrop::Short)?;
         if ip_bytes.len() < IPV4_LEN {
-            return Err(&c.drop_short);
+            return Err(SwitchDrop::Short);
         }
         let ip = Ipv4Packet::new_unchecked(ip_bytes);
         let ihl = usize::from(ip.header_len());
@@ -474,13 +496,13 @@ impl Switch {
             || total < ihl
             || ETH_LEN + total > frame_len
         {
-            return Err(&c.drop_bad_ipv4_header);
+            return Err(SwitchDrop::BadIpv4Header);
         }
         if !ip.verify_checksum() {
-            return Err(&c.drop_bad_ipv4_checksum);
+            return Err(SwitchDrop::BadIpv4Checksum);
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            return Err(&c.drop_fragment);
+            return Err(SwitchDrop::Fragment);
         }
         Ok((
             IpInfo {
@@ -497,14 +519,14 @@ impl Switch {
 
     fn handle_ipv4(&mut self, frame: &SgList<'_>, hdr: &[u8], tx: TxOffload, rx: &mut dyn RxSink) {
         let Some(v4) = self.v4.as_ref() else {
-            self.counters.drop_family_off.inc();
+            self.count(SwitchDrop::FamilyOff);
             warn_once!("dropped IPv4 from the guest: the pod has no IPv4 for it");
             return;
         };
         let (mut info, proto) = match self.parse_ipv4(hdr, frame.len()) {
             Ok(v) => v,
-            Err(counter) => {
-                counter.inc();
+            Err(reason) => {
+                self.count(reason);
                 warn_once!("dropped a malformed IPv4 packet from the guest");
                 return;
             }
@@ -520,7 +542,7 @@ impl Switch {
             return;
         };
         if src != v4.guest_ip() && !self.allow_sources {
-            self.counters.drop_spoofed_ipv4.inc();
+            self.count(SwitchDrop::SpoofedIpv4);
             log_limited!(
                 warn,
                 "dropped guest IPv4 from {src}: not the guest's address"
@@ -528,7 +550,7 @@ impl Switch {
             return;
         }
         if v4.is_broadcast_or_multicast(dst) {
-            self.counters.drop_multicast_broadcast.inc();
+            self.count(SwitchDrop::MulticastBroadcast);
             return;
         }
         self.translate(proto, &info, frame, rx);
@@ -551,7 +573,7 @@ impl Switch {
                 self.nat.guest_tcp(info, frame, rx, &ep);
             }
             other => {
-                self.counters.drop_other_protocol.inc();
+                self.count(SwitchDrop::OtherProtocol);
                 warn_once!("dropped guest IP protocol {other}");
             }
         }
@@ -559,19 +581,18 @@ impl Switch {
 
     fn handle_ipv6(&mut self, frame: &SgList<'_>, hdr: &[u8], tx: TxOffload, rx: &mut dyn RxSink) {
         if self.v6.is_none() {
-            self.counters.drop_family_off.inc();
+            self.count(SwitchDrop::FamilyOff);
             warn_once!("dropped IPv6 from the guest: the pod has no IPv6 for it");
             return;
         }
-        let c = &self.counters;
         let Some(ip_bytes) = hdr.get(ETH_LEN..).filter(|b| b.len() >= IPV6_LEN) else {
-            c.drop_short.inc();
+            self.count(SwitchDrop::Short);
             return;
         };
         let ip = Ipv6Packet::new_unchecked(ip_bytes);
         let payload_len = usize::from(ip.payload_len());
         if ip.version() != 6 || ETH_LEN + IPV6_LEN + payload_len > frame.len() {
-            c.drop_bad_ipv6_header.inc();
+            self.count(SwitchDrop::BadIpv6Header);
             warn_once!("dropped a malformed IPv6 packet from the guest");
             return;
         }
@@ -582,7 +603,7 @@ impl Switch {
             return self.handle_control6(frame, packet_len, tx, rx);
         }
         if dst.is_multicast() {
-            c.drop_multicast_broadcast.inc();
+            self.count(SwitchDrop::MulticastBroadcast);
             return;
         }
         if !matches!(
@@ -591,28 +612,28 @@ impl Switch {
         ) {
             // Extension headers (fragments, routing, options) are not worth parsing from a
             // guest whose stack has no reason to send them through a NAT.
-            let counter = match proto {
+            let reason = match proto {
                 IpProtocol::HopByHop
                 | IpProtocol::Ipv6Route
                 | IpProtocol::Ipv6Frag
-                | IpProtocol::Ipv6Opts => &c.drop_ipv6_extension,
-                _ => &c.drop_other_protocol,
+                | IpProtocol::Ipv6Opts => SwitchDrop::Ipv6Extension,
+                _ => SwitchDrop::OtherProtocol,
             };
-            counter.inc();
+            self.count(reason);
             warn_once!("dropped a guest IPv6 packet with next header {proto}");
             return;
         }
         let unicast_source =
             !src.is_unspecified() && !src.is_multicast() && (src.segments()[0] & 0xffc0) != 0xfe80;
         if !unicast_source {
-            c.drop_ipv6_source.inc();
+            self.count(SwitchDrop::Ipv6Source);
             warn_once!("dropped a guest IPv6 packet from {src}: no way back to that source");
             return;
         }
         // The pod's own addresses are never a guest's, allowed sources or not.
         let own = self.v6.as_ref().is_some_and(|v6| v6.owns(src));
         if podwire_nat::is_host_local(src.into()) || !(own || self.allow_sources) {
-            c.drop_spoofed_ipv6.inc();
+            self.count(SwitchDrop::SpoofedIpv6);
             log_limited!(
                 warn,
                 "dropped guest IPv6 from {src}: outside the guest's prefix"
@@ -667,7 +688,7 @@ impl Switch {
             // Link6 counts each reason itself; the routine ones (MLD, DAD) are not news.
             Err(e) if e.is_routine() => {}
             Err(e) => {
-                self.counters.drop_control6.inc();
+                self.count(SwitchDrop::Control6);
                 warn_once!("dropped an IPv6 control packet from the guest: {e}");
             }
         }
@@ -975,7 +996,7 @@ impl NetHandler for Switch {
         let mut hdr = [0u8; HEADER_COPY];
         let n = frame.read(0, &mut hdr);
         if n < ETH_LEN {
-            self.counters.drop_short.inc();
+            self.count(SwitchDrop::Short);
             return;
         }
         let eth = EthernetFrame::new_unchecked(&hdr[..n]);
@@ -986,7 +1007,7 @@ impl NetHandler for Switch {
             EthernetProtocol::Arp => {
                 let mut arp = [0u8; 28];
                 if frame.read(ETH_LEN, &mut arp) < arp.len() {
-                    self.counters.drop_short.inc();
+                    self.count(SwitchDrop::Short);
                     return;
                 }
                 self.handle_arp(&arp, rx);
@@ -994,7 +1015,7 @@ impl NetHandler for Switch {
             EthernetProtocol::Ipv4 => self.handle_ipv4(frame, &hdr[..n], tx, rx),
             EthernetProtocol::Ipv6 => self.handle_ipv6(frame, &hdr[..n], tx, rx),
             other => {
-                self.counters.drop_unknown_ethertype.inc();
+                self.count(SwitchDrop::UnknownEthertype);
                 warn_once!("dropped a guest frame with EtherType {other}");
             }
         }

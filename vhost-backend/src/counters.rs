@@ -1,6 +1,7 @@
-//! Counters kept by the virtio-net device itself, declared with `podwire_frame::counters!` (the
-//! [`Counter`](podwire_frame::Counter) type and the log-once macro live in `podwire-frame`,
-//! shared with the NAT).
+//! Counters kept by the virtio-net device itself, and the reasons it rejects descriptor chains,
+//! declared once with `podwire_frame::counters!`: their names, the status line and the metrics
+//! all come from here (the [`Counter`](podwire_frame::Counter) type and the log-once macro live
+//! in `podwire-frame`, shared with the NAT).
 
 podwire_frame::counters! {
     /// Counters kept by the virtio-net device itself.
@@ -17,19 +18,7 @@ podwire_frame::counters! {
         interrupts: Count,
         /// Ring kicks from the guest (available-buffer notifications), RX and TX.
         kicks: Count,
-        /// TX chains dropped because a descriptor pointed outside guest memory.
-        tx_bad_address: Drop,
-        /// TX chains dropped because a descriptor was device-writable.
-        tx_bad_direction: Drop,
-        /// TX chains dropped for having more segments than podwire handles.
-        tx_too_many_segments: Drop,
-        /// TX chains dropped for being longer than the largest frame.
-        tx_too_long: Drop,
-        /// TX chains that loop, point outside the descriptor table or cannot be read.
-        tx_broken_chain: Drop,
-        /// TX chains shorter than the virtio-net header.
-        tx_too_short: Drop,
-        /// RX chains returned unused because they were malformed.
+        /// RX chains returned unused because they were malformed (for any [`ChainError`]).
         rx_bad_chain: Drop,
         /// Frames not delivered because the guest had posted no (or too few) RX buffers.
         rx_no_buffers: Drop,
@@ -39,6 +28,30 @@ podwire_frame::counters! {
         refused_peers: Count,
         /// Frontends served so far.
         sessions: Count,
+    }
+    /// Why the device rejected a descriptor chain. A TX chain's reason bumps the counter after
+    /// `=>`; a malformed RX chain, whatever the reason, counts as `rx_bad_chain`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum ChainError {
+        /// TX chains dropped because a descriptor pointed outside guest memory.
+        #[error("a descriptor points outside guest memory")]
+        BadAddress => tx_bad_address,
+        /// TX chains dropped because a descriptor was device-writable.
+        #[error("a descriptor has the wrong direction")]
+        BadDirection => tx_bad_direction,
+        /// TX chains dropped for having more segments than podwire handles.
+        #[error("more segments than podwire handles")]
+        TooManySegments => tx_too_many_segments,
+        /// TX chains dropped for being longer than the largest frame.
+        #[error("longer than the largest frame")]
+        TooLong => tx_too_long,
+        /// TX chains that loop, point outside the descriptor table, cannot be read or use an
+        /// indirect descriptor (INDIRECT_DESC is never offered).
+        #[error("broken chain: {0}")]
+        Broken(&'static str) => tx_broken_chain,
+        /// TX chains shorter than the virtio-net and Ethernet headers.
+        #[error("shorter than the virtio-net and Ethernet headers")]
+        TooShort => tx_too_short,
     }
 }
 
@@ -54,5 +67,33 @@ mod tests {
         c.tx_frames.add(3);
         c.rx_no_buffers.inc();
         assert_eq!(c.summary(), "tx_frames=3 rx_no_buffers=1");
+    }
+
+    #[test]
+    fn each_chain_error_bumps_its_own_tx_counter() {
+        let all = [
+            ChainError::BadAddress,
+            ChainError::BadDirection,
+            ChainError::TooManySegments,
+            ChainError::TooLong,
+            ChainError::Broken("a loop"),
+            ChainError::TooShort,
+        ];
+        let names: Vec<&str> = all.iter().map(ChainError::name).collect();
+        assert_eq!(names, ChainError::COUNTERS, "every reason, once");
+        let c = DeviceCounters::default();
+        for (k, e) in all.iter().enumerate() {
+            for _ in 0..=k {
+                e.counter(&c).inc();
+            }
+        }
+        let mut seen = Vec::new();
+        c.visit(&mut |d, v| {
+            if v != 0 {
+                seen.push((d.name, v));
+            }
+        });
+        let want: Vec<(&str, u64)> = names.iter().zip(1..).map(|(n, v)| (*n, v)).collect();
+        assert_eq!(seen, want);
     }
 }

@@ -70,7 +70,7 @@ use podwire_frame::{
     MAX_FRAME_LEN, MAX_SEGS, RX_BATCH,
 };
 
-use crate::counters::DeviceCounters;
+use crate::counters::{ChainError, DeviceCounters};
 use crate::session::SessionInfo;
 use crate::transfer::StateTransfer;
 use crate::vnet::{config_space, VnetHdr};
@@ -471,19 +471,6 @@ impl RxSink for Unready {
     }
 }
 
-/// Why a descriptor chain was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChainError {
-    BadAddress,
-    BadDirection,
-    TooManySegments,
-    TooLong,
-    /// A loop, a next index outside the table, or an unreadable descriptor.
-    Broken,
-    /// An indirect descriptor: INDIRECT_DESC is never offered.
-    Indirect,
-}
-
 /// Most descriptors one chain may have, empty ones included: the work one chain costs is
 /// bounded by this, not by the ring size or by lengths the guest chooses.
 pub const MAX_CHAIN_DESCS: usize = MAX_SEGS;
@@ -514,19 +501,21 @@ fn map_chain<'m, B: LogBitmap>(
     for _ in 0..MAX_CHAIN_DESCS {
         let slot = usize::from(index);
         if index >= size || slot >= MAX_QUEUE_SIZE {
-            return Err(ChainError::Broken);
+            return Err(ChainError::Broken(
+                "a next index outside the descriptor table",
+            ));
         }
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
         if visited[word] & bit != 0 {
-            return Err(ChainError::Broken);
+            return Err(ChainError::Broken("a loop"));
         }
         visited[word] |= bit;
         let desc: Descriptor = table
             .checked_add(16 * u64::from(index))
             .and_then(|addr| mem.read_obj(addr).ok())
-            .ok_or(ChainError::Broken)?;
+            .ok_or(ChainError::Broken("an unreadable descriptor"))?;
         if desc.refers_to_indirect_table() {
-            return Err(ChainError::Indirect);
+            return Err(ChainError::Broken("an indirect descriptor"));
         }
         if first_error.is_none() {
             first_error = map_descriptor(mem, desc, writable, max_len, sg).err();
@@ -705,20 +694,13 @@ fn mark_dirty<B: LogBitmap>(mem: &Mem<B>, logging: bool, segs: &[libc::iovec], m
 }
 
 fn count_chain_error(counters: &DeviceCounters, e: ChainError, rx: bool) {
-    let which = if rx { "RX" } else { "TX" };
     if rx {
         counters.rx_bad_chain.inc();
-        warn_once!("guest posted a malformed {which} descriptor chain: {e:?}");
-        return;
+        warn_once!("guest posted a malformed RX descriptor chain: {e}");
+    } else {
+        e.counter(counters).inc();
+        warn_once!("guest sent a malformed TX descriptor chain: {e}");
     }
-    match e {
-        ChainError::BadAddress => counters.tx_bad_address.inc(),
-        ChainError::BadDirection => counters.tx_bad_direction.inc(),
-        ChainError::TooManySegments => counters.tx_too_many_segments.inc(),
-        ChainError::TooLong => counters.tx_too_long.inc(),
-        ChainError::Broken | ChainError::Indirect => counters.tx_broken_chain.inc(),
-    }
-    warn_once!("guest sent a malformed {which} descriptor chain: {e:?}");
 }
 
 struct TxRing<'a, B: LogBitmap, G: std::ops::DerefMut<Target = RingState<B>>> {
@@ -796,7 +778,7 @@ where
             &mut sg,
         ) {
             Ok(()) if sg.len() < self.hdr_len + 14 => {
-                self.counters.tx_too_short.inc();
+                ChainError::TooShort.counter(self.counters).inc();
                 warn_once!("guest sent a frame shorter than an Ethernet header");
             }
             Ok(()) => {

@@ -27,7 +27,7 @@ pub mod session;
 pub mod transfer;
 pub mod vnet;
 
-pub use counters::DeviceCounters;
+pub use counters::{ChainError, DeviceCounters};
 pub use device::feature_names;
 pub use device::{NetConfig, NetDevice};
 pub use podwire_frame::{
