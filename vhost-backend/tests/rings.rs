@@ -637,6 +637,26 @@ fn tx_frame_reaches_handler() {
     assert_eq!(rig.calls(TX), 0);
 }
 
+/// A buffer inside one memory region is mapped with one lookup (the fast path); one that runs
+/// across two adjacent regions still reaches the handler whole, in two pieces.
+#[test]
+fn tx_buffer_across_two_regions_reaches_handler_whole() {
+    let mut rig = Rig::new(FEATURES);
+    let f = frame(3000, 7);
+    let hdr = rig.data(&[0u8; HDR]);
+    let body = REGION_SPLIT - 1000;
+    rig.mem.write_slice(&f, GuestAddress(body)).unwrap();
+    let inside = rig.data(&f[..100]);
+    rig.post_tx_chain(&[(hdr, HDR as u32, NEXT), (body, 3000, 0)]);
+    rig.post_tx_chain(&[(hdr, HDR as u32, NEXT), (inside, 100, 0)]);
+    rig.event(TX);
+    assert_eq!(rig.seen(), vec![f.clone(), f[..100].to_vec()]);
+    assert_counts(
+        &rig,
+        &[("tx_frames", 2), ("tx_bytes", 3100), ("interrupts", 1)],
+    );
+}
+
 /// (2) A descriptor outside guest memory, or running off its end.
 #[test]
 fn tx_bad_address() {

@@ -239,9 +239,15 @@ pub(super) fn peek(
     skip: usize,
     scratch: *mut u8,
 ) -> Peeked {
-    let mut iov = [EMPTY_IOVEC; MAX_SEGS + MAX_SCRATCH_SEGS];
-    let mut n = 0;
-    if !peek_off {
+    let mut payload = [EMPTY_IOVEC; MAX_SEGS];
+    let m = frame.iovecs(offset, len, &mut payload);
+    // With SO_PEEK_OFF (the common case) the frame's own iovecs are the whole read: no larger
+    // array to clear and copy into per peek.
+    let got = if peek_off {
+        peek_iov(fd, &mut payload[..m])
+    } else {
+        let mut iov = [EMPTY_IOVEC; MAX_SEGS + MAX_SCRATCH_SEGS];
+        let mut n = 0;
         let mut left = skip;
         while left > 0 && n < MAX_SCRATCH_SEGS {
             let take = left.min(SCRATCH_LEN);
@@ -252,21 +258,8 @@ pub(super) fn peek(
             left -= take;
             n += 1;
         }
-    }
-    let mut payload = [EMPTY_IOVEC; MAX_SEGS];
-    let m = frame.iovecs(offset, len, &mut payload);
-    iov[n..n + m].copy_from_slice(&payload[..m]);
-    // SAFETY: msghdr zeroed is valid; iovecs point into guest memory or the scratch buffer.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = (n + m) as _;
-    // SAFETY: valid msghdr for the call.
-    let got = unsafe {
-        libc::recvmsg(
-            fd.as_raw_fd(),
-            &mut msg,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+        iov[n..n + m].copy_from_slice(&payload[..m]);
+        peek_iov(fd, &mut iov[..n + m])
     };
     if got < 0 {
         let e = io::Error::last_os_error();
@@ -279,6 +272,22 @@ pub(super) fn peek(
     match (got as usize).saturating_sub(prefix) {
         0 => Peeked::Eof,
         n => Peeked::Data(n),
+    }
+}
+
+/// One `recvmsg(MSG_PEEK)` into `iov`: the byte count, or -1 (errno set).
+fn peek_iov(fd: &OwnedFd, iov: &mut [libc::iovec]) -> isize {
+    // SAFETY: msghdr zeroed is valid; iovecs point into guest memory or the scratch buffer.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: valid msghdr for the call.
+    unsafe {
+        libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
     }
 }
 

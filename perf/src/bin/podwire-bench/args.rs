@@ -21,6 +21,8 @@ pub(crate) struct Args {
     pub(crate) podwire_args: Vec<String>,
     /// more virtio-net-pci properties for the guest's NIC (e.g. `csum=off`)
     pub(crate) nic_props: Vec<String>,
+    /// a second podwire binary, measured as the backend `podwire-before`
+    pub(crate) podwire_before: Option<PathBuf>,
     /// the command line as given (for the report)
     pub(crate) command: String,
 }
@@ -86,6 +88,12 @@ struct Cli {
     /// cannot give it).
     #[arg(long = "nic-prop", value_name = "PROP")]
     nic_props: Vec<String>,
+    /// A second podwire binary (e.g. a build of an older commit), measured as the backend
+    /// `podwire-before` beside this build's podwire, in the same passes, with the same
+    /// arguments; the report then compares the two pass by pass. Added to --backends right
+    /// after `podwire` unless listed there.
+    #[arg(long, value_name = "PATH")]
+    podwire_before: Option<PathBuf>,
 }
 
 pub(crate) fn parse_args() -> Result<Args> {
@@ -115,8 +123,9 @@ pub(crate) fn args_from(
             .map(|d| d.join("perf"))
             .unwrap_or_else(|| PathBuf::from("perf")),
     };
+    let backends = backends_with_before(cli.backends, cli.podwire_before.is_some())?;
     if cli.nic == NicKind::Stream {
-        if cli.backends.iter().any(|b| *b != Backend::Podwire) {
+        if backends.iter().any(|b| !b.is_podwire()) {
             bail!("--nic stream measures podwire only: add --backends podwire");
         }
         if cli.sections.iter().any(|s| s == "testpmd") {
@@ -127,7 +136,7 @@ pub(crate) fn args_from(
         seconds: cli.seconds.unwrap_or(if cli.quick { 3 } else { 10 }),
         quick: cli.quick,
         sections: cli.sections,
-        backends: cli.backends,
+        backends,
         out,
         plots,
         quiet_wait: Duration::from_secs(cli.quiet_wait),
@@ -136,6 +145,7 @@ pub(crate) fn args_from(
         nic: cli.nic,
         podwire_args: cli.podwire_args,
         nic_props: cli.nic_props,
+        podwire_before: cli.podwire_before.map(abs).transpose()?,
         command: std::iter::once("target/release/podwire-bench".to_string())
             .chain(
                 argv.iter()
@@ -145,6 +155,23 @@ pub(crate) fn args_from(
             .collect::<Vec<_>>()
             .join(" "),
     })
+}
+
+/// The backends to measure: `podwire-before` runs if and only if its binary is given, right
+/// after `podwire` (so that the two alternate most closely) when `--backends` does not place it.
+fn backends_with_before(mut backends: Vec<Backend>, have_before: bool) -> Result<Vec<Backend>> {
+    let listed = backends.contains(&Backend::PodwireBefore);
+    if listed && !have_before {
+        bail!("the backend podwire-before needs --podwire-before PATH");
+    }
+    if have_before && !listed {
+        let at = backends
+            .iter()
+            .position(|b| *b == Backend::Podwire)
+            .map_or(0, |i| i + 1);
+        backends.insert(at, Backend::PodwireBefore);
+    }
+    Ok(backends)
 }
 
 impl Args {

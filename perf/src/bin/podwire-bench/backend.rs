@@ -1,4 +1,5 @@
-//! The vhost-user backend process of a session: podwire or passt (the kernel path has none).
+//! The vhost-user backend process of a session: podwire (this build or the `--podwire-before`
+//! one) or passt (the kernel path has none).
 //! Both are started in the pod namespace with the same guest addressing (198.19.0.2/24 behind
 //! 198.19.0.1) and MTU, so the guest and the tests cannot tell them apart.
 
@@ -30,7 +31,7 @@ impl Served {
         o: &ServeOptions,
     ) -> Result<Served> {
         match backend {
-            Backend::Podwire => {
+            Backend::Podwire | Backend::PodwireBefore => {
                 let mut cfg = PodwireConfig::new(socket);
                 cfg.mtu = o.mtu;
                 cfg.guest_cidr = Some(kernel_path::GUEST_CIDR.to_string());
@@ -40,7 +41,7 @@ impl Served {
                     cfg.extra_args = vec!["-u".into(), p.to_string()];
                 }
                 cfg.extra_args.extend(env.args.podwire_args.iter().cloned());
-                let pw = Podwire::spawn_binary(env.podwire_bin, Some(ns), &cfg)?;
+                let pw = Podwire::spawn_binary(env.podwire_binary(backend)?, Some(ns), &cfg)?;
                 match bench::comm(pw.pid()) {
                     Some(c) if c == "podwire" => {}
                     other => bail!("pid {} is {other:?}, not podwire", pw.pid()),

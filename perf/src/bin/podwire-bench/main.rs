@@ -6,7 +6,7 @@
 //!                              [--backends podwire,kernel] [--out docs/perf.md]
 //!                              [--plots docs/perf] [--quiet-wait S] [--passes N]
 //!                              [--mtus 65520,1500] [--nic vhost-user|stream]
-//!                              [--podwire-arg ARG]...
+//!                              [--podwire-arg ARG]... [--podwire-before PATH]
 //! ```
 //!
 //! Two backends serve the same QEMU/TCG test guest (1 vCPU, 512 MiB):
@@ -69,6 +69,7 @@ pub(crate) const FWD_UDP_PORT: u16 = 9000;
 
 mod args;
 mod backend;
+mod before_after;
 mod charts;
 mod model;
 mod output;
@@ -100,7 +101,7 @@ fn main() -> Result<()> {
         ..GuestSpec::new("bench")
     };
     let image = rig::image(&spec, work.path()).context("the guest with podwire-rr")?;
-    let machine = Machine::probe(&image, &podwire_bin);
+    let machine = Machine::probe(&image, &podwire_bin, args.podwire_before.as_deref());
     println!(
         "podwire-bench: {} s per run; sections {}; {}",
         args.seconds,
@@ -110,6 +111,15 @@ fn main() -> Result<()> {
 
     let mut results = Results::default();
     let passt_bin = passt_binary(&args.backends);
+    if let Some(b) = &args.podwire_before {
+        if !b.is_file() {
+            bail!("--podwire-before {}: no such file", b.display());
+        }
+        println!(
+            "podwire before: {}",
+            machine.podwire_before.as_deref().unwrap_or("?")
+        );
+    }
     let env = Env {
         args: &args,
         image: &image,
@@ -179,6 +189,20 @@ pub(crate) struct Env<'a> {
     pub(crate) rr_bin: &'a Path,
     /// None when passt is not measured or could not be had
     pub(crate) passt_bin: Option<&'a Path>,
+}
+
+impl Env<'_> {
+    /// The podwire binary that serves `backend` (this build's, or the `--podwire-before` one).
+    pub(crate) fn podwire_binary(&self, backend: Backend) -> Result<&Path> {
+        match backend {
+            Backend::PodwireBefore => self
+                .args
+                .podwire_before
+                .as_deref()
+                .context("podwire-before has no binary (--podwire-before PATH)"),
+            _ => Ok(self.podwire_bin),
+        }
+    }
 }
 
 /// The podwire binary to measure: `$PODWIRE_BIN` if set, else `target/release/podwire`.

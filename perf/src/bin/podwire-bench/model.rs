@@ -7,6 +7,9 @@ pub(crate) enum Backend {
     Podwire,
     Kernel,
     Passt,
+    /// A second podwire binary (`--podwire-before PATH`), driven exactly as `Podwire`: the
+    /// "before" column of a before/after comparison of two builds.
+    PodwireBefore,
 }
 
 impl Backend {
@@ -15,7 +18,13 @@ impl Backend {
             Backend::Podwire => "podwire",
             Backend::Kernel => "kernel path",
             Backend::Passt => "passt",
+            Backend::PodwireBefore => "podwire before",
         }
+    }
+
+    /// A podwire process serves this backend (this build or the `--podwire-before` one).
+    pub(crate) fn is_podwire(self) -> bool {
+        matches!(self, Backend::Podwire | Backend::PodwireBefore)
     }
 }
 
@@ -159,12 +168,10 @@ pub(crate) struct Memory {
 pub(crate) struct Results {
     /// The best pass of each figure (see [`Results::record`]).
     pub(crate) figures: BTreeMap<(Backend, Test), Figure>,
-    /// Every pass's value, in order (None: failed).
-    pub(crate) passes: BTreeMap<(Backend, Test), Vec<Option<f64>>>,
-    /// podwire's memory per session (MTU, or 0 for testpmd)
-    pub(crate) memory: Vec<(u32, Memory)>,
-    /// passt's, the same way
-    pub(crate) passt_memory: Vec<(u32, Memory)>,
+    /// Every pass, in order.
+    pub(crate) passes: BTreeMap<(Backend, Test), Vec<Figure>>,
+    /// The backend process's memory per session (MTU, or 0 for testpmd), per backend
+    pub(crate) memory: BTreeMap<Backend, Vec<(u32, Memory)>>,
     /// boot time per (backend, MTU)
     pub(crate) boots: Vec<(Backend, u32, f64)>,
     pub(crate) notes: Vec<String>,
@@ -175,7 +182,7 @@ impl Results {
     /// the lower RTT; a failed pass only where no pass succeeded), so that one pass slowed by
     /// the machine's neighbours cannot decide a comparison; every pass is listed in the details.
     pub(crate) fn record(&mut self, b: Backend, t: Test, f: Figure) {
-        self.passes.entry((b, t)).or_default().push(f.ok_value());
+        self.passes.entry((b, t)).or_default().push(f.clone());
         let old = self.figures.get(&(b, t));
         let better = match (old.and_then(Figure::ok_value), f.ok_value()) {
             (_, None) => old.is_none(),
@@ -199,5 +206,18 @@ impl Results {
 
     pub(crate) fn value(&self, b: Backend, t: Test) -> Option<f64> {
         self.get(b, t).and_then(Figure::ok_value)
+    }
+
+    /// Every pass's value, in order (None: failed).
+    pub(crate) fn pass_values(&self, b: Backend, t: Test) -> Vec<Option<f64>> {
+        self.passes
+            .get(&(b, t))
+            .map(|v| v.iter().map(Figure::ok_value).collect())
+            .unwrap_or_default()
+    }
+
+    /// The sessions' memory of one backend (empty if it ran none).
+    pub(crate) fn memory_of(&self, b: Backend) -> &[(u32, Memory)] {
+        self.memory.get(&b).map(Vec::as_slice).unwrap_or_default()
     }
 }

@@ -53,11 +53,13 @@ pub(crate) struct Machine {
     pub(crate) date: String,
     pub(crate) guest_kernel: String,
     pub(crate) podwire_bin: String,
+    /// the `--podwire-before` binary and the commit of the tree it lies in
+    pub(crate) podwire_before: Option<String>,
     pub(crate) loadavg: String,
 }
 
 impl Machine {
-    pub(crate) fn probe(image: &GuestImage, podwire_bin: &Path) -> Machine {
+    pub(crate) fn probe(image: &GuestImage, podwire_bin: &Path, before: Option<&Path>) -> Machine {
         let root = util::workspace_root();
         let root_s = root.display().to_string();
         let mut commit =
@@ -111,6 +113,7 @@ impl Machine {
                 .unwrap_or(podwire_bin)
                 .display()
                 .to_string(),
+            podwire_before: before.map(describe_binary),
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .trim()
@@ -124,4 +127,12 @@ impl Machine {
             self.nproc, self.cpu, self.kernel, self.qemu, self.commit, self.loadavg
         )
     }
+}
+
+/// A podwire binary by path and, when it lies in a git work tree (its `target/`), that tree's
+/// commit: which build a `--podwire-before` column measured.
+fn describe_binary(bin: &Path) -> String {
+    let dir = bin.parent().unwrap_or(Path::new("/")).display().to_string();
+    let commit = bench::command_line_output(&["git", "-C", &dir, "rev-parse", "--short", "HEAD"]);
+    format!("commit {commit}, `{}`", bin.display())
 }

@@ -42,35 +42,18 @@ pub(crate) fn mib(m: Option<MemStatus>, f: impl Fn(&MemStatus) -> u64) -> Option
     m.map(|m| f(&m) as f64 / 1024.0)
 }
 
-/// The largest VmHWM podwire reached in a guest session.
-pub(crate) fn peak_rss_mib(r: &Results) -> Option<f64> {
-    r.memory
+/// The largest VmHWM backend `b` reached in a guest session.
+pub(crate) fn peak_rss_mib(r: &Results, b: Backend) -> Option<f64> {
+    r.memory_of(b)
         .iter()
         .filter(|(mtu, _)| *mtu != 0)
         .filter_map(|(_, m)| mib(m.end, |m| m.vm_hwm_kib))
         .reduce(f64::max)
 }
 
-/// passt's largest VmHWM in a guest session.
-pub(crate) fn passt_peak_rss_mib(r: &Results) -> Option<f64> {
-    r.passt_memory
-        .iter()
-        .filter(|(mtu, _)| *mtu != 0)
-        .filter_map(|(_, m)| mib(m.end, |m| m.vm_hwm_kib))
-        .reduce(f64::max)
-}
-
-/// passt's VmHWM before a frontend connected (the largest of the sessions).
-pub(crate) fn passt_idle_rss_mib(r: &Results) -> Option<f64> {
-    r.passt_memory
-        .iter()
-        .filter_map(|(_, m)| mib(m.no_guest, |m| m.vm_hwm_kib))
-        .reduce(f64::max)
-}
-
-/// podwire's VmHWM before a frontend connected (the largest of the sessions).
-pub(crate) fn idle_rss_mib(r: &Results) -> Option<f64> {
-    r.memory
+/// Backend `b`'s VmHWM before a frontend connected (the largest of the sessions).
+pub(crate) fn idle_rss_mib(r: &Results, b: Backend) -> Option<f64> {
+    r.memory_of(b)
         .iter()
         .filter_map(|(_, m)| mib(m.no_guest, |m| m.vm_hwm_kib))
         .reduce(f64::max)
@@ -90,6 +73,9 @@ pub(crate) fn render(
     chart_links(w, args, charts);
     details(w, r);
     passes_table(w, r);
+    if args.backends.contains(&Backend::PodwireBefore) {
+        before_after::render(w, args, r);
+    }
     s
 }
 
@@ -117,6 +103,9 @@ fn machine_and_software(w: &mut String, args: &Args, m: &Machine, r: &Results) {
         m.guest_kernel
     );
     let _ = writeln!(w, "| podwire | commit {}, `{}` |", m.commit, m.podwire_bin);
+    if let Some(b) = &m.podwire_before {
+        let _ = writeln!(w, "| podwire before | {b} |");
+    }
     let _ = writeln!(w, "| date | {} |\n", m.date);
     if !r.boots.is_empty() {
         let _ = writeln!(
@@ -271,11 +260,11 @@ fn side_by_side(w: &mut String, args: &Args, r: &Results) {
     let _ = writeln!(
         w,
         "| backend peak RSS (MiB), idle / with the guest | {} / {} | {} / {} | {} | n/a | n/a | n/a |\n",
-        bench::fmt_opt(idle_rss_mib(r), 1),
-        bench::fmt_opt(peak_rss_mib(r), 1),
-        bench::fmt_opt(passt_idle_rss_mib(r), 1),
-        bench::fmt_opt(passt_peak_rss_mib(r), 1),
-        ratio_cell(peak_rss_mib(r), passt_peak_rss_mib(r)),
+        bench::fmt_opt(idle_rss_mib(r, pw), 1),
+        bench::fmt_opt(peak_rss_mib(r, pw), 1),
+        bench::fmt_opt(idle_rss_mib(r, pa), 1),
+        bench::fmt_opt(peak_rss_mib(r, pa), 1),
+        ratio_cell(peak_rss_mib(r, pw), peak_rss_mib(r, pa)),
     );
 }
 
@@ -289,9 +278,10 @@ fn passes_table(w: &mut String, r: &Results) {
         "\nEvery pass (in the order run; the tables above report the best):\n"
     );
     let _ = writeln!(w, "| measurement | backend | passes |\n|---|---|---|");
-    for ((b, t), v) in &r.passes {
-        let vals: Vec<String> = v
-            .iter()
+    for &(b, t) in r.passes.keys() {
+        let vals: Vec<String> = r
+            .pass_values(b, t)
+            .into_iter()
             .map(|x| {
                 x.map_or("failed".into(), |x| {
                     fmt_num(Some(x), if x >= 100.0 { 0 } else { 3 })
@@ -426,33 +416,36 @@ fn details(w: &mut String, r: &Results) {
     if !r.memory.is_empty() {
         let _ = writeln!(
             w,
-            "\npodwire's memory (VmHWM, MiB; RssAnon / RssShmem at the end):\n"
+            "\nThe backend process's memory (VmHWM, MiB; RssAnon / RssShmem at the end):\n"
         );
         let _ = writeln!(
             w,
-            "| session | before a frontend | after the guest's DHCP | end | RssAnon / RssShmem at the end |\n|---|---:|---:|---:|---:|"
+            "| session | backend | before a frontend | after the guest's DHCP | end | RssAnon / RssShmem at the end |\n|---|---|---:|---:|---:|---:|"
         );
-        for (mtu, m) in &r.memory {
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} |",
-                if *mtu == 0 {
-                    "testpmd (virtio-user, 1 GiB)".to_string()
-                } else {
-                    format!("guest, MTU {mtu}")
-                },
-                bench::fmt_opt(mib(m.no_guest, |m| m.vm_hwm_kib), 1),
-                bench::fmt_opt(mib(m.after_dhcp, |m| m.vm_hwm_kib), 1),
-                bench::fmt_opt(mib(m.end, |m| m.vm_hwm_kib), 1),
-                match m.end {
-                    Some(e) => format!(
-                        "{:.1} / {:.1}",
-                        e.rss_anon_kib as f64 / 1024.0,
-                        e.rss_shmem_kib as f64 / 1024.0
-                    ),
-                    None => "–".into(),
-                }
-            );
+        for (b, sessions) in &r.memory {
+            for (mtu, m) in sessions {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    if *mtu == 0 {
+                        "testpmd (virtio-user, 1 GiB)".to_string()
+                    } else {
+                        format!("guest, MTU {mtu}")
+                    },
+                    b.name(),
+                    bench::fmt_opt(mib(m.no_guest, |m| m.vm_hwm_kib), 1),
+                    bench::fmt_opt(mib(m.after_dhcp, |m| m.vm_hwm_kib), 1),
+                    bench::fmt_opt(mib(m.end, |m| m.vm_hwm_kib), 1),
+                    match m.end {
+                        Some(e) => format!(
+                            "{:.1} / {:.1}",
+                            e.rss_anon_kib as f64 / 1024.0,
+                            e.rss_shmem_kib as f64 / 1024.0
+                        ),
+                        None => "–".into(),
+                    }
+                );
+            }
         }
     }
     for n in &r.notes {

@@ -70,10 +70,8 @@ pub(crate) fn run_guest_session(
             }
         }
     }
-    match backend {
-        Backend::Podwire => results.memory.push((mtu, mem)),
-        Backend::Passt => results.passt_memory.push((mtu, mem)),
-        Backend::Kernel => {}
+    if backend != Backend::Kernel {
+        results.memory.entry(backend).or_default().push((mtu, mem));
     }
 }
 
@@ -122,6 +120,7 @@ pub(crate) fn guest_session(
             Backend::Podwire => "pw",
             Backend::Kernel => "kp",
             Backend::Passt => "passt",
+            Backend::PodwireBefore => "pwb",
         }
     );
     let mtu_prop = format!("host_mtu={mtu}");
@@ -137,7 +136,7 @@ pub(crate) fn guest_session(
     let mut podwire = None;
     let mut _kpath = None;
     match backend {
-        Backend::Podwire | Backend::Passt => {
+        Backend::Podwire | Backend::PodwireBefore | Backend::Passt => {
             let stream = env.args.nic == NicKind::Stream;
             let o = ServeOptions {
                 mtu: Some(mtu),
@@ -438,10 +437,7 @@ pub(crate) fn run_testpmd_session(env: &Env, backend: Backend, results: &mut Res
             }
         }
     }
-    match backend {
-        Backend::Passt => results.passt_memory.push((0, mem)),
-        _ => results.memory.push((0, mem)),
-    }
+    results.memory.entry(backend).or_default().push((0, mem));
 }
 
 pub(crate) fn testpmd_session(

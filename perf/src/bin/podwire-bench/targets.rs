@@ -126,8 +126,8 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     }
     v.push(Target {
         what: "podwire peak RSS with a guest (MiB)".into(),
-        measured: peak_rss_mib(r),
-        passt: passt_peak_rss_mib(r),
+        measured: peak_rss_mib(r, Backend::Podwire),
+        passt: peak_rss_mib(r, Backend::Passt),
         kernel: None,
         factor: 1.0,
         lower_better: true,
@@ -135,8 +135,8 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     });
     v.push(Target {
         what: "podwire RSS idle, before a guest (MiB)".into(),
-        measured: idle_rss_mib(r),
-        passt: passt_idle_rss_mib(r),
+        measured: idle_rss_mib(r, Backend::Podwire),
+        passt: idle_rss_mib(r, Backend::Passt),
         kernel: None,
         factor: 1.0,
         lower_better: true,

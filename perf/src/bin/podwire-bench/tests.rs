@@ -73,6 +73,7 @@ fn sessions_run_what_the_sections_ask() {
         nic: NicKind::VhostUser,
         podwire_args: Vec::new(),
         nic_props: Vec::new(),
+        podwire_before: None,
         command: String::new(),
     };
     assert_eq!(a.guest_tests(65520).len(), 2);
@@ -176,7 +177,7 @@ fn passes_alternate_and_the_best_pass_is_reported() {
     r.record(Backend::Passt, Test::Rr, Figure::failed("y".into()));
     assert_eq!(r.value(Backend::Passt, Test::Rr), Some(3000.0));
     assert_eq!(
-        r.passes[&(Backend::Passt, Test::Rr)],
+        r.pass_values(Backend::Passt, Test::Rr),
         [None, Some(2000.0), Some(3000.0), None]
     );
     // for an RTT the lower pass is the better
@@ -251,4 +252,137 @@ fn virtio_feature_bits_are_named() {
     );
     assert_eq!(virtio_offloads(&"0".repeat(64)), "no offloads");
     assert_eq!(virtio_offloads(""), "no offloads");
+}
+
+#[test]
+fn a_second_podwire_binary_is_a_backend_of_its_own() {
+    // given, it runs right after podwire, so that the two builds alternate most closely
+    let a = args_from(["podwire-bench", "--podwire-before", "/b/podwire"]).unwrap();
+    assert_eq!(a.podwire_before.as_deref(), Some(Path::new("/b/podwire")));
+    assert_eq!(
+        a.backends,
+        [
+            Backend::Podwire,
+            Backend::PodwireBefore,
+            Backend::Passt,
+            Backend::Kernel
+        ]
+    );
+    assert_eq!(
+        a.pass_order(1),
+        [
+            Backend::Kernel,
+            Backend::Passt,
+            Backend::PodwireBefore,
+            Backend::Podwire
+        ]
+    );
+    // where --backends places it, it stays there
+    let a = args_from([
+        "podwire-bench",
+        "--backends",
+        "podwire-before,podwire",
+        "--podwire-before=rel/podwire",
+    ])
+    .unwrap();
+    assert_eq!(a.backends, [Backend::PodwireBefore, Backend::Podwire]);
+    assert!(a.podwire_before.unwrap().is_absolute());
+    // the backend without a binary is refused; without the option nothing changes
+    let e = args_from(["podwire-bench", "--backends", "podwire,podwire-before"]).unwrap_err();
+    assert!(e.to_string().contains("--podwire-before"), "{e}");
+    let a = args_from(["podwire-bench", "--backends", "podwire"]).unwrap();
+    assert_eq!(
+        (a.backends, a.podwire_before),
+        (vec![Backend::Podwire], None)
+    );
+    // both builds are podwire: the stream NIC may measure them
+    let a = args_from([
+        "podwire-bench",
+        "--backends",
+        "podwire",
+        "--podwire-before",
+        "/b/podwire",
+        "--nic",
+        "stream",
+        "--only",
+        "tcp",
+    ])
+    .unwrap();
+    assert_eq!(a.backends, [Backend::Podwire, Backend::PodwireBefore]);
+}
+
+#[test]
+fn before_and_after_are_judged_against_the_spread() {
+    use before_after::{verdict, Verdict};
+    // rates: overlapping ranges are within the spread, disjoint ones beyond it
+    assert_eq!(
+        verdict(&[3.0, 3.6], &[3.4, 3.9], false),
+        Verdict::WithinSpread
+    );
+    assert_eq!(
+        verdict(&[3.0, 3.6], &[2.5, 2.9], false),
+        Verdict::WorseBeyondSpread
+    );
+    assert_eq!(
+        verdict(&[3.0, 3.6], &[3.7, 3.8], false),
+        Verdict::BetterBeyondSpread
+    );
+    // costs and RTTs: lower is better
+    assert_eq!(
+        verdict(&[0.5, 0.6], &[0.7, 0.8], true),
+        Verdict::WorseBeyondSpread
+    );
+    assert_eq!(
+        verdict(&[0.5, 0.6], &[0.3, 0.4], true),
+        Verdict::BetterBeyondSpread
+    );
+    assert_eq!(
+        verdict(&[3.6, 3.6], &[3.6, 3.6], true),
+        Verdict::WithinSpread
+    );
+    assert_eq!(verdict(&[3.0], &[1.0], false), Verdict::OnePass);
+    assert_eq!(verdict(&[], &[1.0, 2.0], false), Verdict::NotMeasured);
+
+    // the rows come from every pass of both builds, failed passes left out
+    let fig = |v: f64, cpu: f64| Figure {
+        value: Some(v),
+        bytes: Some(1_000_000_000),
+        podwire_cpu_s: Some(cpu),
+        ..Figure::default()
+    };
+    let t = Test::Tcp {
+        reverse: false,
+        mtu: 1500,
+        streams: 1,
+    };
+    let mut r = Results::default();
+    r.record(Backend::PodwireBefore, t, fig(3.5, 0.5));
+    r.record(Backend::Podwire, t, fig(3.6, 0.8));
+    r.record(Backend::Podwire, t, Figure::failed("x".into()));
+    r.record(Backend::Podwire, t, fig(3.4, 0.9));
+    r.record(Backend::PodwireBefore, t, fig(3.7, 0.6));
+    r.record(Backend::Kernel, Test::Rr, fig(4000.0, 0.0));
+    let rows = before_after::rows(&r);
+    assert_eq!(
+        rows.len(),
+        2,
+        "the rate and podwire's CPU per GB; the kernel's RR is not compared"
+    );
+    assert_eq!(
+        (rows[0].before.as_slice(), rows[0].after.as_slice()),
+        (&[3.5, 3.7][..], &[3.6, 3.4][..])
+    );
+    assert_eq!(rows[0].verdict(), Verdict::WithinSpread);
+    assert!(rows[1].what.contains("s/GB"));
+    assert_eq!(rows[1].verdict(), Verdict::WorseBeyondSpread);
+    let args = args_from(["podwire-bench", "--podwire-before", "/b/podwire"]).unwrap();
+    let mut out = String::new();
+    before_after::render(&mut out, &args, &r);
+    assert!(
+        out.contains(
+            "| 3.500 / 3.700 | 3.600 / 3.400 | 5.4 % / 5.6 % | 0.97× | within the spread |"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("**worse beyond the spread**"), "{out}");
 }
