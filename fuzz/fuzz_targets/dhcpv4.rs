@@ -1,4 +1,4 @@
 #![no_main]
 //! libFuzzer entry for [`podwire_fuzz::dhcpv4`].
 
-libfuzzer_sys::fuzz_target!(init: podwire_fuzz::init(), |data: &[u8]| podwire_fuzz::dhcpv4(data));
+libfuzzer_sys::fuzz_target!(init: podwire_fuzz::init(), |data: &[u8]| podwire_fuzz::timed(data, podwire_fuzz::dhcpv4));

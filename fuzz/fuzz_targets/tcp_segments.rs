@@ -1,4 +1,4 @@
 #![no_main]
 //! libFuzzer entry for [`podwire_fuzz::tcp_segments`].
 
-libfuzzer_sys::fuzz_target!(init: podwire_fuzz::init(), |data: &[u8]| podwire_fuzz::tcp_segments(data));
+libfuzzer_sys::fuzz_target!(init: podwire_fuzz::init(), |data: &[u8]| podwire_fuzz::timed(data, podwire_fuzz::tcp_segments));

@@ -7,6 +7,11 @@
 //! sizes (log2 each), 6 x 2 bytes of ring addresses (descriptor table, avail, used for RX then
 //! TX, in 8-byte units: 0 to 512 KiB, past the end of the 64 KiB of guest memory too), 1 byte
 //! of events (bit i: event i of TX kick, RX kick, handler wake, repeated), then guest memory.
+//!
+//! The device, its rings and their state are made new for every input. What holds no state
+//! across inputs once reset is made once per fuzzing thread and reset per input instead: the
+//! guest memory mapping (zeroed, then the input's image written) and the eventfds (their
+//! counters read back to zero).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
@@ -16,7 +21,7 @@ use podwire_frame::{NetHandler, RxSink, SgList};
 use podwire_vhost::device::{HANDLER_EVENT, RX_QUEUE, TX_QUEUE};
 use podwire_vhost::{DeviceCounters, NetConfig, NetDevice};
 use vhost_user_backend::{VhostUserBackendMut, VringMutex, VringT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -28,7 +33,45 @@ const HEADER: usize = 1 + 2 + 12 + 1;
 
 /// Reads every frame the guest sends; pushes two frames into the guest on each wake-up.
 struct Handler {
-    fd: EventFd,
+    fd: RawFd,
+}
+
+/// What one fuzzing thread keeps from input to input (see the module comment).
+struct Fixture {
+    mem: GuestMemoryAtomic<Mem>,
+    handler_fd: EventFd,
+    /// Per ring: call, kick.
+    ring_fds: [(EventFd, EventFd); 2],
+}
+
+impl Fixture {
+    fn new() -> Option<Fixture> {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
+        let fd = || EventFd::new(EFD_NONBLOCK).ok();
+        Some(Fixture {
+            mem: GuestMemoryAtomic::new(mem),
+            handler_fd: fd()?,
+            ring_fds: [(fd()?, fd()?), (fd()?, fd()?)],
+        })
+    }
+
+    /// Back to the state a fresh fixture has, with `image` at the start of guest memory.
+    fn reset(&self, image: &[u8]) {
+        static ZERO: [u8; MEM_SIZE] = [0; MEM_SIZE];
+        let mem = self.mem.memory();
+        let _ = mem.write_slice(&ZERO, GuestAddress(0));
+        let _ = mem.write_slice(&image[..image.len().min(MEM_SIZE)], GuestAddress(0));
+        for fd in [&self.handler_fd]
+            .into_iter()
+            .chain(self.ring_fds.iter().flat_map(|(c, k)| [c, k]))
+        {
+            let _ = fd.read();
+        }
+    }
+}
+
+thread_local! {
+    static FIXTURE: Option<Fixture> = Fixture::new();
 }
 
 impl NetHandler for Handler {
@@ -48,7 +91,7 @@ impl NetHandler for Handler {
     }
 
     fn host_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd
     }
 }
 
@@ -67,15 +110,18 @@ pub fn device(data: &[u8]) {
     if data.len() < HEADER {
         return;
     }
-    let Ok(mem) = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
-        return;
-    };
-    let image = &data[HEADER..];
-    let _ = mem.write_slice(&image[..image.len().min(MEM_SIZE)], GuestAddress(0));
-    let Ok(fd) = EventFd::new(EFD_NONBLOCK) else {
-        return;
-    };
-    let handler = Arc::new(Mutex::new(Handler { fd }));
+    FIXTURE.with(|fixture| {
+        if let Some(fixture) = fixture {
+            fixture.reset(&data[HEADER..]);
+            run_device(data, fixture);
+        }
+    });
+}
+
+fn run_device(data: &[u8], fixture: &Fixture) {
+    let handler = Arc::new(Mutex::new(Handler {
+        fd: fixture.handler_fd.as_raw_fd(),
+    }));
     let counters = Arc::new(DeviceCounters::default());
     let config = NetConfig {
         mac: [0x52, 0x54, 0, 0, 0, 1],
@@ -90,7 +136,7 @@ pub fn device(data: &[u8]) {
         .wrapping_mul(0x0101_0101_0101_0101)
         .rotate_left(u32::from(data[0] & 63));
     let features = offered & (pick | 1 << 32);
-    let atomic = GuestMemoryAtomic::new(mem);
+    let atomic = fixture.mem.clone();
     let max = dev.max_queue_size() as u16;
     let Ok(vrings) = (0..dev.num_queues())
         .map(|_| Vring::new(atomic.clone(), max))
@@ -110,8 +156,7 @@ pub fn device(data: &[u8]) {
     }
     // SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE
     let sizes = [1u16 << (data[1] % 11), 1u16 << (data[2] % 11)];
-    let mut calls = Vec::new();
-    for (q, v) in vrings.iter().enumerate().take(2) {
+    for ((q, v), (call, kick)) in vrings.iter().enumerate().zip(&fixture.ring_fds) {
         let addr = |i: usize| u64::from(u16_at(data, 3 + 2 * (3 * q + i))) * 8;
         v.set_queue_size(sizes[q]);
         if v.set_queue_info(addr(0), addr(1), addr(2)).is_err() {
@@ -119,14 +164,8 @@ pub fn device(data: &[u8]) {
         }
         v.set_queue_next_used(v.queue_used_idx().unwrap_or(0));
         v.set_queue_next_avail(0);
-        let Ok(call) = EventFd::new(EFD_NONBLOCK) else {
-            return;
-        };
-        v.set_call(file_of(&call));
-        calls.push(call);
-        if let Ok(kick) = EventFd::new(EFD_NONBLOCK) {
-            v.set_kick(file_of(&kick));
-        }
+        v.set_call(file_of(call));
+        v.set_kick(file_of(kick));
         v.set_queue_ready(true);
         v.set_enabled(true);
     }

@@ -77,3 +77,58 @@ pub fn join_records(records: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// The slowest input so far, in microseconds of wall-clock and of this thread's CPU time, and
+/// how many took longer than [`SLOW`] (wall-clock).
+static SLOWEST_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SLOWEST_CPU_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SLOW_INPUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What counts as a slow input (issue 10: none may take longer).
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `target` on `data` and keeps the time it took: the slowest is printed at exit
+/// (libFuzzer's own `-timeout` has a resolution of one second), and an input slower than
+/// [`SLOW`] is written to `$PODWIRE_FUZZ_SLOW_DIR` when set, to be re-run alone (on a loaded
+/// machine the scheduler alone can stall an input that long, which is why the CPU time the
+/// input cost its thread is kept too).
+pub fn timed(data: &[u8], target: fn(&[u8])) {
+    use std::sync::atomic::Ordering;
+    static REPORT_AT_EXIT: std::sync::Once = std::sync::Once::new();
+    REPORT_AT_EXIT.call_once(|| {
+        extern "C" fn report() {
+            eprintln!(
+                "podwire-fuzz: slowest input {} us wall-clock, {} us CPU; {} inputs over {} ms",
+                SLOWEST_US.load(Ordering::Relaxed),
+                SLOWEST_CPU_US.load(Ordering::Relaxed),
+                SLOW_INPUTS.load(Ordering::Relaxed),
+                SLOW.as_millis()
+            );
+        }
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(report) };
+    });
+    let start = std::time::Instant::now();
+    let cpu_start = thread_cpu_us();
+    target(data);
+    let took = start.elapsed();
+    SLOWEST_US.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    SLOWEST_CPU_US.fetch_max(thread_cpu_us().saturating_sub(cpu_start), Ordering::Relaxed);
+    if took > SLOW {
+        let n = SLOW_INPUTS.fetch_add(1, Ordering::Relaxed);
+        if let Some(dir) = std::env::var_os("PODWIRE_FUZZ_SLOW_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("slow-{n}-{}ms", took.as_millis()));
+            let _ = std::fs::write(path, data);
+        }
+    }
+}
+
+/// CPU time this thread has used, in microseconds.
+fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}

@@ -1,10 +1,9 @@
 //! A private network namespace for the fuzzing thread, with its loopback up and a TCP peer on
 //! it for the TCP target.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
-use std::time::Duration;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 
 /// The port of the loopback peer the TCP target's guest connects to (through the gateway
 /// address, which podwire maps to the loopback).
@@ -14,10 +13,19 @@ pub const PEER_GREETING: &[u8] = &[0x5a; 3000];
 
 thread_local! {
     static ISOLATED: Cell<bool> = const { Cell::new(false) };
+    /// The loopback peer: its listener, and the connections it accepted for this input.
+    static PEER: RefCell<Option<Peer>> = const { RefCell::new(None) };
+}
+
+/// The loopback peer, driven by the fuzzing thread itself between the switch's steps (no
+/// thread per connection: an input costs one connection and nothing else).
+struct Peer {
+    listener: TcpListener,
+    conns: Vec<TcpStream>,
 }
 
 /// Moves this thread into a new network namespace (network namespaces are per thread until a
-/// process has one thread only), brings its loopback up and starts the loopback peer.
+/// process has one thread only), brings its loopback up and opens the loopback peer.
 pub fn isolate() -> io::Result<()> {
     if ISOLATED.with(Cell::get) {
         return Ok(());
@@ -28,25 +36,65 @@ pub fn isolate() -> io::Result<()> {
     }
     loopback_up()?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, PEER_PORT))?;
-    // Threads started from here share this thread's (new) namespace.
-    std::thread::Builder::new()
-        .name("fuzz-peer".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let _ = std::thread::Builder::new().spawn(move || serve_peer(conn));
-            }
-        })?;
+    listener.set_nonblocking(true)?;
+    PEER.with(|p| {
+        *p.borrow_mut() = Some(Peer {
+            listener,
+            conns: Vec::new(),
+        })
+    });
     ISOLATED.with(|c| c.set(true));
     Ok(())
 }
 
-/// Greets, then reads until the connection ends (or stalls, when the fuzzed guest stops).
-fn serve_peer(mut conn: std::net::TcpStream) {
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = conn.write_all(PEER_GREETING);
-    let mut buf = [0u8; 4096];
-    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+/// Lets the peer act: accepts the connections waiting (greeting each) and reads what the
+/// guest's side sent on the others, without blocking.
+pub fn serve_peer() {
+    PEER.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(peer) = p.as_mut() else {
+            return;
+        };
+        while let Ok((mut conn, _)) = peer.listener.accept() {
+            let _ = conn.set_nonblocking(true);
+            let _ = conn.write(PEER_GREETING);
+            peer.conns.push(conn);
+        }
+        let mut buf = [0u8; 4096];
+        for conn in &mut peer.conns {
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+}
+
+/// Ends this input's peer connections with a reset (no TIME_WAIT: ten million inputs must
+/// not run out of loopback ports), including any still waiting to be accepted.
+pub fn reset_peer() {
+    PEER.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(peer) = p.as_mut() else {
+            return;
+        };
+        while let Ok((conn, _)) = peer.listener.accept() {
+            peer.conns.push(conn);
+        }
+        for conn in peer.conns.drain(..) {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid linger struct of the size passed, on our own socket.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&conn),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    });
 }
 
 fn loopback_up() -> io::Result<()> {

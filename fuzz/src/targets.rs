@@ -257,6 +257,7 @@ pub fn switch_frames(data: &[u8]) {
         send(&mut sw, frame, usize::from(ctl & 0x3f), &mut rx);
         if ctl & 0x40 != 0 {
             sw.tx_batch_done(&mut rx);
+            crate::net::serve_peer();
             if readable(sw.host_fd(), 0) {
                 sw.poll_host(&mut rx);
             }
@@ -264,6 +265,7 @@ pub fn switch_frames(data: &[u8]) {
         }
     }
     sw.tx_batch_done(&mut rx);
+    crate::net::reset_peer();
     sw.link_changed(false);
 }
 
@@ -334,10 +336,11 @@ fn syn_ack_isn(frames: &[Vec<u8>]) -> Option<u32> {
     })
 }
 
-/// Runs socket events until `done` or a short deadline.
+/// Runs socket events (the peer's too) until `done` or a short deadline.
 fn pump(sw: &mut Switch, rx: &mut Sink, done: impl Fn(&Sink) -> bool) {
     let deadline = Instant::now() + Duration::from_millis(200);
     while !done(rx) && Instant::now() < deadline {
+        crate::net::serve_peer();
         if readable(sw.host_fd(), 10) {
             sw.poll_host(rx);
         }
@@ -396,6 +399,7 @@ pub fn tcp_target_reaches_the_peer() -> bool {
     pump(&mut sw, &mut rx, |rx| {
         payload_bytes(rx) >= crate::net::PEER_GREETING.len()
     });
+    crate::net::reset_peer();
     payload_bytes(&rx) >= crate::net::PEER_GREETING.len()
 }
 
@@ -413,8 +417,11 @@ pub fn tcp_segments(data: &[u8]) {
     sw.link_changed(true);
     let mut rx = Sink::new(32, false);
     let Some(isn) = handshake(&mut sw, &mut rx) else {
+        crate::net::reset_peer();
         return;
     };
+    // The peer accepts and greets at once, as a server would.
+    crate::net::serve_peer();
     let guest_next = GUEST_ISN.wrapping_add(1);
     let ours_next = isn.wrapping_add(1);
     for (i, rec) in records(data).enumerate() {
@@ -431,7 +438,8 @@ pub fn tcp_segments(data: &[u8]) {
         send(&mut sw, &frame, 34 + (i % 7), &mut rx);
         if i % 4 == 3 {
             sw.tx_batch_done(&mut rx);
-            if readable(sw.host_fd(), 1) {
+            crate::net::serve_peer();
+            if readable(sw.host_fd(), 0) {
                 sw.poll_host(&mut rx);
             }
             rx.frames.clear();
@@ -439,6 +447,7 @@ pub fn tcp_segments(data: &[u8]) {
         }
     }
     sw.tx_batch_done(&mut rx);
+    crate::net::reset_peer();
     sw.link_changed(false);
 }
 
@@ -447,27 +456,86 @@ pub fn tcp_segments(data: &[u8]) {
 
 /// The relay between a frontend and the vhost crate: the input is what a frontend writes on
 /// the control socket. Everything is relayed or answered and both sides see the end.
+///
+/// The relay's request direction ([`podwire_vhost::relay::forward_requests`], all of its
+/// parsing) runs on the calling thread, as the relay's own thread runs it; what it writes to
+/// the library and back to the frontend is read by one drain thread made once per fuzzing
+/// thread, so that an input costs two socket pairs and no thread.
 pub fn relay(data: &[u8]) {
     let Ok((mut frontend, theirs)) = UnixStream::pair() else {
         return;
     };
-    let Ok((mut library, ours)) = UnixStream::pair() else {
+    let Ok((library, ours)) = UnixStream::pair() else {
         return;
     };
-    let Ok(threads) = podwire_vhost::relay::start(theirs, ours) else {
-        return;
-    };
-    use std::io::{Read, Write};
-    let _ = frontend.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = library.set_read_timeout(Some(Duration::from_secs(5)));
+    use std::io::Write;
+    // The whole input fits the socket's buffer (libFuzzer's inputs are a few KiB): the
+    // frontend has written everything and hung up before the relay reads.
     let _ = frontend.write_all(data);
     let _ = frontend.shutdown(std::net::Shutdown::Write);
-    let mut sink = Vec::new();
-    let _ = library.read_to_end(&mut sink);
-    drop(library);
-    sink.clear();
-    let _ = frontend.read_to_end(&mut sink);
-    for t in threads {
-        let _ = t.join();
+    let Some(done) = relay_drain(frontend, library) else {
+        return;
+    };
+    let _ = podwire_vhost::relay::forward_requests(&theirs, &ours);
+    // As the relay does when its request direction ends: both sides see the end.
+    let _ = theirs.shutdown(std::net::Shutdown::Both);
+    let _ = ours.shutdown(std::net::Shutdown::Both);
+    let _ = done.recv();
+}
+
+thread_local! {
+    /// The drain thread's work queue, made on first use by each fuzzing thread.
+    static RELAY_DRAIN: std::cell::RefCell<Option<std::sync::mpsc::Sender<RelayEnds>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The frontend's and the library's ends of one input's relay, and where to say they are done.
+type RelayEnds = ([UnixStream; 2], std::sync::mpsc::Sender<()>);
+
+/// Hands both ends to the drain thread, which reads them to their end; the receiver hears
+/// when it has.
+fn relay_drain(frontend: UnixStream, library: UnixStream) -> Option<std::sync::mpsc::Receiver<()>> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    RELAY_DRAIN.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<RelayEnds>();
+            std::thread::Builder::new()
+                .name("fuzz-relay-drain".into())
+                .spawn(move || {
+                    for (ends, done) in rx {
+                        drain_to_end(&ends);
+                        let _ = done.send(());
+                    }
+                })
+                .ok()?;
+            *cell = Some(tx);
+        }
+        cell.as_ref()?.send(([frontend, library], done_tx)).ok()
+    })?;
+    Some(done_rx)
+}
+
+/// Reads both streams until each has ended (EOF or error), whichever speaks first.
+fn drain_to_end(ends: &[UnixStream; 2]) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut open = [true, true];
+    let mut buf = [0u8; 4096];
+    while open.iter().any(|&o| o) {
+        let mut fds = [0, 1].map(|i| libc::pollfd {
+            fd: if open[i] { ends[i].as_raw_fd() } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        for i in 0..2 {
+            if fds[i].revents != 0 && !matches!((&ends[i]).read(&mut buf), Ok(n) if n > 0) {
+                open[i] = false;
+            }
+        }
     }
 }

@@ -201,22 +201,46 @@ impl Podwire {
             .with_context(|| format!("{path} has no {name}"))
     }
 
-    /// Panics unless podwire runs in its sandbox as the kernel reports it: a seccomp filter,
-    /// no_new_privs, no capabilities, and (when the tests run as root) another user than root.
-    pub fn assert_sandboxed(&self) {
-        let field = |name: &str| self.status_field(name).unwrap();
-        assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
-        assert_eq!(field("NoNewPrivs:"), "1");
-        assert_eq!(field("CapEff:"), "0000000000000000");
-        assert_eq!(field("CapPrm:"), "0000000000000000");
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            let uid = field("Uid:");
-            assert!(
-                !uid.starts_with("0\t") && uid != "0",
-                "still root: Uid {uid}"
-            );
+    /// Panics unless podwire runs in its sandbox as the kernel reports it, on every one of its
+    /// threads (each has its own seccomp mode, no_new_privs, capabilities and credentials): a
+    /// seccomp filter, no_new_privs, no capabilities, and (when the tests run as root) another
+    /// user than root. Returns the threads' names. Landlock, which shows nowhere in `/proc`,
+    /// holds for all of them because podwire refuses to enter its sandbox while any other
+    /// thread runs (`sandbox::ensure_single_threaded`): each is started after, from a thread
+    /// already inside.
+    pub fn assert_sandboxed(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let mut names = Vec::new();
+        for task in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let path = task.unwrap().path();
+            // A thread that ended since the listing (a control client's) is no longer there.
+            let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+                continue;
+            };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("{}: no {name}", path.display()))
+            };
+            let name = field("Name:");
+            let what = format!("thread {name} ({})", path.display());
+            assert_eq!(field("Seccomp:"), "2", "seccomp filter mode of {what}");
+            assert_eq!(field("NoNewPrivs:"), "1", "{what}");
+            assert_eq!(field("CapEff:"), "0000000000000000", "{what}");
+            assert_eq!(field("CapPrm:"), "0000000000000000", "{what}");
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } == 0 {
+                let uid = field("Uid:");
+                assert!(
+                    !uid.starts_with("0\t") && uid != "0",
+                    "{what} still root: Uid {uid}"
+                );
+            }
+            names.push(name);
         }
+        names
     }
 
     /// Its stderr (and stdout) so far.

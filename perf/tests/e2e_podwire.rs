@@ -328,7 +328,15 @@ fn subnet_mode_guest_uses_dhcp_ping_udp_dns_and_pod_loopback() {
     assert!(event("frontend_connected")["fields"]["session"].is_u64());
     assert!(event("start")["fields"]["interface"].is_string());
     // All of it (DHCP, ping, UDP, DNS, TCP, metrics, the pod's loopback) in the sandbox.
-    pw.assert_sandboxed();
+    // Every thread, those serving the control socket and metrics included (their sockets are
+    // bound before the sandbox, the threads started after it).
+    let threads = pw.assert_sandboxed();
+    for name in ["podwire-control", "podwire-metrics", "vring_worker"] {
+        assert!(
+            threads.iter().any(|t| t == name),
+            "no {name} among {threads:?}"
+        );
+    }
     vm.poweroff(T).unwrap();
 }
 

@@ -91,7 +91,7 @@ fn transfer_files_both_ways(nic_props: &[&str]) {
     );
     pw.ensure_running().unwrap();
     // All of it under the sandbox.
-    pw.assert_sandboxed();
+    let _ = pw.assert_sandboxed();
     vm.poweroff(T).unwrap();
     let _ = far::FAR_NAME;
 }

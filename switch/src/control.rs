@@ -117,7 +117,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Binds `path` with mode 0600 (replacing a stale socket) and serves it from a thread.
 pub fn spawn(path: &Path, shared: Arc<Shared>) -> io::Result<()> {
-    let listener = bind_private(path)?;
+    serve_from_thread(bind_private(path)?, shared)
+}
+
+/// Serves a bound control socket from a thread of its own. podwire binds at start-up and calls
+/// this after the sandbox, so that the thread and the client threads it starts are in it.
+pub fn serve_from_thread(listener: UnixListener, shared: Arc<Shared>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("podwire-control".into())
         .spawn(move || serve(listener, shared))

@@ -198,7 +198,7 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
             return Err(format!("cannot write {}: {e}", pid_file.display()));
         }
     }
-    leftovers.extend(ops::start(
+    let services = ops::bind(
         &ops_options,
         &config,
         &switch,
@@ -206,7 +206,8 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         server.session(),
         capture,
         mailbox,
-    )?);
+    )?;
+    leftovers.extend(services.leftovers.iter().cloned());
     leftovers.extend(config.pid_file.clone());
     if let Some(line) = fd_warning {
         tracing::warn!("{line}");
@@ -216,9 +217,10 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
             .notify()
             .map_err(|e| format!("cannot detach from the caller: {e}"))?;
     }
-    // After everything start-up opens (the ops threads' sockets and files included, the
-    // caller detached from), before the first guest byte and before the signal thread (see
-    // sandbox.rs).
+    // After everything start-up opens (the ops sockets and files included, the caller
+    // detached from), before the first guest byte and before any other thread (see
+    // sandbox.rs): Landlock restricts only the calling thread and those it starts afterwards.
+    sandbox::ensure_single_threaded().map_err(|e| e.to_string())?;
     sandbox::enter(&sandbox::SandboxOptions {
         runas: config.runas.clone(),
         disabled: !config.sandbox,
@@ -231,6 +233,7 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
             .collect(),
     })
     .map_err(|e| e.to_string())?;
+    services.spawn()?;
     signals::spawn_handler(switch, device, leftovers.clone())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tracing::info!("listening on {}", config.socket.display());

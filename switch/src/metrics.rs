@@ -203,31 +203,43 @@ fn respond<S: Read + Write>(mut stream: S, shared: &Arc<Shared>) -> io::Result<(
     stream.write_all(body.as_bytes())
 }
 
-/// Serves metrics on `addr` from a thread; returns a socket file to remove at exit, if any.
-pub fn spawn(addr: &str, shared: Arc<Shared>) -> io::Result<Option<PathBuf>> {
+/// The bound metrics endpoint.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Binds `addr` (`HOST:PORT` or `unix:PATH`); returns the listener and a socket file to remove
+/// at exit, if any.
+pub fn bind(addr: &str) -> io::Result<(Listener, Option<PathBuf>)> {
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = PathBuf::from(path);
         let listener = crate::control::bind_private(&path)?;
-        std::thread::Builder::new()
-            .name("podwire-metrics".into())
-            .spawn(move || {
-                for s in listener.incoming().flatten() {
+        return Ok((Listener::Unix(listener), Some(path)));
+    }
+    Ok((Listener::Tcp(TcpListener::bind(addr)?), None))
+}
+
+/// Serves a bound endpoint from a thread of its own (started after the sandbox, see
+/// `ops::Services`).
+pub fn serve_from_thread(listener: Listener, shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("podwire-metrics".into())
+        .spawn(move || match listener {
+            Listener::Unix(l) => {
+                for s in l.incoming().flatten() {
                     let _ = s.set_read_timeout(Some(IO_TIMEOUT));
                     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                     let _ = respond(s, &shared);
                 }
-            })?;
-        return Ok(Some(path));
-    }
-    let listener = TcpListener::bind(addr)?;
-    std::thread::Builder::new()
-        .name("podwire-metrics".into())
-        .spawn(move || {
-            for s in listener.incoming().flatten() {
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                let _ = respond(s, &shared);
             }
-        })?;
-    Ok(None)
+            Listener::Tcp(l) => {
+                for s in l.incoming().flatten() {
+                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                    let _ = respond(s, &shared);
+                }
+            }
+        })
+        .map(drop)
 }

@@ -75,8 +75,20 @@ fn initial_forwards(config: &Config) -> Vec<ForwardEntry> {
     out
 }
 
-/// Starts the control socket and the metrics endpoint; returns files to remove at exit.
-pub fn start(
+/// The control socket and the metrics endpoint, bound at start-up (binding may need the file
+/// system and, for a low port, root). Their threads are started by [`Services::spawn`] only
+/// after the sandbox: Landlock restricts the thread that enters it and the threads started
+/// from it afterwards, never a thread already running (seccomp alone has TSYNC).
+pub struct Services {
+    shared: Arc<Shared>,
+    control: Option<std::os::unix::net::UnixListener>,
+    metrics: Option<crate::metrics::Listener>,
+    /// Socket files to remove at exit.
+    pub leftovers: Vec<PathBuf>,
+}
+
+/// Binds the control socket and the metrics endpoint (see [`Services`]).
+pub fn bind(
     options: &Options,
     config: &Config,
     handler: &Arc<Mutex<Capturing<Switch>>>,
@@ -84,7 +96,7 @@ pub fn start(
     session: Arc<SessionInfo>,
     capture: Arc<Capture>,
     mailbox: Arc<crate::mailbox::Mailbox>,
-) -> Result<Vec<PathBuf>, String> {
+) -> Result<Services, String> {
     let shared = Arc::new(Shared::new(
         handler.clone(),
         device.clone(),
@@ -100,19 +112,44 @@ pub fn start(
         Some(p) => Some(PathBuf::from(p)),
         None => Some(control::default_path(&config.socket)),
     };
+    let mut control = None;
     if let Some(path) = control_path {
-        control::spawn(&path, shared.clone())
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        control = Some(
+            control::bind_private(&path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+        );
         tracing::info!(event = "control_listening", path = %path.display(), "control socket {}", path.display());
         leftovers.push(path);
     }
+    let mut metrics = None;
     if let Some(addr) = &options.metrics {
-        leftovers.extend(
-            crate::metrics::spawn(addr, shared).map_err(|e| format!("--metrics {addr}: {e}"))?,
-        );
+        let (listener, file) =
+            crate::metrics::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+        metrics = Some(listener);
+        leftovers.extend(file);
         tracing::info!(event = "metrics_listening", address = %addr, "metrics on {addr}");
     }
-    Ok(leftovers)
+    Ok(Services {
+        shared,
+        control,
+        metrics,
+        leftovers,
+    })
+}
+
+impl Services {
+    /// Starts the threads that serve the bound sockets (after the sandbox: see [`Services`]).
+    pub fn spawn(self) -> Result<(), String> {
+        if let Some(listener) = self.control {
+            control::serve_from_thread(listener, self.shared.clone())
+                .map_err(|e| format!("cannot serve the control socket: {e}"))?;
+        }
+        if let Some(listener) = self.metrics {
+            crate::metrics::serve_from_thread(listener, self.shared)
+                .map_err(|e| format!("cannot serve metrics: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// JSON logs: one object per line with `timestamp`, `level`, `fields` (`message` and the

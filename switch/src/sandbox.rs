@@ -24,7 +24,11 @@
 //!
 //! It runs on the main thread before any other thread exists, so that the Landlock domain (a
 //! per-thread property) and the credentials are inherited by every thread podwire starts
-//! later; the seccomp filter is synchronised to all threads anyway.
+//! later; the seccomp filter is synchronised to all threads anyway. Landlock offers no such
+//! synchronisation on the kernels podwire runs on (Linux 6.18: ABI 7), so a thread already
+//! running would stay outside the domain, and every thread it started too: start-up binds the
+//! sockets of the control and metrics threads but starts those threads only afterwards, and
+//! [`ensure_single_threaded`] refuses to go on when any other thread exists.
 //!
 //! `--no-sandbox` (for debugging with strace or gdb) skips steps 2 to 5; a root podwire still
 //! becomes its `--runas` user.
@@ -186,6 +190,42 @@ pub enum SandboxError {
     Seccomp(#[from] seccompiler::Error),
     #[error("seccomp: {0}")]
     SeccompBackend(#[from] seccompiler::BackendError),
+    #[error(
+        "sandbox: threads {0:?} started before it and would stay outside Landlock; \
+         start them after"
+    )]
+    ThreadsBefore(Vec<String>),
+    #[error("sandbox: cannot list this process's threads: {0}")]
+    Threads(io::Error),
+}
+
+/// Fails, naming them, if threads other than the calling one run: [`enter`]'s Landlock domain
+/// would not reach them nor the threads they start.
+pub fn ensure_single_threaded() -> Result<(), SandboxError> {
+    let others = other_threads().map_err(SandboxError::Threads)?;
+    if others.is_empty() {
+        Ok(())
+    } else {
+        Err(SandboxError::ThreadsBefore(others))
+    }
+}
+
+/// The names of this process's threads other than the calling one.
+pub fn other_threads() -> io::Result<Vec<String>> {
+    // SAFETY: gettid cannot fail.
+    let me = unsafe { libc::gettid() }.to_string();
+    let mut names = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?;
+        if task.file_name().to_str() == Some(me.as_str()) {
+            continue;
+        }
+        // A thread that ended since the listing has no comm left: it no longer counts.
+        if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+            names.push(comm.trim_end().to_string());
+        }
+    }
+    Ok(names)
 }
 
 /// A user and group to become.

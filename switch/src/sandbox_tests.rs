@@ -80,6 +80,15 @@ fn child_entry() {
     .unwrap();
     let other = elsewhere.join("other-file");
     std::fs::write(&other, "x").unwrap();
+    // One file elsewhere per thread that tries: one started after the sandbox, one before.
+    let (after, before) = (elsewhere.join("after-file"), elsewhere.join("before-file"));
+    std::fs::write(&after, "x").unwrap();
+    std::fs::write(&before, "x").unwrap();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let early = std::thread::spawn(move || {
+        let _ = wait.recv();
+        std::fs::remove_file(&before).is_ok()
+    });
     enter(&SandboxOptions {
         runas: None,
         disabled: false,
@@ -107,7 +116,15 @@ fn child_entry() {
             });
             let removed = std::fs::remove_file(&own).is_ok();
             let other_removed = std::fs::remove_file(&other).is_ok();
-            println!("\nREMOVED {removed} OTHER {other_removed}");
+            // Landlock is per thread: a thread started after the sandbox is in it, one that
+            // was running before is not (which is why podwire starts none before).
+            let late = std::thread::spawn(move || std::fs::remove_file(&after).is_ok());
+            let late_removed = late.join().unwrap();
+            let _ = go.send(());
+            let early_removed = early.join().unwrap();
+            println!(
+                "\nREMOVED {removed} OTHER {other_removed} LATE {late_removed} EARLY {early_removed}"
+            );
             // Wait for the parent to read /proc/PID/status, then leave.
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
@@ -189,12 +206,40 @@ fn the_sandboxed_process_has_no_privileges_and_a_filter() {
         let uid = status_field(&status, "Uid:");
         assert!(uid.starts_with(&nobody.uid.to_string()), "{uid}");
     }
-    // The start-up file may be removed; nothing else where Landlock exists.
+    // The start-up file may be removed; nothing else where Landlock exists, from this thread
+    // or one it started; a thread that was already running is outside Landlock.
     let files = files.expect("the child reported its file accesses");
     assert!(files.starts_with("true"), "{files}");
     if landlock_supported() {
-        assert!(files.ends_with("OTHER false"), "{files}");
+        assert!(
+            files.ends_with("OTHER false LATE false EARLY true"),
+            "{files}"
+        );
     }
+}
+
+#[test]
+fn threads_started_before_the_sandbox_are_named_and_refused() {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let early = std::thread::Builder::new()
+        .name("early-thread".into())
+        .spawn(move || {
+            // The thread names itself as it starts: only from here on is it listed so.
+            let _ = started.send(());
+            let _ = wait.recv();
+        })
+        .unwrap();
+    running.recv().unwrap();
+    assert!(other_threads().unwrap().iter().any(|n| n == "early-thread"));
+    match ensure_single_threaded() {
+        Err(SandboxError::ThreadsBefore(names)) => {
+            assert!(names.iter().any(|n| n == "early-thread"), "{names:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = go.send(());
+    early.join().unwrap();
 }
 
 fn landlock_supported() -> bool {

@@ -134,6 +134,9 @@ pub struct NetDevice<H: NetHandler, B: LogBitmap = BitmapMmapRegion> {
     acked_features: u64,
     event_idx: bool,
     exit: (EventConsumer, EventNotifier),
+    /// The exit consumers handed to the library, which it leaks (see `exit_event`): closed
+    /// when the device goes, after the last worker that waited on them.
+    exit_handed_out: Mutex<Vec<RawFd>>,
     /// Live migration's device-state transfer in progress, if any.
     transfer: StateTransfer,
     /// Each ring's call fd when it was last seen running, `None` if it was not (see
@@ -160,6 +163,7 @@ impl<H: NetHandler, B: LogBitmap> NetDevice<H, B> {
             acked_features: 0,
             event_idx: false,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            exit_handed_out: Mutex::new(Vec::new()),
             transfer: StateTransfer::default(),
             running: [None; NUM_QUEUES],
             session: Arc::default(),
@@ -386,8 +390,17 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
         Ok(())
     }
 
+    /// vhost-user-backend 0.24 registers the consumer in its worker's epoll set with
+    /// `into_raw_fd()` and never closes it: one eventfd per session would leak (issue 10's
+    /// reconnect soak). The device keeps the number of every consumer it hands out and closes
+    /// them when it is dropped, which is after the library's workers and their epoll sets
+    /// (they hold the device) are gone. `session_fds.rs` checks that a session leaves no
+    /// descriptor behind, so a library that closes it itself would show there first.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        let notifier = self.exit.1.try_clone().ok()?;
+        let consumer = self.exit.0.try_clone().ok()?;
+        lock(&self.exit_handed_out).push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn set_device_state_fd(
@@ -432,6 +445,17 @@ impl<H: NetHandler, B: LogBitmap> VhostUserBackendMut for NetDevice<H, B> {
         // Never return an error: the library would end the worker thread, and with it the NIC.
         self.process(device_event, vrings);
         Ok(())
+    }
+}
+
+impl<H: NetHandler, B: LogBitmap> Drop for NetDevice<H, B> {
+    fn drop(&mut self) {
+        for fd in lock(&self.exit_handed_out).drain(..) {
+            // SAFETY: `fd` is an exit consumer handed to the library in `exit_event`, which
+            // turned it into a raw fd it never closes; nothing else owns it, and the device —
+            // held by every worker that could still wait on it — is going.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
     }
 }
 

@@ -67,8 +67,12 @@ pub fn start(frontend: UnixStream, ours: UnixStream) -> io::Result<[JoinHandle<(
     Ok([to_library, to_frontend])
 }
 
-/// Forwards whole messages until either side closes.
-fn forward_requests(frontend: &UnixStream, library: &UnixStream) -> io::Result<()> {
+/// The frontend-to-library direction on the calling thread: forwards whole messages from
+/// `frontend` to `library` (holding and replaying early ring enables, acknowledging on
+/// `frontend`) until either side closes or a message is malformed, which is the error
+/// returned. [`start`] runs it on a thread of its own; the fuzzer calls it directly, so that
+/// every input costs no thread.
+pub fn forward_requests(frontend: &UnixStream, library: &UnixStream) -> io::Result<()> {
     let mut features_seen = false;
     // Ring enable states held until SET_FEATURES: (vring index, enable), latest per ring.
     let mut held: [(u32, u32); MAX_HELD] = [(0, 0); MAX_HELD];

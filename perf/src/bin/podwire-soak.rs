@@ -12,9 +12,12 @@
 //!                                      back at their baseline and its RSS (RssAnon) flat, and the guest
 //!                                      still gets a DHCP lease
 //! podwire-soak reconnect [--cycles N]  (default 100) N times: boot a guest, start a download,
-//!                                      kill QEMU mid-transfer; podwire must be back at its
+//!   [--pause-while PATH]               kill QEMU mid-transfer; podwire must be back at its
 //!                                      baseline each time, and serve guest N+1 (DHCP, an
-//!                                      md5-checked download)
+//!                                      md5-checked download). With --pause-while, waits
+//!                                      between cycles for as long as PATH exists (a shared
+//!                                      machine's quiet window: a cycle's deadlines cannot
+//!                                      survive being stopped in the middle)
 //! podwire-soak flood [--attempts N]    (default 100000) a remote host opens N connections at
 //!                                      a forwarded port while the guest's own outbound
 //!                                      connections (rounds of 500, for as long as the
@@ -60,7 +63,14 @@ fn main() {
     };
     let r = match args.first().map(String::as_str) {
         Some("soak") => num("--secs", 600).and_then(soak),
-        Some("reconnect") => num("--cycles", 100).and_then(reconnect),
+        Some("reconnect") => {
+            let pause_while = args
+                .iter()
+                .position(|a| a == "--pause-while")
+                .and_then(|i| args.get(i + 1))
+                .map(PathBuf::from);
+            num("--cycles", 100).and_then(|n| reconnect(n, pause_while.as_deref()))
+        }
         Some("flood") => num("--attempts", 100_000).and_then(flood),
         _ => Err(anyhow::anyhow!(
             "usage: podwire-soak soak [--secs N] | reconnect [--cycles N] | flood [--attempts N]"
@@ -279,7 +289,22 @@ fn soak(secs: u64) -> Result<String> {
 
 // ---------------------------------------------------------------- reconnect ----
 
-fn reconnect(cycles: u64) -> Result<String> {
+/// Waits, idle, for as long as `path` exists (checked every 5 s).
+fn wait_while_exists(path: Option<&Path>) {
+    let Some(path) = path else {
+        return;
+    };
+    let mut said = false;
+    while path.exists() {
+        if !said {
+            println!("reconnect: pausing while {} exists", path.display());
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+fn reconnect(cycles: u64, pause_while: Option<&Path>) -> Result<String> {
     let topo = PodTopology::create()?;
     let dir = util::TempDir::new("reconnect")?;
     let file = dir.join("file");
@@ -292,6 +317,7 @@ fn reconnect(cycles: u64) -> Result<String> {
     let base = Footprint::of(&pw);
     println!("reconnect: baseline {base:?}; {cycles} cycles");
     for i in 0..cycles {
+        wait_while_exists(pause_while);
         let mut vm = boot(&pw, &format!("reconnect-{i}"), None, dir.path())?;
         vm.console().run_ok(
             &format!("socat -u TCP4:{FAR_HOST}:{FILE_PORT} - > /dev/null &"),
@@ -306,6 +332,7 @@ fn reconnect(cycles: u64) -> Result<String> {
         let now = back_to_baseline(&mut pw, base, &format!("cycle {i}"))?;
         println!("reconnect: cycle {i}: {now:?}");
     }
+    wait_while_exists(pause_while);
     let mut vm = boot(&pw, "reconnect-last", None, dir.path())?;
     let got = guest::download_md5(vm.console(), FAR_HOST.into(), FILE_PORT, T)?;
     ensure!(got == md5, "the last guest's download corrupted");
