@@ -90,7 +90,7 @@ pub enum RestoreError {
     ShortQueue(usize),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record truncated")]
     Truncated,

@@ -788,6 +788,7 @@ impl Switch {
                     remote: c.remote,
                     seq_to_guest: c.seq_to_guest,
                     ack_from_guest: c.ack_from_guest,
+                    repair: None,
                 })
                 .collect(),
         }
