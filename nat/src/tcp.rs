@@ -58,6 +58,9 @@ use crate::wire::{
 use crate::{sock, AddrMap};
 
 mod inspect;
+mod migrate;
+
+pub use migrate::{size_send_buffer, AdoptError, TcpFlowState};
 
 /// mio tokens of forwarded-port listeners start here; below are the flows (token = slot).
 pub const LISTEN_BASE: usize = 1 << 41;
