@@ -26,6 +26,8 @@ mod harden_tests;
 mod ipv6_tests;
 mod mailbox;
 mod metrics;
+#[cfg(test)]
+mod migrate_tests;
 mod ops;
 mod podnet;
 mod sandbox;
