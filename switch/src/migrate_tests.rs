@@ -261,3 +261,35 @@ fn without_a_helper_on_the_destination_the_guest_connection_is_reset() {
     assert!(rst);
     assert_eq!(seq, first);
 }
+
+/// A destination pod with another address: the dumped socket cannot be bound there, so the
+/// connection is reset towards the guest, helper or not.
+#[test]
+fn a_socket_whose_address_the_destination_lacks_is_reset() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut src = Switch::new(&config()).unwrap();
+    src.set_repair_channel(channel_with_helper("src-moved"));
+    let (_pod, first) = connect(&mut src, &listener);
+    let mut state = crate::state::StateRepr::parse(&src.save_state().unwrap()).unwrap();
+    let repair = state.tcp[0].repair.as_mut().expect("the socket travels");
+    // An address of the test range no interface here has.
+    repair
+        .socket
+        .local
+        .set_ip(Ipv4Addr::new(198, 18, 99, 99).into());
+
+    let mut dst = Switch::new(&config()).unwrap();
+    dst.set_repair_channel(channel_with_helper("dst-moved"));
+    dst.load_state(&state.emit()).unwrap();
+    assert!(dst.status().contains("flows=0"), "{}", dst.status());
+    let mut rx = Captured::default();
+    dst.poll_host(&mut rx);
+    let (seq, .., rst, _) = segment_of(&rx.frames[0]);
+    assert!(rst);
+    assert_eq!(seq, first);
+}
