@@ -24,6 +24,8 @@ pub mod counters;
 mod pseudo;
 pub mod sg;
 pub mod sink;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use counters::{
     nonzero_summary, summary_of, Counter, CounterDesc, CounterKind, CounterSet, CounterValue,

@@ -45,6 +45,8 @@ mod inspect;
 pub mod ports;
 pub mod sock;
 pub mod tcp;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod udp_batch;
 pub mod wire;
 

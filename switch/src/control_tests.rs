@@ -40,7 +40,7 @@ fn setup(name: &str) -> (Arc<Shared>, PathBuf) {
     (shared, path)
 }
 
-fn ask(path: &PathBuf, request: &Request) -> Response {
+fn ask(path: &std::path::Path, request: &Request) -> Response {
     control::client::ask(path, request).unwrap()
 }
 

@@ -363,11 +363,6 @@ impl Switch {
         &self.v4.as_ref().expect("IPv4 configured").counters
     }
 
-    #[cfg(test)]
-    pub fn nat_mut(&mut self) -> &mut Nat {
-        &mut self.nat
-    }
-
     fn endpoints(&self) -> Endpoints {
         Endpoints {
             // Until the guest has spoken, broadcast: it is the only other host on the link.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::Registry;
 
-use super::{State, TcpTable};
+use super::conn::{Event, State};
+use super::TcpTable;
 use crate::flow::FlowTable;
 use crate::inspect::{FlowInfo, FlowProto};
 use crate::sock;
@@ -47,8 +48,8 @@ impl TcpTable {
             .take(limit)
             .map(|c| {
                 let info = tcp_info(c.fd.as_raw_fd());
-                let state = match c.state {
-                    _ if c.fin_from_guest || c.fin_sent || c.sock_eof => "closing",
+                let state = match c.state() {
+                    _ if c.half_closed() || c.has_seen(Event::SockFinRcvd) => "closing",
                     State::Connecting => "connecting",
                     State::SynAckSent => "syn-ack-sent",
                     State::SynSent => "syn-sent",
@@ -56,7 +57,7 @@ impl TcpTable {
                 };
                 FlowInfo {
                     proto: FlowProto::Tcp,
-                    inbound: c.from_pod,
+                    inbound: c.opened_from_pod(),
                     guest: SocketAddr::new(c.key.guest_ip, c.key.guest_port),
                     remote: Some(SocketAddr::new(c.key.remote_ip, c.key.remote_port)),
                     pod: sock::local_addr(&c.fd).ok(),

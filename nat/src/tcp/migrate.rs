@@ -27,7 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use super::{setsockopt_int, Conn, ConnKey, State, SNDBUF};
+use super::conn::{ConnKey, Event, Flags, State};
+use super::{socket, Conn};
 use crate::flow::{FlowData, FlowKey, Origin};
 use crate::Nat;
 
@@ -72,21 +73,34 @@ pub enum AdoptError {
     Refused,
 }
 
-/// Sets the send buffer a connection's socket has (see `TcpTable::insert`) on a socket about
-/// to be rebuilt, before its send queue is written back: the queue fitted the source's buffer
-/// of this size.
-pub fn size_send_buffer(fd: BorrowedFd<'_>) {
-    let _ = setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SNDBUF);
+/// Sets a socket about to be rebuilt up as a connection's (see `TcpTable::insert`), before
+/// its send queue is written back: the queue fitted the source's send buffer of this size.
+pub fn size_send_buffer(fd: &OwnedFd) {
+    socket::set_up(fd);
+}
+
+/// Makes the next peek start `offset` bytes into the receive queue.
+fn set_peek_offset(fd: BorrowedFd<'_>, offset: u32) {
+    let value = offset.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: a valid int option value for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 impl Conn {
     /// Worth moving: established, both directions open, nothing half-done.
     fn migratable(&self) -> bool {
-        self.state == State::Established
-            && !self.fin_from_guest
-            && !self.fin_sent
+        self.state() == State::Established
+            && !self.half_closed()
+            && !self.has_seen(Event::SockFinRcvd)
             && self.fin_seq.is_none()
-            && !self.sock_eof
     }
 
     fn flow_state(&self, origin: Origin) -> TcpFlowState {
@@ -157,24 +171,23 @@ impl Nat {
         if self.flows.lookup(&FlowKey::from(key)).is_some() {
             return Err(AdoptError::Duplicate);
         }
-        let origin = match state.inbound_from {
-            Some(source) => Origin::Inbound { source },
-            None => Origin::Outbound,
+        let (first, origin) = match state.inbound_from {
+            Some(source) => (Event::SockAccepted, Origin::Inbound { source }),
+            None => (Event::TapSynRcvd, Origin::Outbound),
         };
-        let mut conn = Conn {
-            iss: state.snd_una.wrapping_sub(1),
-            snd_una: state.snd_una,
-            snd_nxt: state.snd_nxt,
-            snd_max: state.snd_nxt,
-            snd_wnd: state.snd_wnd,
-            rcv_nxt: state.rcv_nxt,
-            guest_mss: state.guest_mss,
-            guest_wscale: state.guest_wscale,
-            // The guest learns the window (and where podwire is) at once.
-            ack_pending: true,
-            ..Conn::new(key, fd, State::Established)
-        };
-        conn.from_pod = state.inbound_from.is_some();
+        let mut conn = Conn::new(key, fd, first);
+        if first == Event::TapSynRcvd {
+            conn.event(Event::SockConnected);
+        }
+        conn.event(Event::Established);
+        conn.iss = state.snd_una.wrapping_sub(1);
+        conn.snd_una = state.snd_una;
+        conn.snd_nxt = state.snd_nxt;
+        conn.snd_max = state.snd_nxt;
+        conn.snd_wnd = state.snd_wnd;
+        conn.rcv_nxt = state.rcv_nxt;
+        conn.guest_mss = state.guest_mss;
+        conn.guest_wscale = state.guest_wscale;
         if in_flight > 0 {
             // Anything the switch-over lost is sent again after one timeout.
             conn.rto_deadline = Some(Instant::now() + conn.rto);
@@ -184,15 +197,17 @@ impl Nat {
             .tcp
             .insert(&mut self.flows, registry, origin, conn)
             .ok_or(AdoptError::Refused)?;
+        let peek_off = self.tcp.peek_off;
         if let Some(conn) = self.flows.tcp_mut(slot) {
             // The next peek starts after the bytes the guest already has, as on the source
             // (without SO_PEEK_OFF the send path skips `in_flight` bytes by itself).
-            if self.tcp.peek_off {
-                let fd = conn.fd.as_raw_fd();
-                let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, in_flight as i32);
+            if peek_off {
+                set_peek_offset(conn.fd.as_fd(), in_flight);
             }
+            // The guest learns the window (and where podwire is) at once.
+            conn.set(Flags::ACK_DUE);
+            self.tcp.work.queue_ack(conn, slot);
         }
-        self.tcp.queue_ack(&mut self.flows, slot);
         Ok(())
     }
 }

@@ -189,7 +189,7 @@ impl Switch {
             let socket = t.repair.as_ref().map(|r| r.socket.new_socket());
             match socket {
                 Some(Ok(fd)) => {
-                    size_send_buffer(fd.as_fd());
+                    size_send_buffer(&fd);
                     work.push((t, fd));
                 }
                 Some(Err(e)) => {
