@@ -584,17 +584,21 @@ fn same_address_migration_keeps_tcp_connections_with_repair_helpers() {
         let detail = c.run_ok("cat /tmp/dl.err /tmp/dl.count", T).unwrap();
         panic!("download across the migration differs ({got}): {detail}");
     }
+    let sockets = |what: &str| {
+        let far_ss = topo.far.exec(&["ss", "-tnie"]).unwrap_or_default();
+        let pod_ss = topo.pod.exec(&["ss", "-tnie"]).unwrap_or_default();
+        let got = std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0);
+        format!("{what}: {got} of {total} bytes at the far host\nfar:\n{far_ss}\npod:\n{pod_ss}")
+    };
     util::wait_until("the upload to finish", T, || {
         Ok(c.run("test -e /tmp/up.done", T)?.code == 0)
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sockets("upload")));
     let status = c.run_ok("cat /tmp/up.done /tmp/up.err", T).unwrap();
     assert_eq!(status.trim(), "0", "{status}");
-    assert_eq!(
-        far::md5_once_complete(&upload, total, T).unwrap(),
-        want_upload,
-        "upload across the migration"
-    );
+    let uploaded = far::md5_once_complete(&upload, total, T)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", sockets("upload")));
+    assert_eq!(uploaded, want_upload, "upload across the migration");
     // The iperf3 stream ran its course through the move.
     let exit = iperf.wait_timeout(T).unwrap();
     let report = iperf.log();
