@@ -6,7 +6,8 @@ set -euo pipefail
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
-# nftables, gnuplot-nox, dpdk-dev (dpdk-testpmd): the benchmark suite (perf/README.md).
+# nftables, gnuplot-nox, dpdk-dev (dpdk-testpmd): the benchmark suite (perf/README.md);
+# nftables also for e2e_migrate (the pod's RSTs dropped while its connections move).
 # isc-dhcp-client: dhclient is put into the guest as a second DHCPv6 client (e2e_ipv6).
 # tcpdump, curl: read the capture podwire writes with --pcap and scrape --metrics (e2e_podwire).
 # make, gcc, xz-utils: passt is built from Debian's source package for the benchmarks and the

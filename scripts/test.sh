@@ -10,8 +10,9 @@ bash scripts/install-deps.sh
 bash perf/guest/build-image.sh perf/guest/out
 
 # The end-to-end tests run the release binary, as users do.
-cargo build --release --locked -p podwire -p podwire-kubevirt
+cargo build --release --locked -p podwire -p podwire-kubevirt -p podwire-repair
 export PODWIRE_BIN="$PWD/target/release/podwire"
+export PODWIRE_REPAIR_BIN="$PWD/target/release/podwire-repair"
 
 # End-to-end tests each boot a TCG guest; two at a time fit 2 cores.
 cargo test --locked --workspace -- --test-threads=2

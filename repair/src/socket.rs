@@ -90,7 +90,7 @@ pub enum RestoreError {
     ShortQueue(usize),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record truncated")]
     Truncated,
@@ -403,15 +403,20 @@ impl TcpDump {
             });
         }
         // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Before repair mode, which then upgrades it to force-reuse (see restore_in_repair).
+        let one: libc::c_int = 1;
+        setsockopt_raw(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)
+            .map_err(rsys("SO_REUSEADDR"))?;
+        Ok(fd)
     }
 
     /// Rebuilds the connection on `sock`, which must be in repair mode.
     pub fn restore_in_repair(&self, sock: BorrowedFd<'_>) -> Result<(), RestoreError> {
         let fd = sock.as_raw_fd();
-        let one: libc::c_int = 1;
-        setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)
-            .map_err(rsys("SO_REUSEADDR"))?;
+        // No SO_REUSEADDR here: switching repair on made the socket force-reuse its address
+        // (it may share a port with a listener: a connection accepted on a forwarded port),
+        // and setting SO_REUSEADDR now would take that back.
         let (local, len) = raw_sockaddr(&self.local);
         // SAFETY: local holds a valid sockaddr of len bytes.
         check(unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), len) })

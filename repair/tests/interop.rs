@@ -324,3 +324,48 @@ fn only_established_sockets_are_dumped() {
         Err(podwire_repair::DumpError::NotEstablished(7))
     ));
 }
+
+/// The server side of a connection (accepted on a port that still has its listener, as a
+/// connection on a forwarded pod port) is rebuilt on that same port: repair mode lets the
+/// new socket share the listener's port, as long as nothing takes that right back (setting
+/// SO_REUSEADDR after repair mode did).
+#[test]
+fn an_accepted_connection_moves_while_its_listener_listens() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "accepted");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    helper
+        .channel
+        .set(&[server.as_fd()], RepairCmd::On)
+        .unwrap();
+    let dump = TcpDump::dump(server.as_fd()).unwrap();
+    assert_eq!(dump.local, listener.local_addr().unwrap());
+    drop(server);
+
+    let sock = dump.new_socket().unwrap();
+    helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
+    dump.restore_in_repair(sock.as_fd())
+        .expect("rebuilt on the listener's port");
+    helper.channel.set(&[sock.as_fd()], RepairCmd::Off).unwrap();
+    let mut restored = TcpStream::from(sock);
+    restored.set_nonblocking(false).unwrap();
+    restored
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"to-the-new-server").unwrap();
+    let mut got = [0u8; 17];
+    restored.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-the-new-server");
+    restored.write_all(b"back").unwrap();
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"back");
+}

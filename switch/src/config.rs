@@ -5,7 +5,7 @@
 //! before anything is bound: a bad one ends podwire with one clear line and a non-zero status.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -223,6 +223,12 @@ pub struct Cli {
     /// (their uid must still pass the `--frontend-uid` check)
     #[arg(long)]
     pub socket_group: bool,
+    /// UNIX socket a TCP repair helper (`passt-repair`, `podwire-repair`) connects to, for
+    /// live migration that keeps the guest's TCP connections [default: the vhost-user
+    /// socket's path with `.repair` appended, as passt]. `none`: no helper, connections are
+    /// reset on migration
+    #[arg(long, value_name = "PATH")]
+    pub repair_path: Option<PathBuf>,
     /// passt's options podwire does not have, caught so that the refusal names them
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -246,8 +252,6 @@ pub struct Unsupported {
     pub no_udp: bool,
     #[arg(long, hide = true)]
     pub no_icmp: bool,
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub repair_path: Option<String>,
     #[arg(long, hide = true)]
     pub print_capabilities: bool,
     #[arg(long, hide = true)]
@@ -267,7 +271,6 @@ impl Unsupported {
             (self.no_tcp, "--no-tcp"),
             (self.no_udp, "--no-udp"),
             (self.no_icmp, "--no-icmp"),
-            (self.repair_path.is_some(), "--repair-path"),
             (self.print_capabilities, "--print-capabilities"),
             (self.migrate_exit, "--migrate-exit"),
             (self.migrate_no_linger, "--migrate-no-linger"),
@@ -384,6 +387,19 @@ fn dhcp_extra(cli: &Cli) -> Result<podwire_dhcp::ExtraOptions, ConfigError> {
 }
 
 /// passt's `-n`: a prefix length or a dotted IPv4 mask with contiguous ones.
+/// `--repair-path`, or passt's default next to a vhost-user socket; `none` turns it off.
+/// The stream protocol has no migration, hence no helper.
+fn repair_path(socket: &Path, vhost_user: bool, given: Option<PathBuf>) -> Option<PathBuf> {
+    if !vhost_user {
+        return None;
+    }
+    match given {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p),
+        None => Some(podwire_repair::RepairChannel::default_path(socket)),
+    }
+}
+
 fn parse_netmask(s: &str) -> Result<u8, String> {
     if let Ok(len) = s.parse::<u8>() {
         return if len <= 32 {
@@ -537,6 +553,8 @@ pub struct Config {
     pub sandbox: bool,
     /// A uid allowed on the vhost-user socket besides podwire's own and root.
     pub frontend_uid: Option<u32>,
+    /// Where TCP repair helpers connect (vhost-user only; `None`: no repair channel).
+    pub repair_path: Option<PathBuf>,
     /// Socket mode 0660 rather than 0600.
     pub socket_group: bool,
 }
@@ -803,10 +821,11 @@ impl Config {
             udp_forwards: resolve_forwards(Proto::Udp, &cli.udp_ports)?,
             dhcp_extra,
             runas: cli.runas,
-            socket: cli.socket,
+            socket: cli.socket.clone(),
             sandbox: !cli.no_sandbox,
             frontend_uid: cli.frontend_uid,
             socket_group: cli.socket_group,
+            repair_path: repair_path(&cli.socket, cli.vhost_user, cli.repair_path.clone()),
             uplink,
         })
     }
@@ -1064,6 +1083,31 @@ mod tests {
         assert!(parse_netmask("33").is_err());
         assert!(parse_netmask("255.0.255.0").is_err());
         assert!(parse_netmask("mask").is_err());
+    }
+
+    #[test]
+    fn repair_path_defaults_next_to_the_vhost_user_socket_as_passt() {
+        let dflt = |args: &[&str]| {
+            let cli = parse(args);
+            repair_path(&cli.socket, cli.vhost_user, cli.repair_path)
+        };
+        assert_eq!(
+            dflt(&["--vhost-user", "-s", "/run/x/net0.socket"]),
+            Some(PathBuf::from("/run/x/net0.socket.repair"))
+        );
+        assert_eq!(
+            dflt(&["--vhost-user", "-s", "/s", "--repair-path", "/r/h.sock"]),
+            Some(PathBuf::from("/r/h.sock"))
+        );
+        assert_eq!(
+            dflt(&["--vhost-user", "-s", "/s", "--repair-path", "none"]),
+            None
+        );
+        assert_eq!(
+            dflt(&["-s", "/s"]),
+            None,
+            "no migration over the stream protocol"
+        );
     }
 
     #[test]

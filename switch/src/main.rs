@@ -26,6 +26,8 @@ mod harden_tests;
 mod ipv6_tests;
 mod mailbox;
 mod metrics;
+#[cfg(test)]
+mod migrate_tests;
 mod ops;
 mod podnet;
 mod sandbox;
@@ -154,7 +156,15 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         describe_guest(&config),
         config.resolver.nameservers,
     );
-    let switch = Switch::new(&config).map_err(|e| format!("cannot set up the dataplane: {e}"))?;
+    let mut switch =
+        Switch::new(&config).map_err(|e| format!("cannot set up the dataplane: {e}"))?;
+    // Bound now, before the sandbox: helpers connect to it at any time, and it is only
+    // looked at when a migration needs it.
+    if let Some(path) = &config.repair_path {
+        let channel = podwire_repair::RepairChannel::bind(path)
+            .map_err(|e| format!("cannot listen on --repair-path {}: {e}", path.display()))?;
+        switch.set_repair_channel(channel);
+    }
     let device_config = NetConfig {
         mac: config
             .guest_mac
@@ -192,6 +202,7 @@ fn run(cli: Cli, process: &ProcessOptions, ready: Option<ReadyPipe>) -> Result<(
         )
     };
     let mut leftovers = vec![config.socket.clone()];
+    leftovers.extend(config.repair_path.clone());
     if let Some(pid_file) = &config.pid_file {
         if let Err(e) = daemon::write_pid_file(pid_file, std::process::id()) {
             let _ = std::fs::remove_file(&config.socket);

@@ -18,24 +18,43 @@
 //! ```
 //!
 //! Kinds: MAC (6), IPV4 (guest address 4), LEASE4, IPV6 (address in use 16, handed out 16),
-//! IPV6_SEEN (one address the guest used, 16), BINDING6, FORWARD (5), TCP (45), END (0 bytes).
+//! IPV6_SEEN (one address the guest used, 16), BINDING6, FORWARD (5), TCP (45), TCP_REPAIR
+//! (32), CHUNK (1..=65535), END (0 bytes).
 //! The END record makes truncation detectable; bytes after it are refused. An unknown kind is
 //! refused too: a new kind of record means a new version. Hand-written rather than serde +
 //! a binary codec so that every length is bounded where it is read and the format is stated
 //! here, in one place (docs/dependencies.md).
+//!
+//! Version 2 carries the guest's TCP connections whole when the source could dump their
+//! sockets in repair mode (see podwire-repair): a TCP record may be followed by one
+//! TCP_REPAIR record — the NAT's side of the connection (`snd_una`, the guest's window, MSS
+//! and window scale, where it came from) and the length of the socket's dump — and then by
+//! CHUNK records carrying that dump ([`podwire_repair::TcpDump::encode`], queues included)
+//! in pieces of at most 65535 bytes, as one record's length is 16 bits. The chunks must add
+//! up to the announced length exactly before any other record; the dump is then decoded with
+//! its own strict checks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use podwire_repair::TcpDump;
+
 /// "podwire device state".
 pub const MAGIC: [u8; 4] = *b"PWDS";
-/// The only version this podwire reads and writes.
-pub const VERSION: u16 = 1;
+/// The only version this podwire reads and writes (2: TCP sockets in repair records).
+pub const VERSION: u16 = 2;
 
 /// Bounds on what a stream may carry.
 pub const MAX_FORWARDS: usize = 4096;
 pub const MAX_TCP: usize = 1 << 16;
 pub const MAX_V6_SEEN: usize = 64;
 const MAX_OPAQUE: usize = 255;
+/// Largest socket dump one TCP_REPAIR record announces: both queues at their cap, plus the
+/// fixed fields.
+pub const MAX_DUMP: usize = 2 * podwire_repair::socket::MAX_QUEUE + 256;
+/// Largest value of one record (its length field is 16 bits).
+const MAX_RECORD: usize = u16::MAX as usize;
+/// Length of a TCP_REPAIR record's value.
+const TCP_REPAIR_LEN: usize = 32;
 
 mod kind {
     pub const END: u8 = 0;
@@ -47,6 +66,8 @@ mod kind {
     pub const BINDING6: u8 = 6;
     pub const FORWARD: u8 = 7;
     pub const TCP: u8 = 8;
+    pub const TCP_REPAIR: u8 = 9;
+    pub const CHUNK: u8 = 10;
 }
 
 /// Why a stream was refused.
@@ -72,6 +93,14 @@ pub enum StateFormatError {
     TooMany(&'static str),
     #[error("device state has a lease or binding without its address family")]
     Orphan,
+    #[error("device state has a TCP socket record that follows no TCP connection")]
+    OrphanSocket,
+    #[error("device state announces a {0}-byte socket dump, more than allowed")]
+    DumpTooLarge(usize),
+    #[error("device state has socket data chunks that do not match the announced length")]
+    BadChunks,
+    #[error("device state has a bad TCP socket dump: {0}")]
+    BadSocket(#[from] podwire_repair::DecodeError),
 }
 
 /// The IPv4 side of the guest.
@@ -121,7 +150,7 @@ pub struct ForwardRepr {
 }
 
 /// One guest TCP connection, as the guest knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRepr {
     pub guest: SocketAddr,
     pub remote: SocketAddr,
@@ -129,6 +158,23 @@ pub struct TcpRepr {
     pub seq_to_guest: u32,
     /// The next sequence number podwire expects from the guest.
     pub ack_from_guest: u32,
+    /// The connection's socket, dumped in repair mode, when the source could hand it over.
+    pub repair: Option<Box<TcpRepairRepr>>,
+}
+
+/// The rest of a connection that travels with its socket: the NAT's side and the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRepairRepr {
+    /// The oldest sequence number towards the guest it has not acknowledged: the first byte
+    /// of the socket's receive queue.
+    pub snd_una: u32,
+    /// The guest's receive window, in bytes.
+    pub snd_wnd: u32,
+    pub guest_mss: u16,
+    pub guest_wscale: Option<u8>,
+    /// For a connection that came in on a forwarded port: the peer's address.
+    pub inbound_from: Option<IpAddr>,
+    pub socket: TcpDump,
 }
 
 /// Everything the switch hands over.
@@ -264,6 +310,14 @@ impl StateRepr {
             v.extend_from_slice(&t.seq_to_guest.to_be_bytes());
             v.extend_from_slice(&t.ack_from_guest.to_be_bytes());
             record(&mut out, kind::TCP, &v);
+            if let Some(r) = &t.repair {
+                let mut dump = Vec::new();
+                r.socket.encode(&mut dump);
+                record(&mut out, kind::TCP_REPAIR, &tcp_repair_value(r, dump.len()));
+                for chunk in dump.chunks(MAX_RECORD) {
+                    record(&mut out, kind::CHUNK, chunk);
+                }
+            }
         }
         record(&mut out, kind::END, &[]);
         out
@@ -289,6 +343,10 @@ impl StateRepr {
         let mut ip6 = None;
         let mut seen6 = Vec::new();
         let mut binding6 = None;
+        // A TCP_REPAIR record whose dump is still arriving in CHUNK records.
+        let mut socket: Option<PendingSocket> = None;
+        // Whether the record just read was a TCP one (a TCP_REPAIR record must follow one).
+        let mut last_was_tcp = false;
         loop {
             let kind = f.u8().ok_or(E::Truncated)?;
             let len = usize::from(f.u16().ok_or(E::Truncated)?);
@@ -296,6 +354,23 @@ impl StateRepr {
             f.0 = rest;
             let bad_len = E::BadLength { kind, len };
             let mut v = Fields(value);
+            if kind == kind::CHUNK {
+                let pending = socket.as_mut().ok_or(E::BadChunks)?;
+                if len == 0 || pending.dump.len() + len > pending.want {
+                    return Err(E::BadChunks);
+                }
+                pending.dump.extend_from_slice(value);
+                if pending.dump.len() == pending.want {
+                    let done = socket.take().ok_or(E::BadChunks)?;
+                    let conn = state.tcp.last_mut().ok_or(E::OrphanSocket)?;
+                    conn.repair = Some(Box::new(done.finish()?));
+                }
+                continue;
+            }
+            if socket.is_some() {
+                // Another record before the dump was whole.
+                return Err(E::BadChunks);
+            }
             match kind {
                 kind::END => {
                     if len != 0 {
@@ -381,9 +456,28 @@ impl StateRepr {
                         return Err(E::TooMany("TCP connections"));
                     }
                     state.tcp.push(t);
+                    last_was_tcp = true;
+                    continue;
+                }
+                kind::TCP_REPAIR => {
+                    if len != TCP_REPAIR_LEN {
+                        return Err(bad_len);
+                    }
+                    if !last_was_tcp {
+                        return Err(E::OrphanSocket);
+                    }
+                    let pending = parse_tcp_repair(&mut v).ok_or(E::Malformed(kind))?;
+                    if pending.want > MAX_DUMP {
+                        return Err(E::DumpTooLarge(pending.want));
+                    }
+                    if pending.want == 0 {
+                        return Err(E::BadChunks);
+                    }
+                    socket = Some(pending);
                 }
                 other => return Err(E::UnknownRecord(other)),
             }
+            last_was_tcp = false;
         }
         if !f.done() {
             return Err(E::TrailingBytes(f.0.len()));
@@ -441,6 +535,82 @@ fn parse_tcp(v: &mut Fields<'_>) -> Option<TcpRepr> {
         remote,
         seq_to_guest: v.u32()?,
         ack_from_guest: v.u32()?,
+        repair: None,
+    })
+}
+
+/// A TCP_REPAIR record's value: the NAT's fields, then the dump's length.
+fn tcp_repair_value(r: &TcpRepairRepr, dump_len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(TCP_REPAIR_LEN);
+    v.extend_from_slice(&r.snd_una.to_be_bytes());
+    v.extend_from_slice(&r.snd_wnd.to_be_bytes());
+    v.extend_from_slice(&r.guest_mss.to_be_bytes());
+    v.push(r.guest_wscale.unwrap_or(0xff));
+    let (family, ip) = match r.inbound_from {
+        None => (0, Ipv6Addr::UNSPECIFIED),
+        Some(IpAddr::V4(a)) => (4, a.to_ipv6_mapped()),
+        Some(IpAddr::V6(a)) => (6, a),
+    };
+    v.push(family);
+    v.extend_from_slice(&ip.octets());
+    v.extend_from_slice(&(dump_len as u32).to_be_bytes());
+    v
+}
+
+/// A TCP_REPAIR record read, waiting for its CHUNK records.
+struct PendingSocket {
+    snd_una: u32,
+    snd_wnd: u32,
+    guest_mss: u16,
+    guest_wscale: Option<u8>,
+    inbound_from: Option<IpAddr>,
+    want: usize,
+    dump: Vec<u8>,
+}
+
+impl PendingSocket {
+    fn finish(self) -> Result<TcpRepairRepr, StateFormatError> {
+        Ok(TcpRepairRepr {
+            snd_una: self.snd_una,
+            snd_wnd: self.snd_wnd,
+            guest_mss: self.guest_mss,
+            guest_wscale: self.guest_wscale,
+            inbound_from: self.inbound_from,
+            socket: TcpDump::decode(&self.dump)?,
+        })
+    }
+}
+
+fn parse_tcp_repair(v: &mut Fields<'_>) -> Option<PendingSocket> {
+    let snd_una = v.u32()?;
+    let snd_wnd = v.u32()?;
+    let guest_mss = v.u16()?;
+    let guest_wscale = match v.u8()? {
+        0xff => None,
+        s if s <= 14 => Some(s),
+        _ => return None,
+    };
+    let family = v.u8()?;
+    let ip = v.v6()?;
+    let inbound_from = match family {
+        0 if ip.is_unspecified() => None,
+        4 => Some(IpAddr::V4(ip.to_ipv4_mapped()?)),
+        6 => Some(IpAddr::V6(ip)),
+        _ => return None,
+    };
+    let want = v.u32()? as usize;
+    if !v.done() {
+        return None;
+    }
+    Some(PendingSocket {
+        snd_una,
+        snd_wnd,
+        guest_mss,
+        guest_wscale,
+        inbound_from,
+        want,
+        // Grown as the chunks come: the announced length is not trusted with an allocation.
+        dump: Vec::new(),
     })
 }
 
@@ -491,14 +661,43 @@ mod tests {
                     remote: "198.18.1.1:80".parse().unwrap(),
                     seq_to_guest: 0xdead_beef,
                     ack_from_guest: 12345,
+                    repair: Some(Box::new(repair_sample(70_000))),
                 },
                 TcpRepr {
                     guest: "[fd00::2]:40001".parse().unwrap(),
                     remote: "[fd00:1::1]:443".parse().unwrap(),
                     seq_to_guest: 1,
                     ack_from_guest: u32::MAX,
+                    repair: None,
                 },
             ],
+        }
+    }
+
+    /// A connection's socket with `queued` bytes in its receive queue (more than one record
+    /// holds, for a dump that spans several chunks).
+    fn repair_sample(queued: usize) -> TcpRepairRepr {
+        TcpRepairRepr {
+            snd_una: 0xdead_0000,
+            snd_wnd: 64 << 10,
+            guest_mss: 1460,
+            guest_wscale: Some(7),
+            inbound_from: Some("198.18.1.1".parse().unwrap()),
+            socket: TcpDump {
+                local: "198.18.0.2:40000".parse().unwrap(),
+                remote: "198.18.1.1:80".parse().unwrap(),
+                seq_snd: 1,
+                seq_rcv: 2,
+                window: Default::default(),
+                mss: 1460,
+                options: 7,
+                snd_wscale: 7,
+                rcv_wscale: 7,
+                timestamp: 99,
+                send_queue: b"to the peer".to_vec(),
+                notsent: 3,
+                recv_queue: (0..queued).map(|i| i as u8).collect(),
+            },
         }
     }
 
@@ -556,14 +755,16 @@ mod tests {
     #[test]
     fn unknown_version_is_refused() {
         let mut bytes = full().emit();
-        bytes[4..6].copy_from_slice(&2u16.to_be_bytes());
-        assert_eq!(
-            StateRepr::parse(&bytes),
-            Err(StateFormatError::UnknownVersion(2))
-        );
-        let msg = StateFormatError::UnknownVersion(2).to_string();
+        for old_or_new in [1u16, 3] {
+            bytes[4..6].copy_from_slice(&old_or_new.to_be_bytes());
+            assert_eq!(
+                StateRepr::parse(&bytes),
+                Err(StateFormatError::UnknownVersion(old_or_new))
+            );
+        }
+        let msg = StateFormatError::UnknownVersion(1).to_string();
         assert!(
-            msg.contains("version 2") && msg.contains("version 1"),
+            msg.contains("version 1") && msg.contains("version 2"),
             "{msg}"
         );
     }
@@ -634,6 +835,80 @@ mod tests {
         assert_eq!(
             StateRepr::parse(&many),
             Err(StateFormatError::TooMany("IPv6 addresses"))
+        );
+    }
+
+    /// The socket dump of a connection travels in CHUNK records after its TCP_REPAIR record;
+    /// any other arrangement, or a dump that does not decode, refuses the whole stream.
+    #[test]
+    fn socket_dumps_travel_in_chunks_and_bad_arrangements_are_refused() {
+        let state = full();
+        let bytes = state.emit();
+        let parsed = StateRepr::parse(&bytes).unwrap();
+        assert_eq!(parsed, state);
+        let dump = &parsed.tcp[0].repair.as_ref().unwrap().socket;
+        assert_eq!(dump.recv_queue.len(), 70_000, "spans two chunks");
+
+        // Records of a stream, as (offset, kind, len).
+        let records = |b: &[u8]| {
+            let mut at = 6;
+            let mut out = Vec::new();
+            while at < b.len() {
+                let len = usize::from(u16::from_be_bytes([b[at + 1], b[at + 2]]));
+                out.push((at, b[at], len));
+                at += 3 + len;
+            }
+            out
+        };
+        let recs = records(&bytes);
+        let chunks: Vec<_> = recs.iter().filter(|r| r.1 == kind::CHUNK).collect();
+        assert_eq!(chunks.len(), 2);
+        let repair = *recs.iter().find(|r| r.1 == kind::TCP_REPAIR).unwrap();
+
+        // A chunk missing: the next record comes before the dump is whole.
+        let (at, _, len) = *chunks[1];
+        let mut missing = bytes.clone();
+        missing.drain(at..at + 3 + len);
+        assert_eq!(StateRepr::parse(&missing), Err(StateFormatError::BadChunks));
+        // A chunk too many (a copy of the last one).
+        let mut extra = bytes.clone();
+        let copy = bytes[at..at + 3 + len].to_vec();
+        extra.splice(at + 3 + len..at + 3 + len, copy);
+        assert_eq!(StateRepr::parse(&extra), Err(StateFormatError::BadChunks));
+        // A chunk with no TCP_REPAIR record before it.
+        let mut stray = StateRepr::default().emit();
+        stray.splice(6..6, [kind::CHUNK, 0, 1, 0]);
+        assert_eq!(StateRepr::parse(&stray), Err(StateFormatError::BadChunks));
+        // A TCP_REPAIR record that follows no TCP record.
+        let mut orphan = StateRepr::default().emit();
+        let value = bytes[repair.0..repair.0 + 3 + repair.2].to_vec();
+        orphan.splice(6..6, value);
+        assert_eq!(
+            StateRepr::parse(&orphan),
+            Err(StateFormatError::OrphanSocket)
+        );
+        // An announced dump beyond the cap is refused before anything is read into it.
+        let mut huge = bytes.clone();
+        let len_at = repair.0 + 3 + TCP_REPAIR_LEN - 4;
+        huge[len_at..len_at + 4].copy_from_slice(&(MAX_DUMP as u32 + 1).to_be_bytes());
+        assert_eq!(
+            StateRepr::parse(&huge),
+            Err(StateFormatError::DumpTooLarge(MAX_DUMP + 1))
+        );
+        // A dump whose own fields are wrong (an unknown address family in it).
+        let mut bad = bytes.clone();
+        bad[chunks[0].0 + 3] = 5;
+        assert!(
+            matches!(StateRepr::parse(&bad), Err(StateFormatError::BadSocket(_))),
+            "{:?}",
+            StateRepr::parse(&bad)
+        );
+        // A window scale no TCP has.
+        let mut scale = bytes.clone();
+        scale[repair.0 + 3 + 10] = 15;
+        assert_eq!(
+            StateRepr::parse(&scale),
+            Err(StateFormatError::Malformed(kind::TCP_REPAIR))
         );
     }
 }

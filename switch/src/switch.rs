@@ -41,6 +41,7 @@ use crate::config::{Config, Forwarding, GATEWAY_MAC};
 use crate::state::{Binding6, ForwardRepr, Lease4, State4, State6, StateRepr, TcpRepr};
 
 pub mod inspect;
+mod migrate;
 
 /// Header bytes copied out of guest memory per frame: Ethernet + the longest IP header +
 /// an L4 header.
@@ -160,6 +161,8 @@ pub struct Switch {
     /// After a migration: the guest's TCP connections this podwire could not take over, to
     /// reset towards the guest as soon as it has RX buffers (rather than let them hang).
     pending_resets: Vec<TcpRepr>,
+    /// Where TCP repair helpers connect, for live migration with sockets (see `migrate.rs`).
+    repair: Option<podwire_repair::RepairChannel>,
     pub counters: SwitchCounters,
 }
 
@@ -361,6 +364,7 @@ impl Switch {
             nat,
             forwards,
             pending_resets: Vec::new(),
+            repair: None,
             counters: SwitchCounters::default(),
         })
     }
@@ -809,6 +813,7 @@ impl Switch {
                     remote: c.remote,
                     seq_to_guest: c.seq_to_guest,
                     ack_from_guest: c.ack_from_guest,
+                    repair: None,
                 })
                 .collect(),
         }
@@ -866,8 +871,9 @@ impl Switch {
             });
             v6.link.restore(&s6.seen, binding);
         }
-        // The sockets stayed with the source podwire: reset the guest's side at once.
-        self.pending_resets = state.tcp;
+        // Connections whose sockets could not be rebuilt here (or stayed with the source):
+        // reset the guest's side at once.
+        self.pending_resets = self.take_over_sockets(state.tcp);
         tracing::info!(
             "migration: took over the guest (MAC {}, IPv4 {}, IPv6 {}); resetting {} TCP \
              connections it had",
@@ -1040,7 +1046,9 @@ impl NetHandler for Switch {
     }
 
     fn save_state(&mut self) -> Result<Vec<u8>, podwire_frame::StateError> {
-        Ok(self.to_state().emit())
+        let mut state = self.to_state();
+        self.hand_over_sockets(&mut state);
+        Ok(state.emit())
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), podwire_frame::StateError> {
@@ -1056,6 +1064,7 @@ impl NetHandler for Switch {
         tracing::info!("session counters: {}", self.summary());
         // The next frontend may be another guest: forget this one.
         self.nat.clear();
+        self.pending_resets.clear();
         self.guest_mac = self.pinned_mac;
         if let Some(v6) = self.v6.as_mut() {
             v6.link.forget();

@@ -94,6 +94,7 @@ fn migrated_connections_are_reset_towards_the_guest_once() {
             remote: (GW_IP, 7000).into(),
             seq_to_guest: 1000,
             ack_from_guest: 2000,
+            repair: None,
         }],
         ..StateRepr::default()
     };

@@ -65,6 +65,7 @@ pub(crate) fn config() -> Config {
         sandbox: true,
         frontend_uid: None,
         socket_group: false,
+        repair_path: None,
     }
 }
 

@@ -31,9 +31,10 @@ use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferState
 
 use podwire_frame::NetHandler;
 
-/// Largest state accepted on load: far above what a full flow table needs, small enough that a
+/// Largest state accepted on load: a full flow table and the queued data of the TCP sockets
+/// that travel with it (the switch puts at most 96 MiB of it in), small enough that a
 /// frontend cannot make podwire hold an unbounded buffer.
-pub const MAX_STATE_LEN: usize = 16 << 20;
+pub const MAX_STATE_LEN: usize = 128 << 20;
 
 /// A transfer started by `SET_DEVICE_STATE_FD` and not yet checked.
 enum Pending {

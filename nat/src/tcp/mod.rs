@@ -54,6 +54,7 @@
 //!   error for an unreachable peer).
 //! - `socket`: every syscall on a connection's socket.
 //! - `inspect`: read-only views for operators.
+//! - `migrate`: live migration of established connections with their sockets.
 //!
 //! This module holds the table ([`TcpTable`]): listeners, the work lists (connections owing an
 //! ACK, holding one back, stalled on the guest's RX ring, owing a SYN, failed), the counters,
@@ -77,6 +78,7 @@ pub(crate) mod conn;
 mod frame;
 mod guest;
 mod inspect;
+mod migrate;
 mod socket;
 mod timers;
 mod to_guest;
@@ -84,6 +86,7 @@ mod to_guest;
 pub use conn::Conn;
 use conn::{ConnKey, Flags};
 use guest::Gather;
+pub use migrate::{size_send_buffer, AdoptError, TcpFlowState};
 
 /// mio tokens of forwarded-port listeners start here; below are the flows (token = slot).
 pub const LISTEN_BASE: usize = 1 << 41;
