@@ -114,6 +114,7 @@ pub fn link6(data: &[u8]) {
 pub fn switch_config() -> Config {
     Config {
         socket: PathBuf::from("/nonexistent"),
+        repair_path: None,
         uplink: Uplink {
             name: "lo".into(),
             v4: Some(UplinkAddr {

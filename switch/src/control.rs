@@ -115,7 +115,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Binds `path` with mode 0600 (replacing a stale socket) and serves it from a thread.
+/// Binds `path` with mode 0600 (replacing a stale socket) and serves it from a thread (tests).
+#[cfg(test)]
 pub fn spawn(path: &Path, shared: Arc<Shared>) -> io::Result<()> {
     serve_from_thread(bind_private(path)?, shared)
 }
