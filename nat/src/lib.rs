@@ -644,7 +644,7 @@ impl Nat {
         }
         self.tcp.resume_parked(&mut self.flows, rx, ep);
         let mut tick = false;
-        let mut ready = [(0usize, false); EVENTS_PER_POLL];
+        let mut ready = [(0usize, (false, false)); EVENTS_PER_POLL];
         let mut nready = 0;
         for ev in self.events.iter() {
             if ev.token() == TIMER_TOKEN {
@@ -654,11 +654,11 @@ impl Nat {
                 self.delack_armed = false;
                 self.tcp.release_delayed_acks(&mut self.flows);
             } else if nready < ready.len() {
-                ready[nready] = (ev.token().0, ev.is_writable());
+                ready[nready] = (ev.token().0, (ev.is_writable(), ev.is_read_closed()));
                 nready += 1;
             }
         }
-        for &(token, writable) in &ready[..nready] {
+        for &(token, readiness) in &ready[..nready] {
             if token >= tcp::LISTEN_BASE {
                 let registry = self.poll.registry();
                 self.tcp.listener_event(
@@ -672,7 +672,7 @@ impl Nat {
             } else if self.flows.tcp(token).is_some() {
                 let registry = self.poll.registry();
                 self.tcp
-                    .socket_event(&mut self.flows, registry, token, writable, rx, ep);
+                    .socket_event(&mut self.flows, registry, token, readiness, rx, ep);
             } else {
                 self.drain_flow(token, rx, ep);
             }

@@ -151,6 +151,11 @@ impl Flags {
     /// window's ioctl) per guest segment that acknowledges everything: two system calls of
     /// every request/response.
     pub const SOCK_DRAINED: Flags = Flags(1 << 5);
+    /// SOCK_READ_CLOSED: a readiness event said the peer has closed its side (EPOLLRDHUP), so
+    /// an end of file may wait behind the data: a short peek no longer means drained, and
+    /// the next peek finds the end of file. Without it, a reply and a FIN that arrive together
+    /// (one edge-triggered event) leave the FIN unseen.
+    pub const SOCK_READ_CLOSED: Flags = Flags(1 << 6);
 }
 
 pub struct Conn {

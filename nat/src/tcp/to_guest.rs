@@ -39,7 +39,7 @@ impl TcpTable {
         flows: &mut FlowTable,
         registry: &Registry,
         slot: usize,
-        writable: bool,
+        (writable, read_closed): (bool, bool),
         rx: &mut dyn RxSink,
         ep: &Endpoints,
     ) {
@@ -58,6 +58,9 @@ impl TcpTable {
             State::SynAckSent | State::SynSent => {}
             State::Established => {
                 conn.clear(Flags::SOCK_DRAINED);
+                if read_closed {
+                    conn.set(Flags::SOCK_READ_CLOSED);
+                }
                 // A peek reports a failed connection by itself; only when none will be made
                 // (the guest's window or its RX ring is full) is the error asked for.
                 let no_peek = conn.in_flight() >= conn.snd_wnd || conn.has(Flags::STALLED);
@@ -265,13 +268,14 @@ impl TcpTable {
         let partial = rx.partial_csum();
         let (mut got, mut eof, mut failed, mut peeks) = (0usize, false, false, 0u64);
         let mut drained = false;
+        let read_closed = conn.has(Flags::SOCK_READ_CLOSED);
         let mut fill = |frame: &mut SgList<'_>| {
             let skip = in_flight as usize;
             peeks += 1;
             let n = match socket::peek(fd, frame, payload_offset, room, peek_off, skip, scratch) {
                 // Short: TCP's peek stops only at the end of what the socket holds.
                 Peeked::Data(n) => {
-                    drained = n < room || all_of_it;
+                    drained = (n < room || all_of_it) && !read_closed;
                     n
                 }
                 Peeked::Nothing => {
