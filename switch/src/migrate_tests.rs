@@ -238,6 +238,16 @@ fn an_established_connection_moves_with_its_socket_and_the_peer_never_notices() 
     assert_eq!((seq, data.as_slice()), (next, &b"last"[..]));
 }
 
+/// The guest's connection as reset by the destination: its first frame after the load is a RST
+/// at the guest's next sequence number `first`.
+fn assert_reset_towards_guest(dst: &mut Switch, first: u32) {
+    let mut rx = Captured::default();
+    dst.poll_host(&mut rx);
+    let (seq, .., rst, _) = segment_of(&rx.frames[0]);
+    assert!(rst);
+    assert_eq!(seq, first);
+}
+
 /// Without a helper on the destination, the connection cannot be rebuilt there: the guest's
 /// side is reset at once rather than left hanging.
 #[test]
@@ -255,11 +265,7 @@ fn without_a_helper_on_the_destination_the_guest_connection_is_reset() {
 
     let mut dst = Switch::new(&config()).unwrap();
     dst.load_state(&state).unwrap();
-    let mut rx = Captured::default();
-    dst.poll_host(&mut rx);
-    let (seq, .., rst, _) = segment_of(&rx.frames[0]);
-    assert!(rst);
-    assert_eq!(seq, first);
+    assert_reset_towards_guest(&mut dst, first);
 }
 
 /// A destination pod with another address: the dumped socket cannot be bound there, so the
@@ -287,9 +293,5 @@ fn a_socket_whose_address_the_destination_lacks_is_reset() {
     dst.set_repair_channel(channel_with_helper("dst-moved"));
     dst.load_state(&state.emit()).unwrap();
     assert!(dst.status().contains("flows=0"), "{}", dst.status());
-    let mut rx = Captured::default();
-    dst.poll_host(&mut rx);
-    let (seq, .., rst, _) = segment_of(&rx.frames[0]);
-    assert!(rst);
-    assert_eq!(seq, first);
+    assert_reset_towards_guest(&mut dst, first);
 }
