@@ -51,6 +51,35 @@ pub struct FlowInfo {
     pub bytes_to_guest: Option<u64>,
     pub age: Option<Duration>,
     pub idle: Option<Duration>,
+    /// A TCP connection's internal state, for debugging a stuck transfer.
+    pub tcp: Option<TcpDetail>,
+}
+
+/// Where a TCP connection's two sequence spaces and its socket's queues stand: what an
+/// operator (or a test) needs to tell which side a stuck transfer waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpDetail {
+    /// The events that happened to it (`ESTABLISHED`, `SOCK_FIN_RCVD`, ...).
+    pub events: Vec<&'static str>,
+    /// The work lists it is on and other bookkeeping (`STALLED`, `SOCK_DRAINED`, ...).
+    pub flags: Vec<&'static str>,
+    /// Oldest byte towards the guest it has not acknowledged.
+    pub snd_una: u32,
+    /// Bytes sent to the guest and not acknowledged.
+    pub in_flight: u32,
+    /// The guest's receive window.
+    pub guest_window: u32,
+    /// Next byte expected from the guest.
+    pub rcv_nxt: u32,
+    /// The window last offered to the guest.
+    pub offered_window: u32,
+    /// Bytes in the socket's receive queue (from the peer, not yet acknowledged by the guest).
+    pub socket_unread: u32,
+    /// Bytes in the socket's send queue (from the guest, not yet acknowledged by the peer).
+    pub socket_unsent: u32,
+    /// Milliseconds to the retransmission timer, if it runs.
+    pub rto_in_ms: Option<u64>,
+    pub retries: u8,
 }
 
 /// Flow counts by protocol and direction.
@@ -104,6 +133,7 @@ impl Nat {
                 bytes_to_guest: None,
                 age: None,
                 idle: Some(now.saturating_duration_since(entry.last_active)),
+                tcp: None,
             });
         }
         out

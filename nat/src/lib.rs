@@ -65,7 +65,7 @@ use podwire_frame::{
 use smoltcp::wire::IpProtocol;
 
 use crate::flow::{Datagram, Entry, FlowData, FlowKey, FlowLimits, FlowTable, Origin, Refused};
-pub use crate::inspect::{FlowCounts, FlowInfo, FlowProto};
+pub use crate::inspect::{FlowCounts, FlowInfo, FlowProto, TcpDetail};
 use crate::wire::{Endpoints, IpInfo, L4Csum, ICMP_LEN, UDP_LEN};
 
 /// ICMPv6's protocol number.

@@ -78,6 +78,8 @@ pub enum DumpError {
     NotEstablished(u8),
     #[error("queue of {0} bytes exceeds the migration cap")]
     QueueTooLarge(usize),
+    #[error("data kept arriving while the receive queue was read")]
+    Unsettled,
     #[error("{what}: {err}")]
     Sys { what: &'static str, err: io::Error },
 }
@@ -156,41 +158,66 @@ fn select_queue(fd: RawFd, queue: libc::c_int) -> io::Result<()> {
     setsockopt_raw(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &queue)
 }
 
-/// Peeks `len` bytes from the currently selected repair queue.
-fn peek_queue(fd: RawFd, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        // SAFETY: buf[got..] is writable for len - got bytes.
+/// How often the receive queue is read again when data keeps arriving during the dump.
+const RECV_ATTEMPTS: u32 = 16;
+
+/// One `MSG_PEEK` into `buf` from the head of the selected repair queue.
+fn peek_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is writable for its length.
         let n = unsafe {
             libc::recv(
                 fd,
-                buf[got..].as_mut_ptr().cast(),
-                len - got,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        if n >= 0 {
+            return Ok(n as usize);
         }
-        if n == 0 || got > 0 {
-            // MSG_PEEK always starts at the queue head: one call must return it all.
-            break;
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(0),
+            _ => return Err(err),
         }
-        got = n as usize;
     }
-    if got != len {
-        return Err(io::Error::other(format!(
-            "peeked {got} of {len} queued bytes"
-        )));
+}
+
+/// The whole send queue (selected), in one peek: the kernel copies it skb by skb from the
+/// oldest unacknowledged byte and fails rather than return part of it.
+fn peek_send_queue(fd: RawFd, at_most: usize) -> Result<Vec<u8>, DumpError> {
+    let mut buf = vec![0u8; at_most];
+    if at_most == 0 {
+        return Ok(buf);
     }
+    let n = peek_into(fd, &mut buf).map_err(sys("peek send queue"))?;
+    buf.truncate(n);
     Ok(buf)
 }
 
-/// Peeks the whole receive queue from its head. podwire's sockets use `SO_PEEK_OFF` (peeks
-/// start past the bytes already sent to the guest): it is moved to 0 for the dump and put
-/// back after, so a migration that fails leaves the source's socket as it was.
-fn peek_receive_queue(fd: RawFd, len: usize) -> Result<Vec<u8>, DumpError> {
+/// The sequence number of the receive queue's first byte (selected), read between two reads
+/// of its end that agree; `None` if data arrived meanwhile.
+fn receive_queue_head(fd: RawFd) -> Result<Option<u32>, DumpError> {
+    let mut end: u32 = 0;
+    getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut end)
+        .map_err(sys("TCP_QUEUE_SEQ recv"))?;
+    let queued = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))?;
+    let mut again: u32 = 0;
+    getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut again)
+        .map_err(sys("TCP_QUEUE_SEQ recv"))?;
+    if queued as usize > MAX_QUEUE {
+        return Err(DumpError::QueueTooLarge(queued as usize));
+    }
+    Ok((end == again).then(|| end.wrapping_sub(queued)))
+}
+
+/// The whole receive queue (selected) from its head, however much arrives while it is read.
+/// podwire's sockets use `SO_PEEK_OFF` (peeks start past the bytes already sent to the
+/// guest): it is moved to 0 for the dump and put back after, so a migration that fails
+/// leaves the source's socket as it was.
+fn peek_receive_queue(fd: RawFd) -> Result<Vec<u8>, DumpError> {
     let mut old: libc::c_int = -1;
     getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &mut old)
         .map_err(sys("SO_PEEK_OFF"))?;
@@ -198,12 +225,30 @@ fn peek_receive_queue(fd: RawFd, len: usize) -> Result<Vec<u8>, DumpError> {
         setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &(0 as libc::c_int))
             .map_err(sys("SO_PEEK_OFF"))?;
     }
-    let data = peek_queue(fd, len).map_err(sys("peek receive queue"));
+    let data = peek_all(fd);
     if old >= 0 {
         setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &old)
             .map_err(sys("SO_PEEK_OFF"))?;
     }
     data
+}
+
+/// Peeks until a peek leaves room in its buffer: then it returned all there was.
+fn peek_all(fd: RawFd) -> Result<Vec<u8>, DumpError> {
+    let mut len =
+        (ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize + 65536).min(MAX_QUEUE + 1);
+    loop {
+        let mut buf = vec![0u8; len];
+        let n = peek_into(fd, &mut buf).map_err(sys("peek receive queue"))?;
+        if n < len {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        if len > MAX_QUEUE {
+            return Err(DumpError::QueueTooLarge(n));
+        }
+        len = (len * 2).min(MAX_QUEUE + 1);
+    }
 }
 
 fn write_queue(fd: RawFd, data: &[u8]) -> Result<(), RestoreError> {
@@ -316,6 +361,24 @@ fn raw_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) 
 
 impl TcpDump {
     /// Reads the state of `sock`, which the helper has put in repair mode.
+    ///
+    /// A socket in repair mode still runs TCP with its peer: ACKs move its send queue's head,
+    /// data grows its receive queue (and is acknowledged), and unless the send queue is the
+    /// selected repair queue it still transmits. So each queue is read so that such events
+    /// cannot make the dump inconsistent, and the socket is left with the send queue
+    /// selected, where it transmits nothing more: the caller closes it as soon as it can
+    /// (data that arrives between the dump and the close is acknowledged and lost, so that
+    /// window must stay short — see `Switch::hand_over_sockets`).
+    ///
+    /// - Send queue: its end (`write_seq`) is fixed, as nobody writes; its head moves with
+    ///   ACKs. Its start is the end minus the bytes one peek returned. Never-sent bytes are
+    ///   counted only while nothing can be transmitted, and counted again at the end: the
+    ///   smaller count wins, because a byte treated as sent is merely sent again by the
+    ///   destination, whereas a byte the peer already has but the destination thinks unsent
+    ///   makes the peer's ACKs look like ACKs of unsent data, and the connection stalls.
+    /// - Receive queue: its head (`copied_seq`) is fixed, as nobody reads; its end grows with
+    ///   arrivals. The head is the end sequence minus the queued bytes, read where no arrival
+    ///   came between; the peek returns everything from the head, however much arrived.
     pub fn dump(sock: BorrowedFd<'_>) -> Result<Self, DumpError> {
         let fd = sock.as_raw_fd();
         let mut info = [0u8; 256];
@@ -330,45 +393,52 @@ impl TcpDump {
         let mut timestamp: u32 = 0;
         getsockopt_raw(fd, libc::SOL_TCP, TCP_TIMESTAMP, &mut timestamp)
             .map_err(sys("TCP_TIMESTAMP"))?;
+        // Before the queues: the destination checks rcv_wup against the receive queue's end,
+        // which only grows.
         let mut window = RepairWindow::default();
         getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW, &mut window)
             .map_err(sys("TCP_REPAIR_WINDOW"))?;
 
+        select_queue(fd, TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE send"))?;
+        let mut notsent = ioctl_int(fd, SIOCOUTQNSD).map_err(sys("SIOCOUTQNSD"))?;
         let sndq = ioctl_int(fd, SIOCOUTQ).map_err(sys("SIOCOUTQ"))? as usize;
-        let notsent = ioctl_int(fd, SIOCOUTQNSD)
-            .map_err(sys("SIOCOUTQNSD"))?
-            .min(sndq as u32);
-        let rcvq = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize;
-        for len in [sndq, rcvq] {
-            if len > MAX_QUEUE {
-                return Err(DumpError::QueueTooLarge(len));
+        if sndq > MAX_QUEUE {
+            return Err(DumpError::QueueTooLarge(sndq));
+        }
+        // The queue can only have shrunk since SIOCOUTQ: a buffer of that size holds it.
+        let send_queue = peek_send_queue(fd, sndq)?;
+        let mut snd_end: u32 = 0;
+        getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut snd_end)
+            .map_err(sys("TCP_QUEUE_SEQ send"))?;
+
+        let mut recv_queue = Vec::new();
+        let mut seq_rcv = 0;
+        for attempt in 0.. {
+            if attempt == RECV_ATTEMPTS {
+                return Err(DumpError::Unsettled);
+            }
+            select_queue(fd, TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE recv"))?;
+            let Some(head) = receive_queue_head(fd)? else {
+                continue;
+            };
+            seq_rcv = head;
+            recv_queue = peek_receive_queue(fd)?;
+            // Nothing is sent from here to the close.
+            select_queue(fd, TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE send"))?;
+            let queued = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize;
+            if queued == recv_queue.len() {
+                break;
             }
         }
-        select_queue(fd, TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE send"))?;
-        let send_queue = if sndq > 0 {
-            peek_queue(fd, sndq).map_err(sys("peek send queue"))?
-        } else {
-            Vec::new()
-        };
-        let mut seq_snd: u32 = 0;
-        getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut seq_snd)
-            .map_err(sys("TCP_QUEUE_SEQ send"))?;
-        select_queue(fd, TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE recv"))?;
-        let recv_queue = if rcvq > 0 {
-            peek_receive_queue(fd, rcvq)?
-        } else {
-            Vec::new()
-        };
-        let mut seq_rcv: u32 = 0;
-        getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut seq_rcv)
-            .map_err(sys("TCP_QUEUE_SEQ recv"))?;
+        // While the receive queue was selected an ACK may have let more go out.
+        notsent = notsent.min(ioctl_int(fd, SIOCOUTQNSD).map_err(sys("SIOCOUTQNSD"))?);
+        let notsent = notsent.min(send_queue.len() as u32);
 
         Ok(TcpDump {
             local: sockaddr_of(fd, false).map_err(sys("getsockname"))?,
             remote: sockaddr_of(fd, true).map_err(sys("getpeername"))?,
-            // The kernel reports the queues' end sequences; store their starts.
-            seq_snd: seq_snd.wrapping_sub(sndq as u32),
-            seq_rcv: seq_rcv.wrapping_sub(rcvq as u32),
+            seq_snd: snd_end.wrapping_sub(send_queue.len() as u32),
+            seq_rcv,
             window,
             mss: mss.max(0) as u32,
             options,

@@ -426,6 +426,19 @@ fn flows(shared: &Shared, limit: Option<usize>) -> Result<Vec<Flow>, String> {
             bytes_to_guest: f.bytes_to_guest,
             age_ms: f.age.map(|d| d.as_millis() as u64),
             idle_ms: f.idle.map(|d| d.as_millis() as u64),
+            tcp: f.tcp.map(|t| TcpDetail {
+                events: t.events.iter().map(|e| e.to_string()).collect(),
+                flags: t.flags.iter().map(|f| f.to_string()).collect(),
+                snd_una: t.snd_una,
+                in_flight: t.in_flight,
+                guest_window: t.guest_window,
+                rcv_nxt: t.rcv_nxt,
+                offered_window: t.offered_window,
+                socket_unread: t.socket_unread,
+                socket_unsent: t.socket_unsent,
+                rto_in_ms: t.rto_in_ms,
+                retries: t.retries,
+            }),
         })
         .collect())
 }

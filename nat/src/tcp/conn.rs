@@ -125,8 +125,32 @@ pub(crate) enum Event {
 }
 
 impl Event {
+    /// Every event that is remembered, in order.
+    pub(crate) const ALL: [Event; 7] = [
+        Event::SockAccepted,
+        Event::TapSynRcvd,
+        Event::SockConnected,
+        Event::Established,
+        Event::SockFinRcvd,
+        Event::TapFinRcvd,
+        Event::TapFinSent,
+    ];
+
     const fn bit(self) -> u8 {
         1 << self as u8
+    }
+
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Event::SockAccepted => "SOCK_ACCEPTED",
+            Event::TapSynRcvd => "TAP_SYN_RCVD",
+            Event::SockConnected => "SOCK_CONNECTED",
+            Event::Established => "ESTABLISHED",
+            Event::SockFinRcvd => "SOCK_FIN_RCVD",
+            Event::TapFinRcvd => "TAP_FIN_RCVD",
+            Event::TapFinSent => "TAP_FIN_SENT",
+            Event::Retransmit => "RETRANSMIT",
+        }
     }
 }
 
@@ -156,6 +180,17 @@ impl Flags {
     /// the next peek finds the end of file. Without it, a reply and a FIN that arrive together
     /// (one edge-triggered event) leave the FIN unseen.
     pub const SOCK_READ_CLOSED: Flags = Flags(1 << 6);
+
+    /// Every flag with its name, for operators.
+    pub const NAMED: [(Flags, &'static str); 7] = [
+        (Flags::ACK_DUE, "ACK_DUE"),
+        (Flags::ACK_QUEUED, "ACK_QUEUED"),
+        (Flags::ACK_DELAYED, "ACK_DELAYED"),
+        (Flags::STALLED, "STALLED"),
+        (Flags::SYN_OWED, "SYN_OWED"),
+        (Flags::SOCK_DRAINED, "SOCK_DRAINED"),
+        (Flags::SOCK_READ_CLOSED, "SOCK_READ_CLOSED"),
+    ];
 }
 
 pub struct Conn {

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::Registry;
 
-use super::conn::{Event, State};
+use super::conn::{Conn, Event, Flags, State};
+use super::socket;
 use super::TcpTable;
 use crate::flow::FlowTable;
-use crate::inspect::{FlowInfo, FlowProto};
+use crate::inspect::{FlowInfo, FlowProto, TcpDetail};
 use crate::sock;
 
 /// What the kernel knows about a TCP socket: bytes acknowledged by the peer, bytes received
@@ -36,6 +37,36 @@ fn tcp_info(fd: RawFd) -> Option<(u64, u64, u32)> {
         let sent = info.tcpi_bytes_acked.saturating_sub(1);
         (sent, info.tcpi_bytes_received, idle)
     })
+}
+
+impl Conn {
+    fn detail(&self, now: Instant) -> TcpDetail {
+        TcpDetail {
+            events: Event::ALL
+                .iter()
+                .filter(|&&e| self.has_seen(e))
+                .map(|&e| e.name())
+                .collect(),
+            flags: Flags::NAMED
+                .iter()
+                .filter(|(f, _)| self.has(*f))
+                .map(|&(_, name)| name)
+                .collect(),
+            snd_una: self.snd_una,
+            in_flight: self.in_flight(),
+            guest_window: self.snd_wnd,
+            rcv_nxt: self.rcv_nxt,
+            offered_window: self.adv_wnd,
+            socket_unread: socket::unread(&self.fd) as u32,
+            socket_unsent: self
+                .sndbuf
+                .saturating_sub(socket::send_room(&self.fd, self.sndbuf)),
+            rto_in_ms: self
+                .rto_deadline
+                .map(|d| d.saturating_duration_since(now).as_millis() as u64),
+            retries: self.retries,
+        }
+    }
 }
 
 impl TcpTable {
@@ -66,6 +97,7 @@ impl TcpTable {
                     bytes_to_guest: info.map(|i| i.1),
                     age: Some(now.saturating_duration_since(c.opened)),
                     idle: info.map(|i| Duration::from_millis(u64::from(i.2))),
+                    tcp: Some(c.detail(now)),
                 }
             })
             .collect()

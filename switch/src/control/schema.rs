@@ -179,6 +179,25 @@ pub struct Flow {
     pub bytes_to_guest: Option<u64>,
     pub age_ms: Option<u64>,
     pub idle_ms: Option<u64>,
+    /// TCP only: the connection's internal state (`podwire_nat::TcpDetail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpDetail>,
+}
+
+/// A TCP connection's internal state; see `podwire_nat::TcpDetail` for each field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpDetail {
+    pub events: Vec<String>,
+    pub flags: Vec<String>,
+    pub snd_una: u32,
+    pub in_flight: u32,
+    pub guest_window: u32,
+    pub rcv_nxt: u32,
+    pub offered_window: u32,
+    pub socket_unread: u32,
+    pub socket_unsent: u32,
+    pub rto_in_ms: Option<u64>,
+    pub retries: u8,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

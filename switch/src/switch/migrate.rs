@@ -96,10 +96,18 @@ impl Switch {
             return;
         }
         let mut budget = MAX_DUMPED_BYTES;
-        let mut moved = Vec::new();
+        let mut moved = 0;
         let mut kept = Vec::new();
         let mut queued = 0;
         for (slot, flow) in &conns {
+            let Some(repr) = state
+                .tcp
+                .iter_mut()
+                .find(|t| t.guest == flow.guest && t.remote == flow.remote)
+            else {
+                kept.push(*slot);
+                continue;
+            };
             let Some(fd) = self.nat.tcp_socket(*slot) else {
                 continue;
             };
@@ -124,14 +132,10 @@ impl Switch {
                     continue;
                 }
             };
-            let Some(repr) = state
-                .tcp
-                .iter_mut()
-                .find(|t| t.guest == flow.guest && t.remote == flow.remote)
-            else {
-                kept.push(*slot);
-                continue;
-            };
+            // Closed at once (in repair mode: nothing is sent): until then the socket still
+            // acknowledges whatever its peer sends, and bytes acknowledged after the dump
+            // would be lost to the destination.
+            self.nat.tcp_forget_migrated(&[*slot]);
             let size = dump.send_queue.len() + dump.recv_queue.len();
             budget -= size;
             queued += size;
@@ -148,7 +152,7 @@ impl Switch {
                 repair: None,
                 ..repr.clone()
             });
-            moved.push(*slot);
+            moved += 1;
         }
         if !kept.is_empty() {
             let fds: Vec<BorrowedFd<'_>> = kept
@@ -162,12 +166,11 @@ impl Switch {
                 );
             }
         }
-        self.nat.tcp_forget_migrated(&moved);
         tracing::info!(
             "migration: handing over {} TCP connections with their sockets ({queued} bytes \
              queued); {} will be reset",
-            moved.len(),
-            state.tcp.len() - moved.len()
+            moved,
+            state.tcp.len() - moved
         );
     }
 
