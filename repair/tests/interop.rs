@@ -369,3 +369,113 @@ fn an_accepted_connection_moves_while_its_listener_listens() {
     client.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"back");
 }
+
+/// A connected loopback pair whose client has filled its send queue (the server does not
+/// read; its small receive buffer closes the window). Returns (client, server, bytes written).
+fn client_with_full_send_queue() -> (TcpStream, TcpStream, usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    loop {
+        let off = sent % 251;
+        let data: Vec<u8> = (off..off + 65536).map(pattern).collect();
+        match (&client).write(&data) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 64 << 20, "send buffer never filled");
+    }
+    (client, server, sent)
+}
+
+#[test]
+fn a_dump_counts_as_sent_all_the_peer_gets_while_its_window_opens() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "window");
+    let (client, mut server, written) = client_with_full_send_queue();
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::On)
+        .unwrap();
+    // The server reads from now on, so its window opens while the dump is taken: a socket in
+    // repair mode still transmits (and retransmits), whichever queue is selected.
+    let reader = std::thread::spawn(move || {
+        server
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        while let Ok(n) = server.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(1));
+    let dump = TcpDump::dump(client.as_fd()).unwrap();
+    // Closed in repair mode right after its dump, as podwire does: nothing more goes out.
+    drop(client);
+    let got = reader.join().unwrap();
+    // Whatever the server got, the dump counts as sent: a byte the peer has but the
+    // destination thinks unsent makes the peer's ACKs look like ACKs of unsent data there,
+    // and the connection stalls.
+    let sent = written - dump.notsent as usize;
+    assert!(
+        got <= sent,
+        "the server received {got} bytes, but the dump says only {sent} had been sent"
+    );
+}
+
+#[test]
+fn dumps_taken_while_data_arrives_match_the_stream() {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return;
+    }
+    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "arrivals");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    helper
+        .channel
+        .set(&[client.as_fd()], RepairCmd::On)
+        .unwrap();
+    // Nothing queued yet: the receive queue's head is the stream's first byte.
+    let base = TcpDump::dump(client.as_fd()).unwrap().seq_rcv;
+    const TOTAL: usize = 2 << 20;
+    let sender = std::thread::spawn(move || {
+        let mut off = 0;
+        while off < TOTAL {
+            let chunk: Vec<u8> = (off..off + 1000).map(pattern).collect();
+            server.write_all(&chunk).unwrap();
+            off += chunk.len();
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        server
+    });
+    // The client never reads: every dump's receive queue starts at the stream's first byte,
+    // however much arrived while it was taken.
+    let mut dumps = 0;
+    while !sender.is_finished() || dumps == 0 {
+        let dump = TcpDump::dump(client.as_fd()).unwrap();
+        assert_eq!(dump.seq_rcv, base, "dump {dumps}: receive queue head moved");
+        for (i, b) in dump.recv_queue.iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern(i),
+                "dump {dumps}: byte {i} of the receive queue"
+            );
+        }
+        dumps += 1;
+    }
+    let _server = sender.join().unwrap();
+    assert!(dumps > 10, "only {dumps} dumps taken while data arrived");
+}
