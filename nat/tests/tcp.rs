@@ -969,3 +969,40 @@ fn idle_established_and_half_closed_connections_expire() {
     drop(closing);
     assert_eq!(rig.counter("nat_flows_expired"), 2);
 }
+
+#[test]
+fn flows_show_where_a_connection_waits() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(46011, plain(1460), 2000);
+    let data = pattern(0, 5000);
+    pod_write(&mut g.pod, &data);
+    let got = rig.poll();
+    assert_eq!(lens(&got), [1460, 540], "the guest's window fills");
+    let detail = |rig: &Rig| {
+        let flows = rig.nat.flows(10);
+        assert_eq!(flows.len(), 1);
+        flows[0].tcp.clone().expect("a TCP flow has its detail")
+    };
+    let t = detail(&rig);
+    assert_eq!(t.events, ["TAP_SYN_RCVD", "SOCK_CONNECTED", "ESTABLISHED"]);
+    assert_eq!((t.in_flight, t.guest_window), (2000, 2000), "{t:?}");
+    assert_eq!(t.snd_una, g.at(0));
+    assert_eq!(t.rcv_nxt, g.snd_nxt);
+    assert_eq!(
+        t.socket_unread, 5000,
+        "the socket keeps what the guest has not acknowledged"
+    );
+    assert!(t.rto_in_ms.is_some(), "data in flight: the timer runs");
+
+    // The guest acknowledges it all and closes its window: nothing in flight, timer off.
+    g.receive(&got);
+    g.window = 0;
+    assert_eq!(rig.tx(&[g.ack()]), []);
+    let t = detail(&rig);
+    assert_eq!(
+        (t.in_flight, t.guest_window, t.socket_unread),
+        (0, 0, 3000),
+        "{t:?}"
+    );
+    assert_eq!(t.rto_in_ms, None);
+}
