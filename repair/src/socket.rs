@@ -36,6 +36,8 @@ const TCPI_OPT_WSCALE: u8 = 4;
 const SIOCINQ: libc::c_ulong = 0x541B;
 const SIOCOUTQ: libc::c_ulong = 0x5411;
 const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+/// The largest MSS `TCP_MAXSEG` accepts (the kernel's MAX_TCP_WINDOW).
+const MAX_USER_MSS: u32 = 32767;
 
 /// The kernel's `struct tcp_repair_window`.
 #[repr(C)]
@@ -494,6 +496,16 @@ impl TcpDump {
         if self.options & TCPI_OPT_TIMESTAMPS != 0 {
             setsockopt_raw(fd, libc::SOL_TCP, TCP_TIMESTAMP, &self.timestamp)
                 .map_err(rsys("TCP_TIMESTAMP"))?;
+        }
+        // The MSS before connect: connect sizes its segments from the MSS it knows then, and
+        // the repair options set later do not resize them (without this the rebuilt socket
+        // sends 536-byte segments for the rest of its life).
+        // (The kernel takes at most MAX_TCP_WINDOW, 32767: loopback's larger MSS is left to
+        // the route, as before.)
+        if self.mss > 0 && self.mss <= MAX_USER_MSS {
+            let mss = self.mss as libc::c_int;
+            setsockopt_raw(fd, libc::SOL_TCP, libc::TCP_MAXSEG, &mss)
+                .map_err(rsys("TCP_MAXSEG"))?;
         }
         select_queue(fd, TCP_SEND_QUEUE).map_err(rsys("TCP_REPAIR_QUEUE send"))?;
         setsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &self.seq_snd)

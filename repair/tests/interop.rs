@@ -67,6 +67,91 @@ fn repair_flag(sock: &impl AsRawFd) -> libc::c_int {
     v
 }
 
+/// A blocking TCP connection to `to` whose SYN announces `mss`.
+fn connect_with_mss(to: std::net::SocketAddr, mss: libc::c_int) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned by the OwnedFd below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: fd was just created and is owned by nobody else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: mss is a readable int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: an all-zero sockaddr_storage is valid; it is filled in below.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as _,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as _,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: ss holds a valid sockaddr of len bytes.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    TcpStream::from(owned)
+}
+
+/// The segment size a connected socket sends with (`TCP_MAXSEG` outside repair mode).
+fn mss_of(sock: &impl AsRawFd) -> libc::c_int {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a writable int of len bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_MAXSEG,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    v
+}
+
 fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
@@ -79,7 +164,8 @@ fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let listener = TcpListener::bind(loopback).unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    // An Ethernet-sized MSS, as in a pod (loopback's own is beyond what TCP_MAXSEG takes).
+    let client = connect_with_mss(listener.local_addr().unwrap(), 1400);
     let (mut server, _) = listener.accept().unwrap();
     // Fill the client's send queue (the server does not read, and a small receive buffer
     // closes its window) and leave bytes in the client's receive queue.
@@ -125,6 +211,7 @@ fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
         peeked += n;
     }
 
+    let segment_size = mss_of(&client);
     helper
         .channel
         .set(&[client.as_fd()], RepairCmd::On)
@@ -175,6 +262,11 @@ fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
         .unwrap();
     assert_eq!(repair_flag(&restored), 0);
     assert_eq!(restored.local_addr().unwrap(), dump.local);
+    assert_eq!(
+        mss_of(&restored),
+        segment_size,
+        "the rebuilt socket's segment size"
+    );
     restored.write_all(&dump.unsent_tail()[taken..]).unwrap();
 
     // The bytes queued before the move are there on the new socket.
