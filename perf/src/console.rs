@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 
 /// How much of the transcript an error message carries.
 const ERROR_TAIL: usize = 3000;
-/// Silence during a command after which the UART is nudged (see [`Console::nudge`]).
-const NUDGE_AFTER: Duration = Duration::from_secs(5);
 
 /// A command's result: its exit code and its output (stdout and stderr
 /// interleaved as the guest printed them, "\r\n" turned into "\n").
@@ -52,7 +50,6 @@ pub struct Console {
     seq: u64,
     eof: bool,
     failed: bool,
-    nudges: u32,
 }
 
 impl std::fmt::Debug for Console {
@@ -120,7 +117,6 @@ impl Console {
             seq: 0,
             eof: false,
             failed: false,
-            nudges: 0,
         }
     }
 
@@ -184,28 +180,6 @@ impl Console {
             return Err(self.error(format!("write failed: {e}")));
         }
         Ok(())
-    }
-
-    /// Sends an empty line after [`NUDGE_AFTER`] of silence during a command. Under TCG
-    /// (seen after a live migration with heavy network load) the guest's 8250 UART
-    /// sometimes misses a transmit interrupt, and its output then waits until the next
-    /// interrupt of the port: a received byte is one. An empty line is harmless (commands
-    /// read /dev/null, and the shell runs it as nothing); each nudge is counted and told.
-    fn nudge(&mut self) {
-        self.nudges += 1;
-        // Long commands are silent for long: told at 1, 2, 4, 8... nudges.
-        if self.nudges.is_power_of_two() {
-            eprintln!(
-                "console {}: no output for {NUDGE_AFTER:?}; nudging the UART (nudge {})",
-                self.name, self.nudges
-            );
-        }
-        let _ = self.send("\n");
-    }
-
-    /// How many times [`Console::nudge`] was needed.
-    pub fn nudges(&self) -> u32 {
-        self.nudges
     }
 
     /// Sends ^C (SIGINT to the guest shell's foreground job).
@@ -278,12 +252,7 @@ impl Console {
                     self.pending.drain(..skip);
                 }
             }
-            let wake = deadline.min(Instant::now() + NUDGE_AFTER);
-            if !self.fill(wake, &format!("command {cmd:?}"))? {
-                if Instant::now() < deadline {
-                    self.nudge();
-                    continue;
-                }
+            if !self.fill(deadline, &format!("command {cmd:?}"))? {
                 let _ = self.interrupt();
                 return Err(self.error(format!("timed out after {timeout:?} running {cmd:?}")));
             }
