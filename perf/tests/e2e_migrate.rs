@@ -586,16 +586,7 @@ fn same_address_migration_keeps_tcp_connections_with_repair_helpers() {
     let stall_report = || {
         let far_ss = topo.far.exec(&["ss", "-tnie"]).unwrap_or_default();
         let pod_ss = topo.pod.exec(&["ss", "-tnie"]).unwrap_or_default();
-        let flows = topo
-            .pod
-            .exec(&[
-                &podwire_perf::podwire_path().unwrap().display().to_string(),
-                "flows",
-                "--socket",
-                &pw_dst.socket().display().to_string(),
-                "--json",
-            ])
-            .unwrap_or_default();
+        let flows = control(&topo, &pw_dst, "flows").unwrap_or_default();
         format!("far:\n{far_ss}\npod:\n{pod_ss}\ndestination flows:\n{flows}")
     };
     // Both transfers complete, byte for byte, as the far host sees them. Each takes about
@@ -706,19 +697,19 @@ fn same_address_migration_keeps_tcp_connections_with_repair_helpers() {
     dst.poweroff(T).unwrap();
 }
 
+/// `podwire CMD --json` against `pw`'s control socket, run in the pod.
+fn control(topo: &PodTopology, pw: &Podwire, cmd: &str) -> Option<String> {
+    let bin = podwire_perf::podwire_path().ok()?;
+    let socket = pw.socket().display().to_string();
+    let bin = bin.display().to_string();
+    topo.pod
+        .exec(&[&bin, cmd, "--socket", &socket, "--json"])
+        .ok()
+}
+
 /// The IPv4 address the destination podwire holds a lease for, from its control socket.
 fn destination_lease(topo: &PodTopology, pw: &Podwire) -> Option<IpAddr> {
-    let out = topo
-        .pod
-        .exec(&[
-            &podwire_perf::podwire_path().unwrap().display().to_string(),
-            "status",
-            "--socket",
-            &pw.socket().display().to_string(),
-            "--json",
-        ])
-        .ok()?;
-    let status: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let status: serde_json::Value = serde_json::from_str(&control(topo, pw, "status")?).ok()?;
     status["status"]["guest"]["ipv4"]["lease"]["address"]
         .as_str()?
         .parse()

@@ -27,4 +27,4 @@ pub mod protocol;
 pub mod socket;
 
 pub use protocol::{serve_helper, HelperError, RepairChannel, RepairCmd, RepairError, SCM_MAX_FD};
-pub use socket::{DecodeError, DumpError, RestoreError, TcpDump};
+pub use socket::{raw_sockaddr, DecodeError, DumpError, RestoreError, TcpDump};

@@ -325,8 +325,8 @@ fn sockaddr_of(fd: RawFd, peer: bool) -> io::Result<SocketAddr> {
     }
 }
 
-/// A sockaddr for `addr`, as bytes plus length.
-fn raw_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// A sockaddr for `addr`, as bytes plus length (for `bind`/`connect` through libc).
+pub fn raw_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero sockaddr_storage is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {

@@ -50,21 +50,31 @@ fn start_helper(binary: &Path, name: &str) -> Helper {
     }
 }
 
-fn repair_flag(sock: &impl AsRawFd) -> libc::c_int {
+/// An int socket option of `sock`.
+fn int_option(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
     let mut v: libc::c_int = -2;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: v is a writable int of len bytes.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
-            libc::SOL_TCP,
-            libc::TCP_REPAIR,
+            level,
+            name,
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )
     };
     assert_eq!(rc, 0);
     v
+}
+
+fn repair_flag(sock: &impl AsRawFd) -> libc::c_int {
+    int_option(sock, libc::SOL_TCP, libc::TCP_REPAIR)
+}
+
+/// The segment size a connected socket sends with (`TCP_MAXSEG` outside repair mode).
+fn mss_of(sock: &impl AsRawFd) -> libc::c_int {
+    int_option(sock, libc::SOL_TCP, libc::TCP_MAXSEG)
 }
 
 /// A blocking TCP connection to `to` whose SYN announces `mss`.
@@ -91,65 +101,11 @@ fn connect_with_mss(to: std::net::SocketAddr, mss: libc::c_int) -> TcpStream {
         )
     };
     assert_eq!(rc, 0);
-    // SAFETY: an all-zero sockaddr_storage is valid; it is filled in below.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match to {
-        std::net::SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as _,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        std::net::SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as _,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
+    let (ss, len) = podwire_repair::raw_sockaddr(&to);
     // SAFETY: ss holds a valid sockaddr of len bytes.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     TcpStream::from(owned)
-}
-
-/// The segment size a connected socket sends with (`TCP_MAXSEG` outside repair mode).
-fn mss_of(sock: &impl AsRawFd) -> libc::c_int {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v is a writable int of len bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_TCP,
-            libc::TCP_MAXSEG,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0);
-    v
 }
 
 fn pattern(i: usize) -> u8 {
@@ -169,20 +125,7 @@ fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
     let (mut server, _) = listener.accept().unwrap();
     // Fill the client's send queue (the server does not read, and a small receive buffer
     // closes its window) and leave bytes in the client's receive queue.
-    client.set_nonblocking(true).unwrap();
-    let mut sent = 0usize;
-    let chunk: Vec<u8> = (0..65536).map(pattern).collect();
-    loop {
-        let off = sent % 251;
-        let data: Vec<u8> = (off..off + 65536).map(pattern).collect();
-        match (&client).write(&data) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-        assert!(sent < 64 << 20, "send buffer never filled");
-    }
-    drop(chunk);
+    let sent = fill_send_queue(&client);
     // As podwire does: peeks start past what earlier MSG_PEEKs returned, so the dump must
     // not start its peek there.
     let zero: libc::c_int = 0;
@@ -468,19 +411,25 @@ fn client_with_full_send_queue() -> (TcpStream, TcpStream, usize) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
+    let sent = fill_send_queue(&client);
+    (client, server, sent)
+}
+
+/// Writes the stream's pattern to `client` (left non-blocking) until its send queue is full;
+/// returns the bytes written.
+fn fill_send_queue(client: &TcpStream) -> usize {
     client.set_nonblocking(true).unwrap();
     let mut sent = 0usize;
     loop {
         let off = sent % 251;
         let data: Vec<u8> = (off..off + 65536).map(pattern).collect();
-        match (&client).write(&data) {
+        match (&*client).write(&data) {
             Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return sent,
             Err(e) => panic!("{e}"),
         }
         assert!(sent < 64 << 20, "send buffer never filled");
     }
-    (client, server, sent)
 }
 
 #[test]
