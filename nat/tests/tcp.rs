@@ -1006,34 +1006,3 @@ fn flows_show_where_a_connection_waits() {
     );
     assert_eq!(t.rto_in_ms, None);
 }
-
-/// A guest that acknowledges a download segment by segment, several ACKs in one TX pass: the
-/// acknowledged bytes leave the socket in one receive call per pass, not one per ACK, and the
-/// socket holds exactly what is unacknowledged after the pass.
-#[test]
-fn acknowledgements_in_one_pass_discard_once() {
-    let mut rig = Rig::new();
-    let (mut g, _) = rig.connect(45013, plain(1460), 65535);
-    let data = pattern(0, 4 * 1460);
-    pod_write(&mut g.pod, &data);
-    let got = rig.wait("the download", |segs| segs.len() >= 4);
-    assert_eq!(g.receive(&got), data);
-    let before = rig.counter("tcp_recv_calls");
-    let acks: Vec<Vec<u8>> = (1..=4).map(|n| g.ack_of(g.at(n * 1460))).collect();
-    assert_eq!(rig.tx(&acks), [], "nothing more to send");
-    assert_eq!(
-        rig.counter("tcp_recv_calls") - before,
-        1,
-        "one discard for four ACKs"
-    );
-    let flows = rig.nat.flows(10);
-    let t = flows[0].tcp.as_ref().unwrap();
-    assert_eq!((t.socket_unread, t.in_flight), (0, 0), "{t:?}");
-    assert!(!t.flags.contains(&"DISCARD_OWED"), "{t:?}");
-
-    // The next bytes still go out from the right place.
-    pod_write(&mut g.pod, b"more");
-    let got = rig.wait("more", |segs| !segs.is_empty());
-    assert_eq!(got[0].seq, g.at(4 * 1460));
-    assert_eq!(g.receive(&got), b"more");
-}

@@ -27,7 +27,7 @@ use super::conn::{Conn, Flags, State};
 use super::guest::Segment;
 #[cfg(doc)]
 use super::DELACK;
-use super::{socket, Cx, TcpCounters, TcpTable, BULK_ACK};
+use super::{Cx, TcpTable, BULK_ACK};
 use crate::flow::FlowTable;
 use crate::wire::{Endpoints, TCP_ACK, TCP_FIN, TCP_PSH};
 
@@ -102,7 +102,6 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         self.flush_write(flows);
-        self.flush_discards(flows);
         let mut cx = Cx {
             flows,
             registry,
@@ -115,18 +114,6 @@ impl TcpTable {
             }
         }
         self.send_queued_acks(&mut cx);
-    }
-
-    /// Drops from each socket what its guest acknowledged in this pass: one call per
-    /// connection. (A slot reused within the pass finds the new connection owing nothing, or
-    /// its own bytes.)
-    pub(crate) fn flush_discards(&mut self, flows: &mut FlowTable) {
-        for slot in self.work.discards.drain(..) {
-            if let Some(conn) = flows.tcp_mut(slot) {
-                conn.clear(Flags::DISCARD_OWED);
-                discard_owed(conn, &self.counters);
-            }
-        }
     }
 
     fn send_queued_acks(&mut self, cx: &mut Cx<'_>) {
@@ -168,13 +155,4 @@ fn send_ack(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints) -> bool {
         conn.unacked = 0;
     }
     sent
-}
-
-/// Drops the acknowledged bytes `conn` still holds from its socket.
-pub(super) fn discard_owed(conn: &mut Conn, counters: &TcpCounters) {
-    if conn.undiscarded != 0 {
-        socket::discard(&conn.fd, conn.undiscarded as usize);
-        counters.recv_calls.inc();
-        conn.undiscarded = 0;
-    }
 }

@@ -180,12 +180,9 @@ impl Flags {
     /// the next peek finds the end of file. Without it, a reply and a FIN that arrive together
     /// (one edge-triggered event) leave the FIN unseen.
     pub const SOCK_READ_CLOSED: Flags = Flags(1 << 6);
-    /// DISCARD_OWED: bytes the guest acknowledged in this pass are still in the socket, to be
-    /// dropped at the end of the pass, all in one call.
-    pub const DISCARD_OWED: Flags = Flags(1 << 7);
 
     /// Every flag with its name, for operators.
-    pub const NAMED: [(Flags, &'static str); 8] = [
+    pub const NAMED: [(Flags, &'static str); 7] = [
         (Flags::ACK_DUE, "ACK_DUE"),
         (Flags::ACK_QUEUED, "ACK_QUEUED"),
         (Flags::ACK_DELAYED, "ACK_DELAYED"),
@@ -193,7 +190,6 @@ impl Flags {
         (Flags::SYN_OWED, "SYN_OWED"),
         (Flags::SOCK_DRAINED, "SOCK_DRAINED"),
         (Flags::SOCK_READ_CLOSED, "SOCK_READ_CLOSED"),
-        (Flags::DISCARD_OWED, "DISCARD_OWED"),
     ];
 }
 
@@ -220,9 +216,6 @@ pub struct Conn {
     pub(crate) guest_wscale: Option<u8>,
     /// Payload bytes from the guest since the last segment that acknowledged them.
     pub(crate) unacked: u32,
-    /// Bytes the guest acknowledged that are still at the head of the socket's receive queue
-    /// ([`Flags::DISCARD_OWED`]).
-    pub(crate) undiscarded: u32,
     /// The receive window last offered to the guest, in bytes. When it was small, a window
     /// update follows as soon as the socket has room again.
     pub(crate) adv_wnd: u32,
@@ -260,7 +253,6 @@ impl Conn {
             guest_mss: DEFAULT_MSS,
             guest_wscale: None,
             unacked: 0,
-            undiscarded: 0,
             adv_wnd: 0,
             sndbuf: 0,
             dup_acks: 0,

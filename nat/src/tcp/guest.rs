@@ -319,7 +319,7 @@ impl TcpTable {
         };
         let window = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
         if seq_gt(seg.ack, conn.snd_una) && seq_ge(conn.snd_max, seg.ack) {
-            self.acked(conn, slot, seg.ack);
+            self.acked(conn, seg.ack);
         } else if seg.ack == conn.snd_una
             && seg.payload_len == 0
             && window == conn.snd_wnd
@@ -334,9 +334,8 @@ impl TcpTable {
         conn.snd_wnd = window;
     }
 
-    /// The guest acknowledged our data up to `ack` (new, and no further than we sent). The
-    /// bytes leave the socket at the end of the pass (see `WorkLists::discards`).
-    fn acked(&mut self, conn: &mut Conn, slot: usize, ack: u32) {
+    /// The guest acknowledged our data up to `ack` (new, and no further than we sent).
+    fn acked(&self, conn: &mut Conn, ack: u32) {
         let acked = ack.wrapping_sub(conn.snd_una);
         // The FIN takes a sequence number but no byte in the socket.
         let fin_acked = conn
@@ -344,8 +343,9 @@ impl TcpTable {
             .is_some_and(|f| seq_ge(f, conn.snd_una) && seq_gt(ack, f));
         let bytes = acked - u32::from(fin_acked);
         if bytes != 0 {
-            self.work.owe_discard(conn, slot, bytes);
+            self.counters.recv_calls.inc();
         }
+        socket::discard(&conn.fd, bytes as usize);
         conn.snd_una = ack;
         // The guest may acknowledge what it got before a rewind: skip resending it.
         if seq_gt(ack, conn.snd_nxt) {
@@ -365,8 +365,6 @@ impl TcpTable {
     pub(super) fn rewind(&self, conn: &mut Conn) {
         conn.event(Event::Retransmit);
         if self.peek_off {
-            // Offset 0 is the queue's head, which must be the oldest unacknowledged byte.
-            super::ack::discard_owed(conn, &self.counters);
             socket::start_peek_offset(&conn.fd);
         }
     }

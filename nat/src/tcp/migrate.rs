@@ -122,11 +122,8 @@ impl Conn {
 }
 
 impl Nat {
-    /// Source: the connections that can move with their sockets, by slot. (Each socket's
-    /// receive queue then starts at `snd_una`: acknowledged bytes still owed a discard are
-    /// dropped first.)
-    pub fn tcp_migratable(&mut self) -> Vec<(usize, TcpFlowState)> {
-        self.tcp.flush_discards(&mut self.flows);
+    /// Source: the connections that can move with their sockets, by slot.
+    pub fn tcp_migratable(&self) -> Vec<(usize, TcpFlowState)> {
         self.flows
             .iter()
             .filter_map(|(slot, e)| match &e.data {

@@ -178,10 +178,6 @@ struct WorkLists {
     /// Handshakes whose SYN or SYN-ACK found the guest's RX ring full: sent again on the next
     /// RX kick rather than a second later by the retransmission timer ([`Flags::SYN_OWED`]).
     owed_syns: Vec<usize>,
-    /// With acknowledged bytes to drop from their sockets at the end of the pass
-    /// ([`Flags::DISCARD_OWED`]): a guest that acknowledges a download segment by segment
-    /// costs one receive call per connection and pass, not one per ACK.
-    discards: Vec<usize>,
 }
 
 impl WorkLists {
@@ -190,15 +186,6 @@ impl WorkLists {
         if !conn.has(Flags::ACK_QUEUED) {
             conn.set(Flags::ACK_QUEUED);
             self.acks.push(slot);
-        }
-    }
-
-    /// Owes the drop of `bytes` more acknowledged bytes from `conn`'s socket.
-    fn owe_discard(&mut self, conn: &mut Conn, slot: usize, bytes: u32) {
-        conn.undiscarded = conn.undiscarded.wrapping_add(bytes);
-        if !conn.has(Flags::DISCARD_OWED) {
-            conn.set(Flags::DISCARD_OWED);
-            self.discards.push(slot);
         }
     }
 
@@ -375,7 +362,6 @@ impl TcpTable {
             }
         }
         self.work.acks.clear();
-        self.work.discards.clear();
         self.work.stalled.clear();
     }
 }

@@ -193,11 +193,6 @@ impl TcpTable {
         let Some(conn) = flows.tcp_mut(slot) else {
             return;
         };
-        if !self.peek_off {
-            // Without a peek offset the peek skips `in_flight` bytes from the queue's head,
-            // which must then be the oldest unacknowledged byte.
-            super::ack::discard_owed(conn, &self.counters);
-        }
         let fin_owed = conn.has_seen(Event::SockFinRcvd);
         if conn.state() != State::Established
             || conn.has_seen(Event::TapFinSent)
@@ -263,8 +258,7 @@ impl TcpTable {
         let mut all_of_it = false;
         if room > mss {
             // Ask only for what is there: a GSO frame must carry more than one segment.
-            let unsent = socket::unread(&conn.fd)
-                .saturating_sub(conn.undiscarded as usize + in_flight as usize);
+            let unsent = socket::unread(&conn.fd).saturating_sub(in_flight as usize);
             room = room.min(unsent).max(mss.min(room));
             all_of_it = room == unsent;
         }
