@@ -160,7 +160,8 @@ fn select_queue(fd: RawFd, queue: libc::c_int) -> io::Result<()> {
     setsockopt_raw(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &queue)
 }
 
-/// How often the receive queue is read again when data keeps arriving during the dump.
+/// How often the receive queue's head, or its newly arrived tail, is read again when data
+/// keeps arriving during the dump.
 const RECV_ATTEMPTS: u32 = 16;
 
 /// One `MSG_PEEK` into `buf` from the head of the selected repair queue.
@@ -215,20 +216,21 @@ fn receive_queue_head(fd: RawFd) -> Result<Option<u32>, DumpError> {
     Ok((end == again).then(|| end.wrapping_sub(queued)))
 }
 
-/// The whole receive queue (selected) from its head, however much arrives while it is read.
-/// podwire's sockets use `SO_PEEK_OFF` (peeks start past the bytes already sent to the
-/// guest): it is moved to 0 for the dump and put back after, so a migration that fails
-/// leaves the source's socket as it was.
-fn peek_receive_queue(fd: RawFd) -> Result<Vec<u8>, DumpError> {
+/// The receive queue (selected) from `offset` bytes past its head to its end, however much
+/// arrives while it is read. podwire's sockets use `SO_PEEK_OFF` (peeks start past the bytes
+/// already sent to the guest): it is moved to `offset` for the dump and put back after, so a
+/// migration that fails leaves the source's socket as it was.
+fn peek_receive_queue(fd: RawFd, offset: usize) -> Result<Vec<u8>, DumpError> {
     let mut old: libc::c_int = -1;
     getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &mut old)
         .map_err(sys("SO_PEEK_OFF"))?;
-    if old >= 0 {
-        setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &(0 as libc::c_int))
-            .map_err(sys("SO_PEEK_OFF"))?;
+    let at = offset.min(i32::MAX as usize) as libc::c_int;
+    let moved = old >= 0 || at > 0;
+    if moved {
+        setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &at).map_err(sys("SO_PEEK_OFF"))?;
     }
-    let data = peek_all(fd);
-    if old >= 0 {
+    let data = peek_all(fd, offset);
+    if moved {
         setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &old)
             .map_err(sys("SO_PEEK_OFF"))?;
     }
@@ -236,9 +238,9 @@ fn peek_receive_queue(fd: RawFd) -> Result<Vec<u8>, DumpError> {
 }
 
 /// Peeks until a peek leaves room in its buffer: then it returned all there was.
-fn peek_all(fd: RawFd) -> Result<Vec<u8>, DumpError> {
-    let mut len =
-        (ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize + 65536).min(MAX_QUEUE + 1);
+fn peek_all(fd: RawFd, skipped: usize) -> Result<Vec<u8>, DumpError> {
+    let queued = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize;
+    let mut len = (queued.saturating_sub(skipped) + 65536).min(MAX_QUEUE + 1);
     loop {
         let mut buf = vec![0u8; len];
         let n = peek_into(fd, &mut buf).map_err(sys("peek receive queue"))?;
@@ -413,23 +415,32 @@ impl TcpDump {
         getsockopt_raw(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &mut snd_end)
             .map_err(sys("TCP_QUEUE_SEQ send"))?;
 
-        let mut recv_queue = Vec::new();
-        let mut seq_rcv = 0;
+        select_queue(fd, TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE recv"))?;
+        let mut seq_rcv = None;
+        for _ in 0..RECV_ATTEMPTS {
+            seq_rcv = receive_queue_head(fd)?;
+            if seq_rcv.is_some() {
+                break;
+            }
+        }
+        let seq_rcv = seq_rcv.ok_or(DumpError::Unsettled)?;
+        let mut recv_queue = peek_receive_queue(fd, 0)?;
+        // Bytes that arrived while it was read are peeked after it, until none did.
         for attempt in 0.. {
+            // Nothing is sent from here to the close.
+            select_queue(fd, TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE send"))?;
+            let queued = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize;
+            if queued <= recv_queue.len() {
+                break;
+            }
             if attempt == RECV_ATTEMPTS {
                 return Err(DumpError::Unsettled);
             }
             select_queue(fd, TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE recv"))?;
-            let Some(head) = receive_queue_head(fd)? else {
-                continue;
-            };
-            seq_rcv = head;
-            recv_queue = peek_receive_queue(fd)?;
-            // Nothing is sent from here to the close.
-            select_queue(fd, TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE send"))?;
-            let queued = ioctl_int(fd, SIOCINQ).map_err(sys("SIOCINQ"))? as usize;
-            if queued == recv_queue.len() {
-                break;
+            let more = peek_receive_queue(fd, recv_queue.len())?;
+            recv_queue.extend_from_slice(&more);
+            if recv_queue.len() > MAX_QUEUE {
+                return Err(DumpError::QueueTooLarge(recv_queue.len()));
             }
         }
         // While the receive queue was selected an ACK may have let more go out.
