@@ -621,34 +621,33 @@ fn same_address_migration_keeps_tcp_connections_with_repair_helpers() {
     // The destination's own forward works. The guest's iperf3 server takes a while (under
     // TCG) to finish the last test after its client has gone, and until then it refuses a
     // new client by closing the connection with the client's greeting unread: a reset. So
-    // a few tries, further and further apart.
-    let mut logs = Vec::new();
-    let forwarded = (0..5).any(|attempt| {
-        std::thread::sleep(Duration::from_secs(2 * attempt));
-        let mut again = topo
-            .far
-            .spawn(
-                &format!("iperf3-after-{attempt}"),
-                &[
-                    "iperf3",
-                    "-c",
-                    &POD_ADDR.to_string(),
-                    "-p",
-                    &DST_FORWARD.to_string(),
-                    "-t",
-                    "2",
-                ],
-            )
-            .unwrap();
-        let ok = again.wait_timeout(T).unwrap().success();
-        logs.push(again.log());
-        ok
+    // runs are tried until one goes through (the last few logs kept for the report).
+    let mut logs = std::collections::VecDeque::new();
+    let mut attempt = 0;
+    let forwarded = util::wait_until("iperf3 through the destination's forward", T, || {
+        attempt += 1;
+        let mut again = topo.far.spawn(
+            &format!("iperf3-after-{attempt}"),
+            &[
+                "iperf3",
+                "-c",
+                &POD_ADDR.to_string(),
+                "-p",
+                &DST_FORWARD.to_string(),
+                "-t",
+                "2",
+            ],
+        )?;
+        let ok = again.wait_timeout(T)?.success();
+        logs.push_back(again.log());
+        if logs.len() > 3 {
+            logs.pop_front();
+        }
+        Ok(ok)
     });
-    assert!(
-        forwarded,
-        "iperf3 through the destination's forward:\n{logs:#?}\n{}",
-        stall_report()
-    );
+    if let Err(e) = forwarded {
+        panic!("{e:#}\n{logs:#?}\n{}", stall_report());
+    }
     // Pings: at most a few lost, all of them in the switch-over (10 per second).
     assert!(
         downtime <= Duration::from_millis(600),

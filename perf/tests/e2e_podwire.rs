@@ -35,7 +35,10 @@ fn start_loopback_file_server(pod: &Netns, dir: &util::TempDir) -> Proc {
                 "-T",
                 "30",
                 &format!("UDP4-RECVFROM:{LOOPBACK_PORT},bind=127.0.0.1,fork"),
-                &format!("SYSTEM:cat {}", file.display()),
+                // The request is read before the answer is written: with a bare `cat FILE`,
+                // cat could exit before socat had handed it the request, and socat, failing
+                // that write (EPIPE), quit without sending the answer (seen once in the suite).
+                &format!("SYSTEM:head -c 1 >/dev/null; cat {}", file.display()),
             ],
         )
         .unwrap();
