@@ -74,6 +74,26 @@ fn guest_config(name: &str, pw: &Podwire, qmp: std::path::PathBuf) -> QemuConfig
         .qmp(qmp)
 }
 
+/// Migrates the source to the destination listening on `dir`'s `mig.sock`, and waits until
+/// the destination runs. Returns QEMU's figures and the wall-clock time of the migration.
+fn migrate_and_resume(
+    src: &mut Qmp,
+    dst: &mut Qmp,
+    dir: &util::TempDir,
+) -> (podwire_perf::qemu::MigrationResult, Duration) {
+    let started = Instant::now();
+    let uri = format!("unix:{}", dir.join("mig.sock").display());
+    let result = migrate(src, &uri, T).unwrap();
+    let migration_time = started.elapsed();
+    assert_eq!(result.status, "completed", "{}", result.info);
+    util::wait_until("the destination to run", T, || {
+        let s = dst.execute("query-status", serde_json::json!({}))?;
+        Ok(s["status"] == "running")
+    })
+    .unwrap();
+    (result, migration_time)
+}
+
 /// Boots the source guest on `pw` and takes a lease.
 fn boot_source(pw: &Podwire, dir: &util::TempDir) -> (Qemu, guest::Lease) {
     let mut src = Qemu::boot(&guest_config("mig-src", pw, dir.join("a.qmp"))).unwrap();
@@ -257,20 +277,7 @@ fn guest_migrates_keeps_its_lease_old_connections_are_reset_new_ones_work() {
 
     let (stop, stopped) = mpsc::channel();
     let watcher = watch_pings(server.pid(), stopped);
-    let started = Instant::now();
-    let result = migrate(
-        &mut qmp_src,
-        &format!("unix:{}", dir.join("mig.sock").display()),
-        T,
-    )
-    .unwrap();
-    let migration_time = started.elapsed();
-    assert_eq!(result.status, "completed", "{}", result.info);
-    util::wait_until("the destination to run", T, || {
-        let s = qmp_dst.execute("query-status", serde_json::json!({}))?;
-        Ok(s["status"] == "running")
-    })
-    .unwrap();
+    let (result, migration_time) = migrate_and_resume(&mut qmp_src, &mut qmp_dst, &dir);
     // The first pings through the destination.
     let c = dst.console();
     let replies = |c: &mut podwire_perf::Console| -> anyhow::Result<usize> {
@@ -534,21 +541,8 @@ fn same_address_migration_keeps_tcp_connections_with_repair_helpers() {
     let (stop, stopped) = mpsc::channel();
     let watcher = watch_pings(server.pid(), stopped);
     let upload_at_start = std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0);
-    let started = Instant::now();
-    let result = migrate(
-        &mut qmp_src,
-        &format!("unix:{}", dir.join("mig.sock").display()),
-        T,
-    )
-    .unwrap();
-    let migration_time = started.elapsed();
-    assert_eq!(result.status, "completed", "{}", result.info);
+    let (result, migration_time) = migrate_and_resume(&mut qmp_src, &mut qmp_dst, &dir);
     let upload_at_end = std::fs::metadata(&upload).map(|m| m.len()).unwrap_or(0);
-    util::wait_until("the destination to run", T, || {
-        let s = qmp_dst.execute("query-status", serde_json::json!({}))?;
-        Ok(s["status"] == "running")
-    })
-    .unwrap();
     let echoes = || far_echo_requests(server.pid()).unwrap_or(0);
     let at_switch_over = echoes();
     util::wait_until("pings through the destination", T, || {

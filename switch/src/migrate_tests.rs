@@ -16,16 +16,11 @@ use std::time::{Duration, Instant};
 
 use podwire_frame::NetHandler;
 use podwire_repair::RepairChannel;
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet, TcpControl, TcpPacket};
 
-use crate::config::GATEWAY_MAC;
 use crate::scale_tests::{poll_fds, serial};
 use crate::switch::Switch;
-use crate::tests::{config, send, Captured, GUEST_IP, GUEST_MAC, GW_IP};
+use crate::tests::{config, send, Captured, GUEST_IP, GW_IP};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const GUEST_PORT: u16 = 40123;
@@ -49,7 +44,7 @@ fn channel_with_helper(name: &str) -> RepairChannel {
     channel
 }
 
-/// A guest TCP segment to the gateway's `port`.
+/// A guest TCP segment to the gateway's `port` (a SYN offers MSS 1460 and window scale 7).
 fn guest_segment(
     port: u16,
     seq: u32,
@@ -57,45 +52,18 @@ fn guest_segment(
     control: TcpControl,
     data: &[u8],
 ) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: GUEST_PORT,
-        dst_port: port,
+    let syn = control == TcpControl::Syn;
+    crate::tcp_tests::guest_frame(
+        GUEST_PORT,
+        port,
+        seq,
+        ack,
         control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 65535,
-        window_scale: (control == TcpControl::Syn).then_some(7),
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: data,
-    };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: GW_IP,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut f = vec![0u8; 14 + 20 + tcp.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(GATEWAY_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let caps = ChecksumCapabilities::default();
-    let mut ipp = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut ipp, &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(ipp.payload_mut()),
-        &GUEST_IP.into(),
-        &GW_IP.into(),
-        &caps,
-    );
-    f
+        65535,
+        syn.then_some(1460),
+        syn.then_some(7),
+        data,
+    )
 }
 
 /// (seq, ack, syn, fin, rst, payload) of a TCP frame to the guest.
@@ -176,15 +144,10 @@ fn connect(sw: &mut Switch, listener: &TcpListener) -> (TcpStream, u32) {
 #[test]
 fn an_established_connection_moves_with_its_socket_and_the_peer_never_notices() {
     let _serial = serial();
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some((listener, mut src, mut pod, first)) = source_with_connection("src") else {
         return;
-    }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    };
     let port = listener.local_addr().unwrap().port();
-    let mut src = Switch::new(&config()).unwrap();
-    src.set_repair_channel(channel_with_helper("src"));
-    let (mut pod, first) = connect(&mut src, &listener);
 
     // The guest sends; the pod answers "world", which the guest gets and does not
     // acknowledge yet, then "more-data", which the source never sends to the guest.
@@ -248,19 +211,28 @@ fn assert_reset_towards_guest(dst: &mut Switch, first: u32) {
     assert_eq!(seq, first);
 }
 
+/// A source switch served by a repair helper (named `helper`) with one established guest
+/// connection to a pod listener; `None`, and the test skipped, unless run as root.
+fn source_with_connection(helper: &str) -> Option<(TcpListener, Switch, TcpStream, u32)> {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return None;
+    }
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut src = Switch::new(&config()).unwrap();
+    src.set_repair_channel(channel_with_helper(helper));
+    let (pod, first) = connect(&mut src, &listener);
+    Some((listener, src, pod, first))
+}
+
 /// Without a helper on the destination, the connection cannot be rebuilt there: the guest's
 /// side is reset at once rather than left hanging.
 #[test]
 fn without_a_helper_on_the_destination_the_guest_connection_is_reset() {
     let _serial = serial();
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some((_listener, mut src, _pod, first)) = source_with_connection("src-alone") else {
         return;
-    }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let mut src = Switch::new(&config()).unwrap();
-    src.set_repair_channel(channel_with_helper("src-alone"));
-    let (_pod, first) = connect(&mut src, &listener);
+    };
     let state = src.save_state().unwrap();
 
     let mut dst = Switch::new(&config()).unwrap();
@@ -273,14 +245,9 @@ fn without_a_helper_on_the_destination_the_guest_connection_is_reset() {
 #[test]
 fn a_socket_whose_address_the_destination_lacks_is_reset() {
     let _serial = serial();
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some((_listener, mut src, _pod, first)) = source_with_connection("src-moved") else {
         return;
-    }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let mut src = Switch::new(&config()).unwrap();
-    src.set_repair_channel(channel_with_helper("src-moved"));
-    let (_pod, first) = connect(&mut src, &listener);
+    };
     let mut state = crate::state::StateRepr::parse(&src.save_state().unwrap()).unwrap();
     let repair = state.tcp[0].repair.as_mut().expect("the socket travels");
     // An address of the test range no interface here has.

@@ -112,19 +112,15 @@ impl Switch {
                 continue;
             };
             let dump = match TcpDump::dump(fd) {
-                Ok(d) if d.send_queue.len() + d.recv_queue.len() <= budget => d,
-                Ok(_) => {
+                Ok(d) if d.send_queue.len() + d.recv_queue.len() <= budget => Ok(d),
+                Ok(_) => Err("too much queued data to move".to_string()),
+                Err(e) => Err(format!("cannot dump its socket ({e})")),
+            };
+            let dump = match dump {
+                Ok(d) => d,
+                Err(why) => {
                     tracing::warn!(
-                        "migration: {} -> {}: too much queued data to move; reset instead",
-                        flow.guest,
-                        flow.remote
-                    );
-                    kept.push(*slot);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "migration: {} -> {}: cannot dump its socket ({e}); reset instead",
+                        "migration: {} -> {}: {why}; reset instead",
                         flow.guest,
                         flow.remote
                     );
