@@ -24,7 +24,7 @@
 //! own retransmissions cover anything lost in the switch-over.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use super::conn::{ConnKey, Event, Flags, State};
@@ -77,21 +77,6 @@ pub enum AdoptError {
 /// its send queue is written back: the queue fitted the source's send buffer of this size.
 pub fn size_send_buffer(fd: &OwnedFd) {
     socket::set_up(fd);
-}
-
-/// Makes the next peek start `offset` bytes into the receive queue.
-fn set_peek_offset(fd: BorrowedFd<'_>, offset: u32) {
-    let value = offset.min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: a valid int option value for the duration of the call.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 impl Conn {
@@ -202,7 +187,7 @@ impl Nat {
             // The next peek starts after the bytes the guest already has, as on the source
             // (without SO_PEEK_OFF the send path skips `in_flight` bytes by itself).
             if peek_off {
-                set_peek_offset(conn.fd.as_fd(), in_flight);
+                socket::set_peek_offset(&conn.fd, in_flight);
             }
             // The guest learns the window (and where podwire is) at once.
             conn.set(Flags::ACK_DUE);

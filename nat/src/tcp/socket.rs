@@ -149,6 +149,13 @@ pub(super) fn start_peek_offset(fd: &OwnedFd) -> bool {
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_ok()
 }
 
+/// Makes the next peek start `offset` bytes into the receive queue (a connection rebuilt
+/// after a migration, whose first `offset` bytes the guest already has).
+pub(super) fn set_peek_offset(fd: &OwnedFd, offset: u32) {
+    let offset = offset.min(i32::MAX as u32) as libc::c_int;
+    let _ = setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset);
+}
+
 /// Closes a socket so that the peer sees a RST.
 pub(super) fn abort(fd: &OwnedFd) {
     let linger = libc::linger {
