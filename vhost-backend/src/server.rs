@@ -161,6 +161,17 @@ impl<H: NetHandler> Server<H> {
             VhostUserDaemon::new("podwire-vhost".into(), Arc::new(Mutex::new(device)), mem)
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let frontend = self.accept_allowed()?;
+        // Counted, marked connected and told to the handler before the relay starts: from then
+        // on the frontend's first request may be answered at once, and whoever sees the answer
+        // must also see the session.
+        self.counters.sessions.inc();
+        self.session.connected();
+        lock(&self.handler).link_changed(true);
+        tracing::info!(
+            event = "frontend_connected",
+            session = self.counters.sessions.get(),
+            "frontend connected"
+        );
         // The frontend talks to the library through the relay (see relay.rs), which reaches
         // the library through a private, abstract-namespace listener made for this session.
         let private = private_listener_name(self.counters.sessions.get());
@@ -172,20 +183,12 @@ impl<H: NetHandler> Server<H> {
             .start(&mut listener)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         drop(listener);
-        self.counters.sessions.inc();
-        self.session.connected();
-        tracing::info!(
-            event = "frontend_connected",
-            session = self.counters.sessions.get(),
-            "frontend connected"
-        );
 
         let host_fd = lock(&self.handler).host_fd();
         for h in daemon.get_epoll_handlers() {
             h.register_listener(host_fd, EventSet::IN, u64::from(HANDLER_EVENT))?;
             h.register_listener(tx_timer_fd, EventSet::IN, u64::from(TX_TIMER_EVENT))?;
         }
-        lock(&self.handler).link_changed(true);
 
         let ended = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let ended_signal = ended.try_clone()?;
@@ -233,7 +236,8 @@ impl<H: NetHandler> Server<H> {
                 Ok(uid) => {
                     self.counters.refused_peers.inc();
                     self.log_refusal(format_args!(
-                        "refused a vhost-user frontend with uid {uid}: only podwire's own uid,                          root or --frontend-uid may connect"
+                        "refused a vhost-user frontend with uid {uid}: only podwire's own uid, \
+                         root or --frontend-uid may connect"
                     ));
                 }
                 Err(e) => {
