@@ -877,6 +877,96 @@ fn request_response_peeks_once_per_answer() {
     assert_eq!(calls, 5 + 4, "5 answers peeked, 4 of them discarded");
 }
 
+/// The window offered to the guest costs no `TIOCOUTQ` per segment while the send buffer is
+/// mostly free: request/response asks the kernel once, not once per answer.
+#[test]
+fn request_response_asks_the_send_room_once() {
+    let mut rig = Rig::new();
+    let (mut g, _) = rig.connect(45005, plain(1460), 65535);
+    let before = rig.counter("tcp_send_room_queries");
+    let mut windows = Vec::new();
+    for _ in 0..5 {
+        let request = g.data(b"GET");
+        assert_eq!(rig.tx(&[request]), []);
+        assert_eq!(pod_read(&mut g.pod, 3), (b"GET".to_vec(), false));
+        pod_write(&mut g.pod, b"200 OK");
+        let out = rig.wait("the answer", |segs| !segs.is_empty());
+        assert_eq!(g.receive(&out), b"200 OK");
+        windows.push(out[0].window);
+    }
+    assert_eq!(
+        rig.counter("tcp_send_room_queries") - before,
+        0,
+        "what the SYN-ACK asked serves every answer"
+    );
+    assert!(windows.iter().all(|&w| w == 65535), "{windows:?}");
+}
+
+/// A guest that writes into a pod which does not read sees the window close — the floor kept
+/// of the send buffer's room shrinks with every byte written, and below half the buffer the
+/// kernel is asked — and reopen once the pod reads; the stream arrives whole.
+#[test]
+fn a_guest_filling_a_pod_that_does_not_read_sees_the_window_close_and_reopen() {
+    const SEG: usize = 1460;
+    let mut rig = Rig::new();
+    let opts = SynOpts {
+        mss: Some(1460),
+        wscale: Some(OUR_WSCALE),
+    };
+    let (mut g, sa) = rig.connect(45006, opts, 65535);
+    let shift = OUR_WSCALE;
+    // Where the guest may send up to: the last ACK's number plus its (scaled) window.
+    let base = g.snd_nxt;
+    let mut edge = base.wrapping_add(u32::from(sa.window));
+    let mut sent = 0usize;
+    let mut pod_got = Vec::new();
+    let mut closed_at = None;
+    for round in 0.. {
+        assert!(round < 2000, "the window never closed: {sent} bytes taken");
+        let room = edge.wrapping_sub(g.snd_nxt) as usize;
+        if room < SEG {
+            closed_at = Some(sent);
+            break;
+        }
+        let n = (room / SEG).min(44);
+        let frames: Vec<Vec<u8>> = (0..n)
+            .map(|i| g.data(&pattern(sent + i * SEG, SEG)))
+            .collect();
+        sent += n * SEG;
+        let mut out = rig.tx(&frames);
+        out.extend(rig.tick_at(Instant::now() + 10 * podwire_nat::tcp::DELACK));
+        if let Some(last) = out.last() {
+            // A write the socket took only in part is acknowledged in part: the guest goes
+            // back to where the ACK says.
+            g.snd_nxt = last.ack;
+            sent = last.ack.wrapping_sub(base) as usize;
+            edge = last.ack.wrapping_add(u32::from(last.window) << shift);
+        }
+    }
+    let closed_at = closed_at.expect("the window never closed");
+    assert!(
+        closed_at > podwire_sndbuf() as usize / 2,
+        "closed at {closed_at}"
+    );
+    // The pod reads everything: the next window update reopens the flow.
+    pod_got.extend(pod_read(&mut g.pod, sent).0);
+    let update = rig.tx(&[g.ack()]);
+    let update = match update.last() {
+        Some(u) => u.clone(),
+        None => rig
+            .tick_at(Instant::now() + 10 * RTO)
+            .pop()
+            .expect("a window update"),
+    };
+    assert!(u32::from(update.window) << shift >= 64 * 1024, "{update:?}");
+    let last = g.data(&pattern(sent, SEG));
+    rig.tx(&[last]);
+    sent += SEG;
+    pod_got.extend(pod_read(&mut g.pod, SEG).0);
+    assert_eq!(pod_got.len(), sent);
+    assert!(pod_got == pattern(0, sent), "the stream arrives whole");
+}
+
 #[test]
 fn bulk_data_is_acknowledged_every_128_kib_or_after_the_delay() {
     let mut rig = Rig::new();

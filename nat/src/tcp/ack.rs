@@ -27,7 +27,7 @@ use super::conn::{Conn, Flags, State};
 use super::guest::Segment;
 #[cfg(doc)]
 use super::DELACK;
-use super::{Cx, TcpTable, BULK_ACK};
+use super::{Cx, TcpCounters, TcpTable, BULK_ACK};
 use crate::flow::FlowTable;
 use crate::wire::{Endpoints, TCP_ACK, TCP_FIN, TCP_PSH};
 
@@ -129,7 +129,7 @@ impl TcpTable {
                 continue;
             }
             conn.clear(Flags::ACK_QUEUED);
-            if conn.has(Flags::ACK_DUE) && !send_ack(conn, cx.rx, cx.ep) {
+            if conn.has(Flags::ACK_DUE) && !send_ack(conn, cx.rx, cx.ep, &self.counters) {
                 // With the guest's RX ring full the ACK stays owed, for the next flush (the
                 // guest's next RX kick brings one), rather than leaving the guest to time out.
                 ring_full = true;
@@ -146,8 +146,8 @@ impl TcpTable {
 
 /// Sends the ACK `conn` owes, with the current window; false (still owed) if the guest's RX
 /// ring had no room.
-fn send_ack(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints) -> bool {
-    let window = conn.advertise();
+fn send_ack(conn: &mut Conn, rx: &mut dyn RxSink, ep: &Endpoints, counters: &TcpCounters) -> bool {
+    let window = conn.advertise(counters);
     let sent = conn.send_segment(rx, ep, TCP_ACK, window);
     if sent {
         conn.clear(Flags::ACK_DELAYED);

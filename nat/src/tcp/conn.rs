@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use podwire_frame::RxSink;
 
-use super::{frame, socket, GuestConn};
+use super::{frame, socket, GuestConn, TcpCounters};
 use crate::flow::{FlowKey, Timeouts};
 use crate::wire::{Endpoints, IPV4_LEN, IPV6_LEN};
 
@@ -222,6 +222,9 @@ pub struct Conn {
     /// The socket's send buffer size, read once after podwire set it (setting it turns the
     /// kernel's autotuning off, so it stays).
     pub(crate) sndbuf: u32,
+    /// The send buffer's room when last asked, and `rcv_nxt` then (see `advertise`).
+    room_asked: u32,
+    rcv_nxt_when_asked: u32,
     pub(crate) dup_acks: u8,
     pub(crate) retries: u8,
     pub(crate) rto: Duration,
@@ -255,6 +258,8 @@ impl Conn {
             unacked: 0,
             adv_wnd: 0,
             sndbuf: 0,
+            room_asked: 0,
+            rcv_nxt_when_asked: 0,
             dup_acks: 0,
             retries: 0,
             rto: INITIAL_RTO,
@@ -343,9 +348,25 @@ impl Conn {
 
     /// The window field to send now: the room in the socket's send buffer. Remembered, so
     /// that a small window can be reopened later.
-    pub(crate) fn advertise(&mut self) -> u16 {
+    ///
+    /// Only our writes fill the send buffer, so the room last asked less what was written
+    /// since is a floor of the room now. While that floor is above half the buffer it is
+    /// offered as it is: request/response and socket-to-guest bulk then make no `TIOCOUTQ`
+    /// per frame, and the window's right edge stays where it was (the floor shrinks exactly
+    /// as `rcv_nxt` grows). Below half, or after anything else moved `rcv_nxt`, the kernel is
+    /// asked again.
+    pub(crate) fn advertise(&mut self, counters: &TcpCounters) -> u16 {
         let shift = self.window_shift();
-        let room = socket::send_room(&self.fd, self.sndbuf);
+        let written = self.rcv_nxt.wrapping_sub(self.rcv_nxt_when_asked);
+        let floor = self.room_asked.saturating_sub(written);
+        let room = if floor >= self.sndbuf / 2 && floor > 0 {
+            floor
+        } else {
+            counters.send_room_queries.inc();
+            let room = socket::send_room(&self.fd, self.sndbuf);
+            (self.room_asked, self.rcv_nxt_when_asked) = (room, self.rcv_nxt);
+            room
+        };
         let field = (room >> shift).min(u32::from(u16::MAX)) as u16;
         self.adv_wnd = u32::from(field) << shift;
         field

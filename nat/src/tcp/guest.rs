@@ -304,7 +304,7 @@ impl TcpTable {
             // the coalesced ACKs flushed after this batch no longer find the connection.
             if conn.has(Flags::ACK_DUE) {
                 conn.clear(Flags::ACK_DUE);
-                let window = conn.advertise();
+                let window = conn.advertise(&self.counters);
                 conn.send_segment(cx.rx, cx.ep, TCP_ACK, window);
             }
             self.remove(cx.flows, cx.registry, slot);

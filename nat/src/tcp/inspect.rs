@@ -58,9 +58,7 @@ impl Conn {
             rcv_nxt: self.rcv_nxt,
             offered_window: self.adv_wnd,
             socket_unread: socket::unread(&self.fd) as u32,
-            socket_unsent: self
-                .sndbuf
-                .saturating_sub(socket::send_room(&self.fd, self.sndbuf)),
+            socket_unsent: socket::unsent(&self.fd),
             rto_in_ms: self
                 .rto_deadline
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),

@@ -158,6 +158,9 @@ podwire_frame::counters! {
         send_calls: Count,
         /// Receive calls on TCP sockets: peeks into guest buffers and discards of acknowledged data.
         recv_calls: Count,
+        /// `SO_MEMINFO` calls asking a socket's send-buffer room for the window offered to the
+        /// guest (made only when what is known of the room runs low, see `Conn::advertise`).
+        send_room_queries: Count,
     }
 }
 

@@ -6,7 +6,8 @@
 //! few, when a socket is set up), non-blocking, with no allocation. Payload moves between the
 //! socket and guest memory through iovecs: [`send_iov`] writes what the guest sent, [`peek`]
 //! reads into guest RX buffers without consuming, [`discard`] drops what the guest
-//! acknowledged. Two ioctls tell how much is queued each way ([`unread`], [`send_room`]).
+//! acknowledged. An ioctl and a `getsockopt` tell how much is queued each way ([`unread`],
+//! [`send_room`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -307,10 +308,37 @@ pub(super) fn unread(fd: &OwnedFd) -> usize {
 }
 
 /// Room in the socket's send buffer (`sndbuf` bytes, fixed since podwire set it): the window
-/// offered to the guest. One ioctl.
+/// offered to the guest. One `getsockopt`.
+///
+/// Counted as the kernel counts it before it refuses a write: the memory the queue takes
+/// (`SK_MEMINFO_WMEM_QUEUED`, buffers and their overhead), not the payload in it (`TIOCOUTQ`).
+/// Payload-based room stays a few tens of KiB above zero once the buffer is full, and a
+/// guest offered it sends into writes that fail, over and over, until the pod reads.
 pub(super) fn send_room(fd: &OwnedFd, sndbuf: u32) -> u32 {
+    // SK_MEMINFO_VARS, 9 since Linux 4.x; a kernel with fewer writes fewer.
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info and len are valid for the call and len is info's size; the kernel writes
+    // at most len bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    sndbuf.saturating_sub(info[libc::SK_MEMINFO_WMEM_QUEUED as usize])
+}
+
+/// Payload bytes in the socket's send queue, sent or not (for operators). One ioctl.
+pub(super) fn unsent(fd: &OwnedFd) -> u32 {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes an int.
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    sndbuf.saturating_sub(queued.max(0) as u32)
+    queued.max(0) as u32
 }

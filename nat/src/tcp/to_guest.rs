@@ -202,7 +202,7 @@ impl TcpTable {
             return;
         }
         let shape = FrameShape::new(conn, rx, self.mss_limit);
-        let window = conn.advertise();
+        let window = conn.advertise(&self.counters);
         loop {
             let in_flight = conn.in_flight();
             if in_flight >= conn.snd_wnd
