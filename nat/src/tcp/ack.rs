@@ -102,6 +102,7 @@ impl TcpTable {
         ep: &Endpoints,
     ) {
         self.flush_write(flows);
+        self.settle_discards(flows);
         let mut cx = Cx {
             flows,
             registry,

@@ -319,7 +319,7 @@ impl TcpTable {
         };
         let window = u32::from(seg.window) << conn.guest_wscale.unwrap_or(0);
         if seq_gt(seg.ack, conn.snd_una) && seq_ge(conn.snd_max, seg.ack) {
-            self.acked(conn, seg.ack);
+            self.acked(conn, slot, seg.ack);
         } else if seg.ack == conn.snd_una
             && seg.payload_len == 0
             && window == conn.snd_wnd
@@ -334,8 +334,9 @@ impl TcpTable {
         conn.snd_wnd = window;
     }
 
-    /// The guest acknowledged our data up to `ack` (new, and no further than we sent).
-    fn acked(&self, conn: &mut Conn, ack: u32) {
+    /// The guest acknowledged our data up to `ack` (new, and no further than we sent). The
+    /// bytes leave the socket after the pass's writes ([`Flags::DISCARD_QUEUED`]).
+    fn acked(&mut self, conn: &mut Conn, slot: usize, ack: u32) {
         let acked = ack.wrapping_sub(conn.snd_una);
         // The FIN takes a sequence number but no byte in the socket.
         let fin_acked = conn
@@ -343,9 +344,12 @@ impl TcpTable {
             .is_some_and(|f| seq_ge(f, conn.snd_una) && seq_gt(ack, f));
         let bytes = acked - u32::from(fin_acked);
         if bytes != 0 {
-            self.counters.recv_calls.inc();
+            conn.discard_owed += bytes;
+            if !conn.has(Flags::DISCARD_QUEUED) {
+                conn.set(Flags::DISCARD_QUEUED);
+                self.work.discards.push(slot);
+            }
         }
-        socket::discard(&conn.fd, bytes as usize);
         conn.snd_una = ack;
         // The guest may acknowledge what it got before a rewind: skip resending it.
         if seq_gt(ack, conn.snd_nxt) {
@@ -363,6 +367,7 @@ impl TcpTable {
 
     /// Goes back to the oldest unacknowledged byte (and FIN) to send them again.
     pub(super) fn rewind(&self, conn: &mut Conn) {
+        self.settle(conn);
         conn.event(Event::Retransmit);
         if self.peek_off {
             socket::start_peek_offset(&conn.fd);
@@ -421,6 +426,29 @@ impl TcpTable {
             socket::shutdown_write(&conn.fd);
         }
         conn.set(Flags::ACK_DUE);
+    }
+
+    /// Drops the bytes the guest acknowledged from the head of the socket, before anything
+    /// peeks at it or moves the peek offset.
+    pub(super) fn settle(&self, conn: &mut Conn) {
+        if conn.discard_owed != 0 {
+            self.counters.recv_calls.inc();
+            socket::discard(&conn.fd, conn.discard_owed as usize);
+            conn.discard_owed = 0;
+        }
+    }
+
+    /// The discards owed after the pass's writes went out.
+    pub(super) fn settle_discards(&mut self, flows: &mut FlowTable) {
+        let mut discards = std::mem::take(&mut self.work.discards);
+        for &slot in &discards {
+            if let Some(conn) = flows.tcp_mut(slot) {
+                conn.clear(Flags::DISCARD_QUEUED);
+                self.settle(conn);
+            }
+        }
+        discards.clear();
+        self.work.discards = discards;
     }
 
     /// Writes the payload gathered in this TX pass to its socket, in one `sendmsg`.

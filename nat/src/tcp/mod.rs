@@ -178,6 +178,9 @@ struct WorkLists {
     stalled: Vec<usize>,
     /// Whose socket failed, to reset at the end of the pass (they live one pass).
     failed: Vec<usize>,
+    /// Owing the socket a discard of acknowledged bytes, after the pass's writes
+    /// ([`Flags::DISCARD_QUEUED`]).
+    discards: Vec<usize>,
     /// Handshakes whose SYN or SYN-ACK found the guest's RX ring full: sent again on the next
     /// RX kick rather than a second later by the retransmission timer ([`Flags::SYN_OWED`]).
     owed_syns: Vec<usize>,

@@ -201,6 +201,7 @@ impl TcpTable {
         {
             return;
         }
+        self.settle(conn);
         let shape = FrameShape::new(conn, rx, self.mss_limit);
         let window = conn.advertise(&self.counters);
         loop {
