@@ -360,7 +360,7 @@ impl Conn {
     ///
     /// Only our writes fill the send buffer, so the room last asked less what was written
     /// since is a floor of the room now. While that floor is above half the buffer it is
-    /// offered as it is: request/response and socket-to-guest bulk then make no `TIOCOUTQ`
+    /// offered as it is: request/response and socket-to-guest bulk then make no query
     /// per frame, and the window's right edge stays where it was (the floor shrinks exactly
     /// as `rcv_nxt` grows). Below half, or after anything else moved `rcv_nxt`, the kernel is
     /// asked again.
