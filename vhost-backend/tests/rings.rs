@@ -15,9 +15,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use podwire_vhost::device::{HANDLER_EVENT, TX_TIMER_EVENT};
+
+mod common;
 use podwire_vhost::{
-    DeviceCounters, NetConfig, NetDevice, NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN,
-    MAX_SEGS,
+    DeviceCounters, NetDevice, NetHandler, RxError, RxSink, SgList, MAX_FRAME_LEN, MAX_SEGS,
 };
 use podwire_vhost::{GsoKind, PartialCsum, TxOffload};
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
@@ -369,15 +370,7 @@ impl Rig {
             repost: None,
         }));
         let counters = Arc::new(DeviceCounters::default());
-        let mut dev = NetDevice::new(
-            handler.clone(),
-            counters.clone(),
-            NetConfig {
-                mac: [0x52, 0x54, 0, 0, 0, 1],
-                mtu: 1500,
-            },
-        )
-        .unwrap();
+        let mut dev = NetDevice::new(handler.clone(), counters.clone(), common::CONFIG).unwrap();
         assert_eq!(
             features & !dev.features(),
             0,

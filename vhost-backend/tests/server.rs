@@ -2,29 +2,14 @@
 //! frontend served after the first goes away — all without a VM, speaking raw vhost-user.
 
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use podwire_vhost::{DeviceCounters, NetConfig, NetHandler, RxSink, Server, SgList};
+use podwire_vhost::DeviceCounters;
 
-struct NullHandler {
-    fd: vmm_sys_util::eventfd::EventFd,
-    links: Vec<bool>,
-}
-
-impl NetHandler for NullHandler {
-    fn guest_frame(&mut self, _frame: &SgList<'_>, _rx: &mut dyn RxSink) {}
-    fn poll_host(&mut self, _rx: &mut dyn RxSink) {}
-    fn host_fd(&self) -> RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
-    }
-    fn link_changed(&mut self, up: bool) {
-        self.links.push(up);
-    }
-}
+mod common;
 
 const GET_FEATURES: u32 = 1;
 
@@ -49,21 +34,7 @@ fn socket_path(name: &str) -> PathBuf {
 #[test]
 fn one_frontend_at_a_time_refusal_then_reconnect() {
     let path = socket_path("serve");
-    let handler = Arc::new(Mutex::new(NullHandler {
-        fd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
-        links: Vec::new(),
-    }));
-    let counters = Arc::new(DeviceCounters::default());
-    let server = Server::bind(
-        &path,
-        handler.clone(),
-        counters.clone(),
-        NetConfig {
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-            mtu: 1500,
-        },
-    )
-    .unwrap();
+    let (server, handler, counters) = common::bind(&path);
     std::thread::spawn(move || server.run());
 
     let timeout = Some(Duration::from_secs(10));
@@ -101,21 +72,7 @@ fn one_frontend_at_a_time_refusal_then_reconnect() {
 }
 
 fn serve(path: &std::path::Path) -> Arc<DeviceCounters> {
-    let handler = Arc::new(Mutex::new(NullHandler {
-        fd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
-        links: Vec::new(),
-    }));
-    let counters = Arc::new(DeviceCounters::default());
-    let server = Server::bind(
-        path,
-        handler,
-        counters.clone(),
-        NetConfig {
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-            mtu: 1500,
-        },
-    )
-    .unwrap();
+    let (server, _, counters) = common::bind(path);
     std::thread::spawn(move || server.run());
     counters
 }

@@ -6,16 +6,17 @@
 //! frontend, the process holds exactly the descriptors and threads it held before the first.
 //! One file, one test: nothing else runs in this process to move the counts.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use podwire_vhost::{DeviceCounters, NetConfig, NetHandler, RxSink, Server, SgList};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+mod common;
 
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 const QUEUE_SIZE: u16 = 256;
@@ -23,22 +24,6 @@ const QUEUE_SIZE: u16 = 256;
 const MEM_LEN: usize = 1 << 20;
 const SESSIONS: usize = 6;
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Links {
-    fd: EventFd,
-    links: Vec<bool>,
-}
-
-impl NetHandler for Links {
-    fn guest_frame(&mut self, _frame: &SgList<'_>, _rx: &mut dyn RxSink) {}
-    fn poll_host(&mut self, _rx: &mut dyn RxSink) {}
-    fn host_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-    fn link_changed(&mut self, up: bool) {
-        self.links.push(up);
-    }
-}
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -179,21 +164,7 @@ fn socket_path() -> PathBuf {
 #[test]
 fn sessions_of_killed_frontends_leave_no_descriptor_or_thread_behind() {
     let path = socket_path();
-    let handler = Arc::new(Mutex::new(Links {
-        fd: EventFd::new(EFD_NONBLOCK).unwrap(),
-        links: Vec::new(),
-    }));
-    let counters = Arc::new(DeviceCounters::default());
-    let server = Server::bind(
-        &path,
-        handler.clone(),
-        counters.clone(),
-        NetConfig {
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-            mtu: 1500,
-        },
-    )
-    .unwrap();
+    let (server, handler, counters) = common::bind(&path);
     let server_tid = Arc::new(AtomicI32::new(0));
     let tid = server_tid.clone();
     std::thread::spawn(move || {
