@@ -89,6 +89,11 @@ impl Conn {
     }
 
     fn flow_state(&self, origin: Origin) -> TcpFlowState {
+        // Owed discards are settled at the end of every TX pass; state is saved between passes.
+        debug_assert_eq!(
+            self.discard_owed, 0,
+            "saved between an ACK and its pass's end"
+        );
         TcpFlowState {
             guest: SocketAddr::new(self.key.guest_ip, self.key.guest_port),
             remote: SocketAddr::new(self.key.remote_ip, self.key.remote_port),
