@@ -50,6 +50,27 @@ fn start_helper(binary: &Path, name: &str) -> Helper {
     }
 }
 
+/// podwire's own helper on a channel of its own, or None (with a SKIP line) when not root:
+/// the helper needs CAP_NET_ADMIN.
+fn own_helper(name: &str) -> Option<Helper> {
+    if !is_root() {
+        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+        return None;
+    }
+    Some(start_helper(
+        Path::new(env!("CARGO_BIN_EXE_podwire-repair")),
+        name,
+    ))
+}
+
+/// A connected IPv4 loopback pair and the listener that accepted it.
+fn loopback_pair() -> (TcpListener, TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (listener, client, server)
+}
+
 /// An int socket option of `sock`.
 fn int_option(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
     let mut v: libc::c_int = -2;
@@ -229,11 +250,9 @@ fn migrate_live_connection(helper: &mut Helper, loopback: &str) {
 
 #[test]
 fn podwire_repair_helper_migrates_a_live_connection() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("own") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "own");
+    };
     migrate_live_connection(&mut helper, "127.0.0.1:0");
     migrate_live_connection(&mut helper, "[::1]:0");
 }
@@ -261,11 +280,9 @@ fn passt_repair_helper_interoperates() {
 
 #[test]
 fn batches_larger_than_one_message_are_all_switched() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("batch") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "batch");
+    };
     let socks: Vec<_> = (0..300).map(|_| socket2_tcp()).collect();
     let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
     helper.channel.set(&fds, RepairCmd::On).unwrap();
@@ -315,14 +332,10 @@ fn socket2_tcp() -> std::os::fd::OwnedFd {
 
 #[test]
 fn restore_where_the_address_is_missing_fails_cleanly() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("moved") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "moved");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (_server, _) = listener.accept().unwrap();
+    };
+    let (_listener, client, _server) = loopback_pair();
     helper
         .channel
         .set(&[client.as_fd()], RepairCmd::On)
@@ -347,11 +360,9 @@ fn restore_where_the_address_is_missing_fails_cleanly() {
 
 #[test]
 fn only_established_sockets_are_dumped() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("state") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "state");
+    };
     let sock = socket2_tcp();
     helper.channel.set(&[sock.as_fd()], RepairCmd::On).unwrap();
     assert!(matches!(
@@ -366,14 +377,10 @@ fn only_established_sockets_are_dumped() {
 /// SO_REUSEADDR after repair mode did).
 #[test]
 fn an_accepted_connection_moves_while_its_listener_listens() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("accepted") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "accepted");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    };
+    let (listener, mut client, server) = loopback_pair();
     helper
         .channel
         .set(&[server.as_fd()], RepairCmd::On)
@@ -408,9 +415,7 @@ fn an_accepted_connection_moves_while_its_listener_listens() {
 /// A connected loopback pair whose client has filled its send queue (the server does not
 /// read; its small receive buffer closes the window). Returns (client, server, bytes written).
 fn client_with_full_send_queue() -> (TcpStream, TcpStream, usize) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (_listener, client, server) = loopback_pair();
     let sent = fill_send_queue(&client);
     (client, server, sent)
 }
@@ -434,11 +439,9 @@ fn fill_send_queue(client: &TcpStream) -> usize {
 
 #[test]
 fn a_dump_counts_as_sent_all_the_peer_gets_while_its_window_opens() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("window") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "window");
+    };
     let (client, mut server, written) = client_with_full_send_queue();
     helper
         .channel
@@ -476,14 +479,10 @@ fn a_dump_counts_as_sent_all_the_peer_gets_while_its_window_opens() {
 
 #[test]
 fn dumps_taken_while_data_arrives_match_the_stream() {
-    if !is_root() {
-        eprintln!("SKIP: the repair helper needs CAP_NET_ADMIN; run as root");
+    let Some(mut helper) = own_helper("arrivals") else {
         return;
-    }
-    let mut helper = start_helper(Path::new(env!("CARGO_BIN_EXE_podwire-repair")), "arrivals");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    };
+    let (_listener, client, mut server) = loopback_pair();
     helper
         .channel
         .set(&[client.as_fd()], RepairCmd::On)

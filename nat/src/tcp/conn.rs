@@ -368,6 +368,7 @@ impl Conn {
         let shift = self.window_shift();
         let written = self.rcv_nxt.wrapping_sub(self.rcv_nxt_when_asked);
         let floor = self.room_asked.saturating_sub(written);
+        // `floor > 0`: a send buffer of unknown size (0) is always asked.
         let room = if floor >= self.sndbuf / 2 && floor > 0 {
             floor
         } else {
