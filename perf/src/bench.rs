@@ -13,6 +13,7 @@ pub mod latency;
 pub mod passt;
 pub mod pingpong;
 pub mod pktgen;
+pub mod placement;
 pub mod plot;
 pub mod testpmd;
 

@@ -365,35 +365,6 @@ fn emulator() -> String {
     util::find_tool(&q).map_or(q, |p| p.display().to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domain_name_is_found() {
-        assert_eq!(
-            domain_name("<domain><name> vm1 </name></domain>").as_deref(),
-            Some("vm1")
-        );
-        assert_eq!(domain_name("<domain/>"), None);
-    }
-
-    #[test]
-    fn qemu_conf_has_what_the_private_daemon_needs() {
-        let c = qemu_conf();
-        for line in [
-            "user = \"nobody\"",
-            "group = \"nogroup\"",
-            "security_driver = \"none\"",
-            "namespaces = [ ]",
-            "cgroup_controllers = [ ]",
-            "stdio_handler = \"file\"",
-        ] {
-            assert!(c.contains(line), "{line}");
-        }
-    }
-}
-
 /// What every libvirt end-to-end test starts from: a pod and a far host (DNS, UDP and TCP echo
 /// servers on the far host), the test guest image, and a private libvirtd in the pod.
 pub struct LibvirtSetup {
@@ -420,5 +391,34 @@ impl LibvirtSetup {
             daemon,
             _services: services,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_name_is_found() {
+        assert_eq!(
+            domain_name("<domain><name> vm1 </name></domain>").as_deref(),
+            Some("vm1")
+        );
+        assert_eq!(domain_name("<domain/>"), None);
+    }
+
+    #[test]
+    fn qemu_conf_has_what_the_private_daemon_needs() {
+        let c = qemu_conf();
+        for line in [
+            "user = \"nobody\"",
+            "group = \"nogroup\"",
+            "security_driver = \"none\"",
+            "namespaces = [ ]",
+            "cgroup_controllers = [ ]",
+            "stdio_handler = \"file\"",
+        ] {
+            assert!(c.contains(line), "{line}");
+        }
     }
 }

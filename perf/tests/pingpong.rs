@@ -10,6 +10,7 @@
 
 use podwire_perf::bench::passt;
 use podwire_perf::bench::pingpong::{self, Plan, Via};
+use podwire_perf::bench::placement::{Cpus, Placement};
 use podwire_perf::frontend::pingpong::Proto;
 use podwire_perf::frontend::Features;
 use podwire_perf::util;
@@ -33,6 +34,7 @@ fn plan(paths: Vec<Via>, passt_bin: Option<PathBuf>) -> Plan {
         podwire_args: Vec::new(),
         podwire_env: Vec::new(),
         breakdown: false,
+        placement: Placement::default(),
     }
 }
 
@@ -142,6 +144,47 @@ fn breakdown_of_podwire() {
         mean("total")
     );
     assert!(pingpong::breakdown_table(&report.turns).is_some());
+}
+
+/// `--pin-*` with `--breakdown`: every party pinned to CPU 0 is seen by the scheduler trace
+/// running there and nowhere else, each party's runs are counted, and the pinned run completes.
+#[test]
+fn pinned_parties_run_where_pinned() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut p = plan(vec![Via::Podwire], None);
+    p.protos = vec![Proto::Udp];
+    p.breakdown = true;
+    let cpu0 = || Some(Cpus(vec![0]));
+    p.placement = Placement {
+        frontend: cpu0(),
+        backend: cpu0(),
+        far: cpu0(),
+    };
+    let report = pingpong::run(&p).unwrap();
+    let t = &report.turns[0];
+    assert!(t.stats.transactions > 0);
+    let sched = t
+        .breakdown
+        .as_ref()
+        .and_then(|b| b.scheduling.clone())
+        .expect("scheduling counts");
+    for (name, runs) in [
+        ("frontend", &sched.frontend),
+        ("backend", &sched.backend),
+        ("far host", &sched.far),
+    ] {
+        assert!(runs.per_transaction > 0.0, "{name}: {runs:?}");
+        assert_eq!(
+            runs.cpu_share.keys().copied().collect::<Vec<_>>(),
+            vec![0],
+            "{name} ran outside CPU 0: {runs:?}"
+        );
+    }
+    let table = pingpong::breakdown_table(&report.turns).unwrap();
+    assert!(table.contains("| backend: runs / after idle"), "{table}");
 }
 
 /// `--baseline`: a second podwire binary is measured as a path of its own in the same run

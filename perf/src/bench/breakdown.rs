@@ -26,6 +26,13 @@
 //!
 //! A transaction whose events do not follow this order (a suppressed kick, the TCP delayed-ACK
 //! timer's extra frame in between, an event lost in an overrun) is counted as skipped.
+//!
+//! A second instance records every `sched_switch` and `sched_process_fork` of the machine (the
+//! far host's echo server starts a thread per connection). [`runs`] counts, per party and transaction, how often
+//! it was switched in and how often the CPU it got had been idle — a wake-up that found its CPU
+//! asleep, which on a VM without guest halt-polling is a halt and an inter-processor interrupt,
+//! the dearest kind — and on which CPUs it ran. That is what decides whether a round trip is
+//! fast on a machine with few CPUs, and it is measured rather than guessed.
 
 use crate::util;
 use anyhow::{Context, Result};
@@ -107,14 +114,136 @@ pub fn parse_line(line: &str) -> Option<Event> {
     })
 }
 
-/// A private ftrace instance recording the syscalls of some threads.
-pub struct SyscallTrace {
+/// One `sched_switch` event: on `cpu`, `prev` stopped running and `next` started (pid 0 is the
+/// idle task).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Switch {
+    pub cpu: u32,
+    pub prev: u32,
+    pub next: u32,
+}
+
+/// Parses one line of ftrace's text output for a `sched_switch` event.
+pub fn parse_switch(line: &str) -> Option<Switch> {
+    let (head, rest) = line.split_once(": sched_switch: ")?;
+    let cpu = head.split_once(" [")?.1.split(']').next()?.parse().ok()?;
+    let field = |name: &str| -> Option<u32> {
+        let at = rest.find(name)? + name.len();
+        rest[at..].split_whitespace().next()?.parse().ok()
+    };
+    Some(Switch {
+        cpu,
+        prev: field(" prev_pid=").or_else(|| field("prev_pid="))?,
+        next: field(" next_pid=")?,
+    })
+}
+
+/// Parses one line of ftrace's text output for a `sched_process_fork` event: (parent, child).
+pub fn parse_fork(line: &str) -> Option<(u32, u32)> {
+    let rest = line.split_once(": sched_process_fork: ")?.1;
+    let field = |name: &str| -> Option<u32> {
+        let at = rest.find(name)? + name.len();
+        rest[at..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field(" pid=")?, field("child_pid=")?))
+}
+
+/// How one party was scheduled over a turn.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Runs {
+    /// Times it was switched in, per transaction.
+    pub per_transaction: f64,
+    /// Of those, the times its CPU had been idle (it was woken on a sleeping CPU).
+    pub after_idle_per_transaction: f64,
+    /// Share of its switch-ins on each CPU.
+    pub cpu_share: BTreeMap<u32, f64>,
+}
+
+/// The three parties' scheduling over a turn.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Scheduling {
+    pub frontend: Runs,
+    pub backend: Runs,
+    /// Everything else traced: the echo server and the threads it started.
+    pub far: Runs,
+}
+
+/// Counts each party's switch-ins (see the module comment) over `transactions`. The far host
+/// is `far_tids` and every thread they started during the trace (`forks`); other tasks of the
+/// machine are not counted.
+pub fn runs(
+    recorded: &Recorded,
+    frontend_tid: u32,
+    backend_tids: &HashSet<u32>,
+    far_tids: &[u32],
+    transactions: u64,
+) -> Scheduling {
+    #[derive(Default)]
+    struct Count {
+        runs: u64,
+        after_idle: u64,
+        cpus: BTreeMap<u32, u64>,
+    }
+    let mut far: HashSet<u32> = far_tids.iter().copied().collect();
+    for &(parent, child) in &recorded.forks {
+        if far.contains(&parent) {
+            far.insert(child);
+        }
+    }
+    let party_of = |tid: u32| {
+        if tid == frontend_tid {
+            Some(0)
+        } else if backend_tids.contains(&tid) {
+            Some(1)
+        } else if far.contains(&tid) {
+            Some(2)
+        } else {
+            None
+        }
+    };
+    // A run is counted when it ends (the switch-out is recorded on every CPU; on this VM the
+    // idle task's switch-outs are missing on one). It began after idle if the CPU's previous
+    // event switched to it from the idle task, or switched to the idle task itself.
+    let mut last_on_cpu: HashMap<u32, Switch> = HashMap::new();
+    let mut by_party: [Count; 3] = Default::default();
+    for sw in &recorded.switches {
+        if let Some(party) = party_of(sw.prev) {
+            let after_idle = match last_on_cpu.get(&sw.cpu) {
+                Some(before) if before.next == sw.prev => before.prev == 0,
+                Some(before) => before.next == 0,
+                None => false,
+            };
+            let c = &mut by_party[party];
+            c.runs += 1;
+            c.after_idle += u64::from(after_idle);
+            *c.cpus.entry(sw.cpu).or_default() += 1;
+        }
+        last_on_cpu.insert(sw.cpu, *sw);
+    }
+    let n = transactions.max(1) as f64;
+    let [f, b, x] = by_party.map(|c| Runs {
+        per_transaction: c.runs as f64 / n,
+        after_idle_per_transaction: c.after_idle as f64 / n,
+        cpu_share: c
+            .cpus
+            .iter()
+            .map(|(&cpu, &k)| (cpu, k as f64 / c.runs.max(1) as f64))
+            .collect(),
+    });
+    Scheduling {
+        frontend: f,
+        backend: b,
+        far: x,
+    }
+}
+
+/// One private ftrace instance (`/sys/kernel/tracing/instances/podwire-*`), removed on drop.
+struct Instance {
     dir: PathBuf,
 }
 
-impl SyscallTrace {
-    /// Starts recording the listed threads (mounting tracefs if it is not mounted).
-    pub fn start(tids: &[u32]) -> Result<SyscallTrace> {
+impl Instance {
+    fn new() -> Result<Instance> {
         if !Path::new(TRACING).join("instances").is_dir() {
             util::run(&["mount", "-t", "tracefs", "nodev", TRACING]).context("mounting tracefs")?;
         }
@@ -122,22 +251,10 @@ impl SyscallTrace {
             .join("instances")
             .join(format!("podwire-{}", util::unique_id()));
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let t = SyscallTrace { dir };
-        t.write("trace_clock", "mono")?;
-        t.write("buffer_size_kb", "32768")?;
-        let pids: Vec<String> = tids.iter().map(u32::to_string).collect();
-        t.write("set_event_pid", &pids.join(" "))?;
-        let filter = nr::ALL
-            .iter()
-            .map(|n| format!("id == {n}"))
-            .collect::<Vec<_>>()
-            .join(" || ");
-        for ev in ["sys_enter", "sys_exit"] {
-            t.write(&format!("events/raw_syscalls/{ev}/filter"), &filter)?;
-            t.write(&format!("events/raw_syscalls/{ev}/enable"), "1")?;
-        }
-        t.write("tracing_on", "1")?;
-        Ok(t)
+        let i = Instance { dir };
+        i.write("trace_clock", "mono")?;
+        i.write("buffer_size_kb", "32768")?;
+        Ok(i)
     }
 
     fn write(&self, file: &str, value: &str) -> Result<()> {
@@ -145,25 +262,80 @@ impl SyscallTrace {
         std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {}", p.display()))
     }
 
-    /// Stops recording and returns the events (and whether the buffer overran).
-    pub fn stop(self) -> Result<(Vec<Event>, bool)> {
+    /// Stops recording; the text, and whether the buffer overran.
+    fn stop(&self) -> Result<(String, bool)> {
         self.write("tracing_on", "0")?;
         let text = std::fs::read_to_string(self.dir.join("trace"))?;
-        // for looking at a trace by hand
-        if let Some(p) = std::env::var_os("PODWIRE_BREAKDOWN_DUMP") {
-            let _ = std::fs::write(p, &text);
-        }
         let overrun = text
             .lines()
             .any(|l| l.contains("LOST") && l.contains("EVENTS"));
-        Ok((text.lines().filter_map(parse_line).collect(), overrun))
+        Ok((text, overrun))
     }
 }
 
-impl Drop for SyscallTrace {
+impl Drop for Instance {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("tracing_on"), "0");
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The system calls of some threads (one instance, filtered by pid) and every context switch
+/// and thread start of the machine (another, unfiltered: the kernel's pid filter drops some
+/// switches from the idle task here, exactly the ones [`runs`] needs).
+pub struct SyscallTrace {
+    calls: Instance,
+    sched: Instance,
+}
+
+/// What a [`SyscallTrace`] recorded.
+pub struct Recorded {
+    pub calls: Vec<Event>,
+    pub switches: Vec<Switch>,
+    /// (parent, child) thread ids of every thread or process started.
+    pub forks: Vec<(u32, u32)>,
+    /// Whether either buffer overran.
+    pub overrun: bool,
+}
+
+impl SyscallTrace {
+    /// Starts recording the listed threads' calls and the machine's context switches (mounting
+    /// tracefs if it is not mounted).
+    pub fn start(tids: &[u32]) -> Result<SyscallTrace> {
+        let calls = Instance::new()?;
+        let pids: Vec<String> = tids.iter().map(u32::to_string).collect();
+        calls.write("set_event_pid", &pids.join(" "))?;
+        let filter = nr::ALL
+            .iter()
+            .map(|n| format!("id == {n}"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        for ev in ["sys_enter", "sys_exit"] {
+            calls.write(&format!("events/raw_syscalls/{ev}/filter"), &filter)?;
+            calls.write(&format!("events/raw_syscalls/{ev}/enable"), "1")?;
+        }
+        let sched = Instance::new()?;
+        sched.write("events/sched/sched_switch/enable", "1")?;
+        sched.write("events/sched/sched_process_fork/enable", "1")?;
+        calls.write("tracing_on", "1")?;
+        sched.write("tracing_on", "1")?;
+        Ok(SyscallTrace { calls, sched })
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub fn stop(self) -> Result<Recorded> {
+        let (calls, calls_overrun) = self.calls.stop()?;
+        let (sched, sched_overrun) = self.sched.stop()?;
+        // for looking at a trace by hand
+        if let Some(p) = std::env::var_os("PODWIRE_BREAKDOWN_DUMP") {
+            let _ = std::fs::write(&p, format!("{calls}\n{sched}"));
+        }
+        Ok(Recorded {
+            calls: calls.lines().filter_map(parse_line).collect(),
+            switches: sched.lines().filter_map(parse_switch).collect(),
+            forks: sched.lines().filter_map(parse_fork).collect(),
+            overrun: calls_overrun || sched_overrun,
+        })
     }
 }
 
@@ -232,6 +404,8 @@ pub struct Breakdown {
     pub overrun: bool,
     /// segment → (median µs, mean µs)
     pub segments: BTreeMap<String, (f64, f64)>,
+    /// Filled in by the caller from the same trace ([`runs`]).
+    pub scheduling: Option<Scheduling>,
 }
 
 #[derive(Default)]
@@ -370,6 +544,7 @@ pub fn analyze(events: &[Event], sides: &Sides, overrun: bool) -> Breakdown {
         skipped,
         overrun,
         segments,
+        scheduling: None,
     }
 }
 
@@ -395,6 +570,37 @@ pub fn table(columns: &[(String, &Breakdown)]) -> String {
         s.push_str(&format!(" {} / {} |", b.transactions, b.skipped));
     }
     s.push('\n');
+    type Party = fn(&Scheduling) -> &Runs;
+    let parties: [(&str, Party); 3] = [
+        ("frontend", |x| &x.frontend),
+        ("backend", |x| &x.backend),
+        ("far host", |x| &x.far),
+    ];
+    for (name, party) in parties {
+        s.push_str(&format!(
+            "| {name}: runs / after idle per transaction; CPUs |"
+        ));
+        for (_, b) in columns {
+            match &b.scheduling {
+                Some(x) => {
+                    let r = party(x);
+                    let cpus: Vec<String> = r
+                        .cpu_share
+                        .iter()
+                        .map(|(c, f)| format!("{c}: {:.0} %", f * 100.0))
+                        .collect();
+                    s.push_str(&format!(
+                        " {:.2} / {:.2}; {} |",
+                        r.per_transaction,
+                        r.after_idle_per_transaction,
+                        cpus.join(", ")
+                    ));
+                }
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -420,6 +626,67 @@ mod tests {
             -11
         );
         assert!(parse_line("# tracer: nop").is_none());
+    }
+
+    #[test]
+    fn parses_sched_switch_lines() {
+        let sw = parse_switch(
+            "          <idle>-0       [001] d..2.   123.456789: sched_switch: prev_comm=swapper/1 \
+             prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=vring_worker next_pid=77 \
+             next_prio=120",
+        )
+        .unwrap();
+        assert_eq!(
+            sw,
+            Switch {
+                cpu: 1,
+                prev: 0,
+                next: 77
+            }
+        );
+        assert!(parse_switch(" x-1 [000] ..... 1.0: sys_exit: NR 0 = -11").is_none());
+    }
+
+    #[test]
+    fn parses_fork_lines() {
+        assert_eq!(
+            parse_fork(
+                " podwire-pingpon-11669 [000] ..... 1.0: sched_process_fork: \
+                 comm=podwire-pingpon pid=11669 child_comm=podwire-pingpon child_pid=11700"
+            ),
+            Some((11669, 11700))
+        );
+    }
+
+    /// Switch-ins are counted per party; those right after the idle task count as woken on an
+    /// idle CPU; a thread the echo server starts is the far host's, other tasks no one's.
+    #[test]
+    fn runs_per_party() {
+        let (fe, be, echo, conn, other) = (1, 2, 3, 4, 5);
+        let sw = |cpu, prev, next| Switch { cpu, prev, next };
+        let recorded = Recorded {
+            calls: Vec::new(),
+            switches: vec![
+                sw(1, 0, be),     // kick wakes the backend on idle CPU 1
+                sw(0, 0, conn),   // the request wakes the echo thread on idle CPU 0
+                sw(0, conn, fe),  // the answer finds CPU 0 busy with the echo server
+                sw(1, be, 0),     // the backend sleeps: a run after idle
+                sw(0, fe, 0),     // the frontend sleeps: a run, not after idle
+                sw(1, be, other), // switched in from idle unrecorded, then out: after idle
+                sw(1, other, 0),  // not a party
+                sw(0, 0, conn),
+                sw(0, conn, 0), // the echo thread: after idle, twice
+            ],
+            forks: vec![(echo, conn)],
+            overrun: false,
+        };
+        let tids: HashSet<u32> = [be].into();
+        let r = runs(&recorded, fe, &tids, &[echo], 1);
+        let counts = |r: &Runs| (r.per_transaction, r.after_idle_per_transaction);
+        assert_eq!(counts(&r.backend), (2.0, 2.0));
+        assert_eq!(counts(&r.frontend), (1.0, 0.0));
+        assert_eq!(counts(&r.far), (2.0, 2.0));
+        assert_eq!(r.backend.cpu_share, [(1, 1.0)].into());
     }
 
     fn ev(ts: f64, tid: u32, enter: bool, nr: u32, arg: i64) -> Event {

@@ -17,6 +17,7 @@
 
 use crate::bench;
 use crate::bench::breakdown::{self, Breakdown, SyscallTrace};
+use crate::bench::placement::{self, Placement};
 use crate::frontend::pingpong::{GuestStack, Proto, RrStats};
 use crate::frontend::{Features, NetDriver};
 use crate::netns::{PodTopology, Proto as SsProto, FAR_HOST};
@@ -79,6 +80,9 @@ pub struct Plan {
     /// Trace the backend's and the frontend's syscalls and cut each transaction into segments
     /// ([`super::breakdown`]); costs about a µs per traced call, so not for the headline figures.
     pub breakdown: bool,
+    /// Where the frontend, the backend and the echo server run (default: where the scheduler
+    /// puts them).
+    pub placement: Placement,
 }
 
 /// One path's turn in one round.
@@ -123,6 +127,7 @@ pub struct Report {
     pub podwire: String,
     pub passt: Option<String>,
     pub load_average_at_start: Option<f64>,
+    pub placement: Placement,
     pub summary: Vec<Summary>,
     pub turns: Vec<Turn>,
 }
@@ -236,6 +241,10 @@ pub fn run(plan: &Plan) -> Result<Report> {
         bail!("the plan has baseline but no baseline binary");
     }
     let load = bench::loadavg1();
+    if let Some(cpus) = &plan.placement.frontend {
+        // Before anything is spawned: `direct`'s client inherits the frontend's CPUs.
+        placement::pin_process(std::process::id(), cpus).context("pinning the frontend")?;
+    }
     let topo = PodTopology::create()?;
     let server = SocketAddrV4::new(FAR_HOST, ECHO_PORT);
     let self_s = plan.self_bin.display().to_string();
@@ -245,6 +254,9 @@ pub fn run(plan: &Plan) -> Result<Report> {
         .spawn("echo", &[&self_s, "echo", "--listen", &server_s])?;
     far::wait_service(&topo.far, &mut echo, SsProto::Udp, FAR_HOST, ECHO_PORT)?;
     far::wait_service(&topo.far, &mut echo, SsProto::Tcp, FAR_HOST, ECHO_PORT)?;
+    if let Some(cpus) = &plan.placement.far {
+        placement::pin_process(echo.pid(), cpus).context("pinning the echo server")?;
+    }
     let dir = TempDir::new("pingpong")?;
     let mut turns = Vec::new();
     for r in 0..plan.rounds {
@@ -253,7 +265,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
             let t = match path {
                 Via::Direct => direct_turn(plan, &topo, server),
                 Via::Podwire | Via::Passt | Via::Baseline => {
-                    backend_turn(plan, &topo, path, server, &dir)
+                    backend_turn(plan, &topo, path, server, &dir, echo.pid())
                 }
             }
             .with_context(|| format!("round {}, {}", r + 1, path.name()))?;
@@ -276,6 +288,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
             .as_ref()
             .map(|p| format!("{} ({})", p.display(), super::passt::version(p))),
         load_average_at_start: load,
+        placement: plan.placement.clone(),
         summary: summarize(&turns),
         turns,
     })
@@ -322,6 +335,7 @@ fn backend_turn(
     path: Via,
     server: SocketAddrV4,
     dir: &TempDir,
+    far_pid: u32,
 ) -> Result<Vec<Turn>> {
     let socket = dir.join(&format!("{}.sock", path.name()));
     let mut podwire = None;
@@ -350,7 +364,11 @@ fn backend_turn(
         }
         Via::Direct => unreachable!("direct has no backend"),
     };
-    let turns = guest_turns(plan, &socket, path, server, pid);
+    if let Some(cpus) = &plan.placement.backend {
+        // Before the frontend connects, so the threads made for it inherit the pinning.
+        placement::pin_process(pid, cpus).context("pinning the backend")?;
+    }
+    let turns = guest_turns(plan, &socket, path, server, pid, far_pid);
     drop(podwire);
     drop(passt);
     turns
@@ -363,6 +381,7 @@ fn guest_turns(
     path: Via,
     server: SocketAddrV4,
     backend_pid: u32,
+    far_pid: u32,
 ) -> Result<Vec<Turn>> {
     let driver = NetDriver::connect(socket, &plan.features, plan.queue_size)?;
     let negotiated = driver.negotiated();
@@ -375,30 +394,39 @@ fn guest_turns(
         let counted0 = stack.phy.driver.stats;
         let trace = if plan.breakdown {
             let mut tids = breakdown::threads(backend_pid);
+            let far_tids = breakdown::threads(far_pid);
             // SAFETY: gettid has no preconditions.
             let me = unsafe { libc::gettid() } as u32;
             tids.push(me);
-            Some((SyscallTrace::start(&tids)?, tids, me))
+            Some((SyscallTrace::start(&tids)?, tids, me, far_tids))
         } else {
             None
         };
         let stats = stack.rr(proto, server, plan.warmup, plan.count)?;
         let cpu1 = bench::cpu_seconds(backend_pid).ok();
         let breakdown = match trace {
-            Some((trace, tids, me)) => {
-                let (events, overrun) = trace.stop()?;
+            Some((trace, tids, me, far_tids)) => {
+                let recorded = trace.stop()?;
                 let fds = breakdown::fd_kinds(backend_pid);
                 let backend_tids = tids.into_iter().filter(|&t| t != me).collect();
-                Some(breakdown::analyze(
-                    &events,
+                let mut b = breakdown::analyze(
+                    &recorded.calls,
                     &breakdown::Sides {
                         backend_tids: &backend_tids,
                         backend_fds: &fds,
                         frontend_tid: me,
                         kick_fd: kick_fd as i64,
                     },
-                    overrun,
-                ))
+                    recorded.overrun,
+                );
+                b.scheduling = Some(breakdown::runs(
+                    &recorded,
+                    me,
+                    &backend_tids,
+                    &far_tids,
+                    plan.warmup + plan.count,
+                ));
+                Some(b)
             }
             None => None,
         };

@@ -4,6 +4,7 @@
 //! ```text
 //! podwire-pingpong run [--via direct,podwire,passt,baseline] [--proto udp,tcp] [--count N]
 //!                      [--warmup N] [--rounds R] [--features ...] [--baseline BIN]
+//!                      [--pin-frontend CPUS] [--pin-backend CPUS] [--pin-far CPUS]
 //!                      [--json FILE]
 //!     a fresh pod/far topology, the echo server on the far host, each path in turn for R
 //!     rounds (order alternating); JSON report on stdout, a Markdown summary on stderr
@@ -20,6 +21,7 @@
 
 use anyhow::{Context, Result};
 use podwire_perf::bench::pingpong::{self, Plan, Via};
+use podwire_perf::bench::placement::{Cpus, Placement};
 use podwire_perf::frontend::pingpong::{direct_rr, serve_echo, GuestStack, Proto, RrStats};
 use podwire_perf::frontend::{Features, NetDriver};
 use std::net::SocketAddrV4;
@@ -112,6 +114,15 @@ struct RunArgs {
     /// transaction's microseconds go; adds about a µs per traced call.
     #[arg(long)]
     breakdown: bool,
+    /// Pin our frontend (and `direct`'s client) to these CPUs (`0`, `0,1`); default: anywhere.
+    #[arg(long)]
+    pin_frontend: Option<Cpus>,
+    /// Pin each backend (all its threads) to these CPUs.
+    #[arg(long)]
+    pin_backend: Option<Cpus>,
+    /// Pin the far host's echo server to these CPUs.
+    #[arg(long)]
+    pin_far: Option<Cpus>,
     /// Also write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -185,6 +196,11 @@ fn run(a: RunArgs) -> Result<()> {
         podwire_args: a.podwire_args,
         podwire_env: Vec::new(),
         breakdown: a.breakdown,
+        placement: Placement {
+            frontend: a.pin_frontend,
+            backend: a.pin_backend,
+            far: a.pin_far,
+        },
     };
     let report = pingpong::run(&plan)?;
     let json = serde_json::to_string_pretty(&report)?;
