@@ -58,19 +58,45 @@ pub fn parse_ping(out: &str) -> Result<PingSummary> {
     })
 }
 
-/// `podwire-rr rr`'s result: (transactions, seconds).
-pub fn parse_rr(out: &str) -> Result<(u64, f64)> {
+/// `podwire-rr rr`'s result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rr {
+    pub transactions: u64,
+    pub seconds: f64,
+    /// Round-trip percentiles in µs (p50, p99, p99.9), when the tool printed them.
+    pub percentiles_us: Option<(u32, u32, u32)>,
+    /// UDP requests whose answer did not come back.
+    pub lost: u64,
+}
+
+/// Parses `podwire-rr rr`'s result line (`transactions N seconds S rate R` and, from tools
+/// that measure them, `p50 A p99 B p999 C lost L`).
+pub fn parse_rr(out: &str) -> Result<Rr> {
     let line = out
         .lines()
         .find(|l| l.starts_with("transactions "))
         .with_context(|| format!("podwire-rr rr printed no result: {}", out.trim()))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    let n = f
-        .get(1)
+    let after = |key: &str| -> Option<&str> {
+        let i = f.iter().position(|w| *w == key)?;
+        f.get(i + 1).copied()
+    };
+    let n = after("transactions")
         .and_then(|v| v.parse().ok())
         .context("transactions")?;
-    let s = f.get(3).and_then(|v| v.parse().ok()).context("seconds")?;
-    Ok((n, s))
+    let s = after("seconds")
+        .and_then(|v| v.parse().ok())
+        .context("seconds")?;
+    let pct = |key| after(key).and_then(|v| v.parse::<u32>().ok());
+    Ok(Rr {
+        transactions: n,
+        seconds: s,
+        percentiles_us: pct("p50")
+            .zip(pct("p99"))
+            .zip(pct("p999"))
+            .map(|((a, b), c)| (a, b, c)),
+        lost: after("lost").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
 }
 
 /// `podwire-rr flood`'s result: (datagrams sent, seconds).
@@ -127,7 +153,22 @@ mod tests {
     fn rr_and_flood() {
         assert_eq!(
             parse_rr("transactions 12000 seconds 10.001 rate 1199.9\n").unwrap(),
-            (12000, 10.001)
+            Rr {
+                transactions: 12000,
+                seconds: 10.001,
+                percentiles_us: None,
+                lost: 0
+            }
+        );
+        assert_eq!(
+            parse_rr("transactions 900 seconds 3.000 rate 300.0 p50 310 p99 870 p999 1500 lost 2")
+                .unwrap(),
+            Rr {
+                transactions: 900,
+                seconds: 3.0,
+                percentiles_us: Some((310, 870, 1500)),
+                lost: 2
+            }
         );
         assert!(parse_rr("podwire-rr: connect: refused").is_err());
         assert_eq!(

@@ -215,7 +215,7 @@ impl Args {
                 v.extend([Test::Pktgen { size: 64 }, Test::Pktgen { size: 1400 }]);
             }
             if self.has("latency") {
-                v.extend([Test::Ping, Test::Rr]);
+                v.extend([Test::Ping, Test::Rr { udp: false }, Test::Rr { udp: true }]);
             }
         }
         v

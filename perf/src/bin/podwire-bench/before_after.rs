@@ -86,7 +86,7 @@ impl Row {
 fn cost(t: Test, f: &Figure) -> Option<f64> {
     match t {
         Test::Tcp { .. } => f.s_per_gb(f.podwire_cpu_s),
-        Test::Pktgen { .. } | Test::TxOnly { .. } | Test::RxOnly { .. } | Test::Rr => {
+        Test::Pktgen { .. } | Test::TxOnly { .. } | Test::RxOnly { .. } | Test::Rr { .. } => {
             f.us_per_pkt(f.podwire_cpu_s)
         }
         Test::Ping => None,
@@ -96,7 +96,7 @@ fn cost(t: Test, f: &Figure) -> Option<f64> {
 fn cost_label(t: Test) -> String {
     let unit = match t {
         Test::Tcp { .. } => "s/GB",
-        Test::Rr => "µs/transaction",
+        Test::Rr { .. } => "µs/transaction",
         _ => "µs/packet",
     };
     format!("podwire CPU {unit}, {}", t.label())

@@ -190,10 +190,13 @@ pub(crate) fn charts(args: &Args, r: &Results) -> Vec<(String, Chart)> {
         out.push((
             "rr.png".to_string(),
             Chart {
-                title: "TCP request/response, 1 byte each way (higher is better)".into(),
+                title: "Request/response, 1 byte each way (higher is better)".into(),
                 ylabel: "transactions/s".into(),
                 series: three(),
-                groups: vec![group("guest ↔ far host".into(), Test::Rr)],
+                groups: vec![
+                    group("TCP".into(), Test::Rr { udp: false }),
+                    group("UDP".into(), Test::Rr { udp: true }),
+                ],
             },
         ));
         out.push((

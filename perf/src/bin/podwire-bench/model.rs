@@ -39,7 +39,10 @@ pub(crate) enum Test {
         size: u32,
     },
     Ping,
-    Rr,
+    /// 1-byte request/response, TCP or UDP.
+    Rr {
+        udp: bool,
+    },
     TxOnly {
         size: u32,
     },
@@ -71,7 +74,8 @@ impl Test {
             ),
             Test::Pktgen { size } => format!("guest pktgen {size} B"),
             Test::Ping => "ping RTT".into(),
-            Test::Rr => "TCP request/response".into(),
+            Test::Rr { udp: false } => "TCP request/response".into(),
+            Test::Rr { udp: true } => "UDP request/response".into(),
             Test::TxOnly { size } => format!("testpmd txonly {size} B"),
             Test::RxOnly { size } => format!("testpmd rxonly {size} B"),
         }
@@ -95,7 +99,8 @@ impl Test {
                 format!("{size} B")
             }
             Test::Ping => "ping".into(),
-            Test::Rr => "RR".into(),
+            Test::Rr { udp: false } => "RR".into(),
+            Test::Rr { udp: true } => "UDP RR".into(),
         }
     }
 }

@@ -37,7 +37,7 @@ pub(crate) fn unit(t: Test) -> &'static str {
         Test::Tcp { .. } => "Gbit/s",
         Test::Pktgen { .. } | Test::TxOnly { .. } | Test::RxOnly { .. } => "pps",
         Test::Ping => "ms",
-        Test::Rr => "trans/s",
+        Test::Rr { .. } => "trans/s",
     }
 }
 

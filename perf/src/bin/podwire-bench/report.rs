@@ -215,14 +215,16 @@ fn side_by_side(w: &mut String, args: &Args, r: &Results) {
         }
     }
     if args.has("latency") {
-        let k = reference::fmt(reference::get().kernel_rr, 0);
-        row(
-            w,
-            format!("{} ({})", Test::Rr.label(), unit(Test::Rr)),
-            Test::Rr,
-            0,
-            k,
-        );
+        for udp in [false, true] {
+            let t = Test::Rr { udp };
+            // the kernel path's reference range is for TCP only
+            let k = if udp {
+                "–".to_string()
+            } else {
+                reference::fmt(reference::get().kernel_rr, 0)
+            };
+            row(w, format!("{} ({})", t.label(), unit(t)), t, 0, k);
+        }
         let k = reference::fmt(reference::get().kernel_ping_ms, 1);
         row(
             w,
@@ -374,7 +376,7 @@ fn details(w: &mut String, r: &Results) {
                 "{} {}",
                 fmt_num(
                     f.value,
-                    if unit(*t) == "pps" || *t == Test::Rr {
+                    if unit(*t) == "pps" || matches!(t, Test::Rr { .. }) {
                         0
                     } else {
                         3

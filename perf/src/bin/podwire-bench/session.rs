@@ -223,7 +223,7 @@ pub(crate) fn guest_session(
             } => tcp(env, &mut g, reverse, streams, &mut f),
             Test::Pktgen { size } => run_pktgen(env, &mut g, &topo.far, size, &mut f),
             Test::Ping => ping(&mut g, &mut f),
-            Test::Rr => rr(env, &mut g, &mut f),
+            Test::Rr { udp } => rr(env, &mut g, udp, &mut f),
             _ => Ok(()),
         };
         let r = r.and_then(|_| g.check_alive());
@@ -399,20 +399,28 @@ pub(crate) fn ping(g: &mut Guest, f: &mut Figure) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn rr(env: &Env, g: &mut Guest, f: &mut Figure) -> Result<()> {
+pub(crate) fn rr(env: &Env, g: &mut Guest, udp: bool, f: &mut Figure) -> Result<()> {
     let w = Window::start(g.podwire_pid(), Some(g.qemu_pid))?;
     let out = g.vm.console().run(
         &format!(
-            "{GUEST_RR} rr {FAR_HOST}:{RR_PORT} {} 1 2>&1",
+            "{GUEST_RR} rr {}{FAR_HOST}:{RR_PORT} {} 1 2>&1",
+            if udp { "--udp " } else { "" },
             env.args.seconds
         ),
         Duration::from_secs(u64::from(env.args.seconds) + 60),
     )?;
     w.end(f)?;
-    let (n, s) = latency::parse_rr(&out.output)?;
+    let rr = latency::parse_rr(&out.output)?;
+    let (n, s) = (rr.transactions, rr.seconds);
     f.value = Some(n as f64 / s);
     f.received = Some(n);
     f.note = format!("{n} transactions in {s:.2} s, 1 byte each way");
+    if let Some((p50, p99, p999)) = rr.percentiles_us {
+        f.note += &format!("; round trip p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs");
+    }
+    if rr.lost > 0 {
+        f.note += &format!("; {} lost", rr.lost);
+    }
     Ok(())
 }
 

@@ -144,9 +144,9 @@ pub(crate) fn targets(r: &Results) -> Vec<Target> {
     });
     v.push(Target {
         what: "TCP request/response (trans/s)".into(),
-        measured: pw(Test::Rr),
-        passt: pa(Test::Rr),
-        kernel: kp(Test::Rr),
+        measured: pw(Test::Rr { udp: false }),
+        passt: pa(Test::Rr { udp: false }),
+        kernel: kp(Test::Rr { udp: false }),
         factor: 1.2,
         lower_better: false,
         decimals: 0,

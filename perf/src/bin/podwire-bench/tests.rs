@@ -91,7 +91,8 @@ fn sessions_run_what_the_sections_ask() {
                 streams: 1
             },
             Test::Ping,
-            Test::Rr
+            Test::Rr { udp: false },
+            Test::Rr { udp: true }
         ]
     );
     a.quick = false;
@@ -171,13 +172,24 @@ fn passes_alternate_and_the_best_pass_is_reported() {
     };
     let mut r = Results::default();
     // a failed pass, then a slow one, then a fast one: the fast one is reported
-    r.record(Backend::Passt, Test::Rr, Figure::failed("x".into()));
-    r.record(Backend::Passt, Test::Rr, fig(2000.0));
-    r.record(Backend::Passt, Test::Rr, fig(3000.0));
-    r.record(Backend::Passt, Test::Rr, Figure::failed("y".into()));
-    assert_eq!(r.value(Backend::Passt, Test::Rr), Some(3000.0));
+    r.record(
+        Backend::Passt,
+        Test::Rr { udp: false },
+        Figure::failed("x".into()),
+    );
+    r.record(Backend::Passt, Test::Rr { udp: false }, fig(2000.0));
+    r.record(Backend::Passt, Test::Rr { udp: false }, fig(3000.0));
+    r.record(
+        Backend::Passt,
+        Test::Rr { udp: false },
+        Figure::failed("y".into()),
+    );
     assert_eq!(
-        r.pass_values(Backend::Passt, Test::Rr),
+        r.value(Backend::Passt, Test::Rr { udp: false }),
+        Some(3000.0)
+    );
+    assert_eq!(
+        r.pass_values(Backend::Passt, Test::Rr { udp: false }),
         [None, Some(2000.0), Some(3000.0), None]
     );
     // for an RTT the lower pass is the better
@@ -361,7 +373,7 @@ fn before_and_after_are_judged_against_the_spread() {
     r.record(Backend::Podwire, t, Figure::failed("x".into()));
     r.record(Backend::Podwire, t, fig(3.4, 0.9));
     r.record(Backend::PodwireBefore, t, fig(3.7, 0.6));
-    r.record(Backend::Kernel, Test::Rr, fig(4000.0, 0.0));
+    r.record(Backend::Kernel, Test::Rr { udp: false }, fig(4000.0, 0.0));
     let rows = before_after::rows(&r);
     assert_eq!(
         rows.len(),
