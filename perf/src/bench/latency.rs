@@ -99,6 +99,31 @@ pub fn parse_rr(out: &str) -> Result<Rr> {
     })
 }
 
+/// The virtio-net queue interrupts in a Linux guest's /proc/interrupts: (RX, TX), summed over
+/// CPUs and queues (`virtioN-input.Q`, `virtioN-output.Q`).
+pub fn virtio_net_interrupts(proc_interrupts: &str) -> (u64, u64) {
+    let mut rx_tx = (0, 0);
+    for line in proc_interrupts.lines() {
+        let Some(name) = line.split_whitespace().last() else {
+            continue;
+        };
+        let slot = if name.contains("-input.") {
+            &mut rx_tx.0
+        } else if name.contains("-output.") {
+            &mut rx_tx.1
+        } else {
+            continue;
+        };
+        // "NN:" then one count per CPU, then the chip and the name
+        *slot += line
+            .split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    rx_tx
+}
+
 /// `podwire-rr flood`'s result: (datagrams sent, seconds).
 pub fn parse_flood(out: &str) -> Result<(u64, f64)> {
     let line = out
@@ -114,6 +139,16 @@ pub fn parse_flood(out: &str) -> Result<(u64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_virtio_net_interrupts() {
+        let out = "           CPU0       CPU1\n\
+                   24:       1200         34  PCI-MSIX-0000:00:02.0   1-edge      virtio0-input.0\n\
+                   25:        700          1  PCI-MSIX-0000:00:02.0   2-edge      virtio0-output.0\n\
+                   26:          5          0  PCI-MSIX-0000:00:02.0   0-edge      virtio0-config\n\
+                  LOC:      99999      88888   Local timer interrupts\n";
+        assert_eq!(virtio_net_interrupts(out), (1234, 701));
+    }
 
     #[test]
     fn busybox_ping() {

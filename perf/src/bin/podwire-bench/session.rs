@@ -399,7 +399,16 @@ pub(crate) fn ping(g: &mut Guest, f: &mut Figure) -> Result<()> {
     Ok(())
 }
 
+/// The guest's virtio-net interrupts so far: (RX queue, TX queue), from /proc/interrupts.
+fn guest_net_interrupts(g: &mut Guest) -> Result<(u64, u64)> {
+    let out =
+        g.vm.console()
+            .run("cat /proc/interrupts", Duration::from_secs(20))?;
+    Ok(latency::virtio_net_interrupts(&out.output))
+}
+
 pub(crate) fn rr(env: &Env, g: &mut Guest, udp: bool, f: &mut Figure) -> Result<()> {
+    let irqs_before = guest_net_interrupts(g)?;
     let w = Window::start(g.podwire_pid(), Some(g.qemu_pid))?;
     let out = g.vm.console().run(
         &format!(
@@ -421,6 +430,13 @@ pub(crate) fn rr(env: &Env, g: &mut Guest, udp: bool, f: &mut Figure) -> Result<
     if rr.lost > 0 {
         f.note += &format!("; {} lost", rr.lost);
     }
+    let irqs_after = guest_net_interrupts(g)?;
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n.max(1) as f64;
+    f.note += &format!(
+        "; guest interrupts per transaction: RX {:.2}, TX {:.2}",
+        per(irqs_before.0, irqs_after.0),
+        per(irqs_before.1, irqs_after.1)
+    );
     Ok(())
 }
 
