@@ -38,6 +38,14 @@ fn plan(paths: Vec<Via>, passt_bin: Option<PathBuf>) -> Plan {
     }
 }
 
+/// podwire alone, UDP only, traced (`--breakdown`).
+fn traced_udp_plan() -> Plan {
+    let mut p = plan(vec![Via::Podwire], None);
+    p.protos = vec![Proto::Udp];
+    p.breakdown = true;
+    p
+}
+
 fn check(report: &pingpong::Report, via: Via) {
     for proto in [Proto::Udp, Proto::Tcp] {
         let t = report
@@ -119,10 +127,7 @@ fn breakdown_of_podwire() {
         eprintln!("skipped: needs root");
         return;
     }
-    let mut p = plan(vec![Via::Podwire], None);
-    p.protos = vec![Proto::Udp];
-    p.breakdown = true;
-    let report = pingpong::run(&p).unwrap();
+    let report = pingpong::run(&traced_udp_plan()).unwrap();
     let t = &report.turns[0];
     let b = t.breakdown.as_ref().expect("a breakdown");
     assert!(
@@ -154,9 +159,7 @@ fn pinned_parties_run_where_pinned() {
         eprintln!("skipped: needs root");
         return;
     }
-    let mut p = plan(vec![Via::Podwire], None);
-    p.protos = vec![Proto::Udp];
-    p.breakdown = true;
+    let mut p = traced_udp_plan();
     let cpu0 = || Some(Cpus(vec![0]));
     p.placement = Placement {
         frontend: cpu0(),
