@@ -30,6 +30,7 @@
 //! Entries are plain data plus their socket (see [`Entry`]), so that the table can be written
 //! out and read back (migration) without knowing more than this module.
 
+use podwire_frame::RX_BATCH;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -84,6 +85,8 @@ pub struct Datagram {
     /// these may answer. Unused for ping sessions (their socket is connected) and forwarded
     /// ports (anyone may send to those).
     pub peers: [Option<std::net::SocketAddr>; UDP_PEERS],
+    /// How many guest RX buffers the next receive lends ([`Datagram::next_rx_batch`]).
+    rx_batch: std::cell::Cell<u8>,
 }
 
 impl Datagram {
@@ -92,7 +95,29 @@ impl Datagram {
             fd,
             parked: false,
             peers: [None; UDP_PEERS],
+            rx_batch: std::cell::Cell::new(RX_BATCH as u8),
         }
+    }
+
+    /// How many guest RX buffers to lend the next `recvmmsg` of this flow. Each one lent is a
+    /// chain mapped and a header written, and the ones no datagram filled go back unused: a
+    /// request/response flow, one datagram per wake-up, would pay for [`RX_BATCH`] every time.
+    /// So the batch follows what the socket held: after a receive that came back short it is
+    /// one more than what came (at least 2, so that a lone datagram does not look like a full
+    /// batch and cost a second call); after a full one it doubles, up to [`RX_BATCH`]. A new
+    /// flow starts at [`RX_BATCH`].
+    pub fn rx_batch(&self) -> usize {
+        usize::from(self.rx_batch.get())
+    }
+
+    /// Records that a receive lent `lent` buffers and `got` datagrams came.
+    pub fn next_rx_batch(&self, lent: usize, got: usize) {
+        let next = if got >= lent {
+            lent.saturating_mul(2)
+        } else {
+            got + 1
+        };
+        self.rx_batch.set(next.clamp(2, RX_BATCH) as u8);
     }
 
     /// Records that the guest sent to `peer`; O(UDP_PEERS), no allocation.

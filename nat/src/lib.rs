@@ -889,6 +889,7 @@ impl Nat {
                     }
                 };
             }
+            flow.next_rx_batch(lent, got);
             // A full batch may have more behind it.
             if got == lent {
                 outcome = RecvOutcome::Delivered;
@@ -896,7 +897,7 @@ impl Nat {
             got
         };
         let csum = partial.then_some(wire::udp_csum(v6));
-        match rx.push_batch(RX_BATCH, offset + max_payload, csum, &mut fill) {
+        match rx.push_batch(flow.rx_batch(), offset + max_payload, csum, &mut fill) {
             Ok(_) => outcome,
             Err(RxError::NoBuffers) | Err(RxError::NotReady) => RecvOutcome::Stalled,
             Err(RxError::Abandoned) => outcome,

@@ -604,6 +604,8 @@ struct BatchSink {
     frames: Vec<Vec<u8>>,
     /// How many frames each `push_batch` filled.
     batches: Vec<usize>,
+    /// How many frames each `push_batch` was asked to lend.
+    asked: Vec<usize>,
 }
 
 impl RxSink for BatchSink {
@@ -628,6 +630,7 @@ impl RxSink for BatchSink {
         _csum: Option<PartialCsum>,
         fill: &mut dyn FnMut(&mut [SgList<'_>], &mut [usize]) -> usize,
     ) -> Result<usize, RxError> {
+        self.asked.push(count);
         let n = count.min(podwire_frame::RX_BATCH);
         let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; max_len]).collect();
         let mut lens = vec![0usize; n];
@@ -690,6 +693,51 @@ fn datagrams_from_the_pod_arrive_many_per_receive_call() {
         assert_eq!((src, dst, sport, dport), (GW_IP, GUEST_IP, port, 40100));
         assert_eq!(payload, vec![b'a' + i as u8; 3], "in order");
     }
+}
+
+/// Request/response over one UDP flow: after the first answer each receive lends the guest's
+/// RX ring two buffers, not a whole batch (each lent buffer is a chain mapped and a header
+/// written, and the unused ones go back); a burst then grows the batch again.
+#[test]
+fn a_request_response_flow_lends_few_rx_buffers_per_receive() {
+    let mut sw = Switch::new(&config()).unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send(&mut sw, &arp_request(GUEST_IP, GW_IP));
+    let mut rx = BatchSink::default();
+    let mut buf = [0u8; 16];
+    for i in 0..4u8 {
+        send(&mut sw, &ipv4_udp((GUEST_IP, 40200), (GW_IP, port), &[i]));
+        let (_, guest) = server.recv_from(&mut buf).unwrap();
+        server.send_to(&[i], guest).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rx.frames.len() <= usize::from(i) && Instant::now() < deadline {
+            wait_readable(&sw, deadline);
+            sw.poll_host(&mut rx);
+        }
+    }
+    assert_eq!(rx.frames.len(), 4);
+    let full = podwire_frame::RX_BATCH;
+    assert_eq!(rx.asked, vec![full, 2, 2, 2], "buffers asked per receive");
+    // a burst: 2 (full) → 4 (full) → 8 (5 of 8 came)
+    let (_, guest) = {
+        send(&mut sw, &ipv4_udp((GUEST_IP, 40200), (GW_IP, port), b"x"));
+        server.recv_from(&mut buf).unwrap()
+    };
+    for i in 0..11u8 {
+        server.send_to(&[i], guest).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rx.frames.len() < 15 && Instant::now() < deadline {
+        wait_readable(&sw, deadline);
+        sw.poll_host(&mut rx);
+    }
+    assert_eq!(rx.frames.len(), 15);
+    assert_eq!(&rx.asked[4..], &[2, 4, 8], "buffers asked per receive");
 }
 
 /// A DHCPv4 REQUEST for the guest address, from the guest's MAC.
