@@ -602,7 +602,7 @@ fn frames_to_a_guest_csum_guest_carry_only_the_pseudo_header_sum() {
 #[derive(Default)]
 struct BatchSink {
     frames: Vec<Vec<u8>>,
-    /// How many frames each `push_batch` filled.
+    /// How many frames each `push_batch` filled (0: none came).
     batches: Vec<usize>,
     /// How many frames each `push_batch` was asked to lend.
     asked: Vec<usize>,
@@ -646,6 +646,7 @@ impl RxSink for BatchSink {
                 .collect();
             fill(&mut lists, &mut lens)
         };
+        self.batches.push(used);
         if used == 0 {
             return Err(RxError::Abandoned);
         }
@@ -653,7 +654,6 @@ impl RxSink for BatchSink {
             b.truncate(len);
             self.frames.push(b);
         }
-        self.batches.push(used);
         Ok(used)
     }
 }
@@ -722,7 +722,8 @@ fn a_request_response_flow_lends_few_rx_buffers_per_receive() {
     assert_eq!(rx.frames.len(), 4);
     let full = podwire_frame::RX_BATCH;
     assert_eq!(rx.asked, vec![full, 2, 2, 2], "buffers asked per receive");
-    // a burst: 2 (full) → 4 (full) → 8 (5 of 8 came)
+    // A burst: the batch grows again. Each ask follows the receive before it: doubled (at
+    // most a whole batch) after a full one, one more than came (at least 2) after a short one.
     let (_, guest) = {
         send(&mut sw, &ipv4_udp((GUEST_IP, 40200), (GW_IP, port), b"x"));
         server.recv_from(&mut buf).unwrap()
@@ -730,14 +731,35 @@ fn a_request_response_flow_lends_few_rx_buffers_per_receive() {
     for i in 0..11u8 {
         server.send_to(&[i], guest).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(50));
     let deadline = Instant::now() + Duration::from_secs(5);
     while rx.frames.len() < 15 && Instant::now() < deadline {
         wait_readable(&sw, deadline);
         sw.poll_host(&mut rx);
     }
     assert_eq!(rx.frames.len(), 15);
-    assert_eq!(&rx.asked[4..], &[2, 4, 8], "buffers asked per receive");
+    for i in 4..rx.asked.len() - 1 {
+        let (asked, got) = (rx.asked[i], rx.batches[i]);
+        let next = if got == 0 {
+            asked // nothing came: nothing learned
+        } else if got == asked {
+            (2 * asked).min(full)
+        } else {
+            (got + 1).max(2)
+        };
+        assert_eq!(
+            rx.asked[i + 1],
+            next,
+            "asked {:?}, got {:?}",
+            rx.asked,
+            rx.batches
+        );
+    }
+    assert!(
+        rx.asked[4..].iter().any(|&a| a > 2),
+        "the burst never grew the batch: asked {:?}, got {:?}",
+        rx.asked,
+        rx.batches
+    );
 }
 
 /// A DHCPv4 REQUEST for the guest address, from the guest's MAC.
