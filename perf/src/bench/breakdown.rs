@@ -1,7 +1,7 @@
 //! Where a backend's microseconds go in one request/response, from the kernel's own record of
 //! the system calls of the backend's threads and of our frontend.
 //!
-//! [`SyscallTrace`] is a private ftrace instance (`/sys/kernel/tracing/instances/...`, so other
+//! [`Trace`] holds a private ftrace instance (`/sys/kernel/tracing/instances/...`, so other
 //! tracing on the machine is untouched) with the `raw_syscalls` enter/exit events, filtered to
 //! the calls that matter (read, write, poll, epoll_wait/epoll_pwait, send*/recv*) and to the
 //! threads of two processes, stamped with `trace_clock=mono` (µs resolution in the text
@@ -28,8 +28,8 @@
 //! timer's extra frame in between, an event lost in an overrun) is counted as skipped.
 //!
 //! A second instance records every `sched_switch` and `sched_process_fork` of the machine (the
-//! far host's echo server starts a thread per connection). [`runs`] counts, per party and transaction, how often
-//! it was switched in and how often the CPU it got had been idle — a wake-up that found its CPU
+//! far host's echo server starts a thread per connection). [`runs`] counts, per party and
+//! transaction, how often it ran and how often the CPU it got had been idle — a wake-up that found its CPU
 //! asleep, which on a VM without guest halt-polling is a halt and an inter-processor interrupt,
 //! the dearest kind — and on which CPUs it ran. That is what decides whether a round trip is
 //! fast on a machine with few CPUs, and it is measured rather than guessed.
@@ -123,39 +123,39 @@ pub struct Switch {
     pub next: u32,
 }
 
+/// The number after ` name=` in an event's fields (each field but the first follows a space,
+/// so ` pid=` is not found inside `child_pid=`).
+fn field(fields: &str, name: &str) -> Option<u32> {
+    let key = format!(" {name}=");
+    let at = fields.find(&key)? + key.len();
+    fields[at..].split_whitespace().next()?.parse().ok()
+}
+
 /// Parses one line of ftrace's text output for a `sched_switch` event.
 pub fn parse_switch(line: &str) -> Option<Switch> {
-    let (head, rest) = line.split_once(": sched_switch: ")?;
+    let (head, fields) = line.split_once(": sched_switch: ")?;
     let cpu = head.split_once(" [")?.1.split(']').next()?.parse().ok()?;
-    let field = |name: &str| -> Option<u32> {
-        let at = rest.find(name)? + name.len();
-        rest[at..].split_whitespace().next()?.parse().ok()
-    };
     Some(Switch {
         cpu,
-        prev: field(" prev_pid=").or_else(|| field("prev_pid="))?,
-        next: field(" next_pid=")?,
+        prev: field(fields, "prev_pid")?,
+        next: field(fields, "next_pid")?,
     })
 }
 
 /// Parses one line of ftrace's text output for a `sched_process_fork` event: (parent, child).
 pub fn parse_fork(line: &str) -> Option<(u32, u32)> {
-    let rest = line.split_once(": sched_process_fork: ")?.1;
-    let field = |name: &str| -> Option<u32> {
-        let at = rest.find(name)? + name.len();
-        rest[at..].split_whitespace().next()?.parse().ok()
-    };
-    Some((field(" pid=")?, field("child_pid=")?))
+    let fields = line.split_once(": sched_process_fork: ")?.1;
+    Some((field(fields, "pid")?, field(fields, "child_pid")?))
 }
 
 /// How one party was scheduled over a turn.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Runs {
-    /// Times it was switched in, per transaction.
+    /// Times it ran (counted when it stopped), per transaction.
     pub per_transaction: f64,
     /// Of those, the times its CPU had been idle (it was woken on a sleeping CPU).
     pub after_idle_per_transaction: f64,
-    /// Share of its switch-ins on each CPU.
+    /// Share of its runs on each CPU.
     pub cpu_share: BTreeMap<u32, f64>,
 }
 
@@ -164,11 +164,11 @@ pub struct Runs {
 pub struct Scheduling {
     pub frontend: Runs,
     pub backend: Runs,
-    /// Everything else traced: the echo server and the threads it started.
+    /// The echo server and the threads it started.
     pub far: Runs,
 }
 
-/// Counts each party's switch-ins (see the module comment) over `transactions`. The far host
+/// Counts each party's runs (see the module comment) over `transactions`. The far host
 /// is `far_tids` and every thread they started during the trace (`forks`); other tasks of the
 /// machine are not counted.
 pub fn runs(
@@ -283,12 +283,12 @@ impl Drop for Instance {
 /// The system calls of some threads (one instance, filtered by pid) and every context switch
 /// and thread start of the machine (another, unfiltered: the kernel's pid filter drops some
 /// switches from the idle task here, exactly the ones [`runs`] needs).
-pub struct SyscallTrace {
+pub struct Trace {
     calls: Instance,
     sched: Instance,
 }
 
-/// What a [`SyscallTrace`] recorded.
+/// What a [`Trace`] recorded.
 pub struct Recorded {
     pub calls: Vec<Event>,
     pub switches: Vec<Switch>,
@@ -298,10 +298,10 @@ pub struct Recorded {
     pub overrun: bool,
 }
 
-impl SyscallTrace {
+impl Trace {
     /// Starts recording the listed threads' calls and the machine's context switches (mounting
     /// tracefs if it is not mounted).
-    pub fn start(tids: &[u32]) -> Result<SyscallTrace> {
+    pub fn start(tids: &[u32]) -> Result<Trace> {
         let calls = Instance::new()?;
         let pids: Vec<String> = tids.iter().map(u32::to_string).collect();
         calls.write("set_event_pid", &pids.join(" "))?;
@@ -319,7 +319,7 @@ impl SyscallTrace {
         sched.write("events/sched/sched_process_fork/enable", "1")?;
         calls.write("tracing_on", "1")?;
         sched.write("tracing_on", "1")?;
-        Ok(SyscallTrace { calls, sched })
+        Ok(Trace { calls, sched })
     }
 
     /// Stops recording and returns what was recorded.

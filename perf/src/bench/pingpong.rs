@@ -16,7 +16,7 @@
 //! median over the rounds of each figure; "added" is a backend's figure minus direct's.
 
 use crate::bench;
-use crate::bench::breakdown::{self, Breakdown, SyscallTrace};
+use crate::bench::breakdown::{self, Breakdown, Trace};
 use crate::bench::placement::{self, Placement};
 use crate::frontend::pingpong::{GuestStack, Proto, RrStats};
 use crate::frontend::{Features, NetDriver};
@@ -398,7 +398,7 @@ fn guest_turns(
             // SAFETY: gettid has no preconditions.
             let me = unsafe { libc::gettid() } as u32;
             tids.push(me);
-            Some((SyscallTrace::start(&tids)?, tids, me, far_tids))
+            Some((Trace::start(&tids)?, tids, me, far_tids))
         } else {
             None
         };

@@ -39,12 +39,6 @@ pub struct Placement {
     pub far: Option<Cpus>,
 }
 
-impl Placement {
-    pub fn is_free(&self) -> bool {
-        self.frontend.is_none() && self.backend.is_none() && self.far.is_none()
-    }
-}
-
 /// Pins every thread of process `pid` to `cpus`.
 pub fn pin_process(pid: u32, cpus: &Cpus) -> Result<()> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
